@@ -1,0 +1,306 @@
+//! [`Core`]: presence, connections and rooms behind the events the node feeds it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::names::NameError;
+use crate::presence::{Claimed, Presence, Taken};
+use crate::room::{Evicted, Mailbox, Room};
+use crate::{ConnId, ErrorCode, MemberId, RoomName, Rules, Seq, SessionToken, UserName};
+
+/// Why the core refused an event. Its text is meant for the user at the other end.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("the name {0:?} is already online; pick another name, or wait for that session to end")]
+    NameTaken(String),
+    #[error("invalid user name: {0}")]
+    InvalidName(NameError),
+    #[error("invalid room name: {0}")]
+    InvalidRoomName(NameError),
+    #[error("there is no room named {0:?}; list the rooms with /rooms or `chat rooms`")]
+    UnknownRoom(String),
+    #[error("this connection is in room {0:?} already")]
+    AlreadyJoined(String),
+    #[error("this connection is in {0} rooms already, the most the node allows; leave one first")]
+    TooManyRooms(usize),
+    #[error("the message is {len} bytes long; the limit is {max} bytes")]
+    MessageTooLong { len: usize, max: usize },
+    #[error("the message is empty")]
+    EmptyMessage,
+    #[error("this connection has not said hello")]
+    NotConnected,
+    #[error("this stream is not in a room (it was closed or dropped)")]
+    NotJoined,
+}
+
+impl Refusal {
+    /// The protocol's code for this refusal.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::NameTaken(_) => ErrorCode::NameTaken,
+            Self::InvalidName(_) => ErrorCode::InvalidName,
+            Self::InvalidRoomName(_) => ErrorCode::InvalidRoomName,
+            Self::UnknownRoom(_) => ErrorCode::UnknownRoom,
+            Self::AlreadyJoined(_) => ErrorCode::AlreadyJoined,
+            Self::TooManyRooms(_) => ErrorCode::TooManyRooms,
+            Self::MessageTooLong { .. } => ErrorCode::MessageTooLong,
+            Self::EmptyMessage => ErrorCode::EmptyMessage,
+            Self::NotConnected | Self::NotJoined => ErrorCode::ProtocolViolation,
+        }
+    }
+}
+
+/// A hello that was accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connected {
+    pub name: UserName,
+    /// An earlier connection of the same user that the node must now close.
+    pub replaced: Option<ConnId>,
+}
+
+/// A join that was accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    pub room: RoomName,
+    /// Messages up to this one come from the history; later ones arrive in the mailbox.
+    pub history_until: Seq,
+}
+
+/// A send that passed the rules: what the node should append to the history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    pub room: RoomName,
+    pub sender: UserName,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomSummary {
+    pub name: RoomName,
+    pub last_seq: Seq,
+    pub members: usize,
+}
+
+#[derive(Debug)]
+struct Connection {
+    name: UserName,
+    rooms: HashMap<RoomName, MemberId>,
+}
+
+/// The state of one node's chat, with no I/O. See the crate documentation.
+pub struct Core<B: Mailbox> {
+    rules: Rules,
+    presence: Presence,
+    connections: HashMap<ConnId, Connection>,
+    rooms: BTreeMap<RoomName, Room<B>>,
+    members: HashMap<MemberId, (ConnId, RoomName)>,
+}
+
+impl<B: Mailbox> Core<B> {
+    pub fn new(rules: Rules) -> Self {
+        Self {
+            rules,
+            presence: Presence::default(),
+            connections: HashMap::new(),
+            rooms: BTreeMap::new(),
+            members: HashMap::new(),
+        }
+    }
+
+    pub fn rules(&self) -> Rules {
+        self.rules
+    }
+
+    /// Makes a room known, whose history ends at `last_seq`. Known rooms stay as they are.
+    pub fn add_room(&mut self, room: RoomName, last_seq: Seq) {
+        self.rooms
+            .entry(room)
+            .or_insert_with(|| Room::new(last_seq));
+    }
+
+    /// A hello: `conn` wants to be online as `name`. `token` is the fresh session token the
+    /// node drew for it; `resume` the one the client offered from an earlier session.
+    ///
+    /// # Errors
+    /// An invalid name, or one online on another connection.
+    pub fn connect(
+        &mut self,
+        conn: ConnId,
+        name: &str,
+        resume: Option<SessionToken>,
+        token: SessionToken,
+    ) -> Result<Connected, Refusal> {
+        let name = UserName::parse(name).map_err(Refusal::InvalidName)?;
+        let claimed = self
+            .presence
+            .claim(&name, conn, resume, token)
+            .map_err(|Taken| Refusal::NameTaken(name.as_str().to_owned()))?;
+        let replaced = match claimed {
+            Claimed::Fresh => None,
+            Claimed::TookOver(old) => {
+                self.drop_memberships(old);
+                Some(old)
+            }
+        };
+        self.connections.insert(
+            conn,
+            Connection {
+                name: name.clone(),
+                rooms: HashMap::new(),
+            },
+        );
+        Ok(Connected { name, replaced })
+    }
+
+    /// The connection is gone: it leaves every room and frees its name.
+    pub fn disconnect(&mut self, conn: ConnId) {
+        if let Some(connection) = self.drop_memberships(conn) {
+            self.presence.release(&connection.name, conn);
+        }
+    }
+
+    fn drop_memberships(&mut self, conn: ConnId) -> Option<Connection> {
+        let connection = self.connections.remove(&conn)?;
+        for (room, member) in &connection.rooms {
+            self.members.remove(member);
+            if let Some(room) = self.rooms.get_mut(room) {
+                room.leave(*member);
+            }
+        }
+        Some(connection)
+    }
+
+    /// `conn` opens a stream, `member`, in `room`, whose messages go to `mailbox`.
+    ///
+    /// # Errors
+    /// An unknown or invalid room, a room this connection is in already, one room too many.
+    pub fn join(
+        &mut self,
+        conn: ConnId,
+        member: MemberId,
+        room: &str,
+        mailbox: B,
+    ) -> Result<Joined, Refusal> {
+        let room = RoomName::parse(room).map_err(Refusal::InvalidRoomName)?;
+        let connection = self
+            .connections
+            .get_mut(&conn)
+            .ok_or(Refusal::NotConnected)?;
+        let Some(state) = self.rooms.get_mut(&room) else {
+            return Err(Refusal::UnknownRoom(room.as_str().to_owned()));
+        };
+        if connection.rooms.contains_key(&room) {
+            return Err(Refusal::AlreadyJoined(room.as_str().to_owned()));
+        }
+        if connection.rooms.len() >= self.rules.max_rooms_per_connection {
+            return Err(Refusal::TooManyRooms(connection.rooms.len()));
+        }
+        let history_until = state.join(member, connection.name.clone(), mailbox);
+        connection.rooms.insert(room.clone(), member);
+        self.members.insert(member, (conn, room.clone()));
+        Ok(Joined {
+            room,
+            history_until,
+        })
+    }
+
+    /// The member's stream is closed: it leaves the room.
+    pub fn leave(&mut self, member: MemberId) {
+        if let Some((conn, room)) = self.members.remove(&member) {
+            if let Some(connection) = self.connections.get_mut(&conn) {
+                connection.rooms.remove(&room);
+            }
+            if let Some(room) = self.rooms.get_mut(&room) {
+                room.leave(member);
+            }
+        }
+    }
+
+    /// Checks a message the member wants to post.
+    ///
+    /// # Errors
+    /// An empty or over-long body, or a member no longer in its room.
+    pub fn check_send(&self, member: MemberId, body: &str) -> Result<Outgoing, Refusal> {
+        if body.is_empty() {
+            return Err(Refusal::EmptyMessage);
+        }
+        if body.len() > self.rules.max_message_len {
+            return Err(Refusal::MessageTooLong {
+                len: body.len(),
+                max: self.rules.max_message_len,
+            });
+        }
+        let (conn, room) = self.members.get(&member).ok_or(Refusal::NotJoined)?;
+        let sender = self
+            .connections
+            .get(conn)
+            .ok_or(Refusal::NotConnected)?
+            .name
+            .clone();
+        Ok(Outgoing {
+            room: room.clone(),
+            sender,
+        })
+    }
+
+    /// The history has stored `message` under `seq` in `room`: hand it to the members in
+    /// order. Returns the members dropped for having full mailboxes.
+    pub fn committed(&mut self, room: &RoomName, seq: Seq, message: B::Message) -> Vec<Evicted> {
+        let Some(state) = self.rooms.get_mut(room) else {
+            return Vec::new();
+        };
+        let evicted = state.committed(seq, message);
+        for gone in &evicted {
+            self.forget_member(gone.member);
+        }
+        evicted
+    }
+
+    /// Drops a member whose mailbox could not take a frame meant only for it (an ack).
+    pub fn evict(&mut self, member: MemberId) -> Option<Evicted> {
+        let (_, room) = self.members.get(&member)?;
+        let evicted = self.rooms.get_mut(room)?.evict(member);
+        self.forget_member(member);
+        evicted
+    }
+
+    fn forget_member(&mut self, member: MemberId) {
+        if let Some((conn, room)) = self.members.remove(&member) {
+            if let Some(connection) = self.connections.get_mut(&conn) {
+                connection.rooms.remove(&room);
+            }
+        }
+    }
+
+    /// The names of the members of a room.
+    ///
+    /// # Errors
+    /// An unknown or invalid room.
+    pub fn who(&self, room: &str) -> Result<Vec<String>, Refusal> {
+        let room = RoomName::parse(room).map_err(Refusal::InvalidRoomName)?;
+        let state = self
+            .rooms
+            .get(&room)
+            .ok_or_else(|| Refusal::UnknownRoom(room.to_string()))?;
+        Ok(state.names())
+    }
+
+    pub fn rooms(&self) -> Vec<RoomSummary> {
+        self.rooms
+            .iter()
+            .map(|(name, room)| RoomSummary {
+                name: name.clone(),
+                last_seq: room.delivered(),
+                members: room.member_count(),
+            })
+            .collect()
+    }
+
+    /// The room a member is in, if it still is.
+    pub fn room_of(&self, member: MemberId) -> Option<&RoomName> {
+        self.members.get(&member).map(|(_, room)| room)
+    }
+
+    /// How many connections are online.
+    pub fn online(&self) -> usize {
+        self.connections.len()
+    }
+}

@@ -1,0 +1,43 @@
+//! The room core: who is online, who is in which room, and the order in which a room's
+//! messages reach its members, as a state machine with no I/O.
+//!
+//! The node feeds it events (a hello, a join, a send, a message the history has stored, a
+//! disconnect) as method calls and carries out what they return. Nothing here reads a clock,
+//! opens a socket or touches the disk, so every rule can be tested deterministically, the way
+//! quinn-proto tests QUIC without a network.
+//!
+//! # Layout
+//! - [`names`]: the rules for user and room names, and how they compare.
+//! - [`presence`]: name claims and session tokens (one connection per name).
+//! - [`room`]: one room's members and its in-order delivery.
+//! - [`core`](Core): everything above behind the events the node feeds it.
+//!
+//! Architecture invariant: this crate never imports tokio, quinn, fjall or the node. Members
+//! are reached through the [`Mailbox`] trait, which the node implements with bounded queues.
+
+mod core;
+pub mod names;
+pub mod presence;
+pub mod room;
+
+pub use crate::core::{Connected, Core, Joined, Outgoing, Refusal, RoomSummary};
+pub use chat_proto::{ErrorCode, Seq, SessionToken};
+pub use names::{RoomName, UserName};
+pub use room::{Full, Mailbox};
+
+/// One client connection, as the node numbers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// One membership: a connection's stream in one room, as the node numbers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MemberId(pub u64);
+
+/// The rules the core enforces, from the node's configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    /// Longest message body in bytes.
+    pub max_message_len: usize,
+    /// Most rooms one connection may be in at once.
+    pub max_rooms_per_connection: usize,
+}

@@ -1,0 +1,156 @@
+//! One room: its members and the order in which they receive its messages.
+//!
+//! Messages arrive from the history with their sequence numbers, possibly out of order when
+//! several writes complete at once. The room hands them to every member strictly in sequence
+//! order, holding back any that arrive ahead of a missing one. A member whose mailbox is full
+//! is dropped from the room (and told the last sequence number it was given) rather than
+//! slowing down the others.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::{MemberId, Seq, UserName};
+
+/// Where a member's messages go: in the node, a bounded queue that a stream writer drains.
+pub trait Mailbox {
+    type Message;
+    /// Queues a message without waiting.
+    ///
+    /// # Errors
+    /// [`Full`] when the member's queue has no room; the member is then dropped.
+    fn offer(&self, seq: Seq, message: &Self::Message) -> Result<(), Full>;
+    /// The member has been dropped for falling behind; `last_seq` is the last one offered.
+    fn evict(&self, last_seq: Seq);
+}
+
+/// A mailbox had no room for one more message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Full;
+
+/// A member that was dropped because its mailbox was full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Evicted {
+    pub member: MemberId,
+    pub last_seq: Seq,
+}
+
+/// Most messages held back waiting for a missing predecessor. A history that completes
+/// writes in order never needs any; the bound keeps a broken one from growing memory.
+pub const MAX_HELD_BACK: usize = 65_536;
+
+pub struct Room<B: Mailbox> {
+    /// The newest sequence number handed to the members.
+    delivered: Seq,
+    held_back: BTreeMap<Seq, B::Message>,
+    members: HashMap<MemberId, Member<B>>,
+}
+
+struct Member<B> {
+    name: UserName,
+    mailbox: B,
+    last_offered: Seq,
+}
+
+impl<B: Mailbox> Room<B> {
+    /// A room whose history ends at `last_seq`.
+    pub fn new(last_seq: Seq) -> Self {
+        Self {
+            delivered: last_seq,
+            held_back: BTreeMap::new(),
+            members: HashMap::new(),
+        }
+    }
+
+    /// Adds a member. It will be offered every message after the returned sequence number;
+    /// the ones up to it are in the history.
+    pub fn join(&mut self, member: MemberId, name: UserName, mailbox: B) -> Seq {
+        let last_offered = self.delivered;
+        self.members.insert(
+            member,
+            Member {
+                name,
+                mailbox,
+                last_offered,
+            },
+        );
+        last_offered
+    }
+
+    pub fn leave(&mut self, member: MemberId) -> bool {
+        self.members.remove(&member).is_some()
+    }
+
+    /// Drops a member for falling behind, telling its mailbox.
+    pub fn evict(&mut self, member: MemberId) -> Option<Evicted> {
+        let gone = self.members.remove(&member)?;
+        gone.mailbox.evict(gone.last_offered);
+        Some(Evicted {
+            member,
+            last_seq: gone.last_offered,
+        })
+    }
+
+    /// A message the history has stored under `seq`. Returns the members dropped because
+    /// their mailboxes were full.
+    pub fn committed(&mut self, seq: Seq, message: B::Message) -> Vec<Evicted> {
+        let mut evicted = Vec::new();
+        if seq <= self.delivered {
+            return evicted; // Already delivered: a duplicate.
+        }
+        if seq != self.delivered + 1 {
+            if self.held_back.len() < MAX_HELD_BACK {
+                self.held_back.insert(seq, message);
+            }
+            return evicted;
+        }
+        self.deliver(seq, &message, &mut evicted);
+        while let Some(entry) = self.held_back.first_entry() {
+            if *entry.key() != self.delivered + 1 {
+                break;
+            }
+            let (seq, message) = entry.remove_entry();
+            self.deliver(seq, &message, &mut evicted);
+        }
+        evicted
+    }
+
+    fn deliver(&mut self, seq: Seq, message: &B::Message, evicted: &mut Vec<Evicted>) {
+        self.delivered = seq;
+        for (&id, member) in &mut self.members {
+            if member.mailbox.offer(seq, message).is_ok() {
+                member.last_offered = seq;
+            } else {
+                evicted.push(Evicted {
+                    member: id,
+                    last_seq: member.last_offered,
+                });
+            }
+        }
+        for gone in evicted.iter() {
+            if let Some(member) = self.members.remove(&gone.member) {
+                member.mailbox.evict(gone.last_seq);
+            }
+        }
+    }
+
+    /// The newest sequence number handed to the members.
+    pub fn delivered(&self) -> Seq {
+        self.delivered
+    }
+
+    /// The names of the members, sorted, each once (a user may be in a room twice only
+    /// through a stale connection, which presence resolves).
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .members
+            .values()
+            .map(|m| m.name.as_str().to_owned())
+            .collect();
+        names.sort_unstable_by_key(|n| n.to_ascii_lowercase());
+        names.dedup_by_key(|n| n.to_ascii_lowercase());
+        names
+    }
+
+    pub fn member_count(&self) -> usize {
+        self.members.len()
+    }
+}

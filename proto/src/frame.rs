@@ -1,0 +1,175 @@
+//! The frames of the protocol.
+//!
+//! A connection carries one control stream (the first bidirectional stream the client opens:
+//! hello, room list, who is online) and one bidirectional stream per joined room (join, then
+//! sends one way and history, live messages and acks the other). Both directions use the
+//! same codec; [`ClientFrame`] is what the node accepts, [`NodeFrame`] what it sends.
+
+use serde::{Deserialize, Serialize};
+
+/// A per-room sequence number: assigned by the history, strictly increasing, starting at 1.
+pub type Seq = u64;
+
+/// A random token the node hands out in [`Welcome`]; a client that reconnects with it takes
+/// its name back from its own stale connection.
+pub type SessionToken = [u8; 16];
+
+/// What a client sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientFrame {
+    /// First frame on the control stream.
+    Hello {
+        /// The user name to go online with.
+        name: String,
+        /// The token of an earlier session of the same user, to take its name over.
+        resume: Option<SessionToken>,
+    },
+    /// Control stream: list the rooms.
+    ListRooms,
+    /// Control stream: who is in a room.
+    Who { room: String },
+    /// First frame on a room stream.
+    Join {
+        room: String,
+        /// The last sequence number the client has seen; only later messages are sent.
+        /// `None` sends the whole retained history.
+        after: Option<Seq>,
+    },
+    /// Room stream: post a message. The node answers with [`NodeFrame::Ack`] carrying the
+    /// same `client_id`, or with [`NodeFrame::Error`] naming it.
+    Send { client_id: u64, body: String },
+}
+
+/// What the node sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeFrame {
+    /// Answer to a hello that was accepted.
+    Welcome(Welcome),
+    /// Answer to [`ClientFrame::ListRooms`].
+    Rooms { rooms: Vec<RoomInfo> },
+    /// Answer to [`ClientFrame::Who`].
+    Members { room: String, names: Vec<String> },
+    /// First frame on a room stream after a successful join. Every message with a sequence
+    /// number up to `last_seq` that follows is history; later ones are live.
+    Joined {
+        room: String,
+        last_seq: Seq,
+        /// Messages the client asked for that the history no longer retains.
+        gap: Option<Gap>,
+    },
+    /// A message in a room, from the history or live.
+    Message(ChatMessage),
+    /// The message with this client id is in the history under `seq`.
+    Ack { client_id: u64, seq: Seq },
+    /// Something went wrong. With a `client_id`, one send failed and the stream goes on;
+    /// otherwise the request or stream it answers has ended.
+    Error(ErrorFrame),
+}
+
+/// The node's answer to a hello.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The name as the node stored it.
+    pub name: String,
+    /// Present it in a later hello to take this name back from a dead connection.
+    pub token: SessionToken,
+    pub limits: Limits,
+}
+
+/// The node's limits, announced in the welcome so that a client can check before sending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Largest message body, in bytes of UTF-8.
+    pub max_message_len: u32,
+    /// Largest encoded frame a client may send, in bytes.
+    pub max_frame_len: u32,
+    /// Most room streams open at once on one connection.
+    pub max_rooms_per_connection: u32,
+    /// Messages a room retains.
+    pub history_cap: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomInfo {
+    pub name: String,
+    /// Sequence number of the newest message, 0 for an empty room.
+    pub last_seq: Seq,
+    /// Members online in the room on this node.
+    pub members: u32,
+}
+
+/// Sequence numbers `first..=last` were asked for but have been trimmed from the history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gap {
+    pub first: Seq,
+    pub last: Seq,
+}
+
+/// A message as every member of the room receives it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub room: String,
+    pub seq: Seq,
+    pub sender: String,
+    /// The node's clock when it accepted the message, in milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    pub body: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorFrame {
+    pub code: ErrorCode,
+    /// A sentence for a person: what went wrong and what to do.
+    pub message: String,
+    /// The send this error answers, if it answers one.
+    pub client_id: Option<u64>,
+    /// For [`ErrorCode::TooSlow`]: the last sequence number delivered on this stream.
+    pub last_seq: Option<Seq>,
+}
+
+/// Why a request failed. Stable across versions of the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The user name is online already.
+    NameTaken,
+    /// The user name breaks the naming rules.
+    InvalidName,
+    /// No room has this name.
+    UnknownRoom,
+    /// The room name breaks the naming rules.
+    InvalidRoomName,
+    /// This connection already has a stream in the room.
+    AlreadyJoined,
+    /// The connection has as many room streams as the node allows.
+    TooManyRooms,
+    /// The message body is longer than the node's limit.
+    MessageTooLong,
+    /// The message body is empty.
+    EmptyMessage,
+    /// The member fell too far behind and was dropped from the room.
+    TooSlow,
+    /// The history could not store the message (disk full or failing); it was not relayed.
+    HistoryUnavailable,
+    /// The frame was not valid here.
+    ProtocolViolation,
+    /// The node is shutting down.
+    ShuttingDown,
+}
+
+impl ErrorFrame {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            client_id: None,
+            last_seq: None,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}

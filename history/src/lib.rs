@@ -1,1 +1,327 @@
+//! The message history: a per-room append-only log on the embedded LSM engine fjall.
+//!
+//! Three operations serve the node: [`History::append`] a message to a room (the history
+//! assigns the next sequence number and trims the room to its cap), [`History::read`] a
+//! room's retained messages after a sequence number, and [`History::rooms`] to list the rooms
+//! (with [`History::create_room`] and [`History::delete_room`] to change them).
+//!
+//! # Layout on disk
+//! One fjall database with two keyspaces:
+//! - `messages`: key `room | 0x00 | seq` (seq as big-endian `u64`, so a room's range scan
+//!   comes out in order), value the postcard-encoded [`Message`];
+//! - `rooms`: key the room name, value its [`RoomState`]: the oldest retained and the newest
+//!   sequence numbers. It is written in the same batch as the messages, so after a crash the
+//!   numbering goes on from what is on disk and no sequence number is used twice.
+//!
+//! # Durability and group commit
+//! All writes go through one writer thread. It takes every request that queued up while it
+//! was busy, writes them as one batch and syncs once ([`Durability::Sync`]), then calls each
+//! request's completion in order. One sync thus covers all the messages that arrived during
+//! the previous one, so throughput grows with load while no completion runs before the data
+//! it reports is on disk. [`Durability::Buffered`] skips the sync: the data reaches the
+//! operating system before the completion runs, so it survives the process being killed, but
+//! a power cut or kernel crash can lose the last moments of acknowledged messages.
+//!
+//! Reads go straight to fjall from the caller's thread; async callers use `spawn_blocking`.
 
+mod writer;
+
+use std::path::PathBuf;
+use std::sync::{Arc, mpsc};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+use serde::{Deserialize, Serialize};
+
+use writer::{Command, Done};
+
+/// A per-room sequence number, starting at 1.
+pub type Seq = u64;
+
+/// Most requests waiting for the writer thread; past it, [`HistoryError::Busy`].
+pub const MAX_QUEUED_WRITES: usize = 65_536;
+
+/// How far a write goes before it is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Synced to disk (fdatasync) before the completion runs. Survives power loss.
+    #[default]
+    Sync,
+    /// Handed to the operating system before the completion runs. Survives the process
+    /// being killed, not a power cut or kernel crash.
+    Buffered,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The directory of the database; created if missing.
+    pub path: PathBuf,
+    /// Messages a room retains; older ones are trimmed in the batch that adds a new one.
+    pub cap: u64,
+    pub durability: Durability,
+}
+
+/// A message as the history stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub sender: String,
+    /// Milliseconds since the Unix epoch, from the node's clock.
+    pub timestamp_ms: u64,
+    pub body: String,
+}
+
+/// A stored message with its sequence number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub seq: Seq,
+    pub message: Message,
+}
+
+/// A room's numbering: messages `first..=last` are retained (none when `first > last`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomState {
+    pub first: Seq,
+    pub last: Seq,
+    /// A deleted room keeps its numbering so that recreating it never reuses a number.
+    pub deleted: bool,
+}
+
+/// What [`History::read`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// Retained messages after the requested sequence number, in order.
+    pub messages: Vec<Stored>,
+    /// Sequence numbers `first..=last` were asked for but have been trimmed away.
+    pub gap: Option<(Seq, Seq)>,
+    /// The room's newest sequence number when the page was read.
+    pub last_seq: Seq,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum HistoryError {
+    #[error("there is no room named {0:?}")]
+    UnknownRoom(String),
+    #[error("{0:?} cannot name a room in the history (empty, or holds a NUL byte)")]
+    InvalidRoomName(String),
+    #[error(
+        "the history could not write to disk: {0}; check the data directory's space and permissions"
+    )]
+    Storage(Arc<fjall::Error>),
+    #[error("the history holds a record it cannot decode: {0}")]
+    Corrupt(#[from] postcard::Error),
+    #[error("the history has {MAX_QUEUED_WRITES} writes queued; try again shortly")]
+    Busy,
+    #[error("the history is closed")]
+    Closed,
+}
+
+impl From<fjall::Error> for HistoryError {
+    fn from(e: fjall::Error) -> Self {
+        Self::Storage(Arc::new(e))
+    }
+}
+
+/// Called on the writer thread once a write is durable (or has failed). It must not block.
+pub type Completion<T> = Box<dyn FnOnce(Result<T, HistoryError>) + Send>;
+
+/// The history of every room. Cheap to clone; all clones share one writer thread.
+#[derive(Clone)]
+pub struct History {
+    store: Arc<Store>,
+    writer: mpsc::SyncSender<Command>,
+    thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+/// The fjall handles, shared by the readers and the writer thread.
+pub(crate) struct Store {
+    db: Database,
+    messages: Keyspace,
+    rooms: Keyspace,
+    cap: u64,
+    durability: Durability,
+}
+
+impl History {
+    /// Opens (or creates) the history at `config.path`, recovering whatever a crash left.
+    ///
+    /// # Errors
+    /// The directory cannot be created or read, or fjall cannot recover it.
+    pub fn open(config: Config) -> Result<Self, HistoryError> {
+        std::fs::create_dir_all(&config.path)
+            .map_err(|e| HistoryError::Storage(Arc::new(e.into())))?;
+        let db = Database::builder(&config.path).open()?;
+        let messages = db.keyspace("messages", KeyspaceCreateOptions::default)?;
+        let rooms = db.keyspace("rooms", KeyspaceCreateOptions::default)?;
+        let store = Arc::new(Store {
+            db,
+            messages,
+            rooms,
+            cap: config.cap.max(1),
+            durability: config.durability,
+        });
+        let (writer, queue) = mpsc::sync_channel(MAX_QUEUED_WRITES);
+        let thread = writer::spawn(Arc::clone(&store), queue)?;
+        Ok(Self {
+            store,
+            writer,
+            thread: Arc::new(std::sync::Mutex::new(Some(thread))),
+        })
+    }
+
+    /// Appends `message` to `room`. `done` runs on the writer thread with the message's
+    /// sequence number once it is durable, or with the error that kept it from being stored
+    /// (then no number was used up). Completions run in the order of the appends.
+    ///
+    /// Never blocks: a full queue fails at once with [`HistoryError::Busy`].
+    pub fn append(&self, room: &str, message: Message, done: Completion<Seq>) {
+        self.submit(Command::Append {
+            room: room.to_owned(),
+            message,
+            done,
+        });
+    }
+
+    /// [`append`](Self::append), waiting for the outcome on this thread.
+    ///
+    /// # Errors
+    /// As for `append`.
+    pub fn append_blocking(&self, room: &str, message: Message) -> Result<Seq, HistoryError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.append(room, message, Box::new(move |r| drop(tx.send(r))));
+        rx.recv().unwrap_or(Err(HistoryError::Closed))
+    }
+
+    /// Creates `room` if it does not exist; returns whether it was created.
+    ///
+    /// # Errors
+    /// An invalid name, or a failed write.
+    pub fn create_room(&self, room: &str) -> Result<bool, HistoryError> {
+        self.request(|done| Command::CreateRoom {
+            room: room.to_owned(),
+            done,
+        })
+    }
+
+    /// Deletes `room` and its messages; returns whether it existed.
+    ///
+    /// # Errors
+    /// A failed write.
+    pub fn delete_room(&self, room: &str) -> Result<bool, HistoryError> {
+        self.request(|done| Command::DeleteRoom {
+            room: room.to_owned(),
+            done,
+        })
+    }
+
+    /// Waits until every write submitted before it is durable and its completion has run.
+    ///
+    /// # Errors
+    /// [`HistoryError::Closed`] when the writer is gone.
+    pub fn flush(&self) -> Result<(), HistoryError> {
+        self.request(|done| Command::Flush { done })
+            .map(|_: bool| ())
+    }
+
+    fn request(&self, command: impl FnOnce(Done<bool>) -> Command) -> Result<bool, HistoryError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit(command(Box::new(move |r| drop(tx.send(r)))));
+        rx.recv().unwrap_or(Err(HistoryError::Closed))
+    }
+
+    fn submit(&self, command: Command) {
+        if let Err(e) = self.writer.try_send(command) {
+            let (mpsc::TrySendError::Full(command) | mpsc::TrySendError::Disconnected(command)) = e;
+            let error = if self.writer_alive() {
+                HistoryError::Busy
+            } else {
+                HistoryError::Closed
+            };
+            command.fail(error);
+        }
+    }
+
+    fn writer_alive(&self) -> bool {
+        self.thread
+            .lock()
+            .map(|t| t.as_ref().is_some_and(|t| !t.is_finished()))
+            .unwrap_or(false)
+    }
+
+    /// The retained messages of `room` after `after` (all of them for `None`), at most
+    /// `limit`, in order, and the gap if `after` is older than the oldest retained message.
+    ///
+    /// # Errors
+    /// An unknown room, or a failed read.
+    pub fn read(&self, room: &str, after: Option<Seq>, limit: usize) -> Result<Page, HistoryError> {
+        let state = self
+            .room(room)?
+            .ok_or_else(|| HistoryError::UnknownRoom(room.to_owned()))?;
+        let after = after.unwrap_or(0).min(state.last);
+        let gap = (after + 1 < state.first).then(|| (after + 1, state.first - 1));
+        let start = (after + 1).max(state.first);
+        let mut messages = Vec::new();
+        if start <= state.last {
+            let range = writer::key(room, start)..=writer::key(room, state.last);
+            for item in self.store.messages.range(range).take(limit) {
+                let (key, value) = item.into_inner()?;
+                messages.push(Stored {
+                    seq: writer::seq_of(&key),
+                    message: postcard::from_bytes(&value)?,
+                });
+            }
+        }
+        Ok(Page {
+            messages,
+            gap,
+            last_seq: state.last,
+        })
+    }
+
+    /// The numbering of one room, `None` if it does not exist.
+    ///
+    /// # Errors
+    /// A failed read.
+    pub fn room(&self, room: &str) -> Result<Option<RoomState>, HistoryError> {
+        Ok(self.store.room_state(room)?.filter(|s| !s.deleted))
+    }
+
+    /// Every room, by name, with its numbering.
+    ///
+    /// # Errors
+    /// A failed read.
+    pub fn rooms(&self) -> Result<Vec<(String, RoomState)>, HistoryError> {
+        let mut rooms = Vec::new();
+        for item in self.store.rooms.iter() {
+            let (key, value) = item.into_inner()?;
+            let state: RoomState = postcard::from_bytes(&value)?;
+            if !state.deleted {
+                rooms.push((String::from_utf8_lossy(&key).into_owned(), state));
+            }
+        }
+        Ok(rooms)
+    }
+
+    /// Finishes every queued write, syncs and stops the writer thread. Later writes fail
+    /// with [`HistoryError::Closed`].
+    ///
+    /// # Errors
+    /// The final sync failed.
+    pub fn close(&self) -> Result<(), HistoryError> {
+        let _ = self.request(|done| Command::Shutdown { done });
+        if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = thread.join();
+        }
+        self.store.db.persist(fjall::PersistMode::SyncAll)?;
+        Ok(())
+    }
+}
+
+impl Store {
+    fn room_state(&self, room: &str) -> Result<Option<RoomState>, HistoryError> {
+        match self.rooms.get(room)? {
+            Some(bytes) => Ok(Some(postcard::from_bytes(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! The writer thread: group commit of appends, room changes and flushes.
+//!
+//! The thread owns the in-memory copy of every room's numbering. It drains whatever requests
+//! queued up, applies them to one write batch, commits (and syncs) it once, and only then
+//! publishes the new numbering and runs the completions, in request order. When the commit
+//! fails, none of the batch's numbers were used: the copy is left as it was and every
+//! request in the batch gets the error.
+
+use std::collections::HashMap;
+use std::sync::{Arc, mpsc};
+
+use fjall::PersistMode;
+
+use crate::{Durability, HistoryError, Message, RoomState, Seq, Store};
+
+/// Most requests committed in one batch.
+const MAX_BATCH: usize = 4096;
+
+pub(crate) type Done<T> = crate::Completion<T>;
+
+pub(crate) enum Command {
+    Append {
+        room: String,
+        message: Message,
+        done: Done<Seq>,
+    },
+    CreateRoom {
+        room: String,
+        done: Done<bool>,
+    },
+    DeleteRoom {
+        room: String,
+        done: Done<bool>,
+    },
+    Flush {
+        done: Done<bool>,
+    },
+    Shutdown {
+        done: Done<bool>,
+    },
+}
+
+impl Command {
+    pub(crate) fn fail(self, error: HistoryError) {
+        match self {
+            Self::Append { done, .. } => done(Err(error)),
+            Self::CreateRoom { done, .. }
+            | Self::DeleteRoom { done, .. }
+            | Self::Flush { done }
+            | Self::Shutdown { done } => done(Err(error)),
+        }
+    }
+}
+
+/// A completion waiting for its batch to commit.
+enum Pending {
+    Seq(Done<Seq>, Result<Seq, HistoryError>),
+    Bool(Done<bool>, Result<bool, HistoryError>),
+}
+
+pub(crate) fn spawn(
+    store: Arc<Store>,
+    queue: mpsc::Receiver<Command>,
+) -> Result<std::thread::JoinHandle<()>, HistoryError> {
+    let mut rooms = HashMap::new();
+    for item in store.rooms.iter() {
+        let (key, value) = item.into_inner()?;
+        rooms.insert(
+            String::from_utf8_lossy(&key).into_owned(),
+            postcard::from_bytes(&value)?,
+        );
+    }
+    std::thread::Builder::new()
+        .name("history-writer".into())
+        .spawn(move || Writer { store, rooms }.run(&queue))
+        .map_err(|e| HistoryError::Storage(Arc::new(e.into())))
+}
+
+struct Writer {
+    store: Arc<Store>,
+    rooms: HashMap<String, RoomState>,
+}
+
+impl Writer {
+    fn run(mut self, queue: &mpsc::Receiver<Command>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while let Ok(first) = queue.recv() {
+            batch.push(first);
+            batch.extend(queue.try_iter().take(MAX_BATCH - 1));
+            let stop = batch.iter().any(|c| matches!(c, Command::Shutdown { .. }));
+            self.commit(batch.drain(..));
+            if stop {
+                break;
+            }
+        }
+        // Anything still queued arrived after the shutdown.
+        for command in queue.try_iter() {
+            command.fail(HistoryError::Closed);
+        }
+    }
+
+    fn commit(&mut self, commands: impl Iterator<Item = Command>) {
+        let store = Arc::clone(&self.store);
+        let mut batch = store.db.batch();
+        if store.durability == Durability::Sync {
+            batch = batch.durability(Some(PersistMode::SyncData));
+        }
+        // Numbering changed by this batch; published only once it has committed.
+        let mut changed: HashMap<String, RoomState> = HashMap::new();
+        let mut pending = Vec::new();
+        for command in commands {
+            pending.push(match command {
+                Command::Append {
+                    room,
+                    message,
+                    done,
+                } => {
+                    let result = self.append(&mut batch, &mut changed, room, &message);
+                    Pending::Seq(done, result)
+                }
+                Command::CreateRoom { room, done } => {
+                    Pending::Bool(done, self.create(&mut batch, &mut changed, room))
+                }
+                Command::DeleteRoom { room, done } => {
+                    Pending::Bool(done, self.delete(&mut batch, &mut changed, room))
+                }
+                Command::Flush { done } | Command::Shutdown { done } => {
+                    Pending::Bool(done, Ok(true))
+                }
+            });
+        }
+        let committed = if batch.is_empty() {
+            Ok(())
+        } else {
+            batch.commit()
+        };
+        match committed {
+            Ok(()) => self.rooms.extend(changed),
+            Err(e) => {
+                tracing::error!(error = %e, "history write failed; the batch's messages were not stored");
+                let error = HistoryError::from(e);
+                for p in &mut pending {
+                    match p {
+                        Pending::Seq(_, r @ Ok(_)) => *r = Err(error.clone()),
+                        Pending::Bool(_, r @ Ok(_)) => *r = Err(error.clone()),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        for p in pending {
+            match p {
+                Pending::Seq(done, result) => done(result),
+                Pending::Bool(done, result) => done(result),
+            }
+        }
+    }
+
+    /// The numbering of `room` as this batch sees it.
+    fn state(&self, changed: &HashMap<String, RoomState>, room: &str) -> Option<RoomState> {
+        changed.get(room).or_else(|| self.rooms.get(room)).copied()
+    }
+
+    fn append(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        changed: &mut HashMap<String, RoomState>,
+        room: String,
+        message: &Message,
+    ) -> Result<Seq, HistoryError> {
+        let mut state = match self.state(changed, &room) {
+            Some(state) if !state.deleted => state,
+            _ => return Err(HistoryError::UnknownRoom(room)),
+        };
+        let value = postcard::to_allocvec(message)?;
+        state.last += 1;
+        batch.insert(&self.store.messages, key(&room, state.last), value);
+        while state.last + 1 - state.first > self.store.cap {
+            batch.remove(&self.store.messages, key(&room, state.first));
+            state.first += 1;
+        }
+        batch.insert(
+            &self.store.rooms,
+            room.as_bytes(),
+            postcard::to_allocvec(&state)?,
+        );
+        let seq = state.last;
+        changed.insert(room, state);
+        Ok(seq)
+    }
+
+    fn create(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        changed: &mut HashMap<String, RoomState>,
+        room: String,
+    ) -> Result<bool, HistoryError> {
+        if room.is_empty() || room.contains('\0') {
+            return Err(HistoryError::InvalidRoomName(room));
+        }
+        let state = match self.state(changed, &room) {
+            Some(state) if !state.deleted => return Ok(false),
+            Some(old) => RoomState {
+                first: old.last + 1,
+                last: old.last,
+                deleted: false,
+            },
+            None => RoomState {
+                first: 1,
+                last: 0,
+                deleted: false,
+            },
+        };
+        batch.insert(
+            &self.store.rooms,
+            room.as_bytes(),
+            postcard::to_allocvec(&state)?,
+        );
+        changed.insert(room, state);
+        Ok(true)
+    }
+
+    fn delete(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        changed: &mut HashMap<String, RoomState>,
+        room: String,
+    ) -> Result<bool, HistoryError> {
+        let Some(mut state) = self.state(changed, &room).filter(|s| !s.deleted) else {
+            return Ok(false);
+        };
+        for seq in state.first..=state.last {
+            batch.remove(&self.store.messages, key(&room, seq));
+        }
+        state = RoomState {
+            first: state.last + 1,
+            last: state.last,
+            deleted: true,
+        };
+        batch.insert(
+            &self.store.rooms,
+            room.as_bytes(),
+            postcard::to_allocvec(&state)?,
+        );
+        changed.insert(room, state);
+        Ok(true)
+    }
+}
+
+/// The key of message `seq` in `room`: the name, a NUL, then the number big-endian, so
+/// that a room's messages sort together and in order.
+pub(crate) fn key(room: &str, seq: Seq) -> Vec<u8> {
+    let mut key = Vec::with_capacity(room.len() + 9);
+    key.extend_from_slice(room.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// The sequence number at the end of a message key.
+pub(crate) fn seq_of(key: &[u8]) -> Seq {
+    let mut tail = [0; 8];
+    if let Some(bytes) = key.len().checked_sub(8).and_then(|at| key.get(at..)) {
+        tail.copy_from_slice(bytes);
+    }
+    Seq::from_be_bytes(tail)
+}

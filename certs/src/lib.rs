@@ -27,21 +27,11 @@ pub enum CertError {
     #[error("could not generate a certificate: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("could not read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("could not write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
     #[error("{path} holds no usable PEM {what}: {detail}")]
-    Pem {
-        path: PathBuf,
-        what: &'static str,
-        detail: String,
-    },
+    Pem { path: PathBuf, what: &'static str, detail: String },
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
     #[error("{0:?} is not a SHA-256 fingerprint (64 hexadecimal digits, colons allowed)")]
@@ -111,10 +101,7 @@ impl Pair {
     /// # Errors
     /// A file that cannot be read.
     pub fn read(cert: &Path, key: &Path) -> Result<Self, CertError> {
-        Ok(Self {
-            cert_pem: read_file(cert)?,
-            key_pem: read_file(key)?,
-        })
+        Ok(Self { cert_pem: read_file(cert)?, key_pem: read_file(key)? })
     }
 }
 
@@ -124,9 +111,7 @@ impl Pair {
 /// Key generation or signing failed.
 pub fn generate_ca(common_name: &str) -> Result<Pair, CertError> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, common_name);
+    params.distinguished_name.push(DnType::CommonName, common_name);
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -135,10 +120,7 @@ pub fn generate_ca(common_name: &str) -> Result<Pair, CertError> {
     ];
     let key = KeyPair::generate()?;
     let cert = params.self_signed(&key)?;
-    Ok(Pair {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    Ok(Pair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
 /// Issues a node certificate for the given DNS names and IP addresses, signed by `ca`.
@@ -149,21 +131,15 @@ pub fn issue_node(ca: &Pair, dns_names: &[String], ips: &[IpAddr]) -> Result<Pai
     let ca_key = KeyPair::from_pem(&ca.key_pem)?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
     let mut params = CertificateParams::new(dns_names.to_vec())?;
+    params.subject_alt_names.extend(ips.iter().map(|ip| rcgen::SanType::IpAddress(*ip)));
     params
-        .subject_alt_names
-        .extend(ips.iter().map(|ip| rcgen::SanType::IpAddress(*ip)));
-    params.distinguished_name.push(
-        DnType::CommonName,
-        dns_names.first().map_or("chat node", String::as_str),
-    );
+        .distinguished_name
+        .push(DnType::CommonName, dns_names.first().map_or("chat node", String::as_str));
     params.is_ca = IsCa::ExplicitNoCa;
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
-    Ok(Pair {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    Ok(Pair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
 /// What a node found or made in its certificate directory.
@@ -182,10 +158,8 @@ pub struct NodeFiles {
 /// # Errors
 /// A file that cannot be read, written or generated.
 pub fn ensure_node_files(dir: &Path, extra_names: &[String]) -> Result<NodeFiles, CertError> {
-    std::fs::create_dir_all(dir).map_err(|source| CertError::Write {
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    std::fs::create_dir_all(dir)
+        .map_err(|source| CertError::Write { path: dir.to_path_buf(), source })?;
     let (ca_cert, ca_key) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
     let (node_cert, node_key) = (dir.join(NODE_CERT_FILE), dir.join(NODE_KEY_FILE));
     let created = !ca_cert.exists();
@@ -199,18 +173,10 @@ pub fn ensure_node_files(dir: &Path, extra_names: &[String]) -> Result<NodeFiles
     if created || !node_cert.exists() {
         let mut names = vec!["localhost".to_owned()];
         names.extend(extra_names.iter().cloned());
-        let ips = [
-            IpAddr::from([127, 0, 0, 1]),
-            IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
-        ];
+        let ips = [IpAddr::from([127, 0, 0, 1]), IpAddr::from(std::net::Ipv6Addr::LOCALHOST)];
         issue_node(&ca, &names, &ips)?.write(&node_cert, &node_key)?;
     }
-    Ok(NodeFiles {
-        ca_cert,
-        node_cert,
-        node_key,
-        created,
-    })
+    Ok(NodeFiles { ca_cert, node_cert, node_key, created })
 }
 
 /// Reads every certificate in a PEM file.
@@ -218,11 +184,8 @@ pub fn ensure_node_files(dir: &Path, extra_names: &[String]) -> Result<NodeFiles
 /// # Errors
 /// A file that cannot be read or holds no certificate.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
-    let pem_error = |detail: String| CertError::Pem {
-        path: path.to_path_buf(),
-        what: "certificate",
-        detail,
-    };
+    let pem_error =
+        |detail: String| CertError::Pem { path: path.to_path_buf(), what: "certificate", detail };
     let certs = CertificateDer::pem_slice_iter(read_file(path)?.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| pem_error(e.to_string()))?;
@@ -361,17 +324,12 @@ impl ServerCertVerifier for PinnedVerifier {
 }
 
 fn read_file(path: &Path) -> Result<String, CertError> {
-    std::fs::read_to_string(path).map_err(|source| CertError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
+    std::fs::read_to_string(path)
+        .map_err(|source| CertError::Read { path: path.to_path_buf(), source })
 }
 
 fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), CertError> {
-    let error = |source| CertError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
+    let error = |source| CertError::Write { path: path.to_path_buf(), source };
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -382,10 +340,7 @@ fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), CertErro
     #[cfg(not(unix))]
     let _ = private;
     use std::io::Write;
-    options
-        .open(path)
-        .and_then(|mut f| f.write_all(contents.as_bytes()))
-        .map_err(error)
+    options.open(path).and_then(|mut f| f.write_all(contents.as_bytes())).map_err(error)
 }
 
 #[cfg(test)]

@@ -60,12 +60,7 @@ fn main() -> anyhow::Result<()> {
             println!("CA certificate: {}", cert.display());
             println!("SHA-256: {}", chat_certs::fingerprint(&ca.cert_der()?));
         }
-        Command::Node {
-            ca_dir,
-            out,
-            dns,
-            ips,
-        } => {
+        Command::Node { ca_dir, out, dns, ips } => {
             let ca = Pair::read(&ca_dir.join(CA_CERT_FILE), &ca_dir.join(CA_KEY_FILE))
                 .context("reading the CA (create one with `chat-certs ca`)")?;
             let out = out.unwrap_or(ca_dir);
@@ -73,11 +68,7 @@ fn main() -> anyhow::Result<()> {
             let node = chat_certs::issue_node(&ca, &dns, &ips)?;
             let cert = out.join(NODE_CERT_FILE);
             node.write(&cert, &out.join(NODE_KEY_FILE))?;
-            println!(
-                "node certificate: {} (for {})",
-                cert.display(),
-                names(&dns, &ips)
-            );
+            println!("node certificate: {} (for {})", cert.display(), names(&dns, &ips));
             println!("SHA-256: {}", chat_certs::fingerprint(&node.cert_der()?));
         }
         Command::Fingerprint { file } => {
@@ -90,9 +81,5 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn names(dns: &[String], ips: &[IpAddr]) -> String {
-    dns.iter()
-        .cloned()
-        .chain(ips.iter().map(IpAddr::to_string))
-        .collect::<Vec<_>>()
-        .join(", ")
+    dns.iter().cloned().chain(ips.iter().map(IpAddr::to_string)).collect::<Vec<_>>().join(", ")
 }

@@ -111,9 +111,7 @@ impl<B: Mailbox> Core<B> {
 
     /// Makes a room known, whose history ends at `last_seq`. Known rooms stay as they are.
     pub fn add_room(&mut self, room: RoomName, last_seq: Seq) {
-        self.rooms
-            .entry(room)
-            .or_insert_with(|| Room::new(last_seq));
+        self.rooms.entry(room).or_insert_with(|| Room::new(last_seq));
     }
 
     /// A hello: `conn` wants to be online as `name`. `token` is the fresh session token the
@@ -140,13 +138,7 @@ impl<B: Mailbox> Core<B> {
                 Some(old)
             }
         };
-        self.connections.insert(
-            conn,
-            Connection {
-                name: name.clone(),
-                rooms: HashMap::new(),
-            },
-        );
+        self.connections.insert(conn, Connection { name: name.clone(), rooms: HashMap::new() });
         Ok(Connected { name, replaced })
     }
 
@@ -180,10 +172,7 @@ impl<B: Mailbox> Core<B> {
         mailbox: B,
     ) -> Result<Joined, Refusal> {
         let room = RoomName::parse(room).map_err(Refusal::InvalidRoomName)?;
-        let connection = self
-            .connections
-            .get_mut(&conn)
-            .ok_or(Refusal::NotConnected)?;
+        let connection = self.connections.get_mut(&conn).ok_or(Refusal::NotConnected)?;
         let Some(state) = self.rooms.get_mut(&room) else {
             return Err(Refusal::UnknownRoom(room.as_str().to_owned()));
         };
@@ -196,10 +185,7 @@ impl<B: Mailbox> Core<B> {
         let history_until = state.join(member, connection.name.clone(), mailbox);
         connection.rooms.insert(room.clone(), member);
         self.members.insert(member, (conn, room.clone()));
-        Ok(Joined {
-            room,
-            history_until,
-        })
+        Ok(Joined { room, history_until })
     }
 
     /// The member's stream is closed: it leaves the room.
@@ -229,16 +215,8 @@ impl<B: Mailbox> Core<B> {
             });
         }
         let (conn, room) = self.members.get(&member).ok_or(Refusal::NotJoined)?;
-        let sender = self
-            .connections
-            .get(conn)
-            .ok_or(Refusal::NotConnected)?
-            .name
-            .clone();
-        Ok(Outgoing {
-            room: room.clone(),
-            sender,
-        })
+        let sender = self.connections.get(conn).ok_or(Refusal::NotConnected)?.name.clone();
+        Ok(Outgoing { room: room.clone(), sender })
     }
 
     /// The history has stored `message` under `seq` in `room`: hand it to the members in
@@ -276,10 +254,7 @@ impl<B: Mailbox> Core<B> {
     /// An unknown or invalid room.
     pub fn who(&self, room: &str) -> Result<Vec<String>, Refusal> {
         let room = RoomName::parse(room).map_err(Refusal::InvalidRoomName)?;
-        let state = self
-            .rooms
-            .get(&room)
-            .ok_or_else(|| Refusal::UnknownRoom(room.to_string()))?;
+        let state = self.rooms.get(&room).ok_or_else(|| Refusal::UnknownRoom(room.to_string()))?;
         Ok(state.names())
     }
 

@@ -17,11 +17,7 @@ pub enum NameError {
     #[error("a name cannot be empty")]
     Empty,
     #[error("{what} {name:?} is longer than {max} characters")]
-    TooLong {
-        what: &'static str,
-        name: String,
-        max: usize,
-    },
+    TooLong { what: &'static str, name: String, max: usize },
     #[error(
         "{what} {name:?} has a character outside letters, digits, '-', '_' and '.', \
          or does not start with a letter or digit"
@@ -69,26 +65,13 @@ impl RoomName {
 }
 
 fn check(what: &'static str, name: &str, max: usize) -> Result<(), NameError> {
-    let first_ok = name
-        .chars()
-        .next()
-        .ok_or(NameError::Empty)?
-        .is_ascii_alphanumeric();
+    let first_ok = name.chars().next().ok_or(NameError::Empty)?.is_ascii_alphanumeric();
     if name.len() > max {
-        return Err(NameError::TooLong {
-            what,
-            name: name.to_owned(),
-            max,
-        });
+        return Err(NameError::TooLong { what, name: name.to_owned(), max });
     }
-    let rest_ok = name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let rest_ok = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if !first_ok || !rest_ok {
-        return Err(NameError::BadCharacter {
-            what,
-            name: name.to_owned(),
-        });
+        return Err(NameError::BadCharacter { what, name: name.to_owned() });
     }
     Ok(())
 }
@@ -118,10 +101,7 @@ mod tests {
 
     #[test]
     fn room_names_are_lower_case() {
-        assert_eq!(
-            RoomName::parse("General").expect("valid").as_str(),
-            "general"
-        );
+        assert_eq!(RoomName::parse("General").expect("valid").as_str(), "general");
     }
 
     #[test]

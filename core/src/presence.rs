@@ -61,11 +61,7 @@ impl Presence {
 
     /// Frees `name` if `conn` still holds it (it may have been taken over).
     pub fn release(&mut self, name: &UserName, conn: ConnId) {
-        if self
-            .claims
-            .get(&name.key())
-            .is_some_and(|held| held.conn == conn)
-        {
+        if self.claims.get(&name.key()).is_some_and(|held| held.conn == conn) {
             self.claims.remove(&name.key());
         }
     }
@@ -94,31 +90,21 @@ mod tests {
     #[test]
     fn a_name_has_one_holder() {
         let mut p = Presence::default();
-        assert_eq!(
-            p.claim(&name("ada"), ConnId(1), None, [1; 16]),
-            Ok(Claimed::Fresh)
-        );
+        assert_eq!(p.claim(&name("ada"), ConnId(1), None, [1; 16]), Ok(Claimed::Fresh));
         assert_eq!(p.claim(&name("ADA"), ConnId(2), None, [2; 16]), Err(Taken));
-        assert_eq!(
-            p.claim(&name("ada"), ConnId(2), Some([9; 16]), [2; 16]),
-            Err(Taken)
-        );
+        assert_eq!(p.claim(&name("ada"), ConnId(2), Some([9; 16]), [2; 16]), Err(Taken));
     }
 
     #[test]
     fn the_token_takes_a_name_back_once() {
         let mut p = Presence::default();
-        p.claim(&name("ada"), ConnId(1), None, [1; 16])
-            .expect("free");
+        p.claim(&name("ada"), ConnId(1), None, [1; 16]).expect("free");
         assert_eq!(
             p.claim(&name("ada"), ConnId(2), Some([1; 16]), [2; 16]),
             Ok(Claimed::TookOver(ConnId(1)))
         );
         // The old token is spent; the stale connection's late release frees nothing.
-        assert_eq!(
-            p.claim(&name("ada"), ConnId(3), Some([1; 16]), [3; 16]),
-            Err(Taken)
-        );
+        assert_eq!(p.claim(&name("ada"), ConnId(3), Some([1; 16]), [3; 16]), Err(Taken));
         p.release(&name("ada"), ConnId(1));
         assert!(p.is_online(&name("ada")));
         p.release(&name("ada"), ConnId(2));

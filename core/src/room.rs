@@ -53,25 +53,14 @@ struct Member<B> {
 impl<B: Mailbox> Room<B> {
     /// A room whose history ends at `last_seq`.
     pub fn new(last_seq: Seq) -> Self {
-        Self {
-            delivered: last_seq,
-            held_back: BTreeMap::new(),
-            members: HashMap::new(),
-        }
+        Self { delivered: last_seq, held_back: BTreeMap::new(), members: HashMap::new() }
     }
 
     /// Adds a member. It will be offered every message after the returned sequence number;
     /// the ones up to it are in the history.
     pub fn join(&mut self, member: MemberId, name: UserName, mailbox: B) -> Seq {
         let last_offered = self.delivered;
-        self.members.insert(
-            member,
-            Member {
-                name,
-                mailbox,
-                last_offered,
-            },
-        );
+        self.members.insert(member, Member { name, mailbox, last_offered });
         last_offered
     }
 
@@ -83,10 +72,7 @@ impl<B: Mailbox> Room<B> {
     pub fn evict(&mut self, member: MemberId) -> Option<Evicted> {
         let gone = self.members.remove(&member)?;
         gone.mailbox.evict(gone.last_offered);
-        Some(Evicted {
-            member,
-            last_seq: gone.last_offered,
-        })
+        Some(Evicted { member, last_seq: gone.last_offered })
     }
 
     /// A message the history has stored under `seq`. Returns the members dropped because
@@ -119,10 +105,7 @@ impl<B: Mailbox> Room<B> {
             if member.mailbox.offer(seq, message).is_ok() {
                 member.last_offered = seq;
             } else {
-                evicted.push(Evicted {
-                    member: id,
-                    last_seq: member.last_offered,
-                });
+                evicted.push(Evicted { member: id, last_seq: member.last_offered });
             }
         }
         for gone in evicted.iter() {
@@ -140,11 +123,8 @@ impl<B: Mailbox> Room<B> {
     /// The names of the members, sorted, each once (a user may be in a room twice only
     /// through a stale connection, which presence resolves).
     pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .members
-            .values()
-            .map(|m| m.name.as_str().to_owned())
-            .collect();
+        let mut names: Vec<String> =
+            self.members.values().map(|m| m.name.as_str().to_owned()).collect();
         names.sort_unstable_by_key(|n| n.to_ascii_lowercase());
         names.dedup_by_key(|n| n.to_ascii_lowercase());
         names

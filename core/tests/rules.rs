@@ -19,10 +19,7 @@ struct InboxState {
 
 impl Inbox {
     fn with_capacity(capacity: usize) -> Self {
-        Self(Rc::new(RefCell::new(InboxState {
-            capacity,
-            ..Default::default()
-        })))
+        Self(Rc::new(RefCell::new(InboxState { capacity, ..Default::default() })))
     }
     fn got(&self) -> Vec<(Seq, &'static str)> {
         self.0.borrow().got.clone()
@@ -47,10 +44,7 @@ impl Mailbox for Inbox {
     }
 }
 
-const RULES: Rules = Rules {
-    max_message_len: 10,
-    max_rooms_per_connection: 2,
-};
+const RULES: Rules = Rules { max_message_len: 10, max_rooms_per_connection: 2 };
 
 fn core_with_rooms(rooms: &[(&str, Seq)]) -> Core<Inbox> {
     let mut core = Core::new(RULES);
@@ -67,16 +61,12 @@ fn room(name: &str) -> RoomName {
 #[test]
 fn a_name_online_is_refused_case_insensitively_until_it_leaves() {
     let mut core = core_with_rooms(&[]);
-    core.connect(ConnId(1), "Ada", None, [1; 16])
-        .expect("free name");
-    let refusal = core
-        .connect(ConnId(2), "ada", None, [2; 16])
-        .expect_err("taken");
+    core.connect(ConnId(1), "Ada", None, [1; 16]).expect("free name");
+    let refusal = core.connect(ConnId(2), "ada", None, [2; 16]).expect_err("taken");
     assert_eq!(refusal.code(), ErrorCode::NameTaken);
     assert!(refusal.to_string().contains("already online"));
     core.disconnect(ConnId(1));
-    core.connect(ConnId(2), "ada", None, [2; 16])
-        .expect("free again");
+    core.connect(ConnId(2), "ada", None, [2; 16]).expect("free again");
 }
 
 #[test]
@@ -84,19 +74,13 @@ fn a_session_token_takes_the_name_and_its_rooms_from_a_stale_connection() {
     let mut core = core_with_rooms(&[("general", 0)]);
     core.connect(ConnId(1), "ada", None, [1; 16]).expect("free");
     let stale = Inbox::with_capacity(10);
-    core.join(ConnId(1), MemberId(1), "general", stale.clone())
-        .expect("joins");
+    core.join(ConnId(1), MemberId(1), "general", stale.clone()).expect("joins");
 
-    let back = core
-        .connect(ConnId(2), "ada", Some([1; 16]), [2; 16])
-        .expect("token matches");
+    let back = core.connect(ConnId(2), "ada", Some([1; 16]), [2; 16]).expect("token matches");
     assert_eq!(back.replaced, Some(ConnId(1)));
     assert_eq!(core.who("general").expect("room"), Vec::<String>::new());
     core.committed(&room("general"), 1, "hi");
-    assert!(
-        stale.got().is_empty(),
-        "the replaced connection still gets messages"
-    );
+    assert!(stale.got().is_empty(), "the replaced connection still gets messages");
     // The stale connection's own disconnect, arriving late, must not free the name.
     core.disconnect(ConnId(1));
     assert!(core.connect(ConnId(3), "ada", None, [3; 16]).is_err());
@@ -106,16 +90,12 @@ fn a_session_token_takes_the_name_and_its_rooms_from_a_stale_connection() {
 fn invalid_names_and_unknown_rooms_are_refused_by_name() {
     let mut core = core_with_rooms(&[("general", 0)]);
     assert_eq!(
-        core.connect(ConnId(1), "no spaces", None, [1; 16])
-            .expect_err("invalid")
-            .code(),
+        core.connect(ConnId(1), "no spaces", None, [1; 16]).expect_err("invalid").code(),
         ErrorCode::InvalidName
     );
-    core.connect(ConnId(1), "ada", None, [1; 16])
-        .expect("valid");
-    let refusal = core
-        .join(ConnId(1), MemberId(1), "nowhere", Inbox::default())
-        .expect_err("unknown");
+    core.connect(ConnId(1), "ada", None, [1; 16]).expect("valid");
+    let refusal =
+        core.join(ConnId(1), MemberId(1), "nowhere", Inbox::default()).expect_err("unknown");
     assert_eq!(refusal, Refusal::UnknownRoom("nowhere".into()));
     assert!(refusal.to_string().contains("nowhere"));
     assert_eq!(
@@ -130,36 +110,26 @@ fn invalid_names_and_unknown_rooms_are_refused_by_name() {
 fn a_connection_joins_a_room_once_and_at_most_the_limit() {
     let mut core = core_with_rooms(&[("a", 0), ("b", 0), ("c", 0)]);
     core.connect(ConnId(1), "ada", None, [1; 16]).expect("free");
-    core.join(ConnId(1), MemberId(1), "a", Inbox::default())
-        .expect("first");
+    core.join(ConnId(1), MemberId(1), "a", Inbox::default()).expect("first");
     assert_eq!(
-        core.join(ConnId(1), MemberId(2), "A", Inbox::default())
-            .expect_err("twice")
-            .code(),
+        core.join(ConnId(1), MemberId(2), "A", Inbox::default()).expect_err("twice").code(),
         ErrorCode::AlreadyJoined
     );
-    core.join(ConnId(1), MemberId(3), "b", Inbox::default())
-        .expect("second");
+    core.join(ConnId(1), MemberId(3), "b", Inbox::default()).expect("second");
     assert_eq!(
-        core.join(ConnId(1), MemberId(4), "c", Inbox::default())
-            .expect_err("third")
-            .code(),
+        core.join(ConnId(1), MemberId(4), "c", Inbox::default()).expect_err("third").code(),
         ErrorCode::TooManyRooms
     );
     core.leave(MemberId(1));
-    core.join(ConnId(1), MemberId(4), "c", Inbox::default())
-        .expect("a place is free again");
+    core.join(ConnId(1), MemberId(4), "c", Inbox::default()).expect("a place is free again");
 }
 
 #[test]
 fn sends_are_checked_for_length_emptiness_and_membership() {
     let mut core = core_with_rooms(&[("general", 0)]);
     core.connect(ConnId(1), "ada", None, [1; 16]).expect("free");
-    core.join(ConnId(1), MemberId(1), "general", Inbox::default())
-        .expect("joins");
-    let ok = core
-        .check_send(MemberId(1), "0123456789")
-        .expect("at the limit");
+    core.join(ConnId(1), MemberId(1), "general", Inbox::default()).expect("joins");
+    let ok = core.check_send(MemberId(1), "0123456789").expect("at the limit");
     assert_eq!((ok.room.as_str(), ok.sender.as_str()), ("general", "ada"));
     assert_eq!(
         core.check_send(MemberId(1), "0123456789!"),
@@ -176,15 +146,9 @@ fn every_member_gets_every_message_once_in_sequence_order() {
     let inboxes: Vec<Inbox> = (0..3).map(|_| Inbox::with_capacity(100)).collect();
     for (i, inbox) in inboxes.iter().enumerate() {
         let conn = ConnId(i as u64);
-        core.connect(conn, &format!("user{i}"), None, [i as u8; 16])
-            .expect("free");
-        let joined = core
-            .join(conn, MemberId(i as u64), "general", inbox.clone())
-            .expect("joins");
-        assert_eq!(
-            joined.history_until, 5,
-            "history covers what came before the join"
-        );
+        core.connect(conn, &format!("user{i}"), None, [i as u8; 16]).expect("free");
+        let joined = core.join(conn, MemberId(i as u64), "general", inbox.clone()).expect("joins");
+        assert_eq!(joined.history_until, 5, "history covers what came before the join");
     }
     // Writes complete out of order; a duplicate and a stale one come in too.
     let room = room("general");
@@ -194,10 +158,7 @@ fn every_member_gets_every_message_once_in_sequence_order() {
     for inbox in &inboxes {
         assert_eq!(inbox.got(), vec![(6, "b"), (7, "c"), (8, "d"), (9, "e")]);
     }
-    assert_eq!(
-        core.who("general").expect("room"),
-        vec!["user0", "user1", "user2"]
-    );
+    assert_eq!(core.who("general").expect("room"), vec!["user0", "user1", "user2"]);
 }
 
 #[test]
@@ -205,14 +166,10 @@ fn a_member_that_falls_behind_is_dropped_alone_and_told_where_it_stopped() {
     let mut core = core_with_rooms(&[("general", 0)]);
     let slow = Inbox::with_capacity(2);
     let fast = Inbox::with_capacity(100);
-    core.connect(ConnId(1), "slow", None, [1; 16])
-        .expect("free");
-    core.connect(ConnId(2), "fast", None, [2; 16])
-        .expect("free");
-    core.join(ConnId(1), MemberId(1), "general", slow.clone())
-        .expect("joins");
-    core.join(ConnId(2), MemberId(2), "general", fast.clone())
-        .expect("joins");
+    core.connect(ConnId(1), "slow", None, [1; 16]).expect("free");
+    core.connect(ConnId(2), "fast", None, [2; 16]).expect("free");
+    core.join(ConnId(1), MemberId(1), "general", slow.clone()).expect("joins");
+    core.join(ConnId(2), MemberId(2), "general", fast.clone()).expect("joins");
 
     let room = room("general");
     let mut evicted = Vec::new();
@@ -225,6 +182,5 @@ fn a_member_that_falls_behind_is_dropped_alone_and_told_where_it_stopped() {
     assert_eq!(fast.got().len(), 4);
     assert_eq!(core.who("general").expect("room"), vec!["fast"]);
     // Its connection may rejoin the room.
-    core.join(ConnId(1), MemberId(3), "general", Inbox::with_capacity(10))
-        .expect("rejoins");
+    core.join(ConnId(1), MemberId(3), "general", Inbox::with_capacity(10)).expect("rejoins");
 }

@@ -162,11 +162,7 @@ impl History {
         });
         let (writer, queue) = mpsc::sync_channel(MAX_QUEUED_WRITES);
         let thread = writer::spawn(Arc::clone(&store), queue)?;
-        Ok(Self {
-            store,
-            writer,
-            thread: Arc::new(std::sync::Mutex::new(Some(thread))),
-        })
+        Ok(Self { store, writer, thread: Arc::new(std::sync::Mutex::new(Some(thread))) })
     }
 
     /// Appends `message` to `room`. `done` runs on the writer thread with the message's
@@ -175,11 +171,7 @@ impl History {
     ///
     /// Never blocks: a full queue fails at once with [`HistoryError::Busy`].
     pub fn append(&self, room: &str, message: Message, done: Completion<Seq>) {
-        self.submit(Command::Append {
-            room: room.to_owned(),
-            message,
-            done,
-        });
+        self.submit(Command::Append { room: room.to_owned(), message, done });
     }
 
     /// [`append`](Self::append), waiting for the outcome on this thread.
@@ -197,10 +189,7 @@ impl History {
     /// # Errors
     /// An invalid name, or a failed write.
     pub fn create_room(&self, room: &str) -> Result<bool, HistoryError> {
-        self.request(|done| Command::CreateRoom {
-            room: room.to_owned(),
-            done,
-        })
+        self.request(|done| Command::CreateRoom { room: room.to_owned(), done })
     }
 
     /// Deletes `room` and its messages; returns whether it existed.
@@ -208,10 +197,7 @@ impl History {
     /// # Errors
     /// A failed write.
     pub fn delete_room(&self, room: &str) -> Result<bool, HistoryError> {
-        self.request(|done| Command::DeleteRoom {
-            room: room.to_owned(),
-            done,
-        })
+        self.request(|done| Command::DeleteRoom { room: room.to_owned(), done })
     }
 
     /// Waits until every write submitted before it is durable and its completion has run.
@@ -219,8 +205,7 @@ impl History {
     /// # Errors
     /// [`HistoryError::Closed`] when the writer is gone.
     pub fn flush(&self) -> Result<(), HistoryError> {
-        self.request(|done| Command::Flush { done })
-            .map(|_: bool| ())
+        self.request(|done| Command::Flush { done }).map(|_: bool| ())
     }
 
     fn request(&self, command: impl FnOnce(Done<bool>) -> Command) -> Result<bool, HistoryError> {
@@ -232,20 +217,13 @@ impl History {
     fn submit(&self, command: Command) {
         if let Err(e) = self.writer.try_send(command) {
             let (mpsc::TrySendError::Full(command) | mpsc::TrySendError::Disconnected(command)) = e;
-            let error = if self.writer_alive() {
-                HistoryError::Busy
-            } else {
-                HistoryError::Closed
-            };
+            let error = if self.writer_alive() { HistoryError::Busy } else { HistoryError::Closed };
             command.fail(error);
         }
     }
 
     fn writer_alive(&self) -> bool {
-        self.thread
-            .lock()
-            .map(|t| t.as_ref().is_some_and(|t| !t.is_finished()))
-            .unwrap_or(false)
+        self.thread.lock().map(|t| t.as_ref().is_some_and(|t| !t.is_finished())).unwrap_or(false)
     }
 
     /// The retained messages of `room` after `after` (all of them for `None`), at most
@@ -254,9 +232,7 @@ impl History {
     /// # Errors
     /// An unknown room, or a failed read.
     pub fn read(&self, room: &str, after: Option<Seq>, limit: usize) -> Result<Page, HistoryError> {
-        let state = self
-            .room(room)?
-            .ok_or_else(|| HistoryError::UnknownRoom(room.to_owned()))?;
+        let state = self.room(room)?.ok_or_else(|| HistoryError::UnknownRoom(room.to_owned()))?;
         let after = after.unwrap_or(0).min(state.last);
         let gap = (after + 1 < state.first).then(|| (after + 1, state.first - 1));
         let start = (after + 1).max(state.first);
@@ -271,11 +247,7 @@ impl History {
                 });
             }
         }
-        Ok(Page {
-            messages,
-            gap,
-            last_seq: state.last,
-        })
+        Ok(Page { messages, gap, last_seq: state.last })
     }
 
     /// The numbering of one room, `None` if it does not exist.

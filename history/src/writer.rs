@@ -19,25 +19,11 @@ const MAX_BATCH: usize = 4096;
 pub(crate) type Done<T> = crate::Completion<T>;
 
 pub(crate) enum Command {
-    Append {
-        room: String,
-        message: Message,
-        done: Done<Seq>,
-    },
-    CreateRoom {
-        room: String,
-        done: Done<bool>,
-    },
-    DeleteRoom {
-        room: String,
-        done: Done<bool>,
-    },
-    Flush {
-        done: Done<bool>,
-    },
-    Shutdown {
-        done: Done<bool>,
-    },
+    Append { room: String, message: Message, done: Done<Seq> },
+    CreateRoom { room: String, done: Done<bool> },
+    DeleteRoom { room: String, done: Done<bool> },
+    Flush { done: Done<bool> },
+    Shutdown { done: Done<bool> },
 }
 
 impl Command {
@@ -65,10 +51,7 @@ pub(crate) fn spawn(
     let mut rooms = HashMap::new();
     for item in store.rooms.iter() {
         let (key, value) = item.into_inner()?;
-        rooms.insert(
-            String::from_utf8_lossy(&key).into_owned(),
-            postcard::from_bytes(&value)?,
-        );
+        rooms.insert(String::from_utf8_lossy(&key).into_owned(), postcard::from_bytes(&value)?);
     }
     std::thread::Builder::new()
         .name("history-writer".into())
@@ -110,11 +93,7 @@ impl Writer {
         let mut pending = Vec::new();
         for command in commands {
             pending.push(match command {
-                Command::Append {
-                    room,
-                    message,
-                    done,
-                } => {
+                Command::Append { room, message, done } => {
                     let result = self.append(&mut batch, &mut changed, room, &message);
                     Pending::Seq(done, result)
                 }
@@ -129,11 +108,7 @@ impl Writer {
                 }
             });
         }
-        let committed = if batch.is_empty() {
-            Ok(())
-        } else {
-            batch.commit()
-        };
+        let committed = if batch.is_empty() { Ok(()) } else { batch.commit() };
         match committed {
             Ok(()) => self.rooms.extend(changed),
             Err(e) => {
@@ -179,11 +154,7 @@ impl Writer {
             batch.remove(&self.store.messages, key(&room, state.first));
             state.first += 1;
         }
-        batch.insert(
-            &self.store.rooms,
-            room.as_bytes(),
-            postcard::to_allocvec(&state)?,
-        );
+        batch.insert(&self.store.rooms, room.as_bytes(), postcard::to_allocvec(&state)?);
         let seq = state.last;
         changed.insert(room, state);
         Ok(seq)
@@ -200,22 +171,10 @@ impl Writer {
         }
         let state = match self.state(changed, &room) {
             Some(state) if !state.deleted => return Ok(false),
-            Some(old) => RoomState {
-                first: old.last + 1,
-                last: old.last,
-                deleted: false,
-            },
-            None => RoomState {
-                first: 1,
-                last: 0,
-                deleted: false,
-            },
+            Some(old) => RoomState { first: old.last + 1, last: old.last, deleted: false },
+            None => RoomState { first: 1, last: 0, deleted: false },
         };
-        batch.insert(
-            &self.store.rooms,
-            room.as_bytes(),
-            postcard::to_allocvec(&state)?,
-        );
+        batch.insert(&self.store.rooms, room.as_bytes(), postcard::to_allocvec(&state)?);
         changed.insert(room, state);
         Ok(true)
     }
@@ -232,16 +191,8 @@ impl Writer {
         for seq in state.first..=state.last {
             batch.remove(&self.store.messages, key(&room, seq));
         }
-        state = RoomState {
-            first: state.last + 1,
-            last: state.last,
-            deleted: true,
-        };
-        batch.insert(
-            &self.store.rooms,
-            room.as_bytes(),
-            postcard::to_allocvec(&state)?,
-        );
+        state = RoomState { first: state.last + 1, last: state.last, deleted: true };
+        batch.insert(&self.store.rooms, room.as_bytes(), postcard::to_allocvec(&state)?);
         changed.insert(room, state);
         Ok(true)
     }

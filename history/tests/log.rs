@@ -5,27 +5,16 @@ use std::sync::{Arc, Mutex};
 use chat_history::{Config, Durability, History, HistoryError, Message, Page};
 
 fn open(dir: &std::path::Path, cap: u64) -> History {
-    History::open(Config {
-        path: dir.to_path_buf(),
-        cap,
-        durability: Durability::Sync,
-    })
-    .expect("history opens")
+    History::open(Config { path: dir.to_path_buf(), cap, durability: Durability::Sync })
+        .expect("history opens")
 }
 
 fn msg(body: &str) -> Message {
-    Message {
-        sender: "ada".into(),
-        timestamp_ms: 1,
-        body: body.into(),
-    }
+    Message { sender: "ada".into(), timestamp_ms: 1, body: body.into() }
 }
 
 fn bodies(page: &Page) -> Vec<(u64, String)> {
-    page.messages
-        .iter()
-        .map(|s| (s.seq, s.message.body.clone()))
-        .collect()
+    page.messages.iter().map(|s| (s.seq, s.message.body.clone())).collect()
 }
 
 #[test]
@@ -34,41 +23,18 @@ fn appends_are_numbered_per_room_and_read_back_in_order() {
     let history = open(dir.path(), 100);
     assert!(history.create_room("a").expect("created"));
     assert!(history.create_room("ab").expect("created"));
-    assert!(
-        !history.create_room("a").expect("exists"),
-        "a second create is a no-op"
-    );
+    assert!(!history.create_room("a").expect("exists"), "a second create is a no-op");
     for i in 1..=3 {
-        assert_eq!(
-            history
-                .append_blocking("a", msg(&format!("a{i}")))
-                .expect("stored"),
-            i
-        );
+        assert_eq!(history.append_blocking("a", msg(&format!("a{i}"))).expect("stored"), i);
     }
-    assert_eq!(
-        history.append_blocking("ab", msg("ab1")).expect("stored"),
-        1
-    );
+    assert_eq!(history.append_blocking("ab", msg("ab1")).expect("stored"), 1);
 
     let page = history.read("a", None, 100).expect("reads");
-    assert_eq!(
-        bodies(&page),
-        vec![(1, "a1".into()), (2, "a2".into()), (3, "a3".into())]
-    );
+    assert_eq!(bodies(&page), vec![(1, "a1".into()), (2, "a2".into()), (3, "a3".into())]);
     assert_eq!((page.gap, page.last_seq), (None, 3));
     let after = history.read("a", Some(1), 1).expect("reads");
-    assert_eq!(
-        bodies(&after),
-        vec![(2, "a2".into())],
-        "after and limit are honoured"
-    );
-    let names: Vec<String> = history
-        .rooms()
-        .expect("lists")
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
+    assert_eq!(bodies(&after), vec![(2, "a2".into())], "after and limit are honoured");
+    let names: Vec<String> = history.rooms().expect("lists").into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, ["a", "ab"]);
 }
 
@@ -79,10 +45,7 @@ fn an_unknown_room_is_refused_by_name() {
     assert!(
         matches!(history.append_blocking("nope", msg("x")), Err(HistoryError::UnknownRoom(r)) if r == "nope")
     );
-    assert!(matches!(
-        history.read("nope", None, 10),
-        Err(HistoryError::UnknownRoom(_))
-    ));
+    assert!(matches!(history.read("nope", None, 10), Err(HistoryError::UnknownRoom(_))));
 }
 
 #[test]
@@ -91,20 +54,11 @@ fn the_cap_trims_the_oldest_and_a_read_from_before_it_reports_the_gap() {
     let history = open(dir.path(), 3);
     history.create_room("r").expect("created");
     for i in 1..=5 {
-        history
-            .append_blocking("r", msg(&i.to_string()))
-            .expect("stored");
+        history.append_blocking("r", msg(&i.to_string())).expect("stored");
     }
     let all = history.read("r", None, 100).expect("reads");
-    assert_eq!(
-        bodies(&all),
-        vec![(3, "3".into()), (4, "4".into()), (5, "5".into())]
-    );
-    assert_eq!(
-        all.gap,
-        Some((1, 2)),
-        "a reader from the start missed 1 and 2"
-    );
+    assert_eq!(bodies(&all), vec![(3, "3".into()), (4, "4".into()), (5, "5".into())]);
+    assert_eq!(all.gap, Some((1, 2)), "a reader from the start missed 1 and 2");
     let from_one = history.read("r", Some(1), 100).expect("reads");
     assert_eq!(from_one.gap, Some((2, 2)));
     let from_two = history.read("r", Some(2), 100).expect("reads");
@@ -119,14 +73,9 @@ fn a_reopened_history_keeps_its_messages_and_never_reuses_a_number() {
     for round in 0..3u64 {
         let history = open(dir.path(), 100);
         history.create_room("r").expect("created");
-        let seq = history
-            .append_blocking("r", msg(&format!("round {round}")))
-            .expect("stored");
+        let seq = history.append_blocking("r", msg(&format!("round {round}"))).expect("stored");
         assert_eq!(seq, round + 1);
-        assert_eq!(
-            history.read("r", None, 100).expect("reads").messages.len() as u64,
-            round + 1
-        );
+        assert_eq!(history.read("r", None, 100).expect("reads").messages.len() as u64, round + 1);
         if round == 1 {
             history.close().expect("closes");
         } // Rounds 0 and 2 just drop the handle, as a crash would.
@@ -135,11 +84,7 @@ fn a_reopened_history_keeps_its_messages_and_never_reuses_a_number() {
     assert!(history.delete_room("r").expect("deleted"));
     assert!(history.read("r", None, 10).is_err());
     history.create_room("r").expect("recreated");
-    assert_eq!(
-        history.append_blocking("r", msg("new")).expect("stored"),
-        4,
-        "numbering goes on"
-    );
+    assert_eq!(history.append_blocking("r", msg("new")).expect("stored"), 4, "numbering goes on");
 }
 
 #[test]
@@ -161,13 +106,7 @@ fn concurrent_appends_complete_in_order_with_distinct_numbers() {
     history.flush().expect("flushed");
     let seen = seen.lock().expect("lock").clone();
     let expected: Vec<(u64, i32)> = (0..5_000).map(|i| (i as u64 + 1, i)).collect();
-    assert_eq!(
-        seen, expected,
-        "completions run in append order with gap-free numbers"
-    );
+    assert_eq!(seen, expected, "completions run in append order with gap-free numbers");
     history.close().expect("closes");
-    assert!(matches!(
-        history.append_blocking("r", msg("late")),
-        Err(HistoryError::Closed)
-    ));
+    assert!(matches!(history.append_blocking("r", msg("late")), Err(HistoryError::Closed)));
 }

@@ -1,1 +1,259 @@
+//! The chat node: a QUIC server that checks names and rooms, relays every message to everyone
+//! in the room, and writes it to the history before acknowledging it.
+//!
+//! # Layout
+//! - [`config`]: the settings, from a TOML file, `CHAT_*` variables and flags.
+//! - [`seams`]: the history and fan-out traits with their single-node implementations.
+//! - `mailbox`: the bounded queue between the room core and a member's stream.
+//! - `connection`: one client connection: the hello on the control stream, then room
+//!   listings and who-is-online, and a task per room stream.
+//! - `room`: one room stream: join, history, live messages, sends and acks.
+//! - [`Node`]: the endpoint, the accept loop and the orderly shutdown.
+//!
+//! All room rules (names, membership, order, limits) live in `chat_core`, which knows nothing
+//! of sockets; this crate carries its decisions out.
 
+pub mod config;
+mod connection;
+mod mailbox;
+mod room;
+pub mod seams;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use anyhow::Context;
+use chat_core::{ConnId, Core, MemberId, RoomName, Rules};
+use chat_history::History;
+use chat_proto::{Limits, codec, codes};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+pub use config::{NodeConfig, Settings};
+use mailbox::Outbox;
+use seams::{FanOut, HistoryStore, LocalFanOut};
+
+/// How long a connection has to say hello, and a room stream to send its join.
+const GREETING_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the shutdown waits for the clients' streams to drain before closing them.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What every connection task shares.
+pub(crate) struct Shared {
+    /// A `std` mutex, not tokio's: it is never held across an await, and the history's
+    /// writer thread takes it too.
+    core: Arc<Mutex<Core<Outbox>>>,
+    history: Arc<dyn HistoryStore>,
+    fanout: Arc<dyn FanOut>,
+    config: NodeConfig,
+    limits: Limits,
+    /// Open connections by id, so that a session taken over can be closed.
+    connections: Mutex<HashMap<ConnId, quinn::Connection>>,
+    next_id: AtomicU64,
+    /// Turns true when the node starts shutting down: stop reading requests.
+    stopping: watch::Receiver<bool>,
+}
+
+impl Shared {
+    fn core(&self) -> MutexGuard<'_, Core<Outbox>> {
+        self.core.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn connections(&self) -> MutexGuard<'_, HashMap<ConnId, quinn::Connection>> {
+        self.connections.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// A node bound to its address, ready to [`run`](Node::run).
+pub struct Node {
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    ca_cert: Option<PathBuf>,
+}
+
+impl Node {
+    /// Opens the history, creates the configured rooms, loads (or makes) the certificate and
+    /// binds the UDP socket.
+    ///
+    /// # Errors
+    /// A history that cannot be opened, a certificate that cannot be read or made, an
+    /// address that cannot be bound.
+    pub async fn start(config: NodeConfig) -> anyhow::Result<Self> {
+        let max_message_len = (config.max_message_len as usize).min(codec::MAX_MESSAGE_LEN_LIMIT);
+        let history_config = chat_history::Config {
+            path: config.data_dir.join("history"),
+            cap: config.history_cap,
+            durability: config.durability,
+        };
+        let history = tokio::task::spawn_blocking(move || History::open(history_config))
+            .await?
+            .with_context(|| format!("opening the history in {}", config.data_dir.display()))?;
+        let history: Arc<dyn HistoryStore> = Arc::new(history);
+
+        let rules = Rules {
+            max_message_len,
+            max_rooms_per_connection: config.max_rooms_per_connection as usize,
+        };
+        let mut core = Core::new(rules);
+        for name in &config.rooms {
+            let room =
+                RoomName::parse(name).with_context(|| format!("configured room {name:?}"))?;
+            if history.create_room(&room)? {
+                info!(%room, "created room");
+            }
+        }
+        for (name, last_seq) in history.rooms()? {
+            if let Ok(room) = RoomName::parse(&name) {
+                core.add_room(room, last_seq);
+            }
+        }
+        let core = Arc::new(Mutex::new(core));
+
+        let (tls, ca_cert) = tls_config(&config)?;
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_concurrent_bidi_streams((config.max_rooms_per_connection + 1).into())
+            .max_concurrent_uni_streams(0u8.into())
+            .max_idle_timeout(Some(config.idle_timeout.try_into()?));
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        server_config.transport_config(Arc::new(transport));
+        let endpoint = quinn::Endpoint::server(server_config, config.listen)
+            .with_context(|| format!("binding UDP {}", config.listen))?;
+
+        let limits = Limits {
+            max_message_len: max_message_len as u32,
+            max_frame_len: (max_message_len + codec::FRAME_OVERHEAD) as u32,
+            max_rooms_per_connection: config.max_rooms_per_connection,
+            history_cap: config.history_cap,
+        };
+        let (stop, stopping) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            fanout: Arc::new(LocalFanOut(Arc::clone(&core))),
+            core,
+            history,
+            config,
+            limits,
+            connections: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            stopping,
+        });
+        Ok(Self { endpoint, shared, stop, ca_cert })
+    }
+
+    /// The address the node listens on (with the real port when 0 was asked for).
+    ///
+    /// # Errors
+    /// The socket's address cannot be read.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// The CA certificate that signed the node's certificate, when the node made it.
+    pub fn ca_cert(&self) -> Option<&std::path::Path> {
+        self.ca_cert.as_deref()
+    }
+
+    /// Serves clients until `shutdown` completes, then stops accepting, lets the acks in
+    /// flight reach their clients, closes every connection with the going-away code and
+    /// flushes the history.
+    ///
+    /// # Errors
+    /// The history could not be flushed at the end.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Self { endpoint, shared, stop, .. } = self;
+        let permits = Arc::new(Semaphore::new(shared.config.max_connections));
+        let mut tasks = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            let incoming = tokio::select! {
+                incoming = endpoint.accept() => incoming,
+                () = &mut shutdown => break,
+            };
+            let Some(incoming) = incoming else { break };
+            while tasks.try_join_next().is_some() {}
+            let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                warn!(remote = %incoming.remote_address(), "refused a connection: at the connection limit");
+                incoming.refuse();
+                continue;
+            };
+            let shared = Arc::clone(&shared);
+            tasks.spawn(async move {
+                connection::serve(shared, incoming).await;
+                drop(permit);
+            });
+        }
+
+        info!("shutting down: no new connections; finishing the acks in flight");
+        endpoint.set_server_config(None);
+        stop.send_replace(true);
+        let history = Arc::clone(&shared.history);
+        let flushed = tokio::task::spawn_blocking(move || history.flush()).await?;
+        if tokio::time::timeout(DRAIN_TIMEOUT, async { while tasks.join_next().await.is_some() {} })
+            .await
+            .is_err()
+        {
+            warn!("some clients did not drain in time; closing them");
+        }
+        endpoint.close(codes::close::GOING_AWAY.into(), b"the node is shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        let history = Arc::clone(&shared.history);
+        tokio::task::spawn_blocking(move || history.close()).await??;
+        flushed?;
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// The node's TLS configuration, and the CA file when the node made its own certificate.
+fn tls_config(config: &NodeConfig) -> anyhow::Result<(rustls::ServerConfig, Option<PathBuf>)> {
+    let (cert, key, ca) = match &config.tls {
+        Some((cert, key)) => (cert.clone(), key.clone(), None),
+        None => {
+            let dir = config.data_dir.join("certs");
+            let files = chat_certs::ensure_node_files(&dir, &[])?;
+            let fingerprint = chat_certs::load_certs(&files.ca_cert)?
+                .first()
+                .map(|der| chat_certs::fingerprint(der))
+                .unwrap_or_default();
+            info!(
+                ca = %files.ca_cert.display(),
+                sha256 = %fingerprint,
+                "{} local CA; clients trust it with --ca {}",
+                if files.created { "created a" } else { "using the" },
+                files.ca_cert.display()
+            );
+            (files.node_cert, files.node_key, Some(files.ca_cert))
+        }
+    };
+    let chain = chat_certs::load_certs(&cert)?;
+    let key = chat_certs::load_key(&key)?;
+    Ok((chat_certs::server_config(chain, key, codes::ALPN)?, ca))
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub(crate) fn member_id(shared: &Shared) -> MemberId {
+    MemberId(shared.next_id())
+}
+
+/// Completes once the node starts shutting down.
+pub(crate) async fn stopping(stopping: &mut watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stop| *stop).await.map(|_| ());
+}

@@ -9,6 +9,15 @@ use serde::{Serialize, de::DeserializeOwned};
 /// Size of the length prefix.
 pub const PREFIX_LEN: usize = 4;
 
+/// The largest message body any node may be configured to accept.
+pub const MAX_MESSAGE_LEN_LIMIT: usize = 1 << 20;
+
+/// Room for the fields around a body in a frame (names, numbers, tags).
+pub const FRAME_OVERHEAD: usize = 512;
+
+/// The largest frame a node sends; clients read node frames up to this length.
+pub const MAX_NODE_FRAME_LEN: usize = 4 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
     #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
@@ -78,18 +87,9 @@ mod tests {
     #[test]
     fn round_trip_across_split_reads() {
         let frames = [
-            ClientFrame::Hello {
-                name: "ada".into(),
-                resume: Some([7; 16]),
-            },
-            ClientFrame::Join {
-                room: "general".into(),
-                after: Some(41),
-            },
-            ClientFrame::Send {
-                client_id: 9,
-                body: "héllo".into(),
-            },
+            ClientFrame::Hello { name: "ada".into(), resume: Some([7; 16]) },
+            ClientFrame::Join { room: "general".into(), after: Some(41) },
+            ClientFrame::Send { client_id: 9, body: "héllo".into() },
         ];
         let mut wire = BytesMut::new();
         for frame in &frames {
@@ -117,14 +117,8 @@ mod tests {
 
     #[test]
     fn encode_refuses_a_frame_over_the_limit() {
-        let frame = ClientFrame::Send {
-            client_id: 1,
-            body: "x".repeat(100),
-        };
-        assert!(matches!(
-            encode(&frame, 50),
-            Err(FrameError::TooLong { max: 50, .. })
-        ));
+        let frame = ClientFrame::Send { client_id: 1, body: "x".repeat(100) };
+        assert!(matches!(encode(&frame, 50), Err(FrameError::TooLong { max: 50, .. })));
     }
 
     #[test]
@@ -132,9 +126,6 @@ mod tests {
         let mut buf = BytesMut::new();
         buf.put_u32(3);
         buf.extend_from_slice(&[0xff, 0xff, 0xff]);
-        assert!(matches!(
-            decode::<NodeFrame>(&mut buf, 64),
-            Err(FrameError::Malformed(_))
-        ));
+        assert!(matches!(decode::<NodeFrame>(&mut buf, 64), Err(FrameError::Malformed(_))));
     }
 }

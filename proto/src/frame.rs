@@ -159,17 +159,18 @@ pub enum ErrorCode {
 
 impl ErrorFrame {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            client_id: None,
-            last_seq: None,
-        }
+        Self { code, message: message.into(), client_id: None, last_seq: None }
     }
 }
 
 impl std::fmt::Display for ErrorFrame {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)
+    }
+}
+
+impl From<ErrorFrame> for NodeFrame {
+    fn from(error: ErrorFrame) -> Self {
+        Self::Error(error)
     }
 }

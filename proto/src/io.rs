@@ -7,20 +7,25 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::codec::{self, FrameError};
 
 /// Reads frames from one stream, keeping the bytes that arrived past the last frame.
+///
+/// A frame over the limit is reported as [`FrameError::TooLong`] and then skipped without
+/// being buffered, so the stream stays usable; one so large that skipping it would take more
+/// than [`MAX_SKIP`] bytes is reported and the stream should be abandoned.
 #[derive(Debug)]
 pub struct FrameReader<R> {
     inner: R,
     buf: BytesMut,
     max_len: usize,
+    /// Bytes of an oversized frame still to be discarded.
+    skip: usize,
 }
+
+/// Most bytes of one oversized frame a reader discards to stay in step.
+pub const MAX_SKIP: usize = 16 << 20;
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(inner: R, max_len: usize) -> Self {
-        Self {
-            inner,
-            buf: BytesMut::with_capacity(256),
-            max_len,
-        }
+        Self { inner, buf: BytesMut::with_capacity(256), max_len, skip: 0 }
     }
 
     /// The next frame; `Ok(None)` when the peer finished the stream cleanly between frames.
@@ -32,15 +37,29 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// transport's error.
     pub async fn read<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
         loop {
-            if let Some(frame) = codec::decode(&mut self.buf, self.max_len)? {
-                return Ok(Some(frame));
-            }
-            if let Some(len) = codec::peek_len(&self.buf, self.max_len)? {
-                // The prefix passed the limit check: reserving the whole body is now safe.
-                self.buf.reserve(codec::PREFIX_LEN + len - self.buf.len());
+            let skipped = self.skip.min(self.buf.len());
+            let _ = self.buf.split_to(skipped);
+            self.skip -= skipped;
+            if self.skip == 0 {
+                match codec::decode(&mut self.buf, self.max_len) {
+                    Ok(Some(frame)) => return Ok(Some(frame)),
+                    Ok(None) => {}
+                    Err(FrameError::TooLong { len, max }) => {
+                        if len <= MAX_SKIP {
+                            let _ = self.buf.split_to(codec::PREFIX_LEN);
+                            self.skip = len;
+                        }
+                        return Err(FrameError::TooLong { len, max });
+                    }
+                    Err(e) => return Err(e),
+                }
+                if let Some(len) = codec::peek_len(&self.buf, self.max_len)? {
+                    // The prefix passed the limit check: reserving the body is now safe.
+                    self.buf.reserve(codec::PREFIX_LEN + len - self.buf.len());
+                }
             }
             if self.inner.read_buf(&mut self.buf).await? == 0 {
-                return if self.buf.is_empty() {
+                return if self.buf.is_empty() && self.skip == 0 {
                     Ok(None)
                 } else {
                     Err(FrameError::Truncated)
@@ -51,6 +70,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     pub fn get_mut(&mut self) -> &mut R {
         &mut self.inner
+    }
+
+    /// Whether the stream can still be read after an error: true unless the reader gave
+    /// up on an oversized frame.
+    pub fn in_step(&self, error: &FrameError) -> bool {
+        matches!(error, FrameError::TooLong { len, .. } if *len <= MAX_SKIP)
     }
 }
 
@@ -66,4 +91,37 @@ pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
     let bytes = codec::encode(frame, max_len)?;
     out.write_all(&bytes).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ClientFrame;
+
+    #[tokio::test]
+    async fn an_oversized_frame_is_reported_then_skipped() {
+        let big = ClientFrame::Send { client_id: 1, body: "x".repeat(5000) };
+        let small = ClientFrame::Send { client_id: 2, body: "ok".into() };
+        let mut wire = Vec::new();
+        wire.extend_from_slice(&codec::encode(&big, 1 << 20).expect("encodes"));
+        wire.extend_from_slice(&codec::encode(&small, 1 << 20).expect("encodes"));
+        let mut reader = FrameReader::new(&wire[..], 100);
+        let err = reader.read::<ClientFrame>().await.expect_err("too long");
+        assert!(reader.in_step(&err));
+        assert_eq!(reader.read::<ClientFrame>().await.expect("decodes"), Some(small));
+        assert_eq!(reader.read::<ClientFrame>().await.expect("clean end"), None);
+    }
+
+    #[tokio::test]
+    async fn a_stream_cut_inside_a_frame_is_truncated() {
+        let frame = codec::encode(&ClientFrame::ListRooms, 100).expect("encodes");
+        let mut wire = frame.to_vec();
+        wire.extend_from_slice(&[0, 0, 0, 9, 1]);
+        let mut reader = FrameReader::new(&wire[..], 100);
+        assert_eq!(
+            reader.read::<ClientFrame>().await.expect("first"),
+            Some(ClientFrame::ListRooms)
+        );
+        assert!(matches!(reader.read::<ClientFrame>().await, Err(FrameError::Truncated)));
+    }
 }

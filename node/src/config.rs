@@ -1,0 +1,164 @@
+//! The node's configuration: a TOML file, `CHAT_*` environment variables and flags, in
+//! rising order of precedence, over documented defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chat_history::Durability;
+use serde::Deserialize;
+
+/// The UDP port a node listens on unless told otherwise.
+pub const DEFAULT_PORT: u16 = 7700;
+
+/// Every setting, each optional: one of these comes from the file, one from the command line
+/// and environment, and [`Settings::resolve`] lays them over the defaults.
+#[derive(Debug, Clone, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Address and UDP port to listen on [default: 0.0.0.0:7700]
+    #[arg(long, env = "CHAT_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory for the history and the generated certificates [default: chat-data]
+    #[arg(long, env = "CHAT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Longest message body in bytes [default: 4096]
+    #[arg(long, env = "CHAT_MAX_MESSAGE_LEN")]
+    pub max_message_len: Option<u32>,
+    /// Messages each room retains; older ones are trimmed [default: 10000]
+    #[arg(long, env = "CHAT_HISTORY_CAP")]
+    pub history_cap: Option<u64>,
+    /// `sync` (fsync before every ack, the default) or `buffered` (survives a killed
+    /// process, not a power cut)
+    #[arg(long, env = "CHAT_DURABILITY", value_parser = parse_durability)]
+    pub durability: Option<Durability>,
+    /// A room that exists (repeatable; created at start if missing) [default: general]
+    #[arg(long = "room", env = "CHAT_ROOMS", value_delimiter = ',')]
+    pub rooms: Option<Vec<String>>,
+    /// PEM certificate chain; without it the node makes a local CA and certificate in the
+    /// data dir
+    #[arg(long, env = "CHAT_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of --cert
+    #[arg(long, env = "CHAT_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Most client connections at once [default: 10000]
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Most rooms one connection may be in at once [default: 64]
+    #[arg(long, env = "CHAT_MAX_ROOMS_PER_CONNECTION")]
+    pub max_rooms_per_connection: Option<u32>,
+    /// Frames queued for one member of one room before it is dropped as too slow
+    /// [default: 1024]
+    #[arg(long, env = "CHAT_MEMBER_QUEUE")]
+    pub member_queue: Option<usize>,
+    /// Seconds of silence after which a connection is dropped [default: 30]
+    #[arg(long, env = "CHAT_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
+}
+
+fn parse_durability(s: &str) -> Result<Durability, String> {
+    match s {
+        "sync" => Ok(Durability::Sync),
+        "buffered" => Ok(Durability::Buffered),
+        _ => Err(format!("{s:?} is not a durability; use `sync` or `buffered`")),
+    }
+}
+
+/// The node's configuration with every default filled in.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub max_message_len: u32,
+    pub history_cap: u64,
+    pub durability: Durability,
+    pub rooms: Vec<String>,
+    /// Certificate chain and key; `None` makes (or reuses) a local CA in the data dir.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub max_connections: usize,
+    pub max_rooms_per_connection: u32,
+    pub member_queue: usize,
+    pub idle_timeout: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Settings::default().resolve()
+    }
+}
+
+impl Settings {
+    /// Reads a TOML config file.
+    ///
+    /// # Errors
+    /// A file that cannot be read, or that is not valid TOML of these keys.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read the config file {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+    }
+
+    /// `self`, with `lower` filling whatever `self` leaves unset.
+    #[must_use]
+    pub fn or(self, lower: Self) -> Self {
+        Self {
+            listen: self.listen.or(lower.listen),
+            data_dir: self.data_dir.or(lower.data_dir),
+            max_message_len: self.max_message_len.or(lower.max_message_len),
+            history_cap: self.history_cap.or(lower.history_cap),
+            durability: self.durability.or(lower.durability),
+            rooms: self.rooms.or(lower.rooms),
+            cert: self.cert.or(lower.cert),
+            key: self.key.or(lower.key),
+            max_connections: self.max_connections.or(lower.max_connections),
+            max_rooms_per_connection: self
+                .max_rooms_per_connection
+                .or(lower.max_rooms_per_connection),
+            member_queue: self.member_queue.or(lower.member_queue),
+            idle_timeout_secs: self.idle_timeout_secs.or(lower.idle_timeout_secs),
+        }
+    }
+
+    /// Fills in the defaults.
+    pub fn resolve(self) -> NodeConfig {
+        NodeConfig {
+            listen: self.listen.unwrap_or(SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))),
+            data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("chat-data")),
+            max_message_len: self.max_message_len.unwrap_or(4096).max(1),
+            history_cap: self.history_cap.unwrap_or(10_000).max(1),
+            durability: self.durability.unwrap_or_default(),
+            rooms: self.rooms.unwrap_or_else(|| vec!["general".into()]),
+            tls: self.cert.zip(self.key),
+            max_connections: self.max_connections.unwrap_or(10_000).max(1),
+            max_rooms_per_connection: self.max_rooms_per_connection.unwrap_or(64).max(1),
+            member_queue: self.member_queue.unwrap_or(1024).max(1),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs.unwrap_or(30).max(1)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_which_overrides_the_defaults() {
+        let file: Settings = toml::from_str(
+            "listen = \"127.0.0.1:9000\"\nhistory_cap = 5\nrooms = [\"a\", \"b\"]\ndurability = \"buffered\"",
+        )
+        .expect("valid TOML");
+        let flags = Settings { history_cap: Some(7), ..Settings::default() };
+        let config = flags.or(file).resolve();
+        assert_eq!(config.listen, "127.0.0.1:9000".parse().expect("addr"));
+        assert_eq!(config.history_cap, 7);
+        assert_eq!(config.rooms, ["a", "b"]);
+        assert_eq!(config.durability, Durability::Buffered);
+        assert_eq!(config.max_message_len, 4096);
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error() {
+        assert!(toml::from_str::<Settings>("listn = \"127.0.0.1:1\"").is_err());
+    }
+}

@@ -1,0 +1,221 @@
+//! One client connection.
+//!
+//! The first bidirectional stream is the control stream: it must open with a hello, which
+//! the core accepts (the node answers with a welcome) or refuses (the node answers with an
+//! error frame and closes the connection with a code saying why). After the welcome the
+//! control stream answers room listings and who-is-online, and every further bidirectional
+//! stream is a room stream served by its own task.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_core::{ConnId, Refusal};
+use chat_proto::io::{FrameReader, write_frame};
+use chat_proto::{ClientFrame, ErrorCode, ErrorFrame, NodeFrame, RoomInfo, Welcome, codec, codes};
+use quinn::{RecvStream, SendStream};
+use tokio::task::JoinSet;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::{GREETING_TIMEOUT, Shared, room};
+
+/// Serves one connection from handshake to close.
+pub(crate) async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming) {
+    let id = ConnId(shared.next_id());
+    let span = info_span!("conn", id = id.0, remote = %incoming.remote_address());
+    async move {
+        let connection = match tokio::time::timeout(GREETING_TIMEOUT, incoming).await {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(e)) => return debug!(error = %e, "handshake failed"),
+            Err(_) => return debug!("handshake timed out"),
+        };
+        let Some((send, reader)) = greet(&shared, id, &connection).await else { return };
+        let rooms = run(&shared, id, &connection, send, reader).await;
+        shared.core().disconnect(id);
+        let mine =
+            shared.connections().get(&id).is_some_and(|c| c.stable_id() == connection.stable_id());
+        if mine {
+            shared.connections().remove(&id);
+        }
+        drain(rooms).await;
+        if *shared.stopping.borrow() {
+            connection.close(codes::close::GOING_AWAY.into(), b"the node is shutting down");
+        }
+        info!("disconnected");
+    }
+    .instrument(span)
+    .await;
+}
+
+type Control = (SendStream, FrameReader<RecvStream>);
+
+/// Waits for the hello and answers it. `None` when the connection was refused or lost.
+async fn greet(shared: &Shared, id: ConnId, connection: &quinn::Connection) -> Option<Control> {
+    let hello = async {
+        let (send, recv) = connection.accept_bi().await.ok()?;
+        let mut reader = FrameReader::new(recv, shared.limits.max_frame_len as usize);
+        let frame = reader.read::<ClientFrame>().await;
+        Some((send, reader, frame))
+    };
+    let Ok(Some((mut send, reader, frame))) = tokio::time::timeout(GREETING_TIMEOUT, hello).await
+    else {
+        connection.close(codes::close::HELLO_TIMEOUT.into(), b"no hello in time");
+        return None;
+    };
+    let (name, resume) = match frame {
+        Ok(Some(ClientFrame::Hello { name, resume })) => (name, resume),
+        _ => {
+            let refusal = ErrorFrame::new(
+                ErrorCode::ProtocolViolation,
+                "the control stream must start with a hello",
+            );
+            refuse(connection, &mut send, refusal, codes::close::PROTOCOL_VIOLATION).await;
+            return None;
+        }
+    };
+    let token: [u8; 16] = ring::rand::generate(&ring::rand::SystemRandom::new()).ok()?.expose();
+    let connected = shared.core().connect(id, &name, resume, token);
+    let connected = match connected {
+        Ok(connected) => connected,
+        Err(refusal) => {
+            info!(%name, %refusal, "refused hello");
+            let code = match refusal {
+                Refusal::NameTaken(_) => codes::close::NAME_TAKEN,
+                _ => codes::close::REFUSED,
+            };
+            refuse(connection, &mut send, error_frame(&refusal, None), code).await;
+            return None;
+        }
+    };
+    if let Some(old) = connected.replaced {
+        if let Some(stale) = shared.connections().remove(&old) {
+            info!(name = %connected.name, old = old.0, "session taken over by a reconnect");
+            stale.close(
+                codes::close::SESSION_REPLACED.into(),
+                b"this session was resumed elsewhere",
+            );
+        }
+    }
+    shared.connections().insert(id, connection.clone());
+    let welcome = NodeFrame::Welcome(Welcome {
+        name: connected.name.to_string(),
+        token,
+        limits: shared.limits,
+    });
+    if write_frame(&mut send, &welcome, codec::MAX_NODE_FRAME_LEN).await.is_err() {
+        shared.core().disconnect(id);
+        return None;
+    }
+    info!(name = %connected.name, "online");
+    Some((send, reader))
+}
+
+/// Answers the control stream and accepts room streams until the connection ends or the
+/// node stops. Returns the room tasks still running.
+async fn run(
+    shared: &Arc<Shared>,
+    id: ConnId,
+    connection: &quinn::Connection,
+    mut send: SendStream,
+    mut reader: FrameReader<RecvStream>,
+) -> JoinSet<()> {
+    let mut rooms = JoinSet::new();
+    let mut stopping = shared.stopping.clone();
+    loop {
+        tokio::select! {
+            frame = reader.read::<ClientFrame>() => {
+                let reply = match frame {
+                    Ok(Some(ClientFrame::ListRooms)) => list_rooms(shared),
+                    Ok(Some(ClientFrame::Who { room })) => match shared.core().who(&room) {
+                        Ok(names) => NodeFrame::Members { room, names },
+                        Err(refusal) => error_frame(&refusal, None),
+                    },
+                    Ok(Some(other)) => NodeFrame::Error(ErrorFrame::new(
+                        ErrorCode::ProtocolViolation,
+                        format!("{} is not a control request", frame_name(&other)),
+                    )),
+                    Ok(None) => {
+                        connection.close(codes::close::NORMAL.into(), b"bye");
+                        break;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "bad control frame");
+                        let refusal = ErrorFrame::new(ErrorCode::ProtocolViolation, e.to_string());
+                        refuse(connection, &mut send, refusal, codes::close::PROTOCOL_VIOLATION).await;
+                        break;
+                    }
+                };
+                if write_frame(&mut send, &reply, codec::MAX_NODE_FRAME_LEN).await.is_err() {
+                    break;
+                }
+            }
+            stream = connection.accept_bi() => {
+                let Ok((room_send, room_recv)) = stream else { break };
+                rooms.spawn(room::serve(Arc::clone(shared), id, room_send, room_recv).in_current_span());
+                while rooms.try_join_next().is_some() {}
+            }
+            () = crate::stopping(&mut stopping) => break,
+        }
+    }
+    rooms
+}
+
+/// Lets the room tasks finish writing what they have (acks in flight during a shutdown).
+async fn drain(mut rooms: JoinSet<()>) {
+    let drained = tokio::time::timeout(Duration::from_secs(5), async {
+        while rooms.join_next().await.is_some() {}
+    });
+    if drained.await.is_err() {
+        rooms.abort_all();
+    }
+}
+
+fn list_rooms(shared: &Shared) -> NodeFrame {
+    let rooms = shared
+        .core()
+        .rooms()
+        .into_iter()
+        .map(|r| RoomInfo {
+            name: r.name.to_string(),
+            last_seq: r.last_seq,
+            members: r.members as u32,
+        })
+        .collect();
+    NodeFrame::Rooms { rooms }
+}
+
+/// Sends `error` on the control stream, gives it a moment to arrive, and closes the
+/// connection with `code` (whose reason repeats the error, for clients that miss the frame).
+async fn refuse(
+    connection: &quinn::Connection,
+    send: &mut SendStream,
+    error: impl Into<NodeFrame>,
+    code: u32,
+) {
+    let frame = error.into();
+    let reason = match &frame {
+        NodeFrame::Error(e) => e.message.clone(),
+        _ => String::new(),
+    };
+    if write_frame(send, &frame, codec::MAX_NODE_FRAME_LEN).await.is_ok() && send.finish().is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+    }
+    connection.close(code.into(), reason.as_bytes());
+}
+
+/// The error frame for a refusal, answering `client_id` if it is about one send.
+pub(crate) fn error_frame(refusal: &Refusal, client_id: Option<u64>) -> NodeFrame {
+    NodeFrame::Error(ErrorFrame {
+        client_id,
+        ..ErrorFrame::new(refusal.code(), refusal.to_string())
+    })
+}
+
+pub(crate) fn frame_name(frame: &ClientFrame) -> &'static str {
+    match frame {
+        ClientFrame::Hello { .. } => "a hello",
+        ClientFrame::ListRooms => "a room listing",
+        ClientFrame::Who { .. } => "a who request",
+        ClientFrame::Join { .. } => "a join",
+        ClientFrame::Send { .. } => "a send",
+    }
+}

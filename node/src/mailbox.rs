@@ -1,0 +1,37 @@
+//! A member's outbox: the bounded queue between the room core and the task that writes the
+//! member's room stream.
+//!
+//! The core offers each message without waiting; when the queue is full the member is
+//! dropped from the room instead of slowing everyone else down, and the writer learns, through
+//! the eviction signal, to tell the client where it stopped.
+
+use bytes::Bytes;
+use chat_core::{Full, Mailbox, Seq};
+use tokio::sync::{mpsc, watch};
+
+/// One frame on its way to a member's room stream.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A room message; the writer tracks the last sequence number it wrote.
+    Message(Seq, Bytes),
+    /// Any other frame (an ack, an error).
+    Frame(Bytes),
+}
+
+/// The core's handle on one member.
+pub struct Outbox {
+    pub queue: mpsc::Sender<Outgoing>,
+    pub evicted: watch::Sender<Option<Seq>>,
+}
+
+impl Mailbox for Outbox {
+    type Message = Bytes;
+
+    fn offer(&self, seq: Seq, frame: &Bytes) -> Result<(), Full> {
+        self.queue.try_send(Outgoing::Message(seq, frame.clone())).map_err(|_| Full)
+    }
+
+    fn evict(&self, last_seq: Seq) {
+        self.evicted.send_replace(Some(last_seq));
+    }
+}

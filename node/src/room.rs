@@ -1,0 +1,324 @@
+//! One room stream: the join, then the history and live messages one way and sends the
+//! other.
+//!
+//! Two halves run at once. This task reads the client's sends, checks them with the core
+//! and hands them to the history; each one's completion (on the history's writer thread,
+//! once the message is durable) publishes it to the room and queues the ack. A writer task
+//! sends the `Joined` frame and the history up to the point where the member joined, then
+//! drains the member's queue: live messages, acks and errors, several per write.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chat_core::{ConnId, MemberId, RoomName, Seq};
+use chat_proto::io::FrameReader;
+use chat_proto::{ChatMessage, ClientFrame, ErrorCode, ErrorFrame, Gap, NodeFrame, codec, codes};
+use quinn::{RecvStream, SendStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tracing::{debug, warn};
+
+use crate::connection::{error_frame, frame_name};
+use crate::mailbox::{Outbox, Outgoing};
+use crate::{GREETING_TIMEOUT, Shared, member_id, now_ms};
+
+/// Sends of one stream that may wait for the history at once; the reader pauses beyond it.
+const MAX_SENDS_IN_FLIGHT: usize = 1024;
+/// History messages read from the store per batch when replaying.
+const HISTORY_PAGE: usize = 512;
+/// Frames written to the stream in one call.
+const WRITE_BATCH: usize = 64;
+
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    conn: ConnId,
+    mut send: SendStream,
+    recv: RecvStream,
+) {
+    let mut reader = FrameReader::new(recv, shared.limits.max_frame_len as usize);
+    let (room, after) = match tokio::time::timeout(GREETING_TIMEOUT, reader.read::<ClientFrame>())
+        .await
+    {
+        Ok(Ok(Some(ClientFrame::Join { room, after }))) => (room, after),
+        Ok(Ok(None)) => return,
+        Ok(Ok(Some(other))) => {
+            let text = format!("a room stream starts with a join, not {}", frame_name(&other));
+            return end_with(&mut send, ErrorFrame::new(ErrorCode::ProtocolViolation, text)).await;
+        }
+        Ok(Err(e)) => {
+            return end_with(
+                &mut send,
+                ErrorFrame::new(ErrorCode::ProtocolViolation, e.to_string()),
+            )
+            .await;
+        }
+        Err(_) => {
+            return end_with(
+                &mut send,
+                ErrorFrame::new(ErrorCode::ProtocolViolation, "no join in time"),
+            )
+            .await;
+        }
+    };
+    let member = member_id(&shared);
+    let (queue, queued) = mpsc::channel(shared.config.member_queue);
+    let (evicted, eviction) = watch::channel(None);
+    let joined = shared.core().join(conn, member, &room, Outbox { queue: queue.clone(), evicted });
+    let joined = match joined {
+        Ok(joined) => joined,
+        Err(refusal) => {
+            debug!(%room, %refusal, "join refused");
+            let NodeFrame::Error(frame) = error_frame(&refusal, None) else { unreachable!() };
+            return end_with(&mut send, frame).await;
+        }
+    };
+    debug!(room = %joined.room, member = member.0, ?after, "joined");
+    let writer =
+        Writer { shared: Arc::clone(&shared), room: joined.room.clone(), send, last_written: 0 };
+    let writing = tokio::spawn(writer.run(after, joined.history_until, queued, eviction.clone()));
+    read_sends(&shared, member, &mut reader, &queue, eviction).await;
+    shared.core().leave(member);
+    drop(queue);
+    let _ = writing.await;
+}
+
+/// Reads sends until the client leaves, the member is dropped or the node stops.
+async fn read_sends(
+    shared: &Arc<Shared>,
+    member: MemberId,
+    reader: &mut FrameReader<RecvStream>,
+    queue: &mpsc::Sender<Outgoing>,
+    mut eviction: watch::Receiver<Option<Seq>>,
+) {
+    let in_flight = Arc::new(Semaphore::new(MAX_SENDS_IN_FLIGHT));
+    let mut stopping = shared.stopping.clone();
+    loop {
+        let frame = tokio::select! {
+            frame = reader.read::<ClientFrame>() => frame,
+            _ = eviction.changed() => return,
+            () = crate::stopping(&mut stopping) => return,
+        };
+        let reply = match frame {
+            Ok(None) => return,
+            Ok(Some(ClientFrame::Send { client_id, body })) => {
+                let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else { return };
+                match send(shared, member, client_id, body, queue.clone(), permit) {
+                    Ok(()) => continue,
+                    Err(reply) => reply,
+                }
+            }
+            Ok(Some(other)) => NodeFrame::Error(ErrorFrame::new(
+                ErrorCode::ProtocolViolation,
+                format!("a room stream takes sends, not {}", frame_name(&other)),
+            )),
+            Err(e) => {
+                let in_step = reader.in_step(&e);
+                let error = ErrorFrame::new(ErrorCode::ProtocolViolation, e.to_string());
+                let error = match e {
+                    codec::FrameError::TooLong { len, .. } if in_step => ErrorFrame {
+                        code: ErrorCode::MessageTooLong,
+                        message: format!(
+                            "a frame of {len} bytes is over the limit of {} bytes for a message; it was not sent",
+                            shared.limits.max_message_len
+                        ),
+                        ..error
+                    },
+                    _ => error,
+                };
+                if !in_step {
+                    let _ = queue.send(Outgoing::Frame(encode(&NodeFrame::Error(error)))).await;
+                    return;
+                }
+                NodeFrame::Error(error)
+            }
+        };
+        if queue.send(Outgoing::Frame(encode(&reply))).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Checks one send and hands it to the history. Its completion publishes the message and
+/// queues the ack. Returns the error reply when the core refuses the send.
+fn send(
+    shared: &Arc<Shared>,
+    member: MemberId,
+    client_id: u64,
+    body: String,
+    queue: mpsc::Sender<Outgoing>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Result<(), NodeFrame> {
+    let outgoing =
+        shared.core().check_send(member, &body).map_err(|r| error_frame(&r, Some(client_id)))?;
+    let timestamp_ms = now_ms();
+    let record = chat_history::Message { sender: outgoing.sender.to_string(), timestamp_ms, body };
+    let fanout = Arc::clone(&shared.fanout);
+    let core = Arc::clone(&shared.core);
+    let room = outgoing.room;
+    let publish_room = room.clone();
+    let message = move |seq, record: &chat_history::Message| ChatMessage {
+        room: publish_room.to_string(),
+        seq,
+        sender: record.sender.clone(),
+        timestamp_ms: record.timestamp_ms,
+        body: record.body.clone(),
+    };
+    let record_copy = record.clone();
+    shared.history.append(
+        &room.clone(),
+        record,
+        Box::new(move |stored| {
+            let reply = match stored {
+                Ok(seq) => {
+                    fanout.publish(
+                        &room,
+                        seq,
+                        encode(&NodeFrame::Message(message(seq, &record_copy))),
+                    );
+                    NodeFrame::Ack { client_id, seq }
+                }
+                Err(e) => {
+                    warn!(%room, error = %e, "a message was not stored");
+                    NodeFrame::Error(ErrorFrame {
+                        client_id: Some(client_id),
+                        ..ErrorFrame::new(
+                            ErrorCode::HistoryUnavailable,
+                            format!("the message was not sent: {e}"),
+                        )
+                    })
+                }
+            };
+            if queue.try_send(Outgoing::Frame(encode(&reply))).is_err() {
+                let mut core = core.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                core.evict(member);
+            }
+            drop(permit);
+        }),
+    );
+    Ok(())
+}
+
+/// The writing half of a room stream.
+struct Writer {
+    shared: Arc<Shared>,
+    room: RoomName,
+    send: SendStream,
+    /// The newest message this stream has written.
+    last_written: Seq,
+}
+
+impl Writer {
+    async fn run(
+        mut self,
+        after: Option<Seq>,
+        history_until: Seq,
+        queued: mpsc::Receiver<Outgoing>,
+        eviction: watch::Receiver<Option<Seq>>,
+    ) {
+        let result = async {
+            self.history(after, history_until).await?;
+            self.live(queued, eviction).await
+        };
+        match result.await {
+            Ok(()) => {
+                let _ = self.send.finish();
+            }
+            Err(e) => debug!(room = %self.room, error = %e, "room stream ended"),
+        }
+    }
+
+    /// Writes `Joined`, then the retained messages after `after` up to `until`.
+    async fn history(&mut self, after: Option<Seq>, until: Seq) -> anyhow::Result<()> {
+        let mut cursor = after;
+        let mut first = true;
+        loop {
+            let (history, room) = (Arc::clone(&self.shared.history), self.room.clone());
+            let page =
+                tokio::task::spawn_blocking(move || history.read(&room, cursor, HISTORY_PAGE))
+                    .await??;
+            let mut frames = Vec::with_capacity(page.messages.len() + 1);
+            if first {
+                let gap = page.gap.map(|(first, last)| Gap { first, last });
+                frames.push(encode(&NodeFrame::Joined {
+                    room: self.room.to_string(),
+                    last_seq: until,
+                    gap,
+                }));
+                first = false;
+            }
+            let full_page = page.messages.len() == HISTORY_PAGE;
+            for stored in page.messages.into_iter().take_while(|s| s.seq <= until) {
+                cursor = Some(stored.seq);
+                self.last_written = stored.seq;
+                frames.push(encode(&NodeFrame::Message(ChatMessage {
+                    room: self.room.to_string(),
+                    seq: stored.seq,
+                    sender: stored.message.sender,
+                    timestamp_ms: stored.message.timestamp_ms,
+                    body: stored.message.body,
+                })));
+            }
+            self.send.write_all_chunks(&mut frames).await?;
+            if !full_page || cursor.unwrap_or(0) >= until {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Drains the member's queue until every sender is gone, or the member is dropped.
+    async fn live(
+        &mut self,
+        mut queued: mpsc::Receiver<Outgoing>,
+        mut eviction: watch::Receiver<Option<Seq>>,
+    ) -> anyhow::Result<()> {
+        let mut batch = Vec::with_capacity(WRITE_BATCH);
+        let mut chunks = Vec::with_capacity(WRITE_BATCH);
+        loop {
+            tokio::select! {
+                biased;
+                _ = eviction.changed() => {
+                    let message = format!(
+                        "you fell too far behind in room {} and were dropped; rejoin after {} to resume",
+                        self.room, self.last_written
+                    );
+                    let frame = ErrorFrame { last_seq: Some(self.last_written), ..ErrorFrame::new(ErrorCode::TooSlow, message) };
+                    self.send.write_all(&encode(&NodeFrame::Error(frame))).await?;
+                    self.send.finish()?;
+                    let _ = self.send.stopped().await;
+                    let _ = self.send.reset(codes::reset::TOO_SLOW.into());
+                    anyhow::bail!("member dropped as too slow");
+                }
+                n = queued.recv_many(&mut batch, WRITE_BATCH) => {
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    for item in batch.drain(..) {
+                        chunks.push(match item {
+                            Outgoing::Message(seq, frame) => {
+                                self.last_written = seq;
+                                frame
+                            }
+                            Outgoing::Frame(frame) => frame,
+                        });
+                    }
+                    self.send.write_all_chunks(&mut chunks).await?;
+                    chunks.clear();
+                }
+            }
+        }
+    }
+}
+
+/// Ends a stream that never joined a room with an error frame.
+async fn end_with(send: &mut SendStream, error: ErrorFrame) {
+    if send.write_all(&encode(&NodeFrame::Error(error))).await.is_ok() {
+        let _ = send.finish();
+    }
+}
+
+/// Encodes a node frame. Node frames are built from checked input and always fit.
+fn encode(frame: &NodeFrame) -> Bytes {
+    codec::encode(frame, codec::MAX_NODE_FRAME_LEN).unwrap_or_else(|e| {
+        warn!(error = %e, "a node frame did not encode");
+        Bytes::new()
+    })
+}

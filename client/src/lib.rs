@@ -1,1 +1,248 @@
+//! The chat client library: connect to a node, join rooms, send and receive messages.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), chat_client::ClientError> {
+//! use chat_client::{Client, ConnectOptions, Trust};
+//! let client = Client::connect(ConnectOptions::new(
+//!     "localhost:7700",
+//!     "ada",
+//!     Trust::CaFile("chat-data/certs/ca.pem".into()),
+//! ))
+//! .await?;
+//! let mut room = client.join("general", None).await?;
+//! let seq = room.sender().send("hello").await?;
+//! while let Some(event) = room.next().await {
+//!     println!("{event:?}");
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`Client`]: one QUIC connection: the hello, room listings, who-is-online, joins.
+//! - [`Room`]: one joined room: its events (history, then live messages) and a
+//!   [`RoomSender`] whose sends resolve to the sequence number the node acknowledged.
+//! - [`ClientError`]: everything that can go wrong, each with a sentence for a person and an
+//!   exit code for the `chat` program.
 
+mod error;
+mod room;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_proto::io::{FrameReader, write_frame};
+use chat_proto::{ClientFrame, Limits, NodeFrame, RoomInfo, SessionToken, codec, codes};
+use quinn::{RecvStream, SendStream};
+use tokio::sync::Mutex;
+
+pub use chat_certs::Trust;
+pub use chat_proto::{ChatMessage, ErrorCode, ErrorFrame, Gap, Seq};
+pub use error::ClientError;
+pub use room::{Room, RoomEvent, RoomSender};
+
+/// How long a connection attempt may take before the server counts as unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an otherwise quiet connection sends a keep-alive.
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// `host:port` of the node.
+    pub server: String,
+    pub name: String,
+    pub trust: Trust,
+    /// The session token of an earlier connection, to take the name back from it.
+    pub resume: Option<SessionToken>,
+}
+
+impl ConnectOptions {
+    pub fn new(server: impl Into<String>, name: impl Into<String>, trust: Trust) -> Self {
+        Self { server: server.into(), name: name.into(), trust, resume: None }
+    }
+}
+
+/// A connection to a node, online under a name.
+pub struct Client {
+    endpoint: quinn::Endpoint,
+    connection: quinn::Connection,
+    control: Mutex<(SendStream, FrameReader<RecvStream>)>,
+    name: String,
+    token: SessionToken,
+    limits: Limits,
+    options: ConnectOptions,
+}
+
+impl Client {
+    /// Connects, says hello and waits for the welcome.
+    ///
+    /// # Errors
+    /// The server cannot be reached, its certificate is not trusted, the name is taken or
+    /// invalid.
+    pub async fn connect(options: ConnectOptions) -> Result<Self, ClientError> {
+        let (host, addr) = resolve(&options.server).await?;
+        let tls = chat_certs::client_config(&options.trust, codes::ALPN)?;
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(KEEP_ALIVE));
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(Arc::new(transport));
+        let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+            .parse()
+            .map_err(|_| ClientError::Protocol("bad bind address".into()))?;
+        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Unreachable {
+            server: options.server.clone(),
+            detail: e.to_string(),
+        })?;
+        endpoint.set_default_client_config(config);
+
+        let server = options.server.clone();
+        let unreachable =
+            |detail: String| ClientError::Unreachable { server: server.clone(), detail };
+        let connecting = endpoint.connect(addr, &host).map_err(|e| unreachable(e.to_string()))?;
+        let connection = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Err(_) => return Err(unreachable(format!("no answer within {CONNECT_TIMEOUT:?}"))),
+            Ok(Err(e)) => return Err(ClientError::from_connection(e, &options)),
+            Ok(Ok(connection)) => connection,
+        };
+
+        let (mut send, recv) =
+            connection.open_bi().await.map_err(|e| ClientError::from_connection(e, &options))?;
+        let hello = ClientFrame::Hello { name: options.name.clone(), resume: options.resume };
+        write_frame(&mut send, &hello, codec::MAX_NODE_FRAME_LEN)
+            .await
+            .map_err(|e| ClientError::lost(&connection, e, &options))?;
+        let mut reader = FrameReader::new(recv, codec::MAX_NODE_FRAME_LEN);
+        let welcome = match reader.read::<NodeFrame>().await {
+            Ok(Some(NodeFrame::Welcome(welcome))) => welcome,
+            Ok(Some(NodeFrame::Error(error))) => return Err(ClientError::from_frame(error)),
+            Ok(Some(other)) => {
+                return Err(ClientError::Protocol(format!("expected a welcome, got {other:?}")));
+            }
+            Ok(None) => return Err(ClientError::lost(&connection, "no welcome", &options)),
+            Err(e) => return Err(ClientError::lost(&connection, e, &options)),
+        };
+        Ok(Self {
+            endpoint,
+            connection,
+            control: Mutex::new((send, reader)),
+            name: welcome.name,
+            token: welcome.token,
+            limits: welcome.limits,
+            options,
+        })
+    }
+
+    /// Connects again with the same options, taking the name back from this connection
+    /// (which may be dead without knowing it yet).
+    ///
+    /// # Errors
+    /// As for [`connect`](Self::connect).
+    pub async fn reconnect(&self) -> Result<Self, ClientError> {
+        Self::connect(ConnectOptions { resume: Some(self.token), ..self.options.clone() }).await
+    }
+
+    /// The name as the node stored it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The node's limits, from the welcome.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    pub fn token(&self) -> SessionToken {
+        self.token
+    }
+
+    /// The rooms of the node.
+    ///
+    /// # Errors
+    /// The connection is lost.
+    pub async fn rooms(&self) -> Result<Vec<RoomInfo>, ClientError> {
+        match self.request(ClientFrame::ListRooms).await? {
+            NodeFrame::Rooms { rooms } => Ok(rooms),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The names of the users in `room`.
+    ///
+    /// # Errors
+    /// An unknown room, or the connection is lost.
+    pub async fn who(&self, room: &str) -> Result<Vec<String>, ClientError> {
+        match self.request(ClientFrame::Who { room: room.to_owned() }).await? {
+            NodeFrame::Members { names, .. } => Ok(names),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn request(&self, frame: ClientFrame) -> Result<NodeFrame, ClientError> {
+        let mut control = self.control.lock().await;
+        let (send, reader) = &mut *control;
+        write_frame(send, &frame, codec::MAX_NODE_FRAME_LEN)
+            .await
+            .map_err(|e| ClientError::lost(&self.connection, e, &self.options))?;
+        match reader.read::<NodeFrame>().await {
+            Ok(Some(NodeFrame::Error(error))) => Err(ClientError::from_frame(error)),
+            Ok(Some(reply)) => Ok(reply),
+            Ok(None) => {
+                Err(ClientError::lost(&self.connection, "control stream ended", &self.options))
+            }
+            Err(e) => Err(ClientError::lost(&self.connection, e, &self.options)),
+        }
+    }
+
+    /// Joins `room`, receiving its history after `after` (all of it for `None`), then live
+    /// messages.
+    ///
+    /// # Errors
+    /// An unknown room, a room joined already, too many rooms, or the connection is lost.
+    pub async fn join(&self, room: &str, after: Option<Seq>) -> Result<Room, ClientError> {
+        let (send, recv) = self
+            .connection
+            .open_bi()
+            .await
+            .map_err(|e| ClientError::from_connection(e, &self.options))?;
+        Room::open(room, after, send, recv, self.limits, &self.connection, &self.options).await
+    }
+
+    /// Resolves when the connection ends, with the reason.
+    pub async fn closed(&self) -> ClientError {
+        let error = self.connection.closed().await;
+        ClientError::from_connection(error, &self.options)
+    }
+
+    /// Says goodbye and waits until the node has seen it.
+    pub async fn close(self) {
+        self.connection.close(codes::close::NORMAL.into(), b"bye");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+fn unexpected(frame: NodeFrame) -> ClientError {
+    ClientError::Protocol(format!("unexpected reply {frame:?}"))
+}
+
+/// Splits `host:port` and resolves it.
+async fn resolve(server: &str) -> Result<(String, SocketAddr), ClientError> {
+    let unreachable =
+        |detail: String| ClientError::Unreachable { server: server.to_owned(), detail };
+    let (host, _) = server
+        .rsplit_once(':')
+        .ok_or_else(|| unreachable("the server must be given as HOST:PORT".into()))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host(server)
+        .await
+        .map_err(|e| unreachable(format!("cannot resolve the address: {e}")))?
+        .collect();
+    addrs.sort_by_key(SocketAddr::is_ipv6); // IPv4 first: the node listens on 0.0.0.0 by default.
+    let addr = addrs
+        .first()
+        .copied()
+        .ok_or_else(|| unreachable("the name resolves to no address".into()))?;
+    Ok((host, addr))
+}

@@ -1,0 +1,124 @@
+//! [`ClientError`]: what went wrong, in words for a person, with an exit code per kind.
+
+use chat_proto::{ErrorCode, ErrorFrame, Seq, codes};
+
+use crate::ConnectOptions;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    #[error(
+        "cannot reach the chat node at {server}: {detail}. Is it running, and is that its address and UDP port?"
+    )]
+    Unreachable { server: String, detail: String },
+    #[error("{detail}. {hint}")]
+    NotTrusted { detail: String, hint: String },
+    #[error("{0}")]
+    NameTaken(String),
+    #[error("{0}")]
+    InvalidName(String),
+    #[error("{0}")]
+    UnknownRoom(String),
+    #[error("{0}")]
+    MessageTooLong(String),
+    #[error("{}", .0.message)]
+    Refused(ErrorFrame),
+    #[error("dropped from room {room} for reading too slowly; rejoin after {last_seq} to resume")]
+    TooSlow { room: String, last_seq: Seq },
+    #[error("the connection to the node was lost: {0}")]
+    ConnectionLost(String),
+    #[error("the node is shutting down; reconnect later or to another node")]
+    GoingAway,
+    #[error("this session was taken over by a newer connection with the same name")]
+    Replaced,
+    #[error("TLS setup: {0}")]
+    Tls(#[from] chat_certs::CertError),
+    #[error("the node broke the protocol: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The `chat` program's exit code for this error (see the README's table).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Unreachable { .. } => 3,
+            Self::NotTrusted { .. } | Self::Tls(_) => 4,
+            Self::NameTaken(_) => 5,
+            Self::UnknownRoom(_) => 6,
+            Self::MessageTooLong(_) => 7,
+            Self::InvalidName(_) => 8,
+            Self::ConnectionLost(_) | Self::GoingAway | Self::Replaced | Self::TooSlow { .. } => 9,
+            Self::Refused(_) | Self::Protocol(_) => 1,
+        }
+    }
+
+    /// Whether reconnecting may help.
+    pub fn is_connection_loss(&self) -> bool {
+        matches!(self, Self::ConnectionLost(_) | Self::GoingAway | Self::Unreachable { .. })
+    }
+
+    /// The error a node's error frame stands for.
+    pub fn from_frame(frame: ErrorFrame) -> Self {
+        match frame.code {
+            ErrorCode::NameTaken => Self::NameTaken(frame.message),
+            ErrorCode::InvalidName => Self::InvalidName(frame.message),
+            ErrorCode::UnknownRoom | ErrorCode::InvalidRoomName => Self::UnknownRoom(frame.message),
+            ErrorCode::MessageTooLong => Self::MessageTooLong(frame.message),
+            ErrorCode::ShuttingDown => Self::GoingAway,
+            _ => Self::Refused(frame),
+        }
+    }
+
+    /// The error a failed or closed connection stands for.
+    pub fn from_connection(error: quinn::ConnectionError, options: &ConnectOptions) -> Self {
+        use quinn::ConnectionError as E;
+        match error {
+            E::ApplicationClosed(close) => {
+                let reason = String::from_utf8_lossy(&close.reason).into_owned();
+                match u32::try_from(close.error_code.into_inner()).unwrap_or(u32::MAX) {
+                    codes::close::NAME_TAKEN => Self::NameTaken(reason),
+                    codes::close::GOING_AWAY => Self::GoingAway,
+                    codes::close::SESSION_REPLACED => Self::Replaced,
+                    codes::close::REFUSED => Self::InvalidName(reason),
+                    _ => Self::ConnectionLost(format!("the node closed it ({reason})")),
+                }
+            }
+            E::TransportError(e) if e.to_string().contains("certificate") => Self::NotTrusted {
+                detail: format!("the node's certificate is not trusted ({})", e.reason),
+                hint: trust_hint(options),
+            },
+            E::TimedOut => {
+                Self::Unreachable { server: options.server.clone(), detail: "timed out".into() }
+            }
+            other => Self::ConnectionLost(other.to_string()),
+        }
+    }
+
+    /// The error for a stream operation that failed: the connection's reason if it closed.
+    pub(crate) fn lost(
+        connection: &quinn::Connection,
+        detail: impl std::fmt::Display,
+        options: &ConnectOptions,
+    ) -> Self {
+        match connection.close_reason() {
+            Some(reason) => Self::from_connection(reason, options),
+            None => Self::ConnectionLost(detail.to_string()),
+        }
+    }
+}
+
+fn trust_hint(options: &ConnectOptions) -> String {
+    match &options.trust {
+        chat_certs::Trust::CaFile(path) => format!(
+            "It was checked against the CA in {}; pass the CA file the node printed at start \
+             (--ca DATA_DIR/certs/ca.pem) or its certificate's fingerprint (--fingerprint)",
+            path.display()
+        ),
+        chat_certs::Trust::CaPem(_) => "Pass the CA the node printed at start with --ca".into(),
+        chat_certs::Trust::Fingerprint(_) => {
+            "Its fingerprint differs from the one pinned with --fingerprint; check it with \
+             `chat-certs fingerprint node.pem` on the node"
+                .into()
+        }
+    }
+}

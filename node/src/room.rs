@@ -21,8 +21,9 @@ use crate::connection::{error_frame, frame_name};
 use crate::mailbox::{Outbox, Outgoing};
 use crate::{GREETING_TIMEOUT, Shared, member_id, now_ms};
 
-/// Sends of one stream that may wait for the history at once; the reader pauses beyond it.
-const MAX_SENDS_IN_FLIGHT: usize = 1024;
+/// Sends of one stream that may wait for the history at once, as a share of the member
+/// queue: their acks and echoes arrive in bursts, and must fit the sender's own queue.
+const IN_FLIGHT_SHARE_OF_QUEUE: usize = 4;
 /// History messages read from the store per batch when replaying.
 const HISTORY_PAGE: usize = 512;
 /// Frames written to the stream in one call.
@@ -89,7 +90,8 @@ async fn read_sends(
     queue: &mpsc::Sender<Outgoing>,
     mut eviction: watch::Receiver<Option<Seq>>,
 ) {
-    let in_flight = Arc::new(Semaphore::new(MAX_SENDS_IN_FLIGHT));
+    let in_flight =
+        Arc::new(Semaphore::new((shared.config.member_queue / IN_FLIGHT_SHARE_OF_QUEUE).max(1)));
     let mut stopping = shared.stopping.clone();
     loop {
         let frame = tokio::select! {

@@ -1,0 +1,153 @@
+//! The chat itself over real QUIC on loopback: history on join, fan-out, acks, rooms.
+
+use chat_client::RoomEvent;
+use chat_tests::{PATIENCE, TestNode, next_message, take_messages};
+
+#[tokio::test]
+async fn a_joiner_gets_the_history_in_order_then_live_messages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start_in(dir.path(), |_| {}).await;
+    let ada = node.connect("ada").await;
+    let room = ada.join("general", None).await.expect("joins");
+    for i in 1..=5 {
+        assert_eq!(room.sender().send(format!("m{i}")).await.expect("acked"), i);
+    }
+
+    let bob = node.connect("bob").await;
+    let mut bobs = bob.join("general", None).await.expect("joins");
+    assert_eq!(bobs.history_until(), 5);
+    for i in 1..=5u64 {
+        let (m, history) = next_message(&mut bobs).await;
+        assert_eq!(
+            (m.seq, m.body.as_str(), m.sender.as_str(), history),
+            (i, format!("m{i}").as_str(), "ada", true)
+        );
+    }
+    room.sender().send("live").await.expect("acked");
+    let (m, history) = next_message(&mut bobs).await;
+    assert_eq!((m.seq, m.body.as_str(), history), (6, "live", false));
+    assert!(m.timestamp_ms > 0);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn three_members_each_get_every_message_once_in_one_order_and_acks_carry_the_seq() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start_in(dir.path(), |_| {}).await;
+    let names = ["ada", "bob", "cy"];
+    let mut clients = Vec::new();
+    let mut rooms = Vec::new();
+    for name in names {
+        let client = node.connect(name).await;
+        rooms.push(client.join("general", None).await.expect("joins"));
+        clients.push(client);
+    }
+    // All three send at once, each several messages with many in flight.
+    let mut sends = tokio::task::JoinSet::new();
+    for (i, room) in rooms.iter().enumerate() {
+        let sender = room.sender();
+        sends.spawn(async move {
+            let mut acks = Vec::new();
+            for j in 0..20 {
+                let body = format!("{}-{j}", names[i]);
+                acks.push((sender.send(body.clone()).await.expect("acked"), body));
+            }
+            acks
+        });
+    }
+    let mut acked = Vec::new();
+    while let Some(acks) = sends.join_next().await {
+        acked.extend(acks.expect("sender task"));
+    }
+    acked.sort();
+    assert_eq!(acked.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), (1..=60).collect::<Vec<_>>());
+
+    let mut seen = Vec::new();
+    for room in &mut rooms {
+        seen.push(take_messages(room, 60).await);
+    }
+    assert_eq!(seen[0], seen[1]);
+    assert_eq!(seen[1], seen[2]);
+    let by_seq: Vec<(u64, String)> =
+        seen[0].iter().map(|(seq, _, body)| (*seq, body.clone())).collect();
+    assert_eq!(by_seq, acked, "each member saw every message once, under the seq its ack named");
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn two_rooms_on_one_connection_are_independent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start_in(dir.path(), |c| c.member_queue = 256).await;
+    let ada = node.connect("ada").await;
+    let mut stalled = ada.join("general", None).await.expect("joins");
+    let mut random = ada.join("random", None).await.expect("joins");
+    let bob = node.connect("bob").await;
+    let mut bobs_general = bob.join("general", None).await.expect("joins");
+    let bobs_random = bob.join("random", None).await.expect("joins");
+    let sender = bobs_general.sender();
+    // Bob reads his copy of the flood as it comes.
+    let bob_reads = tokio::spawn(async move { while bobs_general.next().await.is_some() {} });
+
+    // Ada never reads "general" while far more than its queue and buffers go through it.
+    let flood = 5_000;
+    let body = "x".repeat(1000);
+    let mut window: std::collections::VecDeque<
+        tokio::task::JoinHandle<Result<u64, chat_client::ClientError>>,
+    > = std::collections::VecDeque::with_capacity(32);
+    for _ in 0..flood {
+        if window.len() == 32 {
+            let ack: tokio::task::JoinHandle<_> = window.pop_front().expect("full window");
+            ack.await.expect("task").expect("the stalled member does not hold up the sender");
+        }
+        window.push_back(tokio::spawn(sender.send_unchecked(body.clone()).await.expect("written")));
+    }
+    for ack in window {
+        ack.await.expect("task").expect("acked");
+    }
+    // The other room on the same connection still flows.
+    for i in 1..=3u64 {
+        bobs_random.sender().send(format!("r{i}")).await.expect("acked");
+        let (m, _) = next_message(&mut random).await;
+        assert_eq!((m.seq, m.body), (i, format!("r{i}")));
+    }
+    // The stalled room was dropped as too slow, and says where to resume.
+    let mut last = 0;
+    let ended = tokio::time::timeout(PATIENCE, async {
+        while let Some(event) = stalled.next().await {
+            match event {
+                RoomEvent::Message { message, .. } => last = message.seq,
+                RoomEvent::Error(error) => return Some(error),
+            }
+        }
+        None
+    })
+    .await
+    .expect("in time")
+    .expect("a too-slow error ends the stalled room");
+    assert_eq!(ended.code, chat_client::ErrorCode::TooSlow);
+    assert_eq!(ended.last_seq, Some(last), "the error names the last message delivered");
+    assert!(last < flood);
+    // Rejoining after it resumes exactly there.
+    let mut resumed = ada.join("general", Some(last)).await.expect("rejoins");
+    let (m, _) = next_message(&mut resumed).await;
+    assert_eq!(m.seq, last + 1);
+    bob_reads.abort();
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn rooms_and_who_list_what_is_there() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start_in(dir.path(), |_| {}).await;
+    let ada = node.connect("Ada").await;
+    let _room = ada.join("general", None).await.expect("joins");
+    let bob = node.connect("bob").await;
+    let _bobs = bob.join("general", None).await.expect("joins");
+    let rooms = bob.rooms().await.expect("rooms");
+    let names: Vec<&str> = rooms.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["general", "random"]);
+    assert_eq!(rooms[0].members, 2);
+    assert_eq!(bob.who("general").await.expect("who"), ["Ada", "bob"]);
+    assert!(bob.who("random").await.expect("who").is_empty());
+    node.stop().await;
+}

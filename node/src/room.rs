@@ -118,6 +118,7 @@ async fn read_sends(
                 let error = match e {
                     codec::FrameError::TooLong { len, .. } if in_step => ErrorFrame {
                         code: ErrorCode::MessageTooLong,
+                        client_id: ClientFrame::send_id_from_head(reader.oversized_head()),
                         message: format!(
                             "a frame of {len} bytes is over the limit of {} bytes for a message; it was not sent",
                             shared.limits.max_message_len

@@ -122,6 +122,19 @@ mod tests {
     }
 
     #[test]
+    fn the_client_id_of_a_send_is_read_from_its_first_bytes() {
+        let frame = ClientFrame::Send { client_id: 300_000, body: "x".repeat(1000) };
+        let bytes = encode(&frame, 2000).expect("encodes");
+        assert_eq!(
+            ClientFrame::send_id_from_head(&bytes[PREFIX_LEN..PREFIX_LEN + 16]),
+            Some(300_000)
+        );
+        let join =
+            encode(&ClientFrame::Join { room: "r".into(), after: None }, 100).expect("encodes");
+        assert_eq!(ClientFrame::send_id_from_head(&join[PREFIX_LEN..]), None);
+    }
+
+    #[test]
     fn garbage_is_an_error_not_a_panic() {
         let mut buf = BytesMut::new();
         buf.put_u32(3);

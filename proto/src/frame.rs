@@ -40,6 +40,19 @@ pub enum ClientFrame {
     Send { client_id: u64, body: String },
 }
 
+impl ClientFrame {
+    /// The client id of a [`ClientFrame::Send`] from the first bytes of its encoding, for
+    /// answering a send too long to be read whole.
+    pub fn send_id_from_head(head: &[u8]) -> Option<u64> {
+        /// `Send`'s position in the enum: postcard encodes it as the variant's varint.
+        const SEND_VARIANT: u32 = 4;
+        match postcard::take_from_bytes::<(u32, u64)>(head) {
+            Ok(((SEND_VARIANT, client_id), _)) => Some(client_id),
+            _ => None,
+        }
+    }
+}
+
 /// What the node sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeFrame {

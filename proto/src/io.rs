@@ -18,14 +18,26 @@ pub struct FrameReader<R> {
     max_len: usize,
     /// Bytes of an oversized frame still to be discarded.
     skip: usize,
+    /// The first bytes of the last oversized frame, for a caller that wants to say which
+    /// request it refused.
+    oversized_head: Vec<u8>,
 }
+
+/// How much of an oversized frame is kept in [`FrameReader::oversized_head`].
+pub const HEAD_LEN: usize = 16;
 
 /// Most bytes of one oversized frame a reader discards to stay in step.
 pub const MAX_SKIP: usize = 16 << 20;
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(inner: R, max_len: usize) -> Self {
-        Self { inner, buf: BytesMut::with_capacity(256), max_len, skip: 0 }
+        Self {
+            inner,
+            buf: BytesMut::with_capacity(256),
+            max_len,
+            skip: 0,
+            oversized_head: Vec::new(),
+        }
     }
 
     /// The next frame; `Ok(None)` when the peer finished the stream cleanly between frames.
@@ -44,16 +56,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 match codec::decode(&mut self.buf, self.max_len) {
                     Ok(Some(frame)) => return Ok(Some(frame)),
                     Ok(None) => {}
-                    Err(FrameError::TooLong { len, max }) => {
-                        if len <= MAX_SKIP {
+                    Err(FrameError::TooLong { len, max }) if len <= MAX_SKIP => {
+                        let head = len.min(HEAD_LEN);
+                        if self.buf.len() >= codec::PREFIX_LEN + head {
                             let _ = self.buf.split_to(codec::PREFIX_LEN);
+                            self.oversized_head = self.buf[..head].to_vec();
                             self.skip = len;
+                            return Err(FrameError::TooLong { len, max });
                         }
-                        return Err(FrameError::TooLong { len, max });
                     }
                     Err(e) => return Err(e),
                 }
-                if let Some(len) = codec::peek_len(&self.buf, self.max_len)? {
+                if let Ok(Some(len)) = codec::peek_len(&self.buf, self.max_len) {
                     // The prefix passed the limit check: reserving the body is now safe.
                     self.buf.reserve(codec::PREFIX_LEN + len - self.buf.len());
                 }
@@ -70,6 +84,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     pub fn get_mut(&mut self) -> &mut R {
         &mut self.inner
+    }
+
+    /// The first bytes (up to [`HEAD_LEN`]) of the last frame refused as too long.
+    pub fn oversized_head(&self) -> &[u8] {
+        &self.oversized_head
     }
 
     /// Whether the stream can still be read after an error: true unless the reader gave

@@ -220,9 +220,9 @@ async fn read_room(
             Ok(Some(NodeFrame::Message(message))) => {
                 last_seen.fetch_max(message.seq, Ordering::Relaxed);
                 let history = message.seq <= history_until;
-                if events.send(RoomEvent::Message { message, history }).await.is_err() {
-                    break None; // Nobody listens any more.
-                }
+                // A program may keep only the sender; then the messages go unread but the
+                // acks still arrive.
+                let _ = events.send(RoomEvent::Message { message, history }).await;
             }
             Ok(Some(NodeFrame::Ack { client_id, seq })) => resolve(client_id, Ok(seq)),
             Ok(Some(NodeFrame::Error(error))) => match error.client_id {

@@ -1,0 +1,96 @@
+//! The history as clients see it: the cap, restarts, rejoining after a sequence number,
+//! gaps, and taking a name back after a dropped connection.
+
+use chat_client::{Client, ClientError};
+use chat_tests::{TestNode, next_message, take_messages};
+
+#[tokio::test]
+async fn the_cap_keeps_the_newest_messages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start_in(dir.path(), |c| c.history_cap = 3).await;
+    let ada = node.connect("ada").await;
+    let room = ada.join("general", None).await.expect("joins");
+    for i in 1..=5 {
+        room.sender().send(format!("m{i}")).await.expect("acked");
+    }
+    let bob = node.connect("bob").await;
+    let mut bobs = bob.join("general", Some(2)).await.expect("joins");
+    assert_eq!(bobs.gap(), None, "after 2, nothing retained was trimmed");
+    let got = take_messages(&mut bobs, 3).await;
+    assert_eq!(
+        got.iter().map(|(seq, _, body)| (*seq, body.as_str())).collect::<Vec<_>>(),
+        [(3, "m3"), (4, "m4"), (5, "m5")]
+    );
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_restarted_node_keeps_the_history_and_continues_the_numbering() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start_in(dir.path(), |_| {}).await;
+    let ada = node.connect("ada").await;
+    let room = ada.join("general", None).await.expect("joins");
+    for i in 1..=3 {
+        room.sender().send(format!("before {i}")).await.expect("acked");
+    }
+    node.stop().await;
+
+    let node = TestNode::start_in(dir.path(), |_| {}).await;
+    let ada = node.connect("ada").await;
+    let mut room = ada.join("general", None).await.expect("joins");
+    assert_eq!(room.history_until(), 3);
+    let history = take_messages(&mut room, 3).await;
+    assert_eq!(
+        history.iter().map(|(_, _, b)| b.as_str()).collect::<Vec<_>>(),
+        ["before 1", "before 2", "before 3"]
+    );
+    assert_eq!(room.sender().send("after").await.expect("acked"), 4, "no number is reused");
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn rejoining_after_a_seq_gets_only_what_was_missed_and_a_trimmed_seq_is_a_gap() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start_in(dir.path(), |c| c.history_cap = 5).await;
+    let ada = node.connect("ada").await;
+    let sender = ada.join("general", None).await.expect("joins").sender();
+    for i in 1..=4 {
+        sender.send(format!("m{i}")).await.expect("acked");
+    }
+    let bob = node.connect("bob").await;
+    let mut bobs = bob.join("general", Some(2)).await.expect("joins");
+    assert_eq!((bobs.gap(), bobs.history_until()), (None, 4));
+    assert_eq!(take_messages(&mut bobs, 2).await.iter().map(|m| m.0).collect::<Vec<_>>(), [3, 4]);
+    bobs.leave().await;
+
+    // Six more: the cap of five now holds 6..=10, so 3..=5 are gone for a reader after 2.
+    for i in 5..=10 {
+        sender.send(format!("m{i}")).await.expect("acked");
+    }
+    let mut rejoined = bob.join("general", Some(2)).await.expect("rejoins");
+    let gap = rejoined.gap().expect("a gap is reported");
+    assert_eq!((gap.first, gap.last), (3, 5));
+    let got = take_messages(&mut rejoined, 5).await;
+    assert_eq!(got.iter().map(|m| m.0).collect::<Vec<_>>(), [6, 7, 8, 9, 10]);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_reconnect_with_the_session_token_takes_the_name_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start_in(dir.path(), |_| {}).await;
+    let old = node.connect("ada").await;
+    let mut old_room = old.join("general", None).await.expect("joins");
+
+    // Without the token the name is still taken...
+    assert!(matches!(Client::connect(node.options("ada")).await, Err(ClientError::NameTaken(_))));
+    // ...with it, the new connection takes the name, and the old one is closed.
+    let new = old.reconnect().await.expect("the token takes the name back");
+    assert!(matches!(old.closed().await, ClientError::Replaced));
+    while old_room.next().await.is_some() {} // The old room stream ends too.
+    let mut room = new.join("general", None).await.expect("joins");
+    room.sender().send("back").await.expect("acked");
+    assert_eq!(next_message(&mut room).await.0.body, "back");
+    assert_eq!(new.who("general").await.expect("who"), ["ada"]);
+    node.stop().await;
+}

@@ -1,1 +1,203 @@
-fn main() {}
+//! `chat`: the command-line chat client.
+//!
+//! With no subcommand it joins the rooms given, prints each one's history and then live
+//! messages, and sends every line typed to the current room (line editing on a terminal,
+//! plain lines from a pipe). The subcommands do one thing and exit: `send`, `history`,
+//! `rooms`, `who`. Each kind of failure has its own exit code (see the README).
+
+mod cli {
+    pub mod config;
+    pub mod output;
+    pub mod session;
+}
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use chat_client::{Client, ClientError, RoomEvent};
+use clap::{Parser, Subcommand};
+use cli::config::{Flags, NoTrust, Settings};
+use cli::output::Output;
+use cli::session::Session;
+use tokio::sync::mpsc;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "chat", version, about = "Chat through a chat node over QUIC")]
+struct Cli {
+    #[command(flatten)]
+    flags: Flags,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Send one message to the --room and exit once the node has stored it
+    Send {
+        /// The message (read from standard input when absent)
+        message: Vec<String>,
+    },
+    /// Print the history of the --room and exit
+    History {
+        /// Only messages after this sequence number
+        #[arg(long)]
+        after: Option<u64>,
+    },
+    /// List the node's rooms
+    Rooms,
+    /// List who is in the --room
+    Who,
+}
+
+/// Exit code for a bad configuration or command line (clap uses 2 for its own).
+const EXIT_USAGE: u8 = 2;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let out = Output::stdout(cli.flags.json);
+    match run(cli, out.clone()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = match e.downcast_ref::<ClientError>() {
+                Some(error) => {
+                    out.error(None, error);
+                    error.exit_code() as u8
+                }
+                None => {
+                    eprintln!("chat: {e:#}");
+                    if e.is::<NoTrust>() { 4 } else { EXIT_USAGE }
+                }
+            };
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn run(cli: Cli, out: Output) -> anyhow::Result<()> {
+    let settings = Settings::resolve(&cli.flags)?;
+    let options = settings.options()?;
+    match cli.command {
+        None => interactive(&settings, options, out).await,
+        Some(Command::Rooms) => {
+            let client = Client::connect(options).await?;
+            out.rooms(&client.rooms().await?);
+            client.close().await;
+            Ok(())
+        }
+        Some(Command::Who) => {
+            let room = settings.room()?;
+            let client = Client::connect(options).await?;
+            out.who(room, &client.who(room).await?);
+            client.close().await;
+            Ok(())
+        }
+        Some(Command::Send { message }) => {
+            let room = settings.room()?;
+            let body = if message.is_empty() {
+                std::io::read_to_string(std::io::stdin())?.trim_end_matches('\n').to_owned()
+            } else {
+                message.join(" ")
+            };
+            let client = Client::connect(options).await?;
+            // After the newest possible number: no history, just the send.
+            let joined = client.join(room, Some(u64::MAX)).await?;
+            let seq = joined.sender().send(body).await?;
+            out.ack(joined.name(), seq);
+            client.close().await;
+            Ok(())
+        }
+        Some(Command::History { after }) => {
+            let room = settings.room()?;
+            let client = Client::connect(options).await?;
+            let mut joined = client.join(room, after).await?;
+            out.joined(joined.name(), joined.history_until(), joined.gap());
+            let until = joined.history_until();
+            if after.unwrap_or(0) < until {
+                while let Some(event) = joined.next().await {
+                    match event {
+                        RoomEvent::Message { message, history: true } => {
+                            out.message(&message, true);
+                            if message.seq >= until {
+                                break;
+                            }
+                        }
+                        RoomEvent::Message { .. } => break,
+                        RoomEvent::Error(error) => {
+                            return Err(ClientError::from_frame(error).into());
+                        }
+                    }
+                }
+            }
+            client.close().await;
+            Ok(())
+        }
+    }
+}
+
+async fn interactive(
+    settings: &Settings,
+    options: chat_client::ConnectOptions,
+    out: Output,
+) -> anyhow::Result<()> {
+    let client = Client::connect(options).await?;
+    out.info(&format!(
+        "connected to {} as {}; /help lists the commands",
+        settings.server,
+        client.name()
+    ));
+    let mut session = Session::new(client, out.clone());
+    for room in &settings.rooms {
+        session.join(room, None).await?;
+    }
+    let input = if std::io::stdin().is_terminal() { terminal_input(&out)? } else { piped_input() };
+    session.run(input).await?;
+    Ok(())
+}
+
+/// Lines from a terminal, with line editing and input history.
+fn terminal_input(out: &Output) -> anyhow::Result<mpsc::Receiver<String>> {
+    let mut editor = rustyline::DefaultEditor::new()?;
+    out.redirect(Box::new(editor.create_external_printer()?));
+    let (tx, rx) = mpsc::channel(16);
+    std::thread::spawn(move || {
+        loop {
+            match editor.readline("> ") {
+                Ok(line) => {
+                    let _ = editor.add_history_entry(line.as_str());
+                    if tx.blocking_send(line).is_err() {
+                        return;
+                    }
+                }
+                // Ctrl-C, Ctrl-D, or a closed terminal: leave.
+                Err(_) => {
+                    let _ = tx.blocking_send("/quit".into());
+                    return;
+                }
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// Lines from a pipe; the channel closes at the end of input.
+fn piped_input() -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if tx.send(line).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}

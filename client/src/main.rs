@@ -83,40 +83,42 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli, out: Output) -> anyhow::Result<()> {
     let settings = Settings::resolve(&cli.flags)?;
-    let options = settings.options()?;
-    match cli.command {
-        None => interactive(&settings, options, out).await,
-        Some(Command::Rooms) => {
-            let client = Client::connect(options).await?;
-            out.rooms(&client.rooms().await?);
-            client.close().await;
-            Ok(())
-        }
-        Some(Command::Who) => {
+    let client = Client::connect(settings.options()?).await?;
+    let result = match cli.command {
+        None => return interactive(&settings, client, out).await,
+        Some(command) => one_shot(command, &settings, &client, &out).await,
+    };
+    // Say goodbye even after an error, so that the node frees the name at once.
+    client.close().await;
+    result
+}
+
+async fn one_shot(
+    command: Command,
+    settings: &Settings,
+    client: &Client,
+    out: &Output,
+) -> anyhow::Result<()> {
+    match command {
+        Command::Rooms => out.rooms(&client.rooms().await?),
+        Command::Who => {
             let room = settings.room()?;
-            let client = Client::connect(options).await?;
             out.who(room, &client.who(room).await?);
-            client.close().await;
-            Ok(())
         }
-        Some(Command::Send { message }) => {
+        Command::Send { message } => {
             let room = settings.room()?;
             let body = if message.is_empty() {
                 std::io::read_to_string(std::io::stdin())?.trim_end_matches('\n').to_owned()
             } else {
                 message.join(" ")
             };
-            let client = Client::connect(options).await?;
             // After the newest possible number: no history, just the send.
             let joined = client.join(room, Some(u64::MAX)).await?;
             let seq = joined.sender().send(body).await?;
             out.ack(joined.name(), seq);
-            client.close().await;
-            Ok(())
         }
-        Some(Command::History { after }) => {
+        Command::History { after } => {
             let room = settings.room()?;
-            let client = Client::connect(options).await?;
             let mut joined = client.join(room, after).await?;
             out.joined(joined.name(), joined.history_until(), joined.gap());
             let until = joined.history_until();
@@ -136,18 +138,12 @@ async fn run(cli: Cli, out: Output) -> anyhow::Result<()> {
                     }
                 }
             }
-            client.close().await;
-            Ok(())
         }
     }
+    Ok(())
 }
 
-async fn interactive(
-    settings: &Settings,
-    options: chat_client::ConnectOptions,
-    out: Output,
-) -> anyhow::Result<()> {
-    let client = Client::connect(options).await?;
+async fn interactive(settings: &Settings, client: Client, out: Output) -> anyhow::Result<()> {
     out.info(&format!(
         "connected to {} as {}; /help lists the commands",
         settings.server,
@@ -155,7 +151,10 @@ async fn interactive(
     ));
     let mut session = Session::new(client, out.clone());
     for room in &settings.rooms {
-        session.join(room, None).await?;
+        if let Err(e) = session.join(room, None).await {
+            session.close().await;
+            return Err(e.into());
+        }
     }
     let input = if std::io::stdin().is_terminal() { terminal_input(&out)? } else { piped_input() };
     session.run(input).await?;

@@ -73,8 +73,13 @@ impl Session {
         while let Some(sent) = self.sends.join_next().await {
             self.sent(sent);
         }
-        self.client.close().await;
+        self.close().await;
         Ok(())
+    }
+
+    /// Leaves every room and says goodbye to the node.
+    pub async fn close(self) {
+        self.client.close().await;
     }
 
     /// Handles one typed line; false to quit.

@@ -43,8 +43,11 @@ pub use room::{Room, RoomEvent, RoomSender};
 
 /// How long a connection attempt may take before the server counts as unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often an otherwise quiet connection sends a keep-alive.
-const KEEP_ALIVE: Duration = Duration::from_secs(10);
+/// How often an otherwise quiet connection sends a keep-alive. It also lets a client learn
+/// soon that a restarted node has forgotten its connection (the node answers with a reset).
+const KEEP_ALIVE: Duration = Duration::from_secs(3);
+/// Silence after which the client gives a connection up (the node may set a shorter one).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Where and as whom to connect.
 #[derive(Debug, Clone)]
@@ -86,7 +89,9 @@ impl Client {
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(KEEP_ALIVE));
+        transport.keep_alive_interval(Some(KEEP_ALIVE)).max_idle_timeout(Some(
+            IDLE_TIMEOUT.try_into().map_err(|_| ClientError::Protocol("idle timeout".into()))?,
+        ));
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(Arc::new(transport));
         let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }

@@ -129,8 +129,25 @@ impl Node {
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server_config.transport_config(Arc::new(transport));
-        let endpoint = quinn::Endpoint::server(server_config, config.listen)
+        let socket = std::net::UdpSocket::bind(config.listen)
             .with_context(|| format!("binding UDP {}", config.listen))?;
+        let secret = node_secret(&config.data_dir)?;
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            &secret,
+        )));
+        let cid_key = u64::from_le_bytes([
+            secret[0], secret[1], secret[2], secret[3], secret[4], secret[5], secret[6], secret[7],
+        ]);
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
+        let endpoint = quinn::Endpoint::new(
+            endpoint_config,
+            Some(server_config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
 
         let limits = Limits {
             max_message_len: max_message_len as u32,
@@ -240,6 +257,26 @@ fn tls_config(config: &NodeConfig) -> anyhow::Result<(rustls::ServerConfig, Opti
     let chain = chat_certs::load_certs(&cert)?;
     let key = chat_certs::load_key(&key)?;
     Ok((chat_certs::server_config(chain, key, codes::ALPN)?, ca))
+}
+
+/// The secret behind the node's connection ids and QUIC stateless resets, kept in the data
+/// dir so that a restarted node recognises the connection ids of its previous run and tells
+/// those clients at once that their connections are gone (instead of leaving them to wait
+/// for the idle timeout).
+fn node_secret(data_dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let path = data_dir.join("reset.key");
+    let secret = match std::fs::read(&path) {
+        Ok(secret) if secret.len() == 32 => secret,
+        _ => {
+            let secret: [u8; 32] = ring::rand::generate(&ring::rand::SystemRandom::new())
+                .map_err(|_| anyhow::anyhow!("no randomness for the reset key"))?
+                .expose();
+            std::fs::create_dir_all(data_dir)?;
+            std::fs::write(&path, secret).with_context(|| format!("writing {}", path.display()))?;
+            secret.to_vec()
+        }
+    };
+    Ok(secret)
 }
 
 /// Milliseconds since the Unix epoch.

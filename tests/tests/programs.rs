@@ -25,7 +25,11 @@ impl NodeProcess {
             .local_addr()
             .expect("addr")
             .port();
-        let addr = format!("127.0.0.1:{port}");
+        Self::start_on(data_dir, &format!("127.0.0.1:{port}"), extra)
+    }
+
+    fn start_on(data_dir: &Path, addr: &str, extra: &[&str]) -> Self {
+        let addr = addr.to_owned();
         let mut child = Command::new(program("chat-node"))
             .args(["--listen", &addr, "--data-dir"])
             .arg(data_dir)
@@ -201,6 +205,46 @@ fn sigterm_tells_clients_and_exits_cleanly() {
     let gone = wait_for(&events, "the going-away notice", |e| e["event"] == "error");
     assert!(gone["message"].as_str().unwrap_or_default().contains("shutting down"), "{gone}");
     let _ = ada.kill();
+}
+
+#[test]
+fn the_chat_program_reconnects_and_misses_nothing_after_the_node_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut node = NodeProcess::start(dir.path(), &[]);
+    let addr = node.addr.clone();
+    let mut ada = node
+        .chat("ada", &["--room", "general", "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("chat");
+    let events = json_events(&mut ada);
+    wait_for(&events, "join", |e| e["event"] == "joined");
+    let sent = node.chat("bob", &["--room", "general", "send", "before"]).output().expect("runs");
+    assert!(sent.status.success());
+    wait_for(&events, "the first message", |e| e["event"] == "message" && e["body"] == "before");
+
+    node.signal("KILL");
+    wait_child(&mut node.child);
+    let node = NodeProcess::start_on(dir.path(), &addr, &[]);
+    // Sent while ada is still reconnecting: she must get it from the history after seq 1.
+    let sent =
+        node.chat("bob", &["--room", "general", "send", "while", "away"]).output().expect("runs");
+    assert!(sent.status.success());
+    wait_for(&events, "the reconnect", |e| e["event"] == "info" && e["message"] == "reconnected");
+    let rejoined = wait_for(&events, "the rejoin", |e| e["event"] == "joined");
+    assert_eq!(rejoined["last_seq"], 2);
+    let missed = wait_for(&events, "the missed message", |e| {
+        e["event"] == "history" || e["event"] == "message"
+    });
+    assert_eq!((missed["seq"].as_u64(), missed["body"].as_str()), (Some(2), Some("while away")));
+
+    let mut ada_in = ada.stdin.take().expect("stdin");
+    writeln!(ada_in, "back again").expect("typed");
+    let ack = wait_for(&events, "the ack", |e| e["event"] == "ack");
+    assert_eq!(ack["seq"], 3);
+    drop(ada_in);
+    assert!(ada.wait().expect("exits").success());
 }
 
 #[test]

@@ -1,0 +1,120 @@
+//! `chat-bench`: measures the node's fan-out latency, from a publisher's send to the receipt
+//! at every member of the room, over real QUIC on loopback with a durable history.
+//!
+//! Publisher and members live in this one process, so one clock times every delivery. The
+//! node runs in-process too, on its own runtime threads.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chat_client::{Client, ConnectOptions, RoomEvent, Trust};
+use chat_node::{Node, Settings};
+use clap::{Parser, Subcommand};
+use hdrhistogram::Histogram;
+
+#[derive(Parser)]
+#[command(version, about = "Fan-out latency benchmarks of the chat node")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One publisher sends to a room of members at a fixed rate; prints latency percentiles.
+    Fanout {
+        /// Members of the room (the publisher is not one of them)
+        #[arg(long, default_value_t = 10)]
+        members: usize,
+        /// Messages to send
+        #[arg(long, default_value_t = 2000)]
+        messages: usize,
+        /// Messages per second (open loop)
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// Bytes per message body
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+    },
+}
+
+/// Width of the send time at the start of each body: nanoseconds since the run's start.
+const STAMP: usize = 20;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let Command::Fanout { members, messages, rate, size } = Cli::parse().command;
+    if size < STAMP {
+        bail!("--size must be at least {STAMP} bytes (the send time travels in the body)");
+    }
+    let dir = tempfile::tempdir()?;
+    let mut config = Settings::default().resolve();
+    config.listen = "127.0.0.1:0".parse()?;
+    config.data_dir = dir.path().to_path_buf();
+    config.rooms = vec!["bench".into()];
+    config.max_connections = members + 16;
+    let node = Node::start(config).await?;
+    let addr = node.local_addr()?.to_string();
+    let ca = node.ca_cert().context("the node made no CA")?.to_path_buf();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(node.run(async {
+        let _ = stopped.await;
+    }));
+    let options = |name: String| ConnectOptions::new(addr.clone(), name, Trust::CaFile(ca.clone()));
+
+    let start = Instant::now();
+    let mut receivers = Vec::with_capacity(members);
+    for i in 0..members {
+        let client = Client::connect(options(format!("member{i}"))).await?;
+        let mut room = client.join("bench", None).await?;
+        receivers.push(tokio::spawn(async move {
+            let mut latencies = Histogram::<u64>::new(3).context("histogram")?;
+            for _ in 0..messages {
+                let event = tokio::time::timeout(Duration::from_secs(30), room.next()).await;
+                let Ok(Some(RoomEvent::Message { message, .. })) = event else {
+                    bail!("member {i} lost a message");
+                };
+                let sent: u64 = message.body[..STAMP].parse()?;
+                let now = start.elapsed().as_nanos() as u64;
+                latencies.record(now.saturating_sub(sent) / 1000)?;
+            }
+            drop(client);
+            Ok(latencies)
+        }));
+    }
+
+    let publisher = Client::connect(options("publisher".into())).await?;
+    let sender = publisher.join("bench", Some(u64::MAX)).await?.sender();
+    let interval = Duration::from_nanos(1_000_000_000 / rate.max(1));
+    let mut acks = Vec::with_capacity(messages);
+    let padding = "x".repeat(size - STAMP);
+    let began = Instant::now();
+    for n in 0..messages {
+        tokio::time::sleep_until((began + interval * n as u32).into()).await;
+        let body = format!("{:0STAMP$}{padding}", start.elapsed().as_nanos() as u64);
+        acks.push(tokio::spawn(sender.send_unchecked(body).await?));
+    }
+    for ack in acks {
+        ack.await??;
+    }
+    let mut all = Histogram::<u64>::new(3)?;
+    for receiver in receivers {
+        all.add(receiver.await??)?;
+    }
+    let elapsed = began.elapsed().as_secs_f64();
+    println!(
+        "fanout: {members} members, {messages} messages of {size} B at {rate}/s, durable history"
+    );
+    println!(
+        "latency µs: p50 {} p90 {} p99 {} p99.9 {} max {}",
+        all.value_at_quantile(0.5),
+        all.value_at_quantile(0.9),
+        all.value_at_quantile(0.99),
+        all.value_at_quantile(0.999),
+        all.max()
+    );
+    println!("deliveries: {} in {elapsed:.2} s ({:.0}/s)", all.len(), all.len() as f64 / elapsed);
+    let _ = stop.send(());
+    running.await??;
+    Ok(())
+}

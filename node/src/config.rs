@@ -158,6 +158,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_lists_the_defaults() {
+        let example: Settings =
+            toml::from_str(include_str!("../../examples/node.toml")).expect("example parses");
+        let (example, defaults) = (example.resolve(), NodeConfig::default());
+        assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
     fn an_unknown_key_is_an_error() {
         assert!(toml::from_str::<Settings>("listn = \"127.0.0.1:1\"").is_err());
     }

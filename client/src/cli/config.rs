@@ -123,3 +123,29 @@ fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
         .with_context(|| format!("cannot read the config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses_and_flags_win() {
+        let file: FileConfig =
+            toml::from_str(include_str!("../../../examples/client.toml")).expect("example parses");
+        assert_eq!(file.server.as_deref(), Some("localhost:7700"));
+        let dir = std::env::temp_dir().join(format!("chat-client-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("client.toml");
+        std::fs::write(
+            &path,
+            "host = \"example.org\"\nport = 9000\nuser = \"ada\"\nroom = \"a\"\nca = \"ca.pem\"",
+        )
+        .expect("written");
+        let flags = Flags { config: Some(path), rooms: vec!["b".into()], ..Flags::default() };
+        let settings = Settings::resolve(&flags).expect("resolves");
+        assert_eq!(settings.server, "example.org:9000");
+        assert_eq!(settings.name.as_deref(), Some("ada"));
+        assert_eq!(settings.rooms, ["b"]);
+        assert_eq!(settings.trust, Trust::CaFile("ca.pem".into()));
+    }
+}

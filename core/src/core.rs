@@ -241,10 +241,10 @@ impl<B: Mailbox> Core<B> {
     }
 
     fn forget_member(&mut self, member: MemberId) {
-        if let Some((conn, room)) = self.members.remove(&member) {
-            if let Some(connection) = self.connections.get_mut(&conn) {
-                connection.rooms.remove(&room);
-            }
+        if let Some((conn, room)) = self.members.remove(&member)
+            && let Some(connection) = self.connections.get_mut(&conn)
+        {
+            connection.rooms.remove(&room);
         }
     }
 

@@ -86,14 +86,11 @@ async fn greet(shared: &Shared, id: ConnId, connection: &quinn::Connection) -> O
             return None;
         }
     };
-    if let Some(old) = connected.replaced {
-        if let Some(stale) = shared.connections().remove(&old) {
-            info!(name = %connected.name, old = old.0, "session taken over by a reconnect");
-            stale.close(
-                codes::close::SESSION_REPLACED.into(),
-                b"this session was resumed elsewhere",
-            );
-        }
+    if let Some(old) = connected.replaced
+        && let Some(stale) = shared.connections().remove(&old)
+    {
+        info!(name = %connected.name, old = old.0, "session taken over by a reconnect");
+        stale.close(codes::close::SESSION_REPLACED.into(), b"this session was resumed elsewhere");
     }
     shared.connections().insert(id, connection.clone());
     let welcome = NodeFrame::Welcome(Welcome {

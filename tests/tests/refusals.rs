@@ -82,19 +82,19 @@ async fn an_over_long_or_empty_message_is_refused_and_the_stream_goes_on() {
     let sender = room.sender();
 
     // The library refuses locally...
-    let local = sender.send("x".repeat(101)).await.err().expect("too long");
+    let local = sender.send("x".repeat(101)).await.expect_err("too long");
     assert_eq!(local.exit_code(), 7);
     // ...and the node refuses what gets past it: just over the limit, and far over the
     // frame limit.
     for len in [101, 100_000] {
         let ack = sender.send_unchecked("x".repeat(len)).await.expect("written");
-        let refused = ack.await.err().expect("refused by the node");
+        let refused = ack.await.expect_err("refused by the node");
         assert!(
             matches!(&refused, ClientError::MessageTooLong(text) if text.contains("100 bytes")),
             "{refused:?}"
         );
     }
-    let empty = sender.send("").await.err().expect("empty");
+    let empty = sender.send("").await.expect_err("empty");
     assert!(
         matches!(&empty, ClientError::Refused(e) if e.code == ErrorCode::EmptyMessage),
         "{empty:?}"

@@ -105,6 +105,14 @@ impl Output {
         });
     }
 
+    /// An ack in a conversation: scripts get the event; a person already sees the message
+    /// come back with its number.
+    pub fn stored(&self, room: &str, seq: Seq) {
+        if self.json {
+            self.ack(room, seq);
+        }
+    }
+
     pub fn left(&self, room: &str) {
         self.emit(json!({"event": "left", "room": room}), || format!("-- left {room}"));
     }

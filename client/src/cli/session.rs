@@ -145,7 +145,7 @@ impl Session {
 
     fn sent(&mut self, sent: Result<(String, Result<Seq, ClientError>), tokio::task::JoinError>) {
         match sent {
-            Ok((room, Ok(seq))) => self.out.ack(&room, seq),
+            Ok((room, Ok(seq))) => self.out.stored(&room, seq),
             Ok((room, Err(e))) => self.out.error(Some(&room), &e),
             Err(_) => {}
         }

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
-use chat_core::{ConnId, Core, MemberId, RoomName, Rules};
+use chat_core::{ConnId, Core, RoomName, Rules};
 use chat_history::History;
 use chat_proto::{Limits, codec, codes};
 use tokio::sync::{Semaphore, watch};
@@ -284,10 +284,6 @@ pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-pub(crate) fn member_id(shared: &Shared) -> MemberId {
-    MemberId(shared.next_id())
 }
 
 /// Completes once the node starts shutting down.

@@ -19,13 +19,15 @@ use tracing::{debug, warn};
 
 use crate::connection::{error_frame, frame_name};
 use crate::mailbox::{Outbox, Outgoing};
-use crate::{GREETING_TIMEOUT, Shared, member_id, now_ms};
+use crate::{GREETING_TIMEOUT, Shared, now_ms};
 
 /// Sends of one stream that may wait for the history at once, as a share of the member
 /// queue: their acks and echoes arrive in bursts, and must fit the sender's own queue.
 const IN_FLIGHT_SHARE_OF_QUEUE: usize = 4;
 /// History messages read from the store per batch when replaying.
 const HISTORY_PAGE: usize = 512;
+/// How long a finished stream waits for the client to acknowledge its last bytes.
+const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Frames written to the stream in one call.
 const WRITE_BATCH: usize = 64;
 
@@ -60,7 +62,7 @@ pub(crate) async fn serve(
             .await;
         }
     };
-    let member = member_id(&shared);
+    let member = MemberId(shared.next_id());
     let (queue, queued) = mpsc::channel(shared.config.member_queue);
     let (evicted, eviction) = watch::channel(None);
     let joined = shared.core().join(conn, member, &room, Outbox { queue: queue.clone(), evicted });
@@ -96,7 +98,7 @@ async fn read_sends(
     loop {
         let frame = tokio::select! {
             frame = reader.read::<ClientFrame>() => frame,
-            _ = eviction.changed() => return,
+            _ = evicted(&mut eviction) => return,
             () = crate::stopping(&mut stopping) => return,
         };
         let reply = match frame {
@@ -152,31 +154,28 @@ fn send(
 ) -> Result<(), NodeFrame> {
     let outgoing =
         shared.core().check_send(member, &body).map_err(|r| error_frame(&r, Some(client_id)))?;
-    let timestamp_ms = now_ms();
-    let record = chat_history::Message { sender: outgoing.sender.to_string(), timestamp_ms, body };
-    let fanout = Arc::clone(&shared.fanout);
-    let core = Arc::clone(&shared.core);
-    let room = outgoing.room;
-    let publish_room = room.clone();
-    let message = move |seq, record: &chat_history::Message| ChatMessage {
-        room: publish_room.to_string(),
-        seq,
-        sender: record.sender.clone(),
-        timestamp_ms: record.timestamp_ms,
-        body: record.body.clone(),
+    let mut message = ChatMessage {
+        room: outgoing.room.to_string(),
+        seq: 0,
+        sender: outgoing.sender.to_string(),
+        timestamp_ms: now_ms(),
+        body,
     };
-    let record_copy = record.clone();
+    let record = chat_history::Message {
+        sender: message.sender.clone(),
+        timestamp_ms: message.timestamp_ms,
+        body: message.body.clone(),
+    };
+    let (fanout, core, room) =
+        (Arc::clone(&shared.fanout), Arc::clone(&shared.core), outgoing.room);
     shared.history.append(
         &room.clone(),
         record,
         Box::new(move |stored| {
             let reply = match stored {
                 Ok(seq) => {
-                    fanout.publish(
-                        &room,
-                        seq,
-                        encode(&NodeFrame::Message(message(seq, &record_copy))),
-                    );
+                    message.seq = seq;
+                    fanout.publish(&room, seq, encode(&NodeFrame::Message(message)));
                     NodeFrame::Ack { client_id, seq }
                 }
                 Err(e) => {
@@ -191,8 +190,7 @@ fn send(
                 }
             };
             if queue.try_send(Outgoing::Frame(encode(&reply))).is_err() {
-                let mut core = core.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                core.evict(member);
+                core.lock().unwrap_or_else(std::sync::PoisonError::into_inner).evict(member);
             }
             drop(permit);
         }),
@@ -223,7 +221,11 @@ impl Writer {
         };
         match result.await {
             Ok(()) => {
-                let _ = self.send.finish();
+                // Wait for the client to have everything (the acks of a shutdown above all)
+                // before the connection may be closed under it.
+                if self.send.finish().is_ok() {
+                    let _ = tokio::time::timeout(FLUSH_TIMEOUT, self.send.stopped()).await;
+                }
             }
             Err(e) => debug!(room = %self.room, error = %e, "room stream ended"),
         }
@@ -278,7 +280,7 @@ impl Writer {
         loop {
             tokio::select! {
                 biased;
-                _ = eviction.changed() => {
+                _ = evicted(&mut eviction) => {
                     let message = format!(
                         "you fell too far behind in room {} and were dropped; rejoin after {} to resume",
                         self.room, self.last_written
@@ -308,6 +310,15 @@ impl Writer {
                 }
             }
         }
+    }
+}
+
+/// Completes once the core drops the member for falling behind. The sender going away
+/// (the member left the room) is not an eviction, so then this never completes.
+async fn evicted(eviction: &mut watch::Receiver<Option<Seq>>) {
+    let dropped = eviction.wait_for(Option::is_some).await.is_ok();
+    if !dropped {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -33,7 +33,10 @@ pub fn test_config(data_dir: &Path) -> NodeConfig {
 impl TestNode {
     /// Starts a node on `data_dir` with the test configuration changed by `configure`.
     pub async fn start_in(data_dir: &Path, configure: impl FnOnce(&mut NodeConfig)) -> Self {
-        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let mut config = test_config(data_dir);
         configure(&mut config);
         let node = Node::start(config).await.expect("node starts");

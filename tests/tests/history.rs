@@ -94,3 +94,34 @@ async fn a_reconnect_with_the_session_token_takes_the_name_back() {
     assert_eq!(new.who("general").await.expect("who"), ["ada"]);
     node.stop().await;
 }
+
+#[tokio::test]
+async fn a_shutdown_acknowledges_every_message_it_stored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start_in(dir.path(), |_| {}).await;
+    let ada = node.connect("ada").await;
+    let sender = ada.join("general", Some(u64::MAX)).await.expect("joins").sender();
+    let mut acks = Vec::new();
+    for i in 0..2000 {
+        acks.push(tokio::spawn(sender.send_unchecked(format!("m{i}")).await.expect("written")));
+    }
+    let mut acked = std::collections::BTreeSet::new();
+    acked.insert(acks.remove(0).await.expect("task").expect("the first is acknowledged"));
+    node.stop().await; // While most of the others are in flight.
+    for ack in acks {
+        if let Ok(seq) = ack.await.expect("task") {
+            acked.insert(seq);
+        }
+    }
+
+    let node = TestNode::start_in(dir.path(), |_| {}).await;
+    let reader = node.connect("reader").await;
+    let mut room = reader.join("general", None).await.expect("joins");
+    let stored: std::collections::BTreeSet<u64> = {
+        let n = room.history_until() as usize;
+        take_messages(&mut room, n).await.into_iter().map(|m| m.0).collect()
+    };
+    assert!(acked.len() < 2000, "the stop came too late to test anything");
+    assert_eq!(stored, acked, "every stored message was acknowledged, and only those");
+    node.stop().await;
+}

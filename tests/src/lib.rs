@@ -17,6 +17,8 @@ pub struct TestNode {
     pub addr: std::net::SocketAddr,
     pub ca: PathBuf,
     pub data_dir: PathBuf,
+    /// The temporary data dir of a node made by [`TestNode::start`].
+    _owned_dir: Option<tempfile::TempDir>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -31,6 +33,15 @@ pub fn test_config(data_dir: &Path) -> NodeConfig {
 }
 
 impl TestNode {
+    /// Starts a node on a fresh temporary data dir, with the test configuration changed by
+    /// `configure`.
+    pub async fn start(configure: impl FnOnce(&mut NodeConfig)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut node = Self::start_in(dir.path(), configure).await;
+        node._owned_dir = Some(dir);
+        node
+    }
+
     /// Starts a node on `data_dir` with the test configuration changed by `configure`.
     pub async fn start_in(data_dir: &Path, configure: impl FnOnce(&mut NodeConfig)) -> Self {
         let _ = tracing_subscriber::fmt()
@@ -46,7 +57,7 @@ impl TestNode {
         let task = tokio::spawn(node.run(async {
             let _ = stopped.await;
         }));
-        Self { addr, ca, data_dir: data_dir.to_path_buf(), stop, task }
+        Self { addr, ca, data_dir: data_dir.to_path_buf(), _owned_dir: None, stop, task }
     }
 
     pub fn options(&self, name: &str) -> ConnectOptions {

@@ -5,8 +5,7 @@ use chat_tests::{PATIENCE, TestNode, next_message, take_messages};
 
 #[tokio::test]
 async fn a_joiner_gets_the_history_in_order_then_live_messages() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let node = TestNode::start_in(dir.path(), |_| {}).await;
+    let node = TestNode::start(|_| {}).await;
     let ada = node.connect("ada").await;
     let room = ada.join("general", None).await.expect("joins");
     for i in 1..=5 {
@@ -32,8 +31,7 @@ async fn a_joiner_gets_the_history_in_order_then_live_messages() {
 
 #[tokio::test]
 async fn three_members_each_get_every_message_once_in_one_order_and_acks_carry_the_seq() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let node = TestNode::start_in(dir.path(), |_| {}).await;
+    let node = TestNode::start(|_| {}).await;
     let names = ["ada", "bob", "cy"];
     let mut clients = Vec::new();
     let mut rooms = Vec::new();
@@ -76,8 +74,7 @@ async fn three_members_each_get_every_message_once_in_one_order_and_acks_carry_t
 
 #[tokio::test]
 async fn two_rooms_on_one_connection_are_independent() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let node = TestNode::start_in(dir.path(), |c| c.member_queue = 256).await;
+    let node = TestNode::start(|c| c.member_queue = 256).await;
     let ada = node.connect("ada").await;
     let mut stalled = ada.join("general", None).await.expect("joins");
     let mut random = ada.join("random", None).await.expect("joins");
@@ -137,8 +134,7 @@ async fn two_rooms_on_one_connection_are_independent() {
 
 #[tokio::test]
 async fn rooms_and_who_list_what_is_there() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let node = TestNode::start_in(dir.path(), |_| {}).await;
+    let node = TestNode::start(|_| {}).await;
     let ada = node.connect("Ada").await;
     let _room = ada.join("general", None).await.expect("joins");
     let bob = node.connect("bob").await;

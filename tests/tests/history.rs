@@ -6,8 +6,7 @@ use chat_tests::{TestNode, next_message, take_messages};
 
 #[tokio::test]
 async fn the_cap_keeps_the_newest_messages() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let node = TestNode::start_in(dir.path(), |c| c.history_cap = 3).await;
+    let node = TestNode::start(|c| c.history_cap = 3).await;
     let ada = node.connect("ada").await;
     let room = ada.join("general", None).await.expect("joins");
     for i in 1..=5 {
@@ -50,8 +49,7 @@ async fn a_restarted_node_keeps_the_history_and_continues_the_numbering() {
 
 #[tokio::test]
 async fn rejoining_after_a_seq_gets_only_what_was_missed_and_a_trimmed_seq_is_a_gap() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let node = TestNode::start_in(dir.path(), |c| c.history_cap = 5).await;
+    let node = TestNode::start(|c| c.history_cap = 5).await;
     let ada = node.connect("ada").await;
     let sender = ada.join("general", None).await.expect("joins").sender();
     for i in 1..=4 {
@@ -77,8 +75,7 @@ async fn rejoining_after_a_seq_gets_only_what_was_missed_and_a_trimmed_seq_is_a_
 
 #[tokio::test]
 async fn a_reconnect_with_the_session_token_takes_the_name_back() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let node = TestNode::start_in(dir.path(), |_| {}).await;
+    let node = TestNode::start(|_| {}).await;
     let old = node.connect("ada").await;
     let mut old_room = old.join("general", None).await.expect("joins");
 

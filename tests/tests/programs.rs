@@ -60,6 +60,19 @@ impl NodeProcess {
         command
     }
 
+    /// An interactive `chat --json` in room general, fed through a pipe, once it has joined.
+    fn joined_chat(&self, name: &str) -> (Child, mpsc::Receiver<String>) {
+        let mut child = self
+            .chat(name, &["--room", "general", "--json"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("chat starts");
+        let events = json_events(&mut child);
+        wait_for(&events, "the join", |e| e["event"] == "joined");
+        (child, events)
+    }
+
     fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args(["-s", signal, &self.child.id().to_string()])
@@ -114,19 +127,8 @@ fn json_events(child: &mut Child) -> mpsc::Receiver<String> {
 fn two_chat_processes_talk_through_a_node() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = NodeProcess::start(dir.path(), &["--room", "general", "--room", "random"]);
-    let spawn = |name: &str| {
-        node.chat(name, &["--room", "general", "--json"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("chat starts")
-    };
-    let mut ada = spawn("ada");
-    let ada_events = json_events(&mut ada);
-    wait_for(&ada_events, "ada's join", |e| e["event"] == "joined");
-    let mut bob = spawn("bob");
-    let bob_events = json_events(&mut bob);
-    wait_for(&bob_events, "bob's join", |e| e["event"] == "joined");
+    let (mut ada, ada_events) = node.joined_chat("ada");
+    let (mut bob, bob_events) = node.joined_chat("bob");
 
     let mut ada_in = ada.stdin.take().expect("stdin");
     writeln!(ada_in, "hello bob").expect("typed");
@@ -191,14 +193,7 @@ fn two_chat_processes_talk_through_a_node() {
 fn sigterm_tells_clients_and_exits_cleanly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut node = NodeProcess::start(dir.path(), &[]);
-    let mut ada = node
-        .chat("ada", &["--room", "general", "--json"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("chat");
-    let events = json_events(&mut ada);
-    wait_for(&events, "join", |e| e["event"] == "joined");
+    let (mut ada, events) = node.joined_chat("ada");
     node.signal("TERM");
     let status = wait_child(&mut node.child);
     assert_eq!(status.code(), Some(0), "the node exits 0 on SIGTERM");
@@ -212,14 +207,7 @@ fn the_chat_program_reconnects_and_misses_nothing_after_the_node_restarts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut node = NodeProcess::start(dir.path(), &[]);
     let addr = node.addr.clone();
-    let mut ada = node
-        .chat("ada", &["--room", "general", "--json"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("chat");
-    let events = json_events(&mut ada);
-    wait_for(&events, "join", |e| e["event"] == "joined");
+    let (mut ada, events) = node.joined_chat("ada");
     let sent = node.chat("bob", &["--room", "general", "send", "before"]).output().expect("runs");
     assert!(sent.status.success());
     wait_for(&events, "the first message", |e| e["event"] == "message" && e["body"] == "before");

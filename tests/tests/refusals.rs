@@ -7,8 +7,7 @@ use chat_tests::{TestNode, next_message};
 
 #[tokio::test]
 async fn a_taken_name_gets_an_error_and_a_closed_connection() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let node = TestNode::start_in(dir.path(), |_| {}).await;
+    let node = TestNode::start(|_| {}).await;
     let _ada = node.connect("ada").await;
     let refused = Client::connect(node.options("ADA")).await.err().expect("refused");
     assert!(
@@ -45,8 +44,7 @@ async fn a_taken_name_gets_an_error_and_a_closed_connection() {
 
 #[tokio::test]
 async fn an_invalid_name_is_refused_with_the_rule() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let node = TestNode::start_in(dir.path(), |_| {}).await;
+    let node = TestNode::start(|_| {}).await;
     let refused = Client::connect(node.options("ada lovelace")).await.err().expect("refused");
     assert!(
         matches!(&refused, ClientError::InvalidName(text) if text.contains("letters, digits")),
@@ -57,8 +55,7 @@ async fn an_invalid_name_is_refused_with_the_rule() {
 
 #[tokio::test]
 async fn an_unknown_room_gets_an_error_naming_it_and_the_connection_stays() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let node = TestNode::start_in(dir.path(), |_| {}).await;
+    let node = TestNode::start(|_| {}).await;
     let ada = node.connect("ada").await;
     let refused = ada.join("nowhere", None).await.err().expect("refused");
     assert!(
@@ -74,8 +71,7 @@ async fn an_unknown_room_gets_an_error_naming_it_and_the_connection_stays() {
 
 #[tokio::test]
 async fn an_over_long_or_empty_message_is_refused_and_the_stream_goes_on() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let node = TestNode::start_in(dir.path(), |c| c.max_message_len = 100).await;
+    let node = TestNode::start(|c| c.max_message_len = 100).await;
     let ada = node.connect("ada").await;
     assert_eq!(ada.limits().max_message_len, 100);
     let mut room = ada.join("general", None).await.expect("joins");

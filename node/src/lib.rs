@@ -84,43 +84,29 @@ pub struct Node {
 
 impl Node {
     /// Opens the history, creates the configured rooms, loads (or makes) the certificate and
-    /// binds the UDP socket.
+    /// binds the UDP socket (the disk work on a blocking thread).
     ///
     /// # Errors
     /// A history that cannot be opened, a certificate that cannot be read or made, an
     /// address that cannot be bound.
     pub async fn start(config: NodeConfig) -> anyhow::Result<Self> {
         let max_message_len = (config.max_message_len as usize).min(codec::MAX_MESSAGE_LEN_LIMIT);
-        let history_config = chat_history::Config {
-            path: config.data_dir.join("history"),
-            cap: config.history_cap,
-            durability: config.durability,
+        let prepared = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || prepare(&config)).await??
         };
-        let history = tokio::task::spawn_blocking(move || History::open(history_config))
-            .await?
-            .with_context(|| format!("opening the history in {}", config.data_dir.display()))?;
-        let history: Arc<dyn HistoryStore> = Arc::new(history);
-
+        let history = prepared.history;
         let rules = Rules {
             max_message_len,
             max_rooms_per_connection: config.max_rooms_per_connection as usize,
         };
         let mut core = Core::new(rules);
-        for name in &config.rooms {
-            let room =
-                RoomName::parse(name).with_context(|| format!("configured room {name:?}"))?;
-            if history.create_room(&room)? {
-                info!(%room, "created room");
-            }
-        }
-        for (name, last_seq) in history.rooms()? {
-            if let Ok(room) = RoomName::parse(&name) {
-                core.add_room(room, last_seq);
-            }
+        for (room, last_seq) in prepared.rooms {
+            core.add_room(room, last_seq);
         }
         let core = Arc::new(Mutex::new(core));
+        let (tls, ca_cert) = (prepared.tls, prepared.ca_cert);
 
-        let (tls, ca_cert) = tls_config(&config)?;
         let mut transport = quinn::TransportConfig::default();
         transport
             .max_concurrent_bidi_streams((config.max_rooms_per_connection + 1).into())
@@ -231,6 +217,41 @@ impl Node {
         info!("stopped");
         Ok(())
     }
+}
+
+/// What the node reads or makes on disk before it serves: its blocking part.
+struct Prepared {
+    history: Arc<dyn HistoryStore>,
+    rooms: Vec<(RoomName, chat_core::Seq)>,
+    tls: rustls::ServerConfig,
+    ca_cert: Option<PathBuf>,
+}
+
+/// Opens the history, creates the configured rooms and loads (or makes) the certificate.
+fn prepare(config: &NodeConfig) -> anyhow::Result<Prepared> {
+    let history: Arc<dyn HistoryStore> = Arc::new(
+        History::open(chat_history::Config {
+            path: config.data_dir.join("history"),
+            cap: config.history_cap,
+            durability: config.durability,
+        })
+        .with_context(|| format!("opening the history in {}", config.data_dir.display()))?,
+    );
+    for name in &config.rooms {
+        let room = RoomName::parse(name).with_context(|| format!("configured room {name:?}"))?;
+        if history.create_room(&room)? {
+            info!(%room, "created room");
+        }
+    }
+    let mut rooms = Vec::new();
+    for (name, last_seq) in history.rooms()? {
+        match RoomName::parse(&name) {
+            Ok(room) => rooms.push((room, last_seq)),
+            Err(e) => warn!(%name, error = %e, "skipping a room whose name is no longer valid"),
+        }
+    }
+    let (tls, ca_cert) = tls_config(config)?;
+    Ok(Prepared { history, rooms, tls, ca_cert })
 }
 
 /// The node's TLS configuration, and the CA file when the node made its own certificate.

@@ -4,10 +4,12 @@
 //! Publisher and members live in this one process, so one clock times every delivery. The
 //! node runs in-process too, on its own runtime threads.
 
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chat_client::{Client, ConnectOptions, RoomEvent, Trust};
+use chat_history::{Config as HistoryConfig, Durability, History, Message};
 use chat_node::{Node, Settings};
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
@@ -36,6 +38,22 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         size: usize,
     },
+    /// Durable appends straight to the history (no network): messages per second with many
+    /// appends in flight, to see group commit at work.
+    Appends {
+        /// Messages to append
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+        /// Appends in flight at once
+        #[arg(long, default_value_t = 1000)]
+        window: usize,
+        /// Bytes per message body
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        /// Skip the fsync (`durability = "buffered"`)
+        #[arg(long)]
+        buffered: bool,
+    },
 }
 
 /// Width of the send time at the start of each body: nanoseconds since the run's start.
@@ -43,7 +61,60 @@ const STAMP: usize = 20;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Command::Fanout { members, messages, rate, size } = Cli::parse().command;
+    match Cli::parse().command {
+        Command::Fanout { members, messages, rate, size } => {
+            fanout(members, messages, rate, size).await
+        }
+        Command::Appends { messages, window, size, buffered } => {
+            appends(messages, window, size, buffered)
+        }
+    }
+}
+
+fn appends(messages: usize, window: usize, size: usize, buffered: bool) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let durability = if buffered { Durability::Buffered } else { Durability::Sync };
+    let history =
+        History::open(HistoryConfig { path: dir.path().into(), cap: 10_000, durability })?;
+    history.create_room("bench")?;
+    let in_flight = Arc::new((Mutex::new(0usize), Condvar::new()));
+    let message = Message { sender: "bench".into(), timestamp_ms: 0, body: "x".repeat(size) };
+    let began = Instant::now();
+    for _ in 0..messages {
+        let (count, freed) = &*in_flight;
+        let mut n = freed
+            .wait_while(count.lock().map_err(|_| anyhow::anyhow!("poisoned"))?, |n| *n >= window)
+            .map_err(|_| anyhow::anyhow!("poisoned"))?;
+        *n += 1;
+        drop(n);
+        let done = Arc::clone(&in_flight);
+        history.append(
+            "bench",
+            message.clone(),
+            Box::new(move |stored| {
+                if stored.is_err() {
+                    eprintln!("an append failed: {stored:?}");
+                }
+                let (count, freed) = &*done;
+                if let Ok(mut n) = count.lock() {
+                    *n -= 1;
+                }
+                freed.notify_one();
+            }),
+        );
+    }
+    history.flush()?;
+    let elapsed = began.elapsed().as_secs_f64();
+    println!(
+        "appends: {messages} of {size} B, {window} in flight, {:?} durability: {elapsed:.2} s, {:.0} messages/s",
+        durability,
+        messages as f64 / elapsed
+    );
+    history.close()?;
+    Ok(())
+}
+
+async fn fanout(members: usize, messages: usize, rate: u64, size: usize) -> anyhow::Result<()> {
     if size < STAMP {
         bail!("--size must be at least {STAMP} bytes (the send time travels in the body)");
     }

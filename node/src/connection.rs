@@ -31,11 +31,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming) {
         let Some((send, reader)) = greet(&shared, id, &connection).await else { return };
         let rooms = run(&shared, id, &connection, send, reader).await;
         shared.core().disconnect(id);
-        let mine =
-            shared.connections().get(&id).is_some_and(|c| c.stable_id() == connection.stable_id());
-        if mine {
-            shared.connections().remove(&id);
-        }
+        shared.connections().remove(&id);
         drain(rooms).await;
         if *shared.stopping.borrow() {
             connection.close(codes::close::GOING_AWAY.into(), b"the node is shutting down");
@@ -124,7 +120,7 @@ async fn run(
                     Ok(Some(ClientFrame::ListRooms)) => list_rooms(shared),
                     Ok(Some(ClientFrame::Who { room })) => match shared.core().who(&room) {
                         Ok(names) => NodeFrame::Members { room, names },
-                        Err(refusal) => error_frame(&refusal, None),
+                        Err(refusal) => error_frame(&refusal, None).into(),
                     },
                     Ok(Some(other)) => NodeFrame::Error(ErrorFrame::new(
                         ErrorCode::ProtocolViolation,
@@ -200,11 +196,8 @@ async fn refuse(
 }
 
 /// The error frame for a refusal, answering `client_id` if it is about one send.
-pub(crate) fn error_frame(refusal: &Refusal, client_id: Option<u64>) -> NodeFrame {
-    NodeFrame::Error(ErrorFrame {
-        client_id,
-        ..ErrorFrame::new(refusal.code(), refusal.to_string())
-    })
+pub(crate) fn error_frame(refusal: &Refusal, client_id: Option<u64>) -> ErrorFrame {
+    ErrorFrame { client_id, ..ErrorFrame::new(refusal.code(), refusal.to_string()) }
 }
 
 pub(crate) fn frame_name(frame: &ClientFrame) -> &'static str {

@@ -38,29 +38,10 @@ pub(crate) async fn serve(
     recv: RecvStream,
 ) {
     let mut reader = FrameReader::new(recv, shared.limits.max_frame_len as usize);
-    let (room, after) = match tokio::time::timeout(GREETING_TIMEOUT, reader.read::<ClientFrame>())
-        .await
-    {
-        Ok(Ok(Some(ClientFrame::Join { room, after }))) => (room, after),
-        Ok(Ok(None)) => return,
-        Ok(Ok(Some(other))) => {
-            let text = format!("a room stream starts with a join, not {}", frame_name(&other));
-            return end_with(&mut send, ErrorFrame::new(ErrorCode::ProtocolViolation, text)).await;
-        }
-        Ok(Err(e)) => {
-            return end_with(
-                &mut send,
-                ErrorFrame::new(ErrorCode::ProtocolViolation, e.to_string()),
-            )
-            .await;
-        }
-        Err(_) => {
-            return end_with(
-                &mut send,
-                ErrorFrame::new(ErrorCode::ProtocolViolation, "no join in time"),
-            )
-            .await;
-        }
+    let (room, after) = match read_join(&mut reader).await {
+        Ok(Some(join)) => join,
+        Ok(None) => return,
+        Err(error) => return end_with(&mut send, error).await,
     };
     let member = MemberId(shared.next_id());
     let (queue, queued) = mpsc::channel(shared.config.member_queue);
@@ -70,8 +51,7 @@ pub(crate) async fn serve(
         Ok(joined) => joined,
         Err(refusal) => {
             debug!(%room, %refusal, "join refused");
-            let NodeFrame::Error(frame) = error_frame(&refusal, None) else { unreachable!() };
-            return end_with(&mut send, frame).await;
+            return end_with(&mut send, error_frame(&refusal, None)).await;
         }
     };
     debug!(room = %joined.room, member = member.0, ?after, "joined");
@@ -82,6 +62,22 @@ pub(crate) async fn serve(
     shared.core().leave(member);
     drop(queue);
     let _ = writing.await;
+}
+
+/// The room stream's first frame, which must be a join; `None` if the stream ended first.
+async fn read_join(
+    reader: &mut FrameReader<RecvStream>,
+) -> Result<Option<(String, Option<Seq>)>, ErrorFrame> {
+    let violation = |text: String| ErrorFrame::new(ErrorCode::ProtocolViolation, text);
+    match tokio::time::timeout(GREETING_TIMEOUT, reader.read::<ClientFrame>()).await {
+        Ok(Ok(Some(ClientFrame::Join { room, after }))) => Ok(Some((room, after))),
+        Ok(Ok(None)) => Ok(None),
+        Ok(Ok(Some(other))) => {
+            Err(violation(format!("a room stream starts with a join, not {}", frame_name(&other))))
+        }
+        Ok(Err(e)) => Err(violation(e.to_string())),
+        Err(_) => Err(violation("no join in time".into())),
+    }
 }
 
 /// Reads sends until the client leaves, the member is dropped or the node stops.
@@ -101,49 +97,42 @@ async fn read_sends(
             _ = evicted(&mut eviction) => return,
             () = crate::stopping(&mut stopping) => return,
         };
-        let reply = match frame {
+        // An error answers one frame; after a frame the reader cannot skip, the stream ends.
+        let (error, fatal) = match frame {
             Ok(None) => return,
             Ok(Some(ClientFrame::Send { client_id, body })) => {
                 let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else { return };
                 match send(shared, member, client_id, body, queue.clone(), permit) {
                     Ok(()) => continue,
-                    Err(reply) => reply,
+                    Err(refused) => (refused, false),
                 }
             }
-            Ok(Some(other)) => NodeFrame::Error(ErrorFrame::new(
-                ErrorCode::ProtocolViolation,
-                format!("a room stream takes sends, not {}", frame_name(&other)),
-            )),
-            Err(e) => {
-                let in_step = reader.in_step(&e);
-                let error = ErrorFrame::new(ErrorCode::ProtocolViolation, e.to_string());
-                let error = match e {
-                    codec::FrameError::TooLong { len, .. } if in_step => ErrorFrame {
-                        code: ErrorCode::MessageTooLong,
-                        client_id: ClientFrame::send_id_from_head(reader.oversized_head()),
-                        message: format!(
-                            "a frame of {len} bytes is over the limit of {} bytes for a message; it was not sent",
-                            shared.limits.max_message_len
-                        ),
-                        ..error
-                    },
-                    _ => error,
-                };
-                if !in_step {
-                    let _ = queue.send(Outgoing::Frame(encode(&NodeFrame::Error(error)))).await;
-                    return;
-                }
-                NodeFrame::Error(error)
+            Ok(Some(other)) => {
+                let text = format!("a room stream takes sends, not {}", frame_name(&other));
+                (ErrorFrame::new(ErrorCode::ProtocolViolation, text), false)
             }
+            Err(e @ codec::FrameError::TooLong { len, .. }) if reader.in_step(&e) => {
+                let text = format!(
+                    "a frame of {len} bytes is over the limit of {} bytes for a message; it was not sent",
+                    shared.limits.max_message_len
+                );
+                let client_id = ClientFrame::send_id_from_head(reader.oversized_head());
+                (
+                    ErrorFrame { client_id, ..ErrorFrame::new(ErrorCode::MessageTooLong, text) },
+                    false,
+                )
+            }
+            Err(e) => (ErrorFrame::new(ErrorCode::ProtocolViolation, e.to_string()), true),
         };
-        if queue.send(Outgoing::Frame(encode(&reply))).await.is_err() {
+        let sent = queue.send(Outgoing::Frame(encode(&NodeFrame::Error(error)))).await;
+        if sent.is_err() || fatal {
             return;
         }
     }
 }
 
 /// Checks one send and hands it to the history. Its completion publishes the message and
-/// queues the ack. Returns the error reply when the core refuses the send.
+/// queues the ack. Returns the error to answer when the core refuses the send.
 fn send(
     shared: &Arc<Shared>,
     member: MemberId,
@@ -151,7 +140,7 @@ fn send(
     body: String,
     queue: mpsc::Sender<Outgoing>,
     permit: tokio::sync::OwnedSemaphorePermit,
-) -> Result<(), NodeFrame> {
+) -> Result<(), ErrorFrame> {
     let outgoing =
         shared.core().check_send(member, &body).map_err(|r| error_frame(&r, Some(client_id)))?;
     let mut message = ChatMessage {

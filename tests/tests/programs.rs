@@ -312,3 +312,24 @@ fn wait_child(child: &mut Child) -> std::process::ExitStatus {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_vanished_client_frees_its_name_after_the_idle_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = NodeProcess::start(dir.path(), &["--idle-timeout-secs", "2"]);
+    let (mut ada, _events) = node.joined_chat("ada");
+    // SIGKILL: the process sends no goodbye; the node only notices the silence.
+    let _ = ada.kill();
+    let _ = ada.wait();
+    let taken = node.chat("ada", &["rooms"]).output().expect("runs");
+    assert_eq!(taken.status.code(), Some(5), "the name is still held right after the kill");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let output = node.chat("ada", &["rooms"]).output().expect("runs");
+        if output.status.success() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the name was never freed");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}

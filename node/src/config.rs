@@ -166,6 +166,40 @@ mod tests {
     }
 
     #[test]
+    fn flags_parse_as_documented() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "chat-node",
+            "--listen",
+            "127.0.0.1:1234",
+            "--room",
+            "a",
+            "--room",
+            "b",
+            "--durability",
+            "buffered",
+            "--history-cap",
+            "5",
+        ])
+        .expect("valid flags");
+        let config = cli.settings.resolve();
+        assert_eq!(config.rooms, ["a", "b"]);
+        assert_eq!(config.durability, Durability::Buffered);
+        assert_eq!(config.history_cap, 5);
+        assert!(
+            <Cli as clap::Parser>::try_parse_from(["chat-node", "--durability", "maybe"]).is_err()
+        );
+        assert!(
+            <Cli as clap::Parser>::try_parse_from(["chat-node", "--cert", "c.pem"]).is_err(),
+            "--cert needs --key"
+        );
+    }
+
+    #[test]
     fn an_unknown_key_is_an_error() {
         assert!(toml::from_str::<Settings>("listn = \"127.0.0.1:1\"").is_err());
     }

@@ -52,11 +52,6 @@ impl ClientError {
         }
     }
 
-    /// Whether reconnecting may help.
-    pub fn is_connection_loss(&self) -> bool {
-        matches!(self, Self::ConnectionLost(_) | Self::GoingAway | Self::Unreachable { .. })
-    }
-
     /// The error a node's error frame stands for.
     pub fn from_frame(frame: ErrorFrame) -> Self {
         match frame.code {

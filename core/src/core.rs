@@ -105,10 +105,6 @@ impl<B: Mailbox> Core<B> {
         }
     }
 
-    pub fn rules(&self) -> Rules {
-        self.rules
-    }
-
     /// Makes a room known, whose history ends at `last_seq`. Known rooms stay as they are.
     pub fn add_room(&mut self, room: RoomName, last_seq: Seq) {
         self.rooms.entry(room).or_insert_with(|| Room::new(last_seq));
@@ -267,15 +263,5 @@ impl<B: Mailbox> Core<B> {
                 members: room.member_count(),
             })
             .collect()
-    }
-
-    /// The room a member is in, if it still is.
-    pub fn room_of(&self, member: MemberId) -> Option<&RoomName> {
-        self.members.get(&member).map(|(_, room)| room)
-    }
-
-    /// How many connections are online.
-    pub fn online(&self) -> usize {
-        self.connections.len()
     }
 }

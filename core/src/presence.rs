@@ -69,14 +69,6 @@ impl Presence {
     pub fn is_online(&self, name: &UserName) -> bool {
         self.claims.contains_key(&name.key())
     }
-
-    pub fn len(&self) -> usize {
-        self.claims.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.claims.is_empty()
-    }
 }
 
 #[cfg(test)]

@@ -122,7 +122,10 @@ async fn read_sends(
                     false,
                 )
             }
-            Err(e) => (ErrorFrame::new(ErrorCode::ProtocolViolation, e.to_string()), true),
+            Err(e) => {
+                let fatal = !reader.in_step(&e);
+                (ErrorFrame::new(ErrorCode::ProtocolViolation, e.to_string()), fatal)
+            }
         };
         let sent = queue.send(Outgoing::Frame(encode(&NodeFrame::Error(error)))).await;
         if sent.is_err() || fatal {

@@ -82,19 +82,19 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    pub fn get_mut(&mut self) -> &mut R {
-        &mut self.inner
-    }
-
     /// The first bytes (up to [`HEAD_LEN`]) of the last frame refused as too long.
     pub fn oversized_head(&self) -> &[u8] {
         &self.oversized_head
     }
 
-    /// Whether the stream can still be read after an error: true unless the reader gave
-    /// up on an oversized frame.
+    /// Whether the reader can go on after `error`, at the start of the next frame: after an
+    /// undecodable frame (which was taken off whole) or an oversized one it is skipping.
     pub fn in_step(&self, error: &FrameError) -> bool {
-        matches!(error, FrameError::TooLong { len, .. } if *len <= MAX_SKIP)
+        match error {
+            FrameError::Malformed(_) => true,
+            FrameError::TooLong { len, .. } => *len <= MAX_SKIP,
+            FrameError::Truncated | FrameError::Io(_) => false,
+        }
     }
 }
 
@@ -129,6 +129,19 @@ mod tests {
         assert!(reader.in_step(&err));
         assert_eq!(reader.read::<ClientFrame>().await.expect("decodes"), Some(small));
         assert_eq!(reader.read::<ClientFrame>().await.expect("clean end"), None);
+    }
+
+    #[tokio::test]
+    async fn an_undecodable_frame_is_reported_and_the_next_one_read() {
+        let mut wire = vec![0, 0, 0, 2, 0xff, 0xff];
+        wire.extend_from_slice(&codec::encode(&ClientFrame::ListRooms, 100).expect("encodes"));
+        let mut reader = FrameReader::new(&wire[..], 100);
+        let err = reader.read::<ClientFrame>().await.expect_err("garbage");
+        assert!(matches!(err, FrameError::Malformed(_)) && reader.in_step(&err));
+        assert_eq!(
+            reader.read::<ClientFrame>().await.expect("decodes"),
+            Some(ClientFrame::ListRooms)
+        );
     }
 
     #[tokio::test]

@@ -17,7 +17,8 @@ async fn a_taken_name_gets_an_error_and_a_closed_connection() {
     assert_eq!(refused.exit_code(), 5);
 
     // The node closed that connection: a raw client that says hello sees the close code.
-    let (connection, _endpoint) = raw_connection(&node).await;
+    let (connection, _endpoint) =
+        chat_tests::raw_connection(&node, chat_proto::codes::ALPN).await.expect("handshake");
     let (mut send, mut recv) = connection.open_bi().await.expect("stream");
     let hello = chat_proto::ClientFrame::Hello { name: "ada".into(), resume: None };
     send.write_all(&chat_proto::encode(&hello, 1024).expect("encodes")).await.expect("written");
@@ -138,20 +139,4 @@ async fn an_unreachable_node_is_reported_as_such() {
     );
     let refused = Client::connect(options).await.err().expect("unreachable");
     assert_eq!(refused.exit_code(), 3, "{refused:?}");
-}
-
-/// A bare QUIC connection that trusts the node, for speaking the protocol by hand.
-async fn raw_connection(node: &TestNode) -> (quinn::Connection, quinn::Endpoint) {
-    let tls = chat_certs::client_config(
-        &chat_certs::Trust::CaFile(node.ca.clone()),
-        chat_proto::codes::ALPN,
-    )
-    .expect("tls");
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
-    let mut endpoint =
-        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
-    let connection =
-        endpoint.connect(node.addr, "localhost").expect("connect").await.expect("handshake");
-    (connection, endpoint)
 }

@@ -37,6 +37,9 @@ enum Command {
         /// Bytes per message body
         #[arg(long, default_value_t = 100)]
         size: usize,
+        /// Skip the fsync before each ack (`durability = "buffered"`)
+        #[arg(long)]
+        buffered: bool,
     },
     /// Durable appends straight to the history (no network): messages per second with many
     /// appends in flight, to see group commit at work.
@@ -62,8 +65,8 @@ const STAMP: usize = 20;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Fanout { members, messages, rate, size } => {
-            fanout(members, messages, rate, size).await
+        Command::Fanout { members, messages, rate, size, buffered } => {
+            fanout(members, messages, rate, size, buffered).await
         }
         Command::Appends { messages, window, size, buffered } => {
             appends(messages, window, size, buffered)
@@ -73,7 +76,7 @@ async fn main() -> anyhow::Result<()> {
 
 fn appends(messages: usize, window: usize, size: usize, buffered: bool) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let durability = if buffered { Durability::Buffered } else { Durability::Sync };
+    let durability = durability(buffered);
     let history =
         History::open(HistoryConfig { path: dir.path().into(), cap: 10_000, durability })?;
     history.create_room("bench")?;
@@ -114,7 +117,13 @@ fn appends(messages: usize, window: usize, size: usize, buffered: bool) -> anyho
     Ok(())
 }
 
-async fn fanout(members: usize, messages: usize, rate: u64, size: usize) -> anyhow::Result<()> {
+async fn fanout(
+    members: usize,
+    messages: usize,
+    rate: u64,
+    size: usize,
+    buffered: bool,
+) -> anyhow::Result<()> {
     if size < STAMP {
         bail!("--size must be at least {STAMP} bytes (the send time travels in the body)");
     }
@@ -124,6 +133,7 @@ async fn fanout(members: usize, messages: usize, rate: u64, size: usize) -> anyh
     config.data_dir = dir.path().to_path_buf();
     config.rooms = vec!["bench".into()];
     config.max_connections = members + 16;
+    config.durability = durability(buffered);
     let node = Node::start(config).await?;
     let addr = node.local_addr()?.to_string();
     let ca = node.ca_cert().context("the node made no CA")?.to_path_buf();
@@ -174,7 +184,8 @@ async fn fanout(members: usize, messages: usize, rate: u64, size: usize) -> anyh
     }
     let elapsed = began.elapsed().as_secs_f64();
     println!(
-        "fanout: {members} members, {messages} messages of {size} B at {rate}/s, durable history"
+        "fanout: {members} members, {messages} messages of {size} B at {rate}/s, {:?} history",
+        durability(buffered)
     );
     println!(
         "latency µs: p50 {} p90 {} p99 {} p99.9 {} max {}",
@@ -188,4 +199,8 @@ async fn fanout(members: usize, messages: usize, rate: u64, size: usize) -> anyh
     let _ = stop.send(());
     running.await??;
     Ok(())
+}
+
+fn durability(buffered: bool) -> Durability {
+    if buffered { Durability::Buffered } else { Durability::Sync }
 }

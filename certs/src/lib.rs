@@ -80,11 +80,8 @@ impl Pair {
     /// # Errors
     /// A PEM that does not hold a certificate.
     pub fn cert_der(&self) -> Result<CertificateDer<'static>, CertError> {
-        CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).map_err(|e| CertError::Pem {
-            path: PathBuf::from("<memory>"),
-            what: "certificate",
-            detail: e.to_string(),
-        })
+        let mut certs = parse_certs(&self.cert_pem, Path::new("<memory>"))?;
+        Ok(certs.swap_remove(0))
     }
 
     /// Writes `cert_pem` and `key_pem` to the two paths (the key readable by its owner only).
@@ -184,9 +181,14 @@ pub fn ensure_node_files(dir: &Path, extra_names: &[String]) -> Result<NodeFiles
 /// # Errors
 /// A file that cannot be read or holds no certificate.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
+    parse_certs(&read_file(path)?, path)
+}
+
+/// Every certificate in PEM text, at least one; `origin` names it in errors.
+fn parse_certs(pem: &str, origin: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
     let pem_error =
-        |detail: String| CertError::Pem { path: path.to_path_buf(), what: "certificate", detail };
-    let certs = CertificateDer::pem_slice_iter(read_file(path)?.as_bytes())
+        |detail: String| CertError::Pem { path: origin.to_path_buf(), what: "certificate", detail };
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| pem_error(e.to_string()))?;
     if certs.is_empty() {
@@ -242,25 +244,20 @@ pub enum Trust {
 pub fn client_config(trust: &Trust, alpn: &[u8]) -> Result<rustls::ClientConfig, CertError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?;
-    let mut config = match trust {
-        Trust::CaFile(_) | Trust::CaPem(_) => {
-            let certs = match trust {
-                Trust::CaFile(path) => load_certs(path)?,
-                Trust::CaPem(pem) => CertificateDer::pem_slice_iter(pem.as_bytes())
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| CertError::Pem {
-                        path: "<memory>".into(),
-                        what: "certificate",
-                        detail: e.to_string(),
-                    })?,
-                Trust::Fingerprint(_) => unreachable!("matched above"),
-            };
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in certs {
-                roots.add(cert)?;
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
+    let roots = |certs: Vec<CertificateDer<'static>>| {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in certs {
+            roots.add(cert)?;
         }
+        Ok::<_, CertError>(roots)
+    };
+    let mut config = match trust {
+        Trust::CaFile(path) => {
+            builder.with_root_certificates(roots(load_certs(path)?)?).with_no_client_auth()
+        }
+        Trust::CaPem(pem) => builder
+            .with_root_certificates(roots(parse_certs(pem, Path::new("<memory>"))?)?)
+            .with_no_client_auth(),
         Trust::Fingerprint(pin) => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(PinnedVerifier {

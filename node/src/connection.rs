@@ -154,7 +154,7 @@ async fn run(
 
 /// Lets the room tasks finish writing what they have (acks in flight during a shutdown).
 async fn drain(mut rooms: JoinSet<()>) {
-    let drained = tokio::time::timeout(Duration::from_secs(5), async {
+    let drained = tokio::time::timeout(crate::DRAIN_TIMEOUT, async {
         while rooms.join_next().await.is_some() {}
     });
     if drained.await.is_err() {

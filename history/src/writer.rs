@@ -98,7 +98,7 @@ impl Writer {
                     Pending::Seq(done, result)
                 }
                 Command::CreateRoom { room, done } => {
-                    Pending::Bool(done, self.create(&mut batch, &mut changed, room))
+                    Pending::Bool(done, self.create(&mut changed, room))
                 }
                 Command::DeleteRoom { room, done } => {
                     Pending::Bool(done, self.delete(&mut batch, &mut changed, room))
@@ -108,12 +108,20 @@ impl Writer {
                 }
             });
         }
-        let committed = if batch.is_empty() { Ok(()) } else { batch.commit() };
+        let committed = (|| {
+            // Each changed room's numbering is written once, however many appends it took.
+            for (room, state) in &changed {
+                batch.insert(&self.store.rooms, room.as_bytes(), postcard::to_allocvec(state)?);
+            }
+            if !batch.is_empty() {
+                batch.commit()?;
+            }
+            Ok::<_, HistoryError>(())
+        })();
         match committed {
             Ok(()) => self.rooms.extend(changed),
-            Err(e) => {
-                tracing::error!(error = %e, "history write failed; the batch's messages were not stored");
-                let error = HistoryError::from(e);
+            Err(error) => {
+                tracing::error!(%error, "history write failed; the batch's messages were not stored");
                 for p in &mut pending {
                     match p {
                         Pending::Seq(_, r @ Ok(_)) => *r = Err(error.clone()),
@@ -154,7 +162,6 @@ impl Writer {
             batch.remove(&self.store.messages, key(&room, state.first));
             state.first += 1;
         }
-        batch.insert(&self.store.rooms, room.as_bytes(), postcard::to_allocvec(&state)?);
         let seq = state.last;
         changed.insert(room, state);
         Ok(seq)
@@ -162,7 +169,6 @@ impl Writer {
 
     fn create(
         &self,
-        batch: &mut fjall::OwnedWriteBatch,
         changed: &mut HashMap<String, RoomState>,
         room: String,
     ) -> Result<bool, HistoryError> {
@@ -174,7 +180,6 @@ impl Writer {
             Some(old) => RoomState { first: old.last + 1, last: old.last, deleted: false },
             None => RoomState { first: 1, last: 0, deleted: false },
         };
-        batch.insert(&self.store.rooms, room.as_bytes(), postcard::to_allocvec(&state)?);
         changed.insert(room, state);
         Ok(true)
     }
@@ -192,7 +197,6 @@ impl Writer {
             batch.remove(&self.store.messages, key(&room, seq));
         }
         state = RoomState { first: state.last + 1, last: state.last, deleted: true };
-        batch.insert(&self.store.rooms, room.as_bytes(), postcard::to_allocvec(&state)?);
         changed.insert(room, state);
         Ok(true)
     }

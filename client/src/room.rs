@@ -215,7 +215,9 @@ async fn read_room(
             let _ = tx.send(result);
         }
     };
-    let ended = loop {
+    // Set when the node drops this member for reading too slowly: where to rejoin.
+    let mut too_slow = None;
+    loop {
         match reader.read::<NodeFrame>().await {
             Ok(Some(NodeFrame::Message(message))) => {
                 last_seen.fetch_max(message.seq, Ordering::Relaxed);
@@ -227,33 +229,28 @@ async fn read_room(
             Ok(Some(NodeFrame::Ack { client_id, seq })) => resolve(client_id, Ok(seq)),
             Ok(Some(NodeFrame::Error(error))) => match error.client_id {
                 Some(client_id) => resolve(client_id, Err(ClientError::from_frame(error))),
+                // About the stream itself; if it is fatal the node ends the stream next.
                 None => {
-                    let ended = match (error.code, error.last_seq) {
-                        (ErrorCode::TooSlow, Some(last_seq)) => {
-                            ClientError::TooSlow { room: room.clone(), last_seq }
-                        }
-                        _ => ClientError::from_frame(error.clone()),
-                    };
+                    if error.code == ErrorCode::TooSlow {
+                        too_slow = error.last_seq;
+                    }
                     let _ = events.send(RoomEvent::Error(error)).await;
-                    break Some(ended);
                 }
             },
             Ok(Some(other)) => {
-                break Some(ClientError::Protocol(format!(
-                    "unexpected frame on a room stream: {other:?}"
-                )));
+                tracing::warn!(?other, "unexpected frame on a room stream; leaving it");
+                break;
             }
-            Ok(None) => break None,
-            Err(e) => break Some(ClientError::lost(&connection, e, &options)),
+            Ok(None) | Err(_) => break,
         }
-    };
-    let drained: Vec<_> = pending.lock().unwrap_or_else(PoisonError::into_inner).drain().collect();
-    for (_, tx) in drained {
-        let error = match &ended {
-            Some(ClientError::TooSlow { room, last_seq }) => {
-                ClientError::TooSlow { room: room.clone(), last_seq: *last_seq }
+    }
+    let unacked: Vec<_> = pending.lock().unwrap_or_else(PoisonError::into_inner).drain().collect();
+    for (_, tx) in unacked {
+        let error = match too_slow {
+            Some(last_seq) => ClientError::TooSlow { room: room.clone(), last_seq },
+            None => {
+                ClientError::lost(&connection, "the room stream ended before the ack", &options)
             }
-            _ => ClientError::lost(&connection, "the room stream ended before the ack", &options),
         };
         let _ = tx.send(Err(error));
     }

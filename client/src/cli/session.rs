@@ -85,16 +85,15 @@ impl Session {
     /// Handles one typed line; false to quit.
     async fn handle_line(&mut self, line: &str) -> bool {
         let (command, arg) = line.split_once(' ').map_or((line, ""), |(c, a)| (c, a.trim()));
+        // Room names are case-insensitive and the node spells them in lower case.
+        let arg = &arg.to_ascii_lowercase();
         match command {
             "" => {}
             "/quit" | "/exit" => return false,
-            "/join" if !arg.is_empty() => {
-                if let Err(e) = self.join(arg, None).await {
-                    self.out.error(Some(arg), &e);
-                } else {
-                    self.current = Some(arg.to_owned());
-                }
-            }
+            "/join" if !arg.is_empty() => match self.join(arg, None).await {
+                Ok(()) => self.current = Some(arg.clone()),
+                Err(e) => self.out.error(Some(arg), &e),
+            },
             "/leave" => match self.room_arg(arg) {
                 Some(room) if self.rooms.contains_key(&room) => self.leave(&room),
                 _ => self.out.usage("not in that room"),

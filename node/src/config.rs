@@ -11,6 +11,10 @@ use serde::Deserialize;
 /// The UDP port a node listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 7700;
 
+/// The shortest idle timeout: longer than the clients' keep-alive interval (3 s), so that a
+/// quiet but healthy client is never dropped.
+pub const MIN_IDLE_TIMEOUT_SECS: u64 = 5;
+
 /// Every setting, each optional: one of these comes from the file, one from the command line
 /// and environment, and [`Settings::resolve`] lays them over the defaults.
 #[derive(Debug, Clone, Default, Deserialize, clap::Args)]
@@ -52,7 +56,8 @@ pub struct Settings {
     /// [default: 1024]
     #[arg(long, env = "CHAT_MEMBER_QUEUE")]
     pub member_queue: Option<usize>,
-    /// Seconds of silence after which a connection is dropped [default: 30]
+    /// Seconds of silence after which a connection is dropped; at least 5, since clients
+    /// send a keep-alive every 3 seconds [default: 30]
     #[arg(long, env = "CHAT_IDLE_TIMEOUT_SECS")]
     pub idle_timeout_secs: Option<u64>,
 }
@@ -133,7 +138,9 @@ impl Settings {
             max_connections: self.max_connections.unwrap_or(10_000).max(1),
             max_rooms_per_connection: self.max_rooms_per_connection.unwrap_or(64).max(1),
             member_queue: self.member_queue.unwrap_or(1024).max(1),
-            idle_timeout: Duration::from_secs(self.idle_timeout_secs.unwrap_or(30).max(1)),
+            idle_timeout: Duration::from_secs(
+                self.idle_timeout_secs.unwrap_or(30).max(MIN_IDLE_TIMEOUT_SECS),
+            ),
         }
     }
 }

@@ -316,7 +316,7 @@ fn wait_child(child: &mut Child) -> std::process::ExitStatus {
 #[test]
 fn a_vanished_client_frees_its_name_after_the_idle_timeout() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let node = NodeProcess::start(dir.path(), &["--idle-timeout-secs", "2"]);
+    let node = NodeProcess::start(dir.path(), &["--idle-timeout-secs", "5"]);
     let (mut ada, _events) = node.joined_chat("ada");
     // SIGKILL: the process sends no goodbye; the node only notices the silence.
     let _ = ada.kill();

@@ -179,9 +179,7 @@ impl History {
     /// # Errors
     /// As for `append`.
     pub fn append_blocking(&self, room: &str, message: Message) -> Result<Seq, HistoryError> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.append(room, message, Box::new(move |r| drop(tx.send(r))));
-        rx.recv().unwrap_or(Err(HistoryError::Closed))
+        self.request(|done| Command::Append { room: room.to_owned(), message, done })
     }
 
     /// Creates `room` if it does not exist; returns whether it was created.
@@ -208,7 +206,11 @@ impl History {
         self.request(|done| Command::Flush { done }).map(|_: bool| ())
     }
 
-    fn request(&self, command: impl FnOnce(Done<bool>) -> Command) -> Result<bool, HistoryError> {
+    /// Submits a command and waits on this thread for its completion.
+    fn request<T: Send + 'static>(
+        &self,
+        command: impl FnOnce(Done<T>) -> Command,
+    ) -> Result<T, HistoryError> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.submit(command(Box::new(move |r| drop(tx.send(r)))));
         rx.recv().unwrap_or(Err(HistoryError::Closed))
@@ -263,14 +265,8 @@ impl History {
     /// # Errors
     /// A failed read.
     pub fn rooms(&self) -> Result<Vec<(String, RoomState)>, HistoryError> {
-        let mut rooms = Vec::new();
-        for item in self.store.rooms.iter() {
-            let (key, value) = item.into_inner()?;
-            let state: RoomState = postcard::from_bytes(&value)?;
-            if !state.deleted {
-                rooms.push((String::from_utf8_lossy(&key).into_owned(), state));
-            }
-        }
+        let mut rooms = self.store.all_rooms()?;
+        rooms.retain(|(_, state)| !state.deleted);
         Ok(rooms)
     }
 
@@ -290,6 +286,16 @@ impl History {
 }
 
 impl Store {
+    /// Every room's numbering, deleted rooms included, in name order.
+    pub(crate) fn all_rooms(&self) -> Result<Vec<(String, RoomState)>, HistoryError> {
+        let mut rooms = Vec::new();
+        for item in self.rooms.iter() {
+            let (key, value) = item.into_inner()?;
+            rooms.push((String::from_utf8_lossy(&key).into_owned(), postcard::from_bytes(&value)?));
+        }
+        Ok(rooms)
+    }
+
     fn room_state(&self, room: &str) -> Result<Option<RoomState>, HistoryError> {
         match self.rooms.get(room)? {
             Some(bytes) => Ok(Some(postcard::from_bytes(&bytes)?)),

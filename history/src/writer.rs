@@ -48,11 +48,7 @@ pub(crate) fn spawn(
     store: Arc<Store>,
     queue: mpsc::Receiver<Command>,
 ) -> Result<std::thread::JoinHandle<()>, HistoryError> {
-    let mut rooms = HashMap::new();
-    for item in store.rooms.iter() {
-        let (key, value) = item.into_inner()?;
-        rooms.insert(String::from_utf8_lossy(&key).into_owned(), postcard::from_bytes(&value)?);
-    }
+    let rooms = store.all_rooms()?.into_iter().collect();
     std::thread::Builder::new()
         .name("history-writer".into())
         .spawn(move || Writer { store, rooms }.run(&queue))

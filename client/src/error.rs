@@ -25,6 +25,14 @@ pub enum ClientError {
     Refused(ErrorFrame),
     #[error("dropped from room {room} for reading too slowly; rejoin after {last_seq} to resume")]
     TooSlow { room: String, last_seq: Seq },
+    #[error("{0}")]
+    SlowDown(String),
+    #[error("the node closed the connection because it kept sending after being told to slow down")]
+    RateLimited,
+    #[error(
+        "the node at {0} refused the connection: it has as many connections as it takes, in all or from your address; try again later"
+    )]
+    NodeFull(String),
     #[error("the connection to the node was lost: {0}")]
     ConnectionLost(String),
     #[error("the node is shutting down; reconnect later or to another node")]
@@ -48,6 +56,7 @@ impl ClientError {
             Self::MessageTooLong(_) => 7,
             Self::InvalidName(_) => 8,
             Self::ConnectionLost(_) | Self::GoingAway | Self::Replaced | Self::TooSlow { .. } => 9,
+            Self::SlowDown(_) | Self::RateLimited | Self::NodeFull(_) => 10,
             Self::Refused(_) | Self::Protocol(_) => 1,
         }
     }
@@ -60,6 +69,7 @@ impl ClientError {
             ErrorCode::UnknownRoom | ErrorCode::InvalidRoomName => Self::UnknownRoom(frame.message),
             ErrorCode::MessageTooLong => Self::MessageTooLong(frame.message),
             ErrorCode::ShuttingDown => Self::GoingAway,
+            ErrorCode::SlowDown => Self::SlowDown(frame.message),
             _ => Self::Refused(frame),
         }
     }
@@ -75,6 +85,7 @@ impl ClientError {
                     codes::close::GOING_AWAY => Self::GoingAway,
                     codes::close::SESSION_REPLACED => Self::Replaced,
                     codes::close::REFUSED => Self::InvalidName(reason),
+                    codes::close::RATE_LIMITED => Self::RateLimited,
                     _ => Self::ConnectionLost(format!("the node closed it ({reason})")),
                 }
             }
@@ -82,6 +93,11 @@ impl ClientError {
                 detail: format!("the node's certificate is not trusted ({})", e.reason),
                 hint: trust_hint(options),
             },
+            E::ConnectionClosed(close)
+                if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+            {
+                Self::NodeFull(options.server.clone())
+            }
             E::TimedOut => {
                 Self::Unreachable { server: options.server.clone(), detail: "timed out".into() }
             }

@@ -41,6 +41,20 @@ pub use chat_proto::{ChatMessage, ErrorCode, ErrorFrame, Gap, Seq};
 pub use error::ClientError;
 pub use room::{Room, RoomEvent, RoomSender};
 
+/// The node's send rate, kept by the client so that its sends wait for their turn instead
+/// of being refused; `None` when the node sets no limit.
+type Pace = Option<Arc<std::sync::Mutex<chat_core::RateLimit>>>;
+
+fn pace(limits: Limits) -> Pace {
+    (limits.messages_per_second > 0).then(|| {
+        let rate = chat_core::Rate {
+            per_second: f64::from(limits.messages_per_second),
+            burst: limits.message_burst,
+        };
+        Arc::new(std::sync::Mutex::new(chat_core::RateLimit::new(rate, std::time::Instant::now())))
+    })
+}
+
 /// How long a connection attempt may take before the server counts as unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often an otherwise quiet connection sends a keep-alive. It also lets a client learn
@@ -74,6 +88,8 @@ pub struct Client {
     name: String,
     token: SessionToken,
     limits: Limits,
+    /// The node's send rate limit, kept here too so that sends wait instead of being refused.
+    pace: Pace,
     options: ConnectOptions,
 }
 
@@ -136,6 +152,7 @@ impl Client {
             name: welcome.name,
             token: welcome.token,
             limits: welcome.limits,
+            pace: pace(welcome.limits),
             options,
         })
     }
@@ -212,7 +229,7 @@ impl Client {
             .open_bi()
             .await
             .map_err(|e| ClientError::from_connection(e, &self.options))?;
-        Room::open(room, after, send, recv, self.limits, &self.connection, &self.options).await
+        Room::open(self, room, after, send, recv).await
     }
 
     /// Resolves when the connection ends, with the reason.

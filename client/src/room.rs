@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use chat_proto::io::{FrameReader, write_frame};
 use chat_proto::{
@@ -16,7 +17,7 @@ use chat_proto::{
 use quinn::{RecvStream, SendStream};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{ClientError, ConnectOptions};
+use crate::{Client, ClientError, ConnectOptions, Pace};
 
 /// Events buffered for a room before the reader pauses.
 const EVENT_BUFFER: usize = 1024;
@@ -52,20 +53,20 @@ pub struct RoomSender {
     pending: Pending,
     next_id: Arc<AtomicU64>,
     limits: Limits,
+    pace: Pace,
     connection: quinn::Connection,
     options: Arc<ConnectOptions>,
 }
 
 impl Room {
     pub(crate) async fn open(
+        client: &Client,
         room: &str,
         after: Option<Seq>,
         mut send: SendStream,
         recv: RecvStream,
-        limits: Limits,
-        connection: &quinn::Connection,
-        options: &ConnectOptions,
     ) -> Result<Self, ClientError> {
+        let (connection, options) = (&client.connection, &client.options);
         let join = ClientFrame::Join { room: room.to_owned(), after };
         write_frame(&mut send, &join, codec::MAX_NODE_FRAME_LEN)
             .await
@@ -101,7 +102,8 @@ impl Room {
             stream: Arc::new(tokio::sync::Mutex::new(send)),
             pending,
             next_id: Arc::new(AtomicU64::new(1)),
-            limits,
+            limits: client.limits,
+            pace: client.pace.clone(),
             connection: connection.clone(),
             options,
         };
@@ -145,6 +147,7 @@ impl Room {
 
 impl RoomSender {
     /// Posts `body` and waits for the node's ack: the sequence number it was stored under.
+    /// Keeps to the node's send rate: when sends come faster, this waits for its turn.
     ///
     /// # Errors
     /// A body over the node's limit or empty (checked before sending), a refusal from the
@@ -157,6 +160,15 @@ impl RoomSender {
             return Err(ClientError::MessageTooLong(format!(
                 "the message is {len} bytes long; this node accepts at most {max} bytes"
             )));
+        }
+        if let Some(pace) = &self.pace {
+            loop {
+                let turn = pace.lock().unwrap_or_else(PoisonError::into_inner).take(Instant::now());
+                match turn {
+                    Ok(()) => break,
+                    Err(wait) => tokio::time::sleep(wait).await,
+                }
+            }
         }
         self.send_unchecked(body).await?.await
     }

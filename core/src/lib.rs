@@ -10,6 +10,7 @@
 //! - [`names`]: the rules for user and room names, and how they compare.
 //! - [`presence`]: name claims and session tokens (one connection per name).
 //! - [`room`]: one room's members and its in-order delivery.
+//! - [`rate`]: the token bucket that limits how fast a connection sends.
 //! - [`core`](Core): everything above behind the events the node feeds it.
 //!
 //! Architecture invariant: this crate never imports tokio, quinn, fjall or the node. Members
@@ -18,11 +19,13 @@
 mod core;
 pub mod names;
 pub mod presence;
+pub mod rate;
 pub mod room;
 
 pub use crate::core::{Connected, Core, Joined, Outgoing, Refusal, RoomSummary};
 pub use chat_proto::{ErrorCode, Seq, SessionToken};
 pub use names::{RoomName, UserName};
+pub use rate::{Rate, RateLimit, Verdict};
 pub use room::{Full, Mailbox};
 
 /// One client connection, as the node numbers them.

@@ -23,11 +23,20 @@
 //! a power cut or kernel crash can lose the last moments of acknowledged messages.
 //!
 //! Reads go straight to fjall from the caller's thread; async callers use `spawn_blocking`.
+//!
+//! # Failed writes
+//! fjall refuses every write after one has failed (a full disk, a read-only or failing
+//! device), since it cannot know what reached the disk. The writer then closes the database
+//! and reopens it, at most once a second, until it opens again (space was freed, the device
+//! came back). Meanwhile every request fails at once with [`HistoryError::Unavailable`]. On
+//! reopening, the numbering is read back from disk, so no sequence number is used twice; a
+//! message whose write was reported failed may still be there if the disk took it after all,
+//! and an acknowledged message is never lost.
 
 mod writer;
 
-use std::path::PathBuf;
-use std::sync::{Arc, mpsc};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock, mpsc};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use serde::{Deserialize, Serialize};
@@ -110,6 +119,10 @@ pub enum HistoryError {
     Storage(Arc<fjall::Error>),
     #[error("the history holds a record it cannot decode: {0}")]
     Corrupt(#[from] postcard::Error),
+    #[error(
+        "the history is unavailable after a failed write ({0}); it retries every second: check the data directory's space and permissions"
+    )]
+    Unavailable(String),
     #[error("the history has {MAX_QUEUED_WRITES} writes queued; try again shortly")]
     Busy,
     #[error("the history is closed")]
@@ -133,13 +146,29 @@ pub struct History {
     thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
-/// The fjall handles, shared by the readers and the writer thread.
+/// The database, shared by the readers and the writer thread.
 pub(crate) struct Store {
+    path: PathBuf,
+    cap: u64,
+    durability: Durability,
+    /// The open database; `None` from a failed write until the writer reopens it.
+    open: RwLock<Option<Arc<Handles>>>,
+}
+
+/// The fjall handles of one opening of the database.
+pub(crate) struct Handles {
     db: Database,
     messages: Keyspace,
     rooms: Keyspace,
-    cap: u64,
-    durability: Durability,
+}
+
+impl Handles {
+    fn open(path: &Path) -> Result<Self, HistoryError> {
+        let db = Database::builder(path).open()?;
+        let messages = db.keyspace("messages", KeyspaceCreateOptions::default)?;
+        let rooms = db.keyspace("rooms", KeyspaceCreateOptions::default)?;
+        Ok(Self { db, messages, rooms })
+    }
 }
 
 impl History {
@@ -150,15 +179,12 @@ impl History {
     pub fn open(config: Config) -> Result<Self, HistoryError> {
         std::fs::create_dir_all(&config.path)
             .map_err(|e| HistoryError::Storage(Arc::new(e.into())))?;
-        let db = Database::builder(&config.path).open()?;
-        let messages = db.keyspace("messages", KeyspaceCreateOptions::default)?;
-        let rooms = db.keyspace("rooms", KeyspaceCreateOptions::default)?;
+        let handles = Handles::open(&config.path)?;
         let store = Arc::new(Store {
-            db,
-            messages,
-            rooms,
             cap: config.cap.max(1),
             durability: config.durability,
+            open: RwLock::new(Some(Arc::new(handles))),
+            path: config.path,
         });
         let (writer, queue) = mpsc::sync_channel(MAX_QUEUED_WRITES);
         let thread = writer::spawn(Arc::clone(&store), queue)?;
@@ -241,7 +267,7 @@ impl History {
         let mut messages = Vec::new();
         if start <= state.last {
             let range = writer::key(room, start)..=writer::key(room, state.last);
-            for item in self.store.messages.range(range).take(limit) {
+            for item in self.store.handles()?.messages.range(range).take(limit) {
                 let (key, value) = item.into_inner()?;
                 messages.push(Stored {
                     seq: writer::seq_of(&key),
@@ -280,16 +306,46 @@ impl History {
         if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
             let _ = thread.join();
         }
-        self.store.db.persist(fjall::PersistMode::SyncAll)?;
+        if let Ok(handles) = self.store.handles() {
+            handles.db.persist(fjall::PersistMode::SyncAll)?;
+        }
         Ok(())
     }
 }
 
 impl Store {
+    /// The open database.
+    ///
+    /// # Errors
+    /// [`HistoryError::Unavailable`] between a failed write and the reopening.
+    pub(crate) fn handles(&self) -> Result<Arc<Handles>, HistoryError> {
+        self.open
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| HistoryError::Unavailable("the database is being reopened".into()))
+    }
+
+    /// Closes the database after a failed write (once every reader lets go of it).
+    pub(crate) fn close_handles(&self) {
+        self.open.write().unwrap_or_else(PoisonError::into_inner).take();
+    }
+
+    /// Opens the database again. A panic in fjall's recovery counts as a failed opening, so
+    /// that the writer thread lives to try again.
+    pub(crate) fn reopen(&self) -> Result<Arc<Handles>, HistoryError> {
+        let opened = std::panic::catch_unwind(|| Handles::open(&self.path)).map_err(|_| {
+            HistoryError::Unavailable("the database panicked while recovering".into())
+        })?;
+        let handles = Arc::new(opened?);
+        *self.open.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&handles));
+        Ok(handles)
+    }
+
     /// Every room's numbering, deleted rooms included, in name order.
     pub(crate) fn all_rooms(&self) -> Result<Vec<(String, RoomState)>, HistoryError> {
         let mut rooms = Vec::new();
-        for item in self.rooms.iter() {
+        for item in self.handles()?.rooms.iter() {
             let (key, value) = item.into_inner()?;
             rooms.push((String::from_utf8_lossy(&key).into_owned(), postcard::from_bytes(&value)?));
         }
@@ -297,7 +353,7 @@ impl Store {
     }
 
     fn room_state(&self, room: &str) -> Result<Option<RoomState>, HistoryError> {
-        match self.rooms.get(room)? {
+        match self.handles()?.rooms.get(room)? {
             Some(bytes) => Ok(Some(postcard::from_bytes(&bytes)?)),
             None => Ok(None),
         }

@@ -4,17 +4,21 @@
 //! queued up, applies them to one write batch, commits (and syncs) it once, and only then
 //! publishes the new numbering and runs the completions, in request order. When the commit
 //! fails, none of the batch's numbers were used: the copy is left as it was and every
-//! request in the batch gets the error.
+//! request in the batch gets the error. The database is then closed and reopened (see the
+//! crate's "Failed writes").
 
 use std::collections::HashMap;
 use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
 
 use fjall::PersistMode;
 
-use crate::{Durability, HistoryError, Message, RoomState, Seq, Store};
+use crate::{Durability, Handles, HistoryError, Message, RoomState, Seq, Store};
 
 /// Most requests committed in one batch.
 const MAX_BATCH: usize = 4096;
+/// How often a database closed by a failed write is tried again.
+const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 
 pub(crate) type Done<T> = crate::Completion<T>;
 
@@ -51,13 +55,16 @@ pub(crate) fn spawn(
     let rooms = store.all_rooms()?.into_iter().collect();
     std::thread::Builder::new()
         .name("history-writer".into())
-        .spawn(move || Writer { store, rooms }.run(&queue))
+        .spawn(move || Writer { store, rooms, next_reopen: None }.run(&queue))
         .map_err(|e| HistoryError::Storage(Arc::new(e.into())))
 }
 
 struct Writer {
     store: Arc<Store>,
     rooms: HashMap<String, RoomState>,
+    /// Set while the database is closed after a failed write: when to try opening it again,
+    /// and what went wrong.
+    next_reopen: Option<(Instant, String)>,
 }
 
 impl Writer {
@@ -78,10 +85,46 @@ impl Writer {
         }
     }
 
+    /// The open database, reopening it if a failed write closed it and it is time to retry.
+    fn handles(&mut self) -> Result<Arc<Handles>, HistoryError> {
+        let Some((at, why)) = &self.next_reopen else { return self.store.handles() };
+        if Instant::now() < *at {
+            return Err(HistoryError::Unavailable(why.clone()));
+        }
+        let reopened = self.store.reopen().and_then(|handles| {
+            self.rooms = self.store.all_rooms()?.into_iter().collect();
+            Ok(handles)
+        });
+        match reopened {
+            Ok(handles) => {
+                tracing::info!("history reopened; writes go on");
+                self.next_reopen = None;
+                Ok(handles)
+            }
+            Err(error) => {
+                self.store.close_handles();
+                tracing::warn!(%error, "the history cannot be reopened yet");
+                self.next_reopen = Some((Instant::now() + REOPEN_INTERVAL, error.to_string()));
+                Err(HistoryError::Unavailable(error.to_string()))
+            }
+        }
+    }
+
     fn commit(&mut self, commands: impl Iterator<Item = Command>) {
-        let store = Arc::clone(&self.store);
-        let mut batch = store.db.batch();
-        if store.durability == Durability::Sync {
+        let handles = match self.handles() {
+            Ok(handles) => handles,
+            Err(error) => {
+                for command in commands {
+                    match command {
+                        Command::Flush { done } | Command::Shutdown { done } => done(Ok(true)),
+                        other => other.fail(error.clone()),
+                    }
+                }
+                return;
+            }
+        };
+        let mut batch = handles.db.batch();
+        if self.store.durability == Durability::Sync {
             batch = batch.durability(Some(PersistMode::SyncData));
         }
         // Numbering changed by this batch; published only once it has committed.
@@ -90,14 +133,14 @@ impl Writer {
         for command in commands {
             pending.push(match command {
                 Command::Append { room, message, done } => {
-                    let result = self.append(&mut batch, &mut changed, room, &message);
+                    let result = self.append(&handles, &mut batch, &mut changed, room, &message);
                     Pending::Seq(done, result)
                 }
                 Command::CreateRoom { room, done } => {
                     Pending::Bool(done, self.create(&mut changed, room))
                 }
                 Command::DeleteRoom { room, done } => {
-                    Pending::Bool(done, self.delete(&mut batch, &mut changed, room))
+                    Pending::Bool(done, self.delete(&handles, &mut batch, &mut changed, room))
                 }
                 Command::Flush { done } | Command::Shutdown { done } => {
                     Pending::Bool(done, Ok(true))
@@ -107,7 +150,7 @@ impl Writer {
         let committed = (|| {
             // Each changed room's numbering is written once, however many appends it took.
             for (room, state) in &changed {
-                batch.insert(&self.store.rooms, room.as_bytes(), postcard::to_allocvec(state)?);
+                batch.insert(&handles.rooms, room.as_bytes(), postcard::to_allocvec(state)?);
             }
             if !batch.is_empty() {
                 batch.commit()?;
@@ -118,6 +161,12 @@ impl Writer {
             Ok(()) => self.rooms.extend(changed),
             Err(error) => {
                 tracing::error!(%error, "history write failed; the batch's messages were not stored");
+                if matches!(error, HistoryError::Storage(_)) {
+                    // fjall refuses all writes after a failed one: close it, reopen later.
+                    drop(handles);
+                    self.store.close_handles();
+                    self.next_reopen = Some((Instant::now() + REOPEN_INTERVAL, error.to_string()));
+                }
                 for p in &mut pending {
                     match p {
                         Pending::Seq(_, r @ Ok(_)) => *r = Err(error.clone()),
@@ -142,6 +191,7 @@ impl Writer {
 
     fn append(
         &self,
+        handles: &Handles,
         batch: &mut fjall::OwnedWriteBatch,
         changed: &mut HashMap<String, RoomState>,
         room: String,
@@ -153,9 +203,9 @@ impl Writer {
         };
         let value = postcard::to_allocvec(message)?;
         state.last += 1;
-        batch.insert(&self.store.messages, key(&room, state.last), value);
+        batch.insert(&handles.messages, key(&room, state.last), value);
         while state.last + 1 - state.first > self.store.cap {
-            batch.remove(&self.store.messages, key(&room, state.first));
+            batch.remove(&handles.messages, key(&room, state.first));
             state.first += 1;
         }
         let seq = state.last;
@@ -182,6 +232,7 @@ impl Writer {
 
     fn delete(
         &self,
+        handles: &Handles,
         batch: &mut fjall::OwnedWriteBatch,
         changed: &mut HashMap<String, RoomState>,
         room: String,
@@ -190,7 +241,7 @@ impl Writer {
             return Ok(false);
         };
         for seq in state.first..=state.last {
-            batch.remove(&self.store.messages, key(&room, seq));
+            batch.remove(&handles.messages, key(&room, seq));
         }
         state = RoomState { first: state.last + 1, last: state.last, deleted: true };
         changed.insert(room, state);

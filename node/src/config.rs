@@ -49,6 +49,9 @@ pub struct Settings {
     /// Most client connections at once [default: 10000]
     #[arg(long, env = "CHAT_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Most client connections at once from one IP address [default: 100]
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
     /// Most rooms one connection may be in at once [default: 64]
     #[arg(long, env = "CHAT_MAX_ROOMS_PER_CONNECTION")]
     pub max_rooms_per_connection: Option<u32>,
@@ -60,6 +63,20 @@ pub struct Settings {
     /// send a keep-alive every 3 seconds [default: 30]
     #[arg(long, env = "CHAT_IDLE_TIMEOUT_SECS")]
     pub idle_timeout_secs: Option<u64>,
+    /// Seconds a new connection has for the TLS handshake and its hello, and a new room
+    /// stream for its join [default: 10]
+    #[arg(long, env = "CHAT_HANDSHAKE_TIMEOUT_SECS")]
+    pub handshake_timeout_secs: Option<u64>,
+    /// Messages per second one connection may keep up; 0 for no limit [default: 100]
+    #[arg(long, env = "CHAT_MESSAGES_PER_SECOND")]
+    pub messages_per_second: Option<u32>,
+    /// Messages one connection may send at once after a quiet spell [default: 200]
+    #[arg(long, env = "CHAT_MESSAGE_BURST")]
+    pub message_burst: Option<u32>,
+    /// Address of the Prometheus `/metrics` endpoint (plain HTTP; keep it on loopback or a
+    /// private network) [default: off]
+    #[arg(long, env = "CHAT_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn parse_durability(s: &str) -> Result<Durability, String> {
@@ -82,9 +99,16 @@ pub struct NodeConfig {
     /// Certificate chain and key; `None` makes (or reuses) a local CA in the data dir.
     pub tls: Option<(PathBuf, PathBuf)>,
     pub max_connections: usize,
+    pub max_connections_per_ip: usize,
     pub max_rooms_per_connection: u32,
     pub member_queue: usize,
     pub idle_timeout: Duration,
+    pub handshake_timeout: Duration,
+    /// Sends per second per connection; 0 for no limit.
+    pub messages_per_second: u32,
+    pub message_burst: u32,
+    /// Where `/metrics` is served; `None` serves none.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for NodeConfig {
@@ -122,6 +146,11 @@ impl Settings {
                 .or(lower.max_rooms_per_connection),
             member_queue: self.member_queue.or(lower.member_queue),
             idle_timeout_secs: self.idle_timeout_secs.or(lower.idle_timeout_secs),
+            max_connections_per_ip: self.max_connections_per_ip.or(lower.max_connections_per_ip),
+            handshake_timeout_secs: self.handshake_timeout_secs.or(lower.handshake_timeout_secs),
+            messages_per_second: self.messages_per_second.or(lower.messages_per_second),
+            message_burst: self.message_burst.or(lower.message_burst),
+            metrics_listen: self.metrics_listen.or(lower.metrics_listen),
         }
     }
 
@@ -141,6 +170,13 @@ impl Settings {
             idle_timeout: Duration::from_secs(
                 self.idle_timeout_secs.unwrap_or(30).max(MIN_IDLE_TIMEOUT_SECS),
             ),
+            max_connections_per_ip: self.max_connections_per_ip.unwrap_or(100).max(1),
+            handshake_timeout: Duration::from_secs(
+                self.handshake_timeout_secs.unwrap_or(10).max(1),
+            ),
+            messages_per_second: self.messages_per_second.unwrap_or(100),
+            message_burst: self.message_burst.unwrap_or(200).max(1),
+            metrics_listen: self.metrics_listen,
         }
     }
 }

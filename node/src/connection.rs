@@ -6,30 +6,58 @@
 //! control stream answers room listings and who-is-online, and every further bidirectional
 //! stream is a room stream served by its own task.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use chat_core::{ConnId, Refusal};
+use chat_core::{ConnId, Rate, RateLimit, Refusal, Verdict};
 use chat_proto::io::{FrameReader, write_frame};
 use chat_proto::{ClientFrame, ErrorCode, ErrorFrame, NodeFrame, RoomInfo, Welcome, codec, codes};
 use quinn::{RecvStream, SendStream};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::{GREETING_TIMEOUT, Shared, room};
+use crate::{Shared, room};
+
+/// A connection that has said hello, as its room streams see it.
+pub(crate) struct Conn {
+    pub id: ConnId,
+    pub connection: quinn::Connection,
+    /// The send rate limit shared by all the connection's rooms; `None` when unlimited.
+    rate: Option<Mutex<RateLimit>>,
+}
+
+impl Conn {
+    /// Takes one send from the connection's rate limit.
+    pub(crate) fn check_rate(&self) -> Verdict {
+        match &self.rate {
+            Some(rate) => rate.lock().unwrap_or_else(PoisonError::into_inner).check(Instant::now()),
+            None => Verdict::Allow,
+        }
+    }
+}
 
 /// Serves one connection from handshake to close.
 pub(crate) async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming) {
     let id = ConnId(shared.next_id());
     let span = info_span!("conn", id = id.0, remote = %incoming.remote_address());
     async move {
-        let connection = match tokio::time::timeout(GREETING_TIMEOUT, incoming).await {
+        let timeout = shared.config.handshake_timeout;
+        let connection = match tokio::time::timeout(timeout, incoming).await {
             Ok(Ok(connection)) => connection,
             Ok(Err(e)) => return debug!(error = %e, "handshake failed"),
             Err(_) => return debug!("handshake timed out"),
         };
         let Some((send, reader)) = greet(&shared, id, &connection).await else { return };
-        let rooms = run(&shared, id, &connection, send, reader).await;
+        let config = &shared.config;
+        let rate = (config.messages_per_second > 0).then(|| {
+            let rate = Rate {
+                per_second: f64::from(config.messages_per_second),
+                burst: config.message_burst,
+            };
+            Mutex::new(RateLimit::new(rate, Instant::now()))
+        });
+        let conn = Arc::new(Conn { id, connection: connection.clone(), rate });
+        let rooms = run(&shared, &conn, send, reader).await;
         shared.core().disconnect(id);
         shared.connections().remove(&id);
         drain(rooms).await;
@@ -52,8 +80,9 @@ async fn greet(shared: &Shared, id: ConnId, connection: &quinn::Connection) -> O
         let frame = reader.read::<ClientFrame>().await;
         Some((send, reader, frame))
     };
-    let Ok(Some((mut send, reader, frame))) = tokio::time::timeout(GREETING_TIMEOUT, hello).await
-    else {
+    let timeout = shared.config.handshake_timeout;
+    let Ok(Some((mut send, reader, frame))) = tokio::time::timeout(timeout, hello).await else {
+        shared.metrics.error("hello_timeout");
         connection.close(codes::close::HELLO_TIMEOUT.into(), b"no hello in time");
         return None;
     };
@@ -64,7 +93,7 @@ async fn greet(shared: &Shared, id: ConnId, connection: &quinn::Connection) -> O
                 ErrorCode::ProtocolViolation,
                 "the control stream must start with a hello",
             );
-            refuse(connection, &mut send, refusal, codes::close::PROTOCOL_VIOLATION).await;
+            refuse(shared, connection, &mut send, refusal, codes::close::PROTOCOL_VIOLATION).await;
             return None;
         }
     };
@@ -78,7 +107,7 @@ async fn greet(shared: &Shared, id: ConnId, connection: &quinn::Connection) -> O
                 Refusal::NameTaken(_) => codes::close::NAME_TAKEN,
                 _ => codes::close::REFUSED,
             };
-            refuse(connection, &mut send, error_frame(&refusal, None), code).await;
+            refuse(shared, connection, &mut send, error_frame(&refusal, None), code).await;
             return None;
         }
     };
@@ -106,11 +135,11 @@ async fn greet(shared: &Shared, id: ConnId, connection: &quinn::Connection) -> O
 /// node stops. Returns the room tasks still running.
 async fn run(
     shared: &Arc<Shared>,
-    id: ConnId,
-    connection: &quinn::Connection,
+    conn: &Arc<Conn>,
     mut send: SendStream,
     mut reader: FrameReader<RecvStream>,
 ) -> JoinSet<()> {
+    let connection = &conn.connection;
     let mut rooms = JoinSet::new();
     let mut stopping = shared.stopping.clone();
     loop {
@@ -133,17 +162,20 @@ async fn run(
                     Err(e) => {
                         warn!(error = %e, "bad control frame");
                         let refusal = ErrorFrame::new(ErrorCode::ProtocolViolation, e.to_string());
-                        refuse(connection, &mut send, refusal, codes::close::PROTOCOL_VIOLATION).await;
+                        refuse(shared, connection, &mut send, refusal, codes::close::PROTOCOL_VIOLATION).await;
                         break;
                     }
                 };
+                if let NodeFrame::Error(e) = &reply {
+                    shared.metrics.error_code(e.code);
+                }
                 if write_frame(&mut send, &reply, codec::MAX_NODE_FRAME_LEN).await.is_err() {
                     break;
                 }
             }
             stream = connection.accept_bi() => {
                 let Ok((room_send, room_recv)) = stream else { break };
-                rooms.spawn(room::serve(Arc::clone(shared), id, room_send, room_recv).in_current_span());
+                rooms.spawn(room::serve(Arc::clone(shared), Arc::clone(conn), room_send, room_recv).in_current_span());
                 while rooms.try_join_next().is_some() {}
             }
             () = crate::stopping(&mut stopping) => break,
@@ -179,6 +211,7 @@ fn list_rooms(shared: &Shared) -> NodeFrame {
 /// Sends `error` on the control stream, gives it a moment to arrive, and closes the
 /// connection with `code` (whose reason repeats the error, for clients that miss the frame).
 async fn refuse(
+    shared: &Shared,
     connection: &quinn::Connection,
     send: &mut SendStream,
     error: impl Into<NodeFrame>,
@@ -186,7 +219,10 @@ async fn refuse(
 ) {
     let frame = error.into();
     let reason = match &frame {
-        NodeFrame::Error(e) => e.message.clone(),
+        NodeFrame::Error(e) => {
+            shared.metrics.error_code(e.code);
+            e.message.clone()
+        }
         _ => String::new(),
     };
     if write_frame(send, &frame, codec::MAX_NODE_FRAME_LEN).await.is_ok() && send.finish().is_ok() {

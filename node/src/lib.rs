@@ -4,6 +4,8 @@
 //! # Layout
 //! - [`config`]: the settings, from a TOML file, `CHAT_*` variables and flags.
 //! - [`seams`]: the history and fan-out traits with their single-node implementations.
+//! - `admission`: how many connections the node takes, in all and per IP address.
+//! - `metrics`: the Prometheus counters and their `/metrics` endpoint.
 //! - `mailbox`: the bounded queue between the room core and a member's stream.
 //! - `connection`: one client connection: the hello on the control stream, then room
 //!   listings and who-is-online, and a task per room stream.
@@ -13,9 +15,11 @@
 //! All room rules (names, membership, order, limits) live in `chat_core`, which knows nothing
 //! of sockets; this crate carries its decisions out.
 
+mod admission;
 pub mod config;
 mod connection;
 mod mailbox;
+mod metrics;
 mod room;
 pub mod seams;
 
@@ -31,16 +35,16 @@ use anyhow::Context;
 use chat_core::{ConnId, Core, RoomName, Rules};
 use chat_history::History;
 use chat_proto::{Limits, codec, codes};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use admission::Admission;
 pub use config::{NodeConfig, Settings};
 use mailbox::Outbox;
+use metrics::Metrics;
 use seams::{FanOut, HistoryStore, LocalFanOut};
 
-/// How long a connection has to say hello, and a room stream to send its join.
-const GREETING_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the shutdown waits for the clients' streams to drain before closing them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -58,6 +62,8 @@ pub(crate) struct Shared {
     next_id: AtomicU64,
     /// Turns true when the node starts shutting down: stop reading requests.
     stopping: watch::Receiver<bool>,
+    admission: Arc<Admission>,
+    metrics: Arc<Metrics>,
 }
 
 impl Shared {
@@ -80,6 +86,7 @@ pub struct Node {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     ca_cert: Option<PathBuf>,
+    metrics_listener: Option<tokio::net::TcpListener>,
 }
 
 impl Node {
@@ -101,6 +108,8 @@ impl Node {
             max_rooms_per_connection: config.max_rooms_per_connection as usize,
         };
         let mut core = Core::new(rules);
+        let metrics = Arc::new(Metrics::new());
+        metrics.rooms.set(prepared.rooms.len() as i64);
         for (room, last_seq) in prepared.rooms {
             core.add_room(room, last_seq);
         }
@@ -140,19 +149,27 @@ impl Node {
             max_frame_len: (max_message_len + codec::FRAME_OVERHEAD) as u32,
             max_rooms_per_connection: config.max_rooms_per_connection,
             history_cap: config.history_cap,
+            messages_per_second: config.messages_per_second,
+            message_burst: config.message_burst,
+        };
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(metrics::bind(addr).await?),
+            None => None,
         };
         let (stop, stopping) = watch::channel(false);
         let shared = Arc::new(Shared {
             fanout: Arc::new(LocalFanOut(Arc::clone(&core))),
             core,
             history,
-            config,
             limits,
             connections: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             stopping,
+            admission: Admission::new(config.max_connections, config.max_connections_per_ip),
+            metrics,
+            config,
         });
-        Ok(Self { endpoint, shared, stop, ca_cert })
+        Ok(Self { endpoint, shared, stop, ca_cert, metrics_listener })
     }
 
     /// The address the node listens on (with the real port when 0 was asked for).
@@ -161,6 +178,11 @@ impl Node {
     /// The socket's address cannot be read.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.endpoint.local_addr()
+    }
+
+    /// The address of the `/metrics` endpoint, when the node serves one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The CA certificate that signed the node's certificate, when the node made it.
@@ -175,8 +197,10 @@ impl Node {
     /// # Errors
     /// The history could not be flushed at the end.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let Self { endpoint, shared, stop, .. } = self;
-        let permits = Arc::new(Semaphore::new(shared.config.max_connections));
+        let Self { endpoint, shared, stop, metrics_listener, .. } = self;
+        let _metrics = metrics_listener.map(|listener| {
+            AbortOnDrop(tokio::spawn(metrics::serve(listener, Arc::clone(&shared.metrics))))
+        });
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -186,15 +210,22 @@ impl Node {
             };
             let Some(incoming) = incoming else { break };
             while tasks.try_join_next().is_some() {}
-            let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-                warn!(remote = %incoming.remote_address(), "refused a connection: at the connection limit");
-                incoming.refuse();
-                continue;
+            let remote = incoming.remote_address();
+            let slot = match shared.admission.admit(remote.ip()) {
+                Ok(slot) => slot,
+                Err(full) => {
+                    warn!(%remote, reason = full.as_str(), "refused a connection: at the connection limit");
+                    shared.metrics.refused(full.as_str());
+                    incoming.refuse();
+                    continue;
+                }
             };
             let shared = Arc::clone(&shared);
             tasks.spawn(async move {
-                connection::serve(shared, incoming).await;
-                drop(permit);
+                shared.metrics.connections.inc();
+                connection::serve(Arc::clone(&shared), incoming).await;
+                shared.metrics.connections.dec();
+                drop(slot);
             });
         }
 
@@ -305,6 +336,15 @@ pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A task that ends when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Completes once the node starts shutting down.

@@ -8,18 +8,19 @@
 //! drains the member's queue: live messages, acks and errors, several per write.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
-use chat_core::{ConnId, MemberId, RoomName, Seq};
+use chat_core::{MemberId, RoomName, Seq, Verdict};
 use chat_proto::io::FrameReader;
 use chat_proto::{ChatMessage, ClientFrame, ErrorCode, ErrorFrame, Gap, NodeFrame, codec, codes};
 use quinn::{RecvStream, SendStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{debug, warn};
 
-use crate::connection::{error_frame, frame_name};
+use crate::connection::{Conn, error_frame, frame_name};
 use crate::mailbox::{Outbox, Outgoing};
-use crate::{GREETING_TIMEOUT, Shared, now_ms};
+use crate::{Shared, now_ms};
 
 /// Sends of one stream that may wait for the history at once, as a share of the member
 /// queue: their acks and echoes arrive in bursts, and must fit the sender's own queue.
@@ -33,43 +34,66 @@ const WRITE_BATCH: usize = 64;
 
 pub(crate) async fn serve(
     shared: Arc<Shared>,
-    conn: ConnId,
+    conn: Arc<Conn>,
     mut send: SendStream,
     recv: RecvStream,
 ) {
     let mut reader = FrameReader::new(recv, shared.limits.max_frame_len as usize);
-    let (room, after) = match read_join(&mut reader).await {
+    let (room, after) = match read_join(&shared, &mut reader).await {
         Ok(Some(join)) => join,
         Ok(None) => return,
-        Err(error) => return end_with(&mut send, error).await,
+        Err(error) => return end_with(&shared, &mut send, error).await,
     };
     let member = MemberId(shared.next_id());
     let (queue, queued) = mpsc::channel(shared.config.member_queue);
     let (evicted, eviction) = watch::channel(None);
-    let joined = shared.core().join(conn, member, &room, Outbox { queue: queue.clone(), evicted });
+    let joined =
+        shared.core().join(conn.id, member, &room, Outbox { queue: queue.clone(), evicted });
     let joined = match joined {
         Ok(joined) => joined,
         Err(refusal) => {
             debug!(%room, %refusal, "join refused");
-            return end_with(&mut send, error_frame(&refusal, None)).await;
+            return end_with(&shared, &mut send, error_frame(&refusal, None)).await;
         }
     };
+    shared.metrics.members.inc();
     debug!(room = %joined.room, member = member.0, ?after, "joined");
     let writer =
         Writer { shared: Arc::clone(&shared), room: joined.room.clone(), send, last_written: 0 };
     let writing = tokio::spawn(writer.run(after, joined.history_until, queued, eviction.clone()));
-    read_sends(&shared, member, &mut reader, &queue, eviction).await;
+    let ended = read_sends(&shared, &conn, member, &mut reader, &queue, eviction).await;
     shared.core().leave(member);
+    shared.metrics.members.dec();
     drop(queue);
     let _ = writing.await;
+    if ended == Ended::RateLimited {
+        // Only now, so that the client has its acks and "slow down" errors first.
+        warn!("closed a connection that kept sending over its rate limit");
+        shared.metrics.error("rate_limited");
+        conn.connection.close(
+            codes::close::RATE_LIMITED.into(),
+            b"you kept sending after being told to slow down",
+        );
+    }
+}
+
+/// Why a room stream stopped reading.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// The client left, the member was dropped, the stream broke or the node stops.
+    Done,
+    /// The connection kept sending after being told to slow down: close it.
+    RateLimited,
 }
 
 /// The room stream's first frame, which must be a join; `None` if the stream ended first.
 async fn read_join(
+    shared: &Shared,
     reader: &mut FrameReader<RecvStream>,
 ) -> Result<Option<(String, Option<Seq>)>, ErrorFrame> {
     let violation = |text: String| ErrorFrame::new(ErrorCode::ProtocolViolation, text);
-    match tokio::time::timeout(GREETING_TIMEOUT, reader.read::<ClientFrame>()).await {
+    match tokio::time::timeout(shared.config.handshake_timeout, reader.read::<ClientFrame>()).await
+    {
         Ok(Ok(Some(ClientFrame::Join { room, after }))) => Ok(Some((room, after))),
         Ok(Ok(None)) => Ok(None),
         Ok(Ok(Some(other))) => {
@@ -80,33 +104,50 @@ async fn read_join(
     }
 }
 
-/// Reads sends until the client leaves, the member is dropped or the node stops.
+/// Reads sends until the client leaves, the member is dropped, the connection is closed for
+/// sending too fast or the node stops.
 async fn read_sends(
     shared: &Arc<Shared>,
+    conn: &Conn,
     member: MemberId,
     reader: &mut FrameReader<RecvStream>,
     queue: &mpsc::Sender<Outgoing>,
     mut eviction: watch::Receiver<Option<Seq>>,
-) {
+) -> Ended {
     let in_flight =
         Arc::new(Semaphore::new((shared.config.member_queue / IN_FLIGHT_SHARE_OF_QUEUE).max(1)));
     let mut stopping = shared.stopping.clone();
     loop {
         let frame = tokio::select! {
             frame = reader.read::<ClientFrame>() => frame,
-            _ = evicted(&mut eviction) => return,
-            () = crate::stopping(&mut stopping) => return,
+            _ = evicted(&mut eviction) => return Ended::Done,
+            () = crate::stopping(&mut stopping) => return Ended::Done,
         };
         // An error answers one frame; after a frame the reader cannot skip, the stream ends.
         let (error, fatal) = match frame {
-            Ok(None) => return,
-            Ok(Some(ClientFrame::Send { client_id, body })) => {
-                let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else { return };
-                match send(shared, member, client_id, body, queue.clone(), permit) {
-                    Ok(()) => continue,
-                    Err(refused) => (refused, false),
+            Ok(None) => return Ended::Done,
+            Ok(Some(ClientFrame::Send { client_id, body })) => match conn.check_rate() {
+                Verdict::Allow => {
+                    let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+                        return Ended::Done;
+                    };
+                    match send(shared, member, client_id, body, queue.clone(), permit) {
+                        Ok(()) => continue,
+                        Err(refused) => (refused, false),
+                    }
                 }
-            }
+                Verdict::SlowDown { retry_after } => {
+                    let text = format!(
+                        "you are sending faster than the node allows ({} messages a second); \
+                         the message was not sent: wait {} ms and send it again",
+                        shared.config.messages_per_second,
+                        retry_after.as_millis().max(1)
+                    );
+                    let error = ErrorFrame::new(ErrorCode::SlowDown, text);
+                    (ErrorFrame { client_id: Some(client_id), ..error }, false)
+                }
+                Verdict::Disconnect => return Ended::RateLimited,
+            },
             Ok(Some(other)) => {
                 let text = format!("a room stream takes sends, not {}", frame_name(&other));
                 (ErrorFrame::new(ErrorCode::ProtocolViolation, text), false)
@@ -127,9 +168,10 @@ async fn read_sends(
                 (ErrorFrame::new(ErrorCode::ProtocolViolation, e.to_string()), fatal)
             }
         };
+        shared.metrics.error_code(error.code);
         let sent = queue.send(Outgoing::Frame(encode(&NodeFrame::Error(error)))).await;
         if sent.is_err() || fatal {
-            return;
+            return Ended::Done;
         }
     }
 }
@@ -158,20 +200,28 @@ fn send(
         timestamp_ms: message.timestamp_ms,
         body: message.body.clone(),
     };
-    let (fanout, core, room) =
-        (Arc::clone(&shared.fanout), Arc::clone(&shared.core), outgoing.room);
+    let (fanout, core, metrics, room) = (
+        Arc::clone(&shared.fanout),
+        Arc::clone(&shared.core),
+        Arc::clone(&shared.metrics),
+        outgoing.room,
+    );
+    let handed_over = Instant::now();
     shared.history.append(
         &room.clone(),
         record,
         Box::new(move |stored| {
             let reply = match stored {
                 Ok(seq) => {
+                    metrics.history_append.observe(handed_over.elapsed().as_secs_f64());
+                    metrics.messages.inc();
                     message.seq = seq;
                     fanout.publish(&room, seq, encode(&NodeFrame::Message(message)));
                     NodeFrame::Ack { client_id, seq }
                 }
                 Err(e) => {
                     warn!(%room, error = %e, "a message was not stored");
+                    metrics.error_code(ErrorCode::HistoryUnavailable);
                     NodeFrame::Error(ErrorFrame {
                         client_id: Some(client_id),
                         ..ErrorFrame::new(
@@ -273,6 +323,8 @@ impl Writer {
             tokio::select! {
                 biased;
                 _ = evicted(&mut eviction) => {
+                    self.shared.metrics.dropped_too_slow.inc();
+                    self.shared.metrics.error_code(ErrorCode::TooSlow);
                     let message = format!(
                         "you fell too far behind in room {} and were dropped; rejoin after {} to resume",
                         self.room, self.last_written
@@ -288,15 +340,18 @@ impl Writer {
                     if n == 0 {
                         return Ok(());
                     }
+                    let mut messages = 0;
                     for item in batch.drain(..) {
                         chunks.push(match item {
                             Outgoing::Message(seq, frame) => {
                                 self.last_written = seq;
+                                messages += 1;
                                 frame
                             }
                             Outgoing::Frame(frame) => frame,
                         });
                     }
+                    self.shared.metrics.deliveries.inc_by(messages);
                     self.send.write_all_chunks(&mut chunks).await?;
                     chunks.clear();
                 }
@@ -315,7 +370,8 @@ async fn evicted(eviction: &mut watch::Receiver<Option<Seq>>) {
 }
 
 /// Ends a stream that never joined a room with an error frame.
-async fn end_with(send: &mut SendStream, error: ErrorFrame) {
+async fn end_with(shared: &Shared, send: &mut SendStream, error: ErrorFrame) {
+    shared.metrics.error_code(error.code);
     if send.write_all(&encode(&NodeFrame::Error(error))).await.is_ok() {
         let _ = send.finish();
     }

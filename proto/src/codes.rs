@@ -24,6 +24,8 @@ pub mod close {
     pub const REFUSED: u32 = 5;
     /// The hello did not arrive in time.
     pub const HELLO_TIMEOUT: u32 = 6;
+    /// The connection went on sending far over its rate limit after being told to slow down.
+    pub const RATE_LIMITED: u32 = 7;
 }
 
 /// Codes with which the node resets (stops writing) a room stream.

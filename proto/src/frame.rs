@@ -100,6 +100,11 @@ pub struct Limits {
     pub max_rooms_per_connection: u32,
     /// Messages a room retains.
     pub history_cap: u64,
+    /// Sends per second one connection may keep up (0: no limit); faster sends are refused
+    /// with [`ErrorCode::SlowDown`].
+    pub messages_per_second: u32,
+    /// Sends one connection may make at once after a quiet spell.
+    pub message_burst: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,6 +173,9 @@ pub enum ErrorCode {
     ProtocolViolation,
     /// The node is shutting down.
     ShuttingDown,
+    /// The connection sends faster than the node allows; the message was not sent. Wait and
+    /// send it again. A connection that goes on sending regardless is closed.
+    SlowDown,
 }
 
 impl ErrorFrame {

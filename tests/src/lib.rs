@@ -1,11 +1,17 @@
 //! Helpers for the end-to-end tests: a node on a loopback port with its history in a
-//! temporary directory, clients that trust it, and the paths of the built programs.
+//! temporary directory (in this process or as a `chat-node` process), clients that trust
+//! it, and the paths of the built programs.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use chat_client::{Client, ConnectOptions, Room, RoomEvent, Trust};
 use chat_node::{Node, NodeConfig, Settings};
+use chat_proto::io::FrameReader;
+use chat_proto::{ClientFrame, NodeFrame, codec, codes};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -17,6 +23,8 @@ pub struct TestNode {
     pub addr: std::net::SocketAddr,
     pub ca: PathBuf,
     pub data_dir: PathBuf,
+    /// Where the node serves `/metrics`, when configured to.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// The temporary data dir of a node made by [`TestNode::start`].
     _owned_dir: Option<tempfile::TempDir>,
     stop: oneshot::Sender<()>,
@@ -53,11 +61,20 @@ impl TestNode {
         let node = Node::start(config).await.expect("node starts");
         let addr = node.local_addr().expect("bound");
         let ca = node.ca_cert().expect("the node made its CA").to_path_buf();
+        let metrics_addr = node.metrics_addr();
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(node.run(async {
             let _ = stopped.await;
         }));
-        Self { addr, ca, data_dir: data_dir.to_path_buf(), _owned_dir: None, stop, task }
+        Self {
+            addr,
+            ca,
+            data_dir: data_dir.to_path_buf(),
+            metrics_addr,
+            _owned_dir: None,
+            stop,
+            task,
+        }
     }
 
     pub fn options(&self, name: &str) -> ConnectOptions {
@@ -122,4 +139,143 @@ pub async fn raw_connection(
     endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
     let connection = endpoint.connect(node.addr, "localhost").expect("connect").await?;
     Ok((connection, endpoint))
+}
+
+/// A `chat-node` process on a free loopback port.
+pub struct NodeProcess {
+    pub child: Child,
+    pub addr: String,
+    pub ca: String,
+}
+
+impl NodeProcess {
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        // Ask the OS for a free UDP port, then hand it to the node.
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .expect("port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        Self::start_on(data_dir, &format!("127.0.0.1:{port}"), extra)
+    }
+
+    pub fn start_on(data_dir: &Path, addr: &str, extra: &[&str]) -> Self {
+        let addr = addr.to_owned();
+        let mut child = Command::new(program("chat-node"))
+            .args(["--listen", &addr, "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("chat-node starts");
+        // Wait for the "listening" line, which comes after the history and certificate.
+        let stderr = child.stderr.take().expect("stderr");
+        let lines = spawn_line_reader(stderr);
+        loop {
+            let line = lines.recv_timeout(PATIENCE).expect("the node says it is listening");
+            if line.contains("listening") {
+                break;
+            }
+        }
+        // Keep draining the log so that the node never blocks on a full pipe.
+        std::thread::spawn(move || while lines.recv().is_ok() {});
+        let ca = data_dir.join("certs/ca.pem").display().to_string();
+        Self { child, addr, ca }
+    }
+
+    pub fn chat(&self, name: &str, args: &[&str]) -> Command {
+        let mut command = Command::new(program("chat"));
+        command.args(["--server", &self.addr, "--ca", &self.ca, "--name", name]).args(args);
+        command
+    }
+
+    /// Options for a library client of this node.
+    pub fn options(&self, name: &str) -> ConnectOptions {
+        ConnectOptions::new(self.addr.clone(), name, Trust::CaFile(self.ca.clone().into()))
+    }
+
+    /// The node's peak resident memory so far, in KiB (`VmHWM` in /proc).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the node's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc status")
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args(["-s", signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn spawn_line_reader(out: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for `child` to exit, failing the test after [`PATIENCE`].
+pub fn wait_child(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "the process did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A connection that has said hello, with what must live as long as it does.
+pub struct Greeted {
+    pub connection: quinn::Connection,
+    _endpoint: quinn::Endpoint,
+    _control: (quinn::SendStream, FrameReader<quinn::RecvStream>),
+}
+
+/// A bare connection that has said hello as `name`.
+pub async fn hello(node: &TestNode, name: &str) -> Greeted {
+    let (connection, endpoint) = raw_connection(node, codes::ALPN).await.expect("handshake");
+    let (mut send, recv) = connection.open_bi().await.expect("control stream");
+    let frame = ClientFrame::Hello { name: name.into(), resume: None };
+    send.write_all(&encoded(&frame)).await.expect("hello");
+    let mut reader = FrameReader::new(recv, codec::MAX_NODE_FRAME_LEN);
+    let welcome = reader.read::<NodeFrame>().await.expect("reads");
+    assert!(matches!(welcome, Some(NodeFrame::Welcome(_))), "{welcome:?}");
+    Greeted { connection, _endpoint: endpoint, _control: (send, reader) }
+}
+
+/// A client frame, encoded for writing by hand.
+pub fn encoded(frame: &ClientFrame) -> Vec<u8> {
+    codec::encode(frame, 1 << 20).expect("encodes").to_vec()
+}
+
+/// The next frame on a raw stream, failing the test after [`PATIENCE`].
+pub async fn next_frame(reader: &mut FrameReader<quinn::RecvStream>) -> Option<NodeFrame> {
+    tokio::time::timeout(PATIENCE, reader.read::<NodeFrame>())
+        .await
+        .expect("in time")
+        .expect("a frame")
 }

@@ -1,105 +1,25 @@
 //! The programs as a user runs them: `chat-node` in its own process, `chat` clients talking
 //! through pipes, SIGTERM, and SIGKILL in the middle of sends.
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::io::Write;
+use std::process::{Child, ChildStdout, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use chat_tests::{PATIENCE, program};
+use chat_tests::{NodeProcess, PATIENCE, spawn_line_reader, wait_child};
 use serde_json::Value;
 
-/// A `chat-node` process on a free loopback port.
-struct NodeProcess {
-    child: Child,
-    addr: String,
-    ca: String,
-}
-
-impl NodeProcess {
-    fn start(data_dir: &Path, extra: &[&str]) -> Self {
-        // Ask the OS for a free UDP port, then hand it to the node.
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .expect("port")
-            .local_addr()
-            .expect("addr")
-            .port();
-        Self::start_on(data_dir, &format!("127.0.0.1:{port}"), extra)
-    }
-
-    fn start_on(data_dir: &Path, addr: &str, extra: &[&str]) -> Self {
-        let addr = addr.to_owned();
-        let mut child = Command::new(program("chat-node"))
-            .args(["--listen", &addr, "--data-dir"])
-            .arg(data_dir)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("chat-node starts");
-        // Wait for the "listening" line, which comes after the history and certificate.
-        let stderr = child.stderr.take().expect("stderr");
-        let lines = spawn_line_reader(stderr);
-        loop {
-            let line = lines.recv_timeout(PATIENCE).expect("the node says it is listening");
-            if line.contains("listening") {
-                break;
-            }
-        }
-        // Keep draining the log so that the node never blocks on a full pipe.
-        std::thread::spawn(move || while lines.recv().is_ok() {});
-        let ca = data_dir.join("certs/ca.pem").display().to_string();
-        Self { child, addr, ca }
-    }
-
-    fn chat(&self, name: &str, args: &[&str]) -> Command {
-        let mut command = Command::new(program("chat"));
-        command.args(["--server", &self.addr, "--ca", &self.ca, "--name", name]).args(args);
-        command
-    }
-
-    /// An interactive `chat --json` in room general, fed through a pipe, once it has joined.
-    fn joined_chat(&self, name: &str) -> (Child, mpsc::Receiver<String>) {
-        let mut child = self
-            .chat(name, &["--room", "general", "--json"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("chat starts");
-        let events = json_events(&mut child);
-        wait_for(&events, "the join", |e| e["event"] == "joined");
-        (child, events)
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args(["-s", signal, &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_line_reader(out: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
+/// An interactive `chat --json` in room general, fed through a pipe, once it has joined.
+fn joined_chat(node: &NodeProcess, name: &str) -> (Child, mpsc::Receiver<String>) {
+    let mut child = node
+        .chat(name, &["--room", "general", "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("chat starts");
+    let events = json_events(&mut child);
+    wait_for(&events, "the join", |e| e["event"] == "joined");
+    (child, events)
 }
 
 /// JSON events from a `chat --json` process, until one matches.
@@ -127,8 +47,8 @@ fn json_events(child: &mut Child) -> mpsc::Receiver<String> {
 fn two_chat_processes_talk_through_a_node() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = NodeProcess::start(dir.path(), &["--room", "general", "--room", "random"]);
-    let (mut ada, ada_events) = node.joined_chat("ada");
-    let (mut bob, bob_events) = node.joined_chat("bob");
+    let (mut ada, ada_events) = joined_chat(&node, "ada");
+    let (mut bob, bob_events) = joined_chat(&node, "bob");
 
     let mut ada_in = ada.stdin.take().expect("stdin");
     writeln!(ada_in, "hello bob").expect("typed");
@@ -193,7 +113,7 @@ fn two_chat_processes_talk_through_a_node() {
 fn sigterm_tells_clients_and_exits_cleanly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut node = NodeProcess::start(dir.path(), &[]);
-    let (mut ada, events) = node.joined_chat("ada");
+    let (mut ada, events) = joined_chat(&node, "ada");
     node.signal("TERM");
     let status = wait_child(&mut node.child);
     assert_eq!(status.code(), Some(0), "the node exits 0 on SIGTERM");
@@ -207,7 +127,7 @@ fn the_chat_program_reconnects_and_misses_nothing_after_the_node_restarts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut node = NodeProcess::start(dir.path(), &[]);
     let addr = node.addr.clone();
-    let (mut ada, events) = node.joined_chat("ada");
+    let (mut ada, events) = joined_chat(&node, "ada");
     let sent = node.chat("bob", &["--room", "general", "send", "before"]).output().expect("runs");
     assert!(sent.status.success());
     wait_for(&events, "the first message", |e| e["event"] == "message" && e["body"] == "before");
@@ -235,81 +155,127 @@ fn the_chat_program_reconnects_and_misses_nothing_after_the_node_restarts() {
     assert!(ada.wait().expect("exits").success());
 }
 
+/// Kills the node with SIGKILL 20 times at random moments while two clients send with many
+/// messages in flight. After every restart, each acknowledged message is in the history
+/// exactly once, under the seq its ack named, in order, and no seq is used twice.
 #[test]
-fn sigkill_during_sends_loses_no_acknowledged_message() {
+fn a_crash_loop_loses_no_acknowledged_message() {
+    const ROUNDS: usize = 20;
     let dir = tempfile::tempdir().expect("tempdir");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let mut acked: Vec<(u64, String)> = Vec::new();
-    for round in 0..3 {
-        let mut node = NodeProcess::start(dir.path(), &[]);
-        let options = chat_client::ConnectOptions::new(
-            node.addr.clone(),
-            format!("writer{round}"),
-            chat_client::Trust::CaFile(node.ca.clone().into()),
-        );
-        // Many sends in flight; the node is killed while they are being acknowledged.
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sender_task = runtime.spawn(async move {
-            let client = chat_client::Client::connect(options).await.expect("connects");
-            let sender = client.join("general", Some(u64::MAX)).await.expect("joins").sender();
-            let mut tasks = tokio::task::JoinSet::new();
-            for i in 0..5_000 {
-                let body = format!("round {round} message {i}");
-                let Ok(ack) = sender.send_unchecked(body.clone()).await else { break };
-                let acks = tx.clone();
-                tasks.spawn(async move {
-                    if let Ok(seq) = ack.await {
-                        let _ = acks.send((seq, body));
-                    }
-                });
-            }
-            while tasks.join_next().await.is_some() {}
-        });
-        let before = acked.len();
-        while acked.len() < before + 200 + round * 97 {
-            acked.push(rx.recv_timeout(PATIENCE).expect("acks arrive"));
+    let mut random = Random::from_clock();
+    println!("crash loop seed {}", random.0);
+    let mut acked = std::collections::BTreeMap::<u64, String>::new();
+    for round in 0..=ROUNDS {
+        let mut node = NodeProcess::start(dir.path(), &["--messages-per-second", "0"]);
+        let stored = runtime.block_on(read_history(&node, &format!("auditor{round}")));
+        check_history(&stored, &acked, round);
+        if round == ROUNDS {
+            break;
         }
+        let (tx, rx) = mpsc::channel();
+        let writers: Vec<_> = (0..2)
+            .map(|w| {
+                runtime.spawn(send_until_killed(node.options(&format!("w{w}r{round}")), tx.clone()))
+            })
+            .collect();
+        // A random moment: sometimes before the first ack, mostly amid them.
+        std::thread::sleep(Duration::from_millis(random.below(400)));
         node.signal("KILL");
         wait_child(&mut node.child);
         // Acks that were on their way when the node died still count.
         std::thread::sleep(Duration::from_millis(100));
-        acked.extend(rx.try_iter());
-        sender_task.abort();
+        for writer in writers {
+            writer.abort();
+        }
+        for (seq, body) in rx.try_iter() {
+            assert!(acked.insert(seq, body).is_none(), "seq {seq} was acknowledged twice");
+        }
     }
+    assert!(acked.len() >= ROUNDS * 50, "only {} messages were acknowledged", acked.len());
+}
 
-    // Every acknowledged message is in the history, once, under the seq its ack named.
-    let node = NodeProcess::start(dir.path(), &[]);
-    let output =
-        node.chat("auditor", &["--room", "general", "--json", "history"]).output().expect("runs");
-    assert!(output.status.success());
-    let stored: std::collections::BTreeMap<u64, String> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|e| e["event"] == "history")
-        .map(|e| {
-            (e["seq"].as_u64().unwrap_or(0), e["body"].as_str().unwrap_or_default().to_owned())
-        })
-        .collect();
-    assert!(acked.len() >= 600, "only {} acks", acked.len());
-    for (seq, body) in &acked {
-        assert_eq!(stored.get(seq), Some(body), "acknowledged #{seq} is missing or different");
+/// Sends as fast as acks allow (up to 256 in flight), reporting each acknowledged message,
+/// until the task is aborted.
+async fn send_until_killed(
+    options: chat_client::ConnectOptions,
+    acks: mpsc::Sender<(u64, String)>,
+) {
+    let Ok(client) = chat_client::Client::connect(options).await else { return };
+    let Ok(room) = client.join("general", Some(u64::MAX)).await else { return };
+    let sender = room.sender();
+    drop(room);
+    let window = std::sync::Arc::new(tokio::sync::Semaphore::new(256));
+    let name = client.name().to_owned();
+    for i in 0.. {
+        let Ok(permit) = std::sync::Arc::clone(&window).acquire_owned().await else { return };
+        let body = format!("{name} {i}");
+        let Ok(ack) = sender.send_unchecked(body.clone()).await else { return };
+        let acks = acks.clone();
+        tokio::spawn(async move {
+            if let Ok(seq) = ack.await {
+                let _ = acks.send((seq, body));
+            }
+            drop(permit);
+        });
     }
-    let seqs: Vec<u64> = stored.keys().copied().collect();
+}
+
+/// The whole history of room general, as (seq, body).
+async fn read_history(node: &NodeProcess, name: &str) -> Vec<(u64, String)> {
+    let client = chat_client::Client::connect(node.options(name)).await.expect("connects");
+    let mut room = client.join("general", None).await.expect("joins");
+    let mut stored = Vec::new();
+    while stored.len() < room.history_until() as usize {
+        let (message, history) = chat_tests::next_message(&mut room).await;
+        assert!(history, "only history before anyone sends");
+        stored.push((message.seq, message.body));
+    }
+    client.close().await;
+    stored
+}
+
+fn check_history(
+    stored: &[(u64, String)],
+    acked: &std::collections::BTreeMap<u64, String>,
+    round: usize,
+) {
+    let seqs: Vec<u64> = stored.iter().map(|(seq, _)| *seq).collect();
     assert_eq!(
         seqs,
         (1..=seqs.len() as u64).collect::<Vec<_>>(),
-        "numbers are gap-free and never reused"
+        "after restart {round}: numbers are in order, gap-free and never reused"
     );
+    let by_seq: std::collections::HashMap<_, _> = stored.iter().cloned().collect();
+    for (seq, body) in acked {
+        assert_eq!(
+            by_seq.get(seq),
+            Some(body),
+            "after restart {round}: acknowledged #{seq} is missing or different"
+        );
+    }
+    let mut bodies: Vec<&String> = stored.iter().map(|(_, body)| body).collect();
+    bodies.sort();
+    bodies.dedup();
+    assert_eq!(bodies.len(), stored.len(), "after restart {round}: a message is stored twice");
 }
 
-fn wait_child(child: &mut Child) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        assert!(std::time::Instant::now() < deadline, "the process did not exit");
-        std::thread::sleep(Duration::from_millis(20));
+/// A small xorshift generator, seeded from the clock and printed, for random moments.
+struct Random(u64);
+
+impl Random {
+    fn from_clock() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        Self(nanos | 1)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
     }
 }
 
@@ -317,7 +283,7 @@ fn wait_child(child: &mut Child) -> std::process::ExitStatus {
 fn a_vanished_client_frees_its_name_after_the_idle_timeout() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = NodeProcess::start(dir.path(), &["--idle-timeout-secs", "5"]);
-    let (mut ada, _events) = node.joined_chat("ada");
+    let (mut ada, _events) = joined_chat(&node, "ada");
     // SIGKILL: the process sends no goodbye; the node only notices the silence.
     let _ = ada.kill();
     let _ = ada.wait();

@@ -3,26 +3,7 @@
 
 use chat_proto::io::FrameReader;
 use chat_proto::{ClientFrame, ErrorCode, NodeFrame, codec, codes};
-use chat_tests::{TestNode, next_message, raw_connection};
-
-/// A connection that has said hello, with what must live as long as it does.
-struct Greeted {
-    connection: quinn::Connection,
-    _endpoint: quinn::Endpoint,
-    _control: (quinn::SendStream, FrameReader<quinn::RecvStream>),
-}
-
-/// A connection that has said hello as `name`.
-async fn hello(node: &TestNode, name: &str) -> Greeted {
-    let (connection, endpoint) = raw_connection(node, codes::ALPN).await.expect("handshake");
-    let (mut send, recv) = connection.open_bi().await.expect("control stream");
-    let frame = ClientFrame::Hello { name: name.into(), resume: None };
-    send.write_all(&codec::encode(&frame, 1024).expect("encodes")).await.expect("hello");
-    let mut reader = FrameReader::new(recv, codec::MAX_NODE_FRAME_LEN);
-    let welcome = reader.read::<NodeFrame>().await.expect("reads");
-    assert!(matches!(welcome, Some(NodeFrame::Welcome(_))), "{welcome:?}");
-    Greeted { connection, _endpoint: endpoint, _control: (send, reader) }
-}
+use chat_tests::{TestNode, encoded, hello, next_frame, next_message, raw_connection};
 
 /// A room stream on which `bytes` are written raw.
 async fn room_stream(
@@ -32,17 +13,6 @@ async fn room_stream(
     let (mut send, recv) = connection.open_bi().await.expect("room stream");
     send.write_all(bytes).await.expect("written");
     (send, FrameReader::new(recv, codec::MAX_NODE_FRAME_LEN))
-}
-
-fn encoded(frame: &ClientFrame) -> Vec<u8> {
-    codec::encode(frame, 1 << 20).expect("encodes").to_vec()
-}
-
-async fn next_frame(reader: &mut FrameReader<quinn::RecvStream>) -> Option<NodeFrame> {
-    tokio::time::timeout(chat_tests::PATIENCE, reader.read::<NodeFrame>())
-        .await
-        .expect("in time")
-        .expect("a frame")
 }
 
 /// Bob, a well-behaved client in room general, sends a message and gets it back as the next

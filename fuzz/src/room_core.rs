@@ -1,7 +1,12 @@
-//! A seeded simulation of the room core: many connections doing random things (hellos with
-//! clashing names, joins, leaves, disconnects, slow readers) while messages are committed out
-//! of order. After every step it checks the invariants against what the mailboxes saw.
-//! Reproducible: a failing seed fails the same way every time.
+//! The room core against a simple model, driven by a byte string: each byte picks the next
+//! event (a hello with a clashing name, a join, a leave, a disconnect, a message stored by
+//! the history, a commit reaching the core out of order, readers catching up). After every
+//! event the mailboxes are checked against the model: every member gets a gap-free run of
+//! numbers from its join point, an evicted member stops exactly where it was told, names
+//! are unique, and the core counts the members the model does.
+//!
+//! The same driver runs under libFuzzer (coverage-guided bytes), proptest (random bytes, in
+//! CI) and over the saved corpus (in CI).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -9,18 +14,21 @@ use std::rc::Rc;
 
 use chat_core::{ConnId, Core, Full, Mailbox, MemberId, RoomName, Rules, Seq};
 
-/// xorshift64*: small, seeded, good enough to drive a simulation.
-struct Rng(u64);
+/// The input, read a byte per choice; it ends the run when it runs out.
+struct Choices<'a> {
+    data: &'a [u8],
+    at: usize,
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+impl Choices<'_> {
+    fn done(&self) -> bool {
+        self.at >= self.data.len()
     }
+
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        let byte = self.data.get(self.at).copied().unwrap_or(0);
+        self.at += 1;
+        usize::from(byte) % n
     }
 }
 
@@ -64,8 +72,8 @@ struct Member {
 const NAMES: [&str; 4] = ["ada", "ADA", "bob", "cy"];
 const ROOMS: [&str; 3] = ["a", "b", "c"];
 
-fn simulate(seed: u64) {
-    let mut rng = Rng(seed | 1);
+pub fn run(data: &[u8]) {
+    let mut rng = Choices { data, at: 0 };
     let mut core: Core<SimMailbox> =
         Core::new(Rules { max_message_len: 100, max_rooms_per_connection: 2 });
     let mut next_seq: HashMap<&str, Seq> = HashMap::new();
@@ -81,7 +89,7 @@ fn simulate(seed: u64) {
     let mut delivered: HashMap<&str, Seq> = ROOMS.iter().map(|r| (*r, 0)).collect();
     let mut next_id = 1u64;
 
-    for _step in 0..2_000 {
+    while !rng.done() {
         match rng.below(8) {
             0 => {
                 let conn = next_id;
@@ -89,11 +97,7 @@ fn simulate(seed: u64) {
                 let name = NAMES[rng.below(NAMES.len())];
                 let result = core.connect(ConnId(conn), name, None, [conn as u8; 16]);
                 let taken = online.values().any(|held| held == &name.to_ascii_lowercase());
-                assert_eq!(
-                    result.is_err(),
-                    taken,
-                    "seed {seed}: {name} taken={taken} but {result:?}"
-                );
+                assert_eq!(result.is_err(), taken, "{name} taken={taken} but {result:?}");
                 if result.is_ok() {
                     online.insert(conn, name.to_ascii_lowercase());
                 }
@@ -113,7 +117,7 @@ fn simulate(seed: u64) {
                 mailbox.0.borrow_mut().capacity = 1 + rng.below(6);
                 match core.join(ConnId(conn), MemberId(id), room, mailbox.clone()) {
                     Ok(joined) => {
-                        assert_eq!(joined.history_until, delivered[room], "seed {seed}");
+                        assert_eq!(joined.history_until, delivered[room]);
                         members.insert(
                             id,
                             Member {
@@ -129,7 +133,7 @@ fn simulate(seed: u64) {
                         let rooms: Vec<&String> = mine.map(|(_, m)| &m.room).collect();
                         assert!(
                             rooms.contains(&&room.to_owned()) || rooms.len() >= 2,
-                            "seed {seed}: join refused without reason: {refusal}"
+                            "join refused without reason: {refusal}"
                         );
                     }
                 }
@@ -171,47 +175,27 @@ fn simulate(seed: u64) {
                 }
             }
         }
-        check(&core, &members, &delivered, seed);
+        check(&core, &members, &delivered);
     }
 }
 
 /// Every member got a gap-free run of numbers right after its join point, in order, up to
 /// the newest one the room has delivered; an evicted one stopped exactly where it was told.
-fn check(
-    core: &Core<SimMailbox>,
-    members: &BTreeMap<u64, Member>,
-    delivered: &HashMap<&str, Seq>,
-    seed: u64,
-) {
+fn check(core: &Core<SimMailbox>, members: &BTreeMap<u64, Member>, delivered: &HashMap<&str, Seq>) {
     for (id, member) in members {
         let inbox = member.mailbox.0.borrow();
         let expected: Vec<Seq> = (member.joined_after + 1..).take(inbox.got.len()).collect();
-        assert_eq!(
-            inbox.got, expected,
-            "seed {seed}: member {id} in {} saw a gap or a repeat",
-            member.room
-        );
+        assert_eq!(inbox.got, expected, "member {id} in {} saw a gap or a repeat", member.room);
         let last = inbox.got.last().copied().unwrap_or(member.joined_after);
         match inbox.evicted_after {
             Some(evicted_after) => {
                 assert!(!member.active);
-                assert_eq!(last, evicted_after, "seed {seed}: evicted member {id}");
+                assert_eq!(last, evicted_after, "evicted member {id}");
             }
-            None => assert_eq!(
-                last,
-                delivered[member.room.as_str()],
-                "seed {seed}: member {id} is behind"
-            ),
+            None => assert_eq!(last, delivered[member.room.as_str()], "member {id} is behind"),
         }
     }
     let online_members: usize = members.values().filter(|m| m.active).count();
     let counted: usize = core.rooms().iter().map(|r| r.members).sum();
-    assert_eq!(counted, online_members, "seed {seed}: the core counts members the model does not");
-}
-
-#[test]
-fn the_core_keeps_its_invariants_under_random_events() {
-    for seed in 1..=200 {
-        simulate(seed);
-    }
+    assert_eq!(counted, online_members, "the core counts members the model does not");
 }

@@ -1,0 +1,321 @@
+//! Overload and hostile peers: a name race, floods of sends and streams, too many
+//! connections, garbage on the wire. Each gets a typed error or close, and a well-behaved
+//! client on the same node notices nothing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chat_client::{Client, ClientError, ErrorCode, RoomEvent};
+use chat_proto::io::FrameReader;
+use chat_proto::{ClientFrame, NodeFrame, codec, codes};
+use chat_tests::{PATIENCE, TestNode, encoded, hello, next_frame, next_message, raw_connection};
+
+/// A bystander's check: a send is acknowledged and comes back as the room's next message.
+async fn bystander_is_fine(room: &mut chat_client::Room) {
+    let seq = room.sender().send("still fine").await.expect("acked");
+    let (message, _) = next_message(room).await;
+    assert_eq!((message.seq, message.body.as_str()), (seq, "still fine"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_connections_race_for_one_name_and_exactly_one_wins() {
+    let node = TestNode::start(|_| {}).await;
+    let attempts: Vec<_> = (0..50)
+        .map(|i| {
+            // The same name, spelled with different cases: names compare case-insensitively.
+            let name = if i % 2 == 0 { "racer" } else { "RACER" };
+            tokio::spawn(Client::connect(node.options(name)))
+        })
+        .collect();
+    let (mut welcomed, mut taken) = (Vec::new(), 0);
+    for attempt in attempts {
+        match attempt.await.expect("task") {
+            Ok(client) => welcomed.push(client),
+            Err(ClientError::NameTaken(_)) => taken += 1,
+            Err(other) => panic!("expected a welcome or name-taken, got {other}"),
+        }
+    }
+    assert_eq!((welcomed.len(), taken), (1, 49));
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_flood_of_sends_is_told_to_slow_down_then_closed() {
+    let node = TestNode::start(|config| {
+        config.messages_per_second = 10;
+        config.message_burst = 5;
+    })
+    .await;
+    let bob = node.connect("bob").await;
+    let mut bobs = bob.join("general", None).await.expect("joins");
+    let flooder = node.connect("flooder").await;
+    let sender = flooder.join("general", Some(u64::MAX)).await.expect("joins").sender();
+
+    // Unpaced sends: the burst is stored, then "slow down", then the connection is closed.
+    let mut acks = Vec::new();
+    for i in 0..200 {
+        match sender.send_unchecked(format!("flood {i}")).await {
+            Ok(ack) => acks.push(ack),
+            Err(_) => break,
+        }
+    }
+    let (mut stored, mut slow_down, mut lost) = (0, 0, 0);
+    for ack in acks {
+        match ack.await {
+            Ok(_) => stored += 1,
+            Err(ClientError::SlowDown(text)) => {
+                assert!(text.contains("10 messages a second"), "{text}");
+                slow_down += 1;
+            }
+            Err(_) => lost += 1,
+        }
+    }
+    assert_eq!(stored, 5, "the burst is stored ({slow_down} slowed down, {lost} lost)");
+    assert!(slow_down >= 4, "told to slow down first ({slow_down})");
+    let closed = tokio::time::timeout(PATIENCE, flooder.closed()).await.expect("closed");
+    assert!(matches!(closed, ClientError::RateLimited), "{closed:?}");
+    assert_eq!(closed.exit_code(), 10);
+
+    for _ in 0..5 {
+        let (message, _) = next_message(&mut bobs).await;
+        assert!(message.body.starts_with("flood"));
+    }
+    bystander_is_fine(&mut bobs).await;
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn the_client_keeps_to_the_rate_by_itself() {
+    let node = TestNode::start(|config| {
+        config.messages_per_second = 20;
+        config.message_burst = 5;
+    })
+    .await;
+    let ada = node.connect("ada").await;
+    let sender = ada.join("general", Some(u64::MAX)).await.expect("joins").sender();
+    let started = Instant::now();
+    for i in 0..30 {
+        sender.send(format!("paced {i}")).await.expect("never told to slow down");
+    }
+    // 5 at once, then 25 at 20 a second.
+    assert!(started.elapsed() >= Duration::from_millis(1200), "{:?}", started.elapsed());
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn connections_are_limited_per_address() {
+    let node = TestNode::start(|config| config.max_connections_per_ip = 2).await;
+    let ada = node.connect("ada").await;
+    let _bob = node.connect("bob").await;
+    let refused = Client::connect(node.options("cid")).await.err().expect("refused");
+    assert!(matches!(refused, ClientError::NodeFull(_)), "{refused:?}");
+    assert!(refused.to_string().contains("try again later"), "{refused}");
+    ada.close().await;
+    // The place is free once the node has seen the goodbye.
+    let deadline = Instant::now() + PATIENCE;
+    while Client::connect(node.options("cid")).await.is_err() {
+        assert!(Instant::now() < deadline, "the freed place was never given out");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_streams_at_once_each_get_an_answer() {
+    let node = TestNode::start(|_| {}).await;
+    let bob = node.connect("bob").await;
+    let mut bobs = bob.join("general", None).await.expect("joins");
+    let greeted = hello(&node, "hydra").await;
+
+    // Every stream joins general; the node lets 65 be open at once and answers each.
+    let join = encoded(&ClientFrame::Join { room: "general".into(), after: Some(u64::MAX) });
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..10_000 {
+        let (connection, join) = (greeted.connection.clone(), join.clone());
+        tasks.spawn(async move {
+            let (mut send, recv) = connection.open_bi().await.expect("stream");
+            send.write_all(&join).await.expect("join");
+            let mut reader = FrameReader::new(recv, codec::MAX_NODE_FRAME_LEN);
+            let first = reader.read::<NodeFrame>().await.expect("a frame");
+            // Keep the one joined stream open until every other has its answer.
+            (first, send, reader)
+        });
+    }
+    let (mut joined, mut already, mut kept) = (0, 0, Vec::new());
+    while let Some(result) =
+        tokio::time::timeout(PATIENCE * 3, tasks.join_next()).await.expect("answered in time")
+    {
+        let (first, send, reader) = result.expect("task");
+        match first {
+            Some(NodeFrame::Joined { .. }) => {
+                joined += 1;
+                kept.push((send, reader));
+            }
+            Some(NodeFrame::Error(e)) if e.code == ErrorCode::AlreadyJoined => already += 1,
+            other => panic!("expected joined or already-joined, got {other:?}"),
+        }
+    }
+    assert_eq!((joined, already), (1, 9_999));
+    bystander_is_fine(&mut bobs).await;
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn random_bytes_and_truncated_frames_get_errors_and_harm_no_one() {
+    let node = TestNode::start(|_| {}).await;
+    let bob = node.connect("bob").await;
+    let mut bobs = bob.join("general", None).await.expect("joins");
+
+    // Random bytes as the first thing on a connection: a protocol-violation close.
+    let mut random = 0x9e37_79b9_7f4a_7c15_u64;
+    for round in 0..20 {
+        let (connection, _endpoint) = raw_connection(&node, codes::ALPN).await.expect("handshake");
+        let (mut send, _recv) = connection.open_bi().await.expect("stream");
+        let garbage: Vec<u8> = (0..64 + round * 50)
+            .map(|_| {
+                random ^= random << 13;
+                random ^= random >> 7;
+                random ^= random << 17;
+                random as u8
+            })
+            .collect();
+        send.write_all(&garbage).await.expect("written");
+        let _ = send.finish();
+        let closed = tokio::time::timeout(PATIENCE, connection.closed()).await.expect("closed");
+        assert!(
+            matches!(&closed, quinn::ConnectionError::ApplicationClosed(c)
+                if [codes::close::PROTOCOL_VIOLATION, codes::close::HELLO_TIMEOUT]
+                    .contains(&(c.error_code.into_inner() as u32))),
+            "round {round}: {closed:?}"
+        );
+    }
+    bystander_is_fine(&mut bobs).await;
+
+    // A frame cut short by the end of its stream, after a hello and on a room stream.
+    let greeted = hello(&node, "ada").await;
+    let mut bytes = encoded(&ClientFrame::Join { room: "general".into(), after: Some(u64::MAX) });
+    let send_frame = encoded(&ClientFrame::Send { client_id: 1, body: "cut short".into() });
+    bytes.extend_from_slice(&send_frame[..send_frame.len() - 3]);
+    let (mut send, recv) = greeted.connection.open_bi().await.expect("stream");
+    send.write_all(&bytes).await.expect("written");
+    send.finish().expect("finished");
+    let mut reader = FrameReader::new(recv, codec::MAX_NODE_FRAME_LEN);
+    assert!(matches!(next_frame(&mut reader).await, Some(NodeFrame::Joined { .. })));
+    match next_frame(&mut reader).await {
+        Some(NodeFrame::Error(e)) => assert_eq!(e.code, ErrorCode::ProtocolViolation),
+        other => panic!("expected an error for the cut frame, got {other:?}"),
+    }
+    assert_eq!(next_frame(&mut reader).await, None, "the stream ends");
+    bystander_is_fine(&mut bobs).await;
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_that_never_says_hello_is_closed() {
+    let node = TestNode::start(|config| config.handshake_timeout = Duration::from_secs(1)).await;
+    let (connection, _endpoint) = raw_connection(&node, codes::ALPN).await.expect("handshake");
+    let closed = tokio::time::timeout(PATIENCE, connection.closed()).await.expect("closed");
+    assert!(
+        matches!(&closed, quinn::ConnectionError::ApplicationClosed(c)
+            if c.error_code.into_inner() == u64::from(codes::close::HELLO_TIMEOUT)),
+        "{closed:?}"
+    );
+    node.stop().await;
+}
+
+/// A member that stops reading while 99 others receive 10,000 messages: the 99 get every
+/// one, the slow member is dropped from the room with the last seq it got and resumes from
+/// there, and the node's memory stays bounded.
+#[test]
+fn a_member_that_stops_reading_loses_only_its_room() {
+    const MESSAGES: usize = 10_000;
+    const READERS: usize = 99;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = chat_tests::NodeProcess::start(
+        dir.path(),
+        &["--messages-per-second", "0", "--max-connections-per-ip", "200"],
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let slow = Client::connect(node.options("slow")).await.expect("connects");
+        let mut stalled = slow.join("general", None).await.expect("joins");
+        let mut readers = tokio::task::JoinSet::new();
+        let mut joined = Vec::new();
+        for i in 0..READERS {
+            let client = Client::connect(node.options(&format!("reader{i}"))).await.expect("ok");
+            let room = client.join("general", None).await.expect("joins");
+            joined.push((client, room));
+        }
+        let progress: Vec<Arc<AtomicU64>> =
+            (0..READERS).map(|_| Arc::new(AtomicU64::new(0))).collect();
+        for ((client, mut room), progress) in joined.into_iter().zip(progress.iter().cloned()) {
+            readers.spawn(async move {
+                let mut last = 0;
+                for _ in 0..MESSAGES {
+                    let (message, _) = next_message(&mut room).await;
+                    assert_eq!(message.seq, last + 1, "in order, none missing");
+                    last = message.seq;
+                    progress.store(last, Ordering::Relaxed);
+                }
+                drop(client);
+                last
+            });
+        }
+        let sender = Client::connect(node.options("sender")).await.expect("connects");
+        let sending = sender.join("general", Some(u64::MAX)).await.expect("joins").sender();
+        let window = Arc::new(tokio::sync::Semaphore::new(256));
+        let mut acks = tokio::task::JoinSet::new();
+        // Big enough that the stalled member's stream and queue fill well before the end.
+        let padding = "x".repeat(240);
+        for i in 0..MESSAGES {
+            // The 99 readers share this process's two cores with the sender: keep the sender
+            // from running far ahead of the slowest of them, so that only the stalled member
+            // falls behind.
+            if i % 64 == 0 {
+                let slowest = || progress.iter().map(|p| p.load(Ordering::Relaxed)).min();
+                while (i as u64).saturating_sub(slowest().unwrap_or(0)) > 512 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            let permit = Arc::clone(&window).acquire_owned().await.expect("window");
+            let body = format!("message {i} {padding}");
+            let ack = sending.send_unchecked(body).await.expect("sent");
+            acks.spawn(async move {
+                ack.await.expect("acked");
+                drop(permit);
+            });
+        }
+        while let Some(ack) = acks.join_next().await {
+            ack.expect("ack task");
+        }
+        while let Some(last) = readers.join_next().await {
+            assert_eq!(last.expect("reader"), MESSAGES as u64);
+        }
+
+        // The stalled member: what it had, then the too-slow error with where to resume.
+        let mut last_seen = 0;
+        let resume_after = loop {
+            match tokio::time::timeout(PATIENCE, stalled.next()).await.expect("in time") {
+                Some(RoomEvent::Message { message, .. }) => last_seen = message.seq,
+                Some(RoomEvent::Error(e)) if e.code == ErrorCode::TooSlow => {
+                    break e.last_seq.expect("the last seq it got");
+                }
+                other => panic!("expected messages then too-slow, got {other:?}"),
+            }
+        };
+        assert_eq!(resume_after, last_seen, "it got everything up to the seq named");
+        assert!(resume_after < MESSAGES as u64, "it was dropped before the end");
+        let mut resumed = slow.join("general", Some(resume_after)).await.expect("rejoins");
+        for seq in resume_after + 1..=MESSAGES as u64 {
+            assert_eq!(next_message(&mut resumed).await.0.seq, seq, "resumes with no gap");
+        }
+    });
+    let peak = node.peak_rss_kib();
+    println!("node peak memory after {READERS} x {MESSAGES} deliveries: {} MiB", peak / 1024);
+    assert!(peak < 256 * 1024, "the node's memory stayed bounded: {peak} KiB");
+}

@@ -1,0 +1,189 @@
+//! What an operator sees and survives: the `/metrics` endpoint, a data directory that fills
+//! up and frees again, and one that is read-only.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use chat_client::{ClientError, ErrorCode};
+use chat_tests::{PATIENCE, TestNode, next_message, program};
+
+/// One HTTP GET by hand: the status line and the body.
+fn get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(addr).expect("metrics listener");
+    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+    (head.lines().next().unwrap_or_default().to_owned(), body.to_owned())
+}
+
+/// The value of the sample `name` (with its labels) in a metrics text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_what_happens() {
+    let node = TestNode::start(|config| {
+        config.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    })
+    .await;
+    let addr = node.metrics_addr.expect("metrics are served");
+    let ada = node.connect("ada").await;
+    let bob = node.connect("bob").await;
+    let mut adas = ada.join("general", None).await.expect("joins");
+    let mut bobs = bob.join("general", None).await.expect("joins");
+    for i in 0..3 {
+        adas.sender().send(format!("hello {i}")).await.expect("acked");
+    }
+    for room in [&mut adas, &mut bobs] {
+        for _ in 0..3 {
+            next_message(room).await;
+        }
+    }
+    assert!(matches!(ada.join("nowhere", None).await, Err(ClientError::UnknownRoom(_))));
+
+    let (status, text) =
+        tokio::task::spawn_blocking(move || get(addr, "/metrics")).await.expect("scrape");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(sample(&text, "chat_connections"), Some(2.0), "{text}");
+    assert_eq!(sample(&text, "chat_room_members"), Some(2.0));
+    assert_eq!(sample(&text, "chat_rooms"), Some(2.0));
+    assert_eq!(sample(&text, "chat_messages_total"), Some(3.0));
+    assert_eq!(sample(&text, "chat_deliveries_total"), Some(6.0));
+    assert_eq!(sample(&text, "chat_history_append_seconds_count"), Some(3.0));
+    assert_eq!(sample(&text, r#"chat_errors_total{kind="unknown_room"}"#), Some(1.0));
+    assert_eq!(sample(&text, "chat_members_dropped_too_slow_total"), Some(0.0));
+
+    let (status, _) =
+        tokio::task::spawn_blocking(move || get(addr, "/")).await.expect("other path");
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+    node.stop().await;
+}
+
+/// A small tmpfs mounted on a temporary directory, unmounted on drop. Mounting needs root
+/// (CI runs as root); elsewhere the tests that need one say so and pass.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str, read_only: bool) -> Option<Self> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut options = format!("size={size}");
+        if read_only {
+            options.push_str(",ro");
+        }
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &options, "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return None;
+        }
+        Some(Self { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+/// Fills the file system holding `dir` with one file, and returns that file.
+fn fill(dir: &Path) -> PathBuf {
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path).expect("filler");
+    let block = vec![0xa5; 64 * 1024];
+    while file.write_all(&block).is_ok() {}
+    // What a full page cache may still hold in small pieces.
+    while file.write_all(&block[..512]).is_ok() {}
+    let _ = file.sync_all();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_sends_clearly_and_the_node_carries_on_once_space_is_back() {
+    let Some(disk) = SmallDisk::mount("64m", false) else { return };
+    let data_dir = disk.path().join("data");
+    let node = TestNode::start_in(&data_dir, |_| {}).await;
+    let ada = node.connect("ada").await;
+    let room = ada.join("general", None).await.expect("joins");
+    let sender = room.sender();
+    let first = sender.send("before the disk filled").await.expect("acked");
+
+    let filler = fill(disk.path());
+    // The journal may take a few more writes into space it holds; then sends fail, clearly.
+    let mut refused = None;
+    for i in 0..1000 {
+        match sender.send(format!("while full {i}")).await {
+            Ok(_) => continue,
+            Err(ClientError::Refused(e)) => {
+                refused = Some(e);
+                break;
+            }
+            Err(other) => panic!("expected a refusal, got {other}"),
+        }
+    }
+    let refused = refused.expect("a send on a full disk is refused");
+    assert_eq!(refused.code, ErrorCode::HistoryUnavailable);
+    assert!(refused.message.contains("space"), "{}", refused.message);
+
+    // Space is back: within a few seconds sends are acknowledged again, numbered on.
+    std::fs::remove_file(&filler).expect("freed");
+    let deadline = Instant::now() + PATIENCE;
+    let after = loop {
+        match sender.send("after the disk was freed").await {
+            Ok(seq) => break seq,
+            Err(ClientError::Refused(e)) if e.code == ErrorCode::HistoryUnavailable => {
+                assert!(Instant::now() < deadline, "the history never came back: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(other) => panic!("expected an ack, got {other}"),
+        }
+    };
+    assert!(after > first);
+    node.stop().await;
+
+    // Everything acknowledged is there after a restart, in order, each number once.
+    let node = TestNode::start_in(&data_dir, |_| {}).await;
+    let reader = node.connect("reader").await;
+    let mut room = reader.join("general", None).await.expect("joins");
+    let mut seqs = Vec::new();
+    let mut bodies = Vec::new();
+    while seqs.len() < room.history_until() as usize {
+        let (message, _) = next_message(&mut room).await;
+        seqs.push(message.seq);
+        bodies.push(message.body);
+    }
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    assert_eq!(bodies.first().map(String::as_str), Some("before the disk filled"));
+    assert_eq!(bodies.last().map(String::as_str), Some("after the disk was freed"));
+    assert_eq!(*seqs.last().expect("some"), after);
+    node.stop().await;
+}
+
+#[test]
+fn a_read_only_data_directory_stops_the_node_with_a_clear_error() {
+    let Some(disk) = SmallDisk::mount("1m", true) else { return };
+    let output = Command::new(program("chat-node"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(disk.path().join("data"))
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("Read-only file system"), "{stderr}");
+    assert!(stderr.contains(&disk.path().join("data").display().to_string()), "{stderr}");
+}

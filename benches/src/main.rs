@@ -2,7 +2,10 @@
 //! at every member of the room, over real QUIC on loopback with a durable history.
 //!
 //! Publisher and members live in this one process, so one clock times every delivery. The
-//! node runs in-process too, on its own runtime threads.
+//! node runs in-process too, on its own runtime threads. `soak` runs a `chat-node` process
+//! for many minutes and prints its memory over time.
+
+mod soak;
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -41,6 +44,28 @@ enum Command {
         #[arg(long)]
         buffered: bool,
     },
+    /// Many clients for many minutes against a release `chat-node` process: prints the
+    /// node's memory over time (build it first: `cargo build --release -p chat-node`).
+    Soak {
+        /// Client connections, each a member of one room
+        #[arg(long, default_value_t = 500)]
+        clients: usize,
+        /// Rooms the clients are spread over
+        #[arg(long, default_value_t = 10)]
+        rooms: usize,
+        /// Length of the run
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Messages per second each client sends
+        #[arg(long, default_value_t = 0.2)]
+        rate: f64,
+        /// Bytes per message body
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        /// Seconds between memory reports
+        #[arg(long, default_value_t = 10)]
+        report_secs: u64,
+    },
     /// Durable appends straight to the history (no network): messages per second with many
     /// appends in flight, to see group commit at work.
     Appends {
@@ -70,6 +95,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Appends { messages, window, size, buffered } => {
             appends(messages, window, size, buffered)
+        }
+        Command::Soak { clients, rooms, minutes, rate, size, report_secs } => {
+            soak::run(soak::Soak { clients, rooms, minutes, rate, size, report_secs }).await
         }
     }
 }
@@ -134,6 +162,8 @@ async fn fanout(
     config.rooms = vec!["bench".into()];
     config.max_connections = members + 16;
     config.durability = durability(buffered);
+    config.max_connections_per_ip = members + 16;
+    config.messages_per_second = 0; // the publisher sends at the rate it is told
     let node = Node::start(config).await?;
     let addr = node.local_addr()?.to_string();
     let ca = node.ca_cert().context("the node made no CA")?.to_path_buf();

@@ -245,6 +245,14 @@ impl Client {
     }
 }
 
+impl Drop for Client {
+    /// Dropping the client ends its connection (and with it every room stream), so that
+    /// no task keeps a forgotten connection alive.
+    fn drop(&mut self) {
+        self.connection.close(codes::close::NORMAL.into(), b"bye");
+    }
+}
+
 fn unexpected(frame: NodeFrame) -> ClientError {
     ClientError::Protocol(format!("unexpected reply {frame:?}"))
 }

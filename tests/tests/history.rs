@@ -95,7 +95,7 @@ async fn a_reconnect_with_the_session_token_takes_the_name_back() {
 #[tokio::test]
 async fn a_shutdown_acknowledges_every_message_it_stored() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let node = TestNode::start_in(dir.path(), |_| {}).await;
+    let node = TestNode::start_in(dir.path(), |c| c.messages_per_second = 0).await;
     let ada = node.connect("ada").await;
     let sender = ada.join("general", Some(u64::MAX)).await.expect("joins").sender();
     let mut acks = Vec::new();

@@ -167,7 +167,11 @@ fn a_crash_loop_loses_no_acknowledged_message() {
     println!("crash loop seed {}", random.0);
     let mut acked = std::collections::BTreeMap::<u64, String>::new();
     for round in 0..=ROUNDS {
-        let mut node = NodeProcess::start(dir.path(), &["--messages-per-second", "0"]);
+        // No rate limit, and a cap that trims nothing, so that every message can be checked.
+        let mut node = NodeProcess::start(
+            dir.path(),
+            &["--messages-per-second", "0", "--history-cap", "1000000"],
+        );
         let stored = runtime.block_on(read_history(&node, &format!("auditor{round}")));
         check_history(&stored, &acked, round);
         if round == ROUNDS {
@@ -192,6 +196,7 @@ fn a_crash_loop_loses_no_acknowledged_message() {
             assert!(acked.insert(seq, body).is_none(), "seq {seq} was acknowledged twice");
         }
     }
+    println!("{} messages acknowledged across {ROUNDS} kills", acked.len());
     assert!(acked.len() >= ROUNDS * 50, "only {} messages were acknowledged", acked.len());
 }
 
@@ -226,9 +231,11 @@ async fn read_history(node: &NodeProcess, name: &str) -> Vec<(u64, String)> {
     let client = chat_client::Client::connect(node.options(name)).await.expect("connects");
     let mut room = client.join("general", None).await.expect("joins");
     let mut stored = Vec::new();
-    while stored.len() < room.history_until() as usize {
+    let mut last = 0;
+    while last < room.history_until() {
         let (message, history) = chat_tests::next_message(&mut room).await;
         assert!(history, "only history before anyone sends");
+        last = message.seq;
         stored.push((message.seq, message.body));
     }
     client.close().await;

@@ -43,6 +43,9 @@ enum Command {
         /// Skip the fsync before each ack (`durability = "buffered"`)
         #[arg(long)]
         buffered: bool,
+        /// Extra members that join and never read, to see that they do not slow the others
+        #[arg(long, default_value_t = 0)]
+        stalled: usize,
     },
     /// Many clients for many minutes against a release `chat-node` process: prints the
     /// node's memory over time (build it first: `cargo build --release -p chat-node`).
@@ -90,8 +93,8 @@ const STAMP: usize = 20;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Fanout { members, messages, rate, size, buffered } => {
-            fanout(members, messages, rate, size, buffered).await
+        Command::Fanout { members, messages, rate, size, buffered, stalled } => {
+            fanout(members, messages, rate, size, buffered, stalled).await
         }
         Command::Appends { messages, window, size, buffered } => {
             appends(messages, window, size, buffered)
@@ -151,6 +154,7 @@ async fn fanout(
     rate: u64,
     size: usize,
     buffered: bool,
+    stalled: usize,
 ) -> anyhow::Result<()> {
     if size < STAMP {
         bail!("--size must be at least {STAMP} bytes (the send time travels in the body)");
@@ -160,9 +164,9 @@ async fn fanout(
     config.listen = "127.0.0.1:0".parse()?;
     config.data_dir = dir.path().to_path_buf();
     config.rooms = vec!["bench".into()];
-    config.max_connections = members + 16;
+    config.max_connections = members + stalled + 16;
     config.durability = durability(buffered);
-    config.max_connections_per_ip = members + 16;
+    config.max_connections_per_ip = members + stalled + 16;
     config.messages_per_second = 0; // the publisher sends at the rate it is told
     let node = Node::start(config).await?;
     let addr = node.local_addr()?.to_string();
@@ -192,6 +196,13 @@ async fn fanout(
             drop(client);
             Ok(latencies)
         }));
+    }
+
+    let mut stalled_members = Vec::with_capacity(stalled);
+    for i in 0..stalled {
+        let client = Client::connect(options(format!("stalled{i}"))).await?;
+        let room = client.join("bench", None).await?;
+        stalled_members.push((client, room));
     }
 
     let publisher = Client::connect(options("publisher".into())).await?;
@@ -226,6 +237,20 @@ async fn fanout(
         all.max()
     );
     println!("deliveries: {} in {elapsed:.2} s ({:.0}/s)", all.len(), all.len() as f64 / elapsed);
+    if stalled > 0 {
+        let mut dropped = 0;
+        for (_client, mut room) in stalled_members {
+            while let Ok(Some(event)) =
+                tokio::time::timeout(Duration::from_secs(5), room.next()).await
+            {
+                if let RoomEvent::Error(_) = event {
+                    dropped += 1;
+                    break;
+                }
+            }
+        }
+        println!("stalled members: {stalled}, dropped as too slow: {dropped}");
+    }
     let _ = stop.send(());
     running.await??;
     Ok(())

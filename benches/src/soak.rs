@@ -195,7 +195,10 @@ async fn wait_until_up(options: &ConnectOptions) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match Client::connect(options.clone()).await {
-            Ok(client) => return Ok(client.close().await),
+            Ok(client) => {
+                client.close().await;
+                return Ok(());
+            }
             Err(e) if Instant::now() > deadline => bail!("the node did not come up: {e}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }

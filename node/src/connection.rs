@@ -27,6 +27,17 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
+    fn new(id: ConnId, connection: quinn::Connection, config: &crate::NodeConfig) -> Self {
+        let rate = (config.messages_per_second > 0).then(|| {
+            let rate = Rate {
+                per_second: f64::from(config.messages_per_second),
+                burst: config.message_burst,
+            };
+            Mutex::new(RateLimit::new(rate, Instant::now()))
+        });
+        Self { id, connection, rate }
+    }
+
     /// Takes one send from the connection's rate limit.
     pub(crate) fn check_rate(&self) -> Verdict {
         match &self.rate {
@@ -48,15 +59,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming) {
             Err(_) => return debug!("handshake timed out"),
         };
         let Some((send, reader)) = greet(&shared, id, &connection).await else { return };
-        let config = &shared.config;
-        let rate = (config.messages_per_second > 0).then(|| {
-            let rate = Rate {
-                per_second: f64::from(config.messages_per_second),
-                burst: config.message_burst,
-            };
-            Mutex::new(RateLimit::new(rate, Instant::now()))
-        });
-        let conn = Arc::new(Conn { id, connection: connection.clone(), rate });
+        let conn = Arc::new(Conn::new(id, connection.clone(), &shared.config));
         let rooms = run(&shared, &conn, send, reader).await;
         shared.core().disconnect(id);
         shared.connections().remove(&id);

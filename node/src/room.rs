@@ -104,8 +104,8 @@ async fn read_join(
     }
 }
 
-/// Reads sends until the client leaves, the member is dropped, the connection is closed for
-/// sending too fast or the node stops.
+/// Reads sends until the client leaves, the member is dropped, the connection keeps sending
+/// over its rate limit or the node stops.
 async fn read_sends(
     shared: &Arc<Shared>,
     conn: &Conn,

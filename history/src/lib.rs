@@ -49,6 +49,11 @@ pub type Seq = u64;
 /// Most requests waiting for the writer thread; past it, [`HistoryError::Busy`].
 pub const MAX_QUEUED_WRITES: usize = 65_536;
 
+/// Bytes of recent writes the messages keyspace holds in memory before flushing them to a
+/// table on disk. fjall's default (64 MiB) lets a busy node's memory climb for many minutes;
+/// recent messages are read from the block cache (32 MiB) just as well.
+const MEMTABLE_SIZE: u64 = 16 << 20;
+
 /// How far a write goes before it is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -165,7 +170,9 @@ pub(crate) struct Handles {
 impl Handles {
     fn open(path: &Path) -> Result<Self, HistoryError> {
         let db = Database::builder(path).open()?;
-        let messages = db.keyspace("messages", KeyspaceCreateOptions::default)?;
+        let messages = db.keyspace("messages", || {
+            KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_SIZE)
+        })?;
         let rooms = db.keyspace("rooms", KeyspaceCreateOptions::default)?;
         Ok(Self { db, messages, rooms })
     }

@@ -162,6 +162,11 @@ async fn run(
                         connection.close(codes::close::NORMAL.into(), b"bye");
                         break;
                     }
+                    Err(codec::FrameError::Io(e)) => {
+                        // The connection ended under the read: nothing to answer.
+                        debug!(error = %e, "control stream ended");
+                        break;
+                    }
                     Err(e) => {
                         warn!(error = %e, "bad control frame");
                         let refusal = ErrorFrame::new(ErrorCode::ProtocolViolation, e.to_string());

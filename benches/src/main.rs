@@ -1,21 +1,23 @@
-//! `chat-bench`: measures the node's fan-out latency, from a publisher's send to the receipt
-//! at every member of the room, over real QUIC on loopback with a durable history.
+//! `chat-bench`: measures the node as a user runs it.
 //!
-//! Publisher and members live in this one process, so one clock times every delivery. The
-//! node runs in-process too, on its own runtime threads. `soak` runs a `chat-node` process
-//! for many minutes and prints its memory over time.
+//! - `fanout` (`fanout.rs`): the time from a publisher's send to the receipt at every member,
+//!   against a `chat-node` process, beside the floor of a bare QUIC relay (`relay.rs`).
+//! - `soak` (`soak.rs`): many clients for many minutes, the node's memory over time.
+//! - `appends`: the history alone, to see group commit at work.
+//!
+//! `process.rs` starts the server under test as its own process and reads its costs.
 
+mod fanout;
+mod process;
+mod relay;
 mod soak;
 
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{Context, bail};
-use chat_client::{Client, ConnectOptions, RoomEvent, Trust};
+use anyhow::bail;
 use chat_history::{Config as HistoryConfig, Durability, History, Message};
-use chat_node::{Node, Settings};
 use clap::{Parser, Subcommand};
-use hdrhistogram::Histogram;
 
 #[derive(Parser)]
 #[command(version, about = "Fan-out latency benchmarks of the chat node")]
@@ -26,26 +28,34 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// One publisher sends to a room of members at a fixed rate; prints latency percentiles.
+    /// One publisher sends to rooms of members; prints the fan-out latency percentiles,
+    /// deliveries per second, lost and duplicated deliveries, and the server's CPU and memory.
+    /// Needs the release `chat-node` beside this program.
     Fanout {
-        /// Members of the room (the publisher is not one of them)
+        /// Members per room (the publisher is not one of them)
         #[arg(long, default_value_t = 10)]
         members: usize,
-        /// Messages to send
+        /// Rooms, each with its own members
+        #[arg(long, default_value_t = 1)]
+        rooms: usize,
+        /// Messages to send, spread over the rooms
         #[arg(long, default_value_t = 2000)]
         messages: usize,
         /// Messages per second (open loop)
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 1000, conflicts_with = "window")]
         rate: u64,
-        /// Bytes per message body
+        /// Saturate instead: send as fast as acks allow with this many unacknowledged
+        #[arg(long)]
+        window: Option<usize>,
+        /// Bytes per message body (at least 30)
         #[arg(long, default_value_t = 100)]
         size: usize,
-        /// Skip the fsync before each ack (`durability = "buffered"`)
+        /// Also run the bare QUIC relay (the floor) and print the node/floor ratios
         #[arg(long)]
-        buffered: bool,
-        /// Extra members that join and never read, to see that they do not slow the others
-        #[arg(long, default_value_t = 0)]
-        stalled: usize,
+        floor: bool,
+        /// One JSON object per run instead of text
+        #[arg(long)]
+        json: bool,
     },
     /// Many clients for many minutes against a release `chat-node` process: prints the
     /// node's memory over time (build it first: `cargo build --release -p chat-node`).
@@ -69,6 +79,14 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         report_secs: u64,
     },
+    /// The bare QUIC relay that `fanout --floor` measures (started by it)
+    #[command(hide = true)]
+    Relay {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        dir: std::path::PathBuf,
+    },
     /// Durable appends straight to the history (no network): messages per second with many
     /// appends in flight, to see group commit at work.
     Appends {
@@ -87,15 +105,22 @@ enum Command {
     },
 }
 
-/// Width of the send time at the start of each body: nanoseconds since the run's start.
-const STAMP: usize = 20;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Fanout { members, messages, rate, size, buffered, stalled } => {
-            fanout(members, messages, rate, size, buffered, stalled).await
+        Command::Fanout { members, rooms, messages, rate, window, size, floor, json } => {
+            let rate = window.is_none().then_some(rate);
+            let scenario = fanout::Scenario {
+                members,
+                rooms,
+                messages,
+                size,
+                rate,
+                window: window.unwrap_or(0),
+            };
+            compare(scenario, floor, json).await
         }
+        Command::Relay { listen, dir } => relay::serve(listen, &dir).await,
         Command::Appends { messages, window, size, buffered } => {
             appends(messages, window, size, buffered)
         }
@@ -148,111 +173,43 @@ fn appends(messages: usize, window: usize, size: usize, buffered: bool) -> anyho
     Ok(())
 }
 
-async fn fanout(
-    members: usize,
-    messages: usize,
-    rate: u64,
-    size: usize,
-    buffered: bool,
-    stalled: usize,
-) -> anyhow::Result<()> {
-    if size < STAMP {
-        bail!("--size must be at least {STAMP} bytes (the send time travels in the body)");
+/// Runs a scenario on the node and, with `floor`, on the relay, and prints both.
+async fn compare(scenario: fanout::Scenario, floor: bool, json: bool) -> anyhow::Result<()> {
+    fanout::check(&scenario)?;
+    if !json {
+        println!(
+            "fanout: {} members in each of {} rooms, {} messages of {} B, {}",
+            scenario.members,
+            scenario.rooms,
+            scenario.messages,
+            scenario.size,
+            scenario
+                .rate
+                .map_or(format!("saturating, {} in flight", scenario.window), |r| format!(
+                    "{r} msg/s"
+                ))
+        );
     }
-    let dir = tempfile::tempdir()?;
-    let mut config = Settings::default().resolve();
-    config.listen = "127.0.0.1:0".parse()?;
-    config.data_dir = dir.path().to_path_buf();
-    config.rooms = vec!["bench".into()];
-    config.max_connections = members + stalled + 16;
-    config.durability = durability(buffered);
-    config.max_connections_per_ip = members + stalled + 16;
-    config.messages_per_second = 0; // the publisher sends at the rate it is told
-    let node = Node::start(config).await?;
-    let addr = node.local_addr()?.to_string();
-    let ca = node.ca_cert().context("the node made no CA")?.to_path_buf();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(node.run(async {
-        let _ = stopped.await;
-    }));
-    let options = |name: String| ConnectOptions::new(addr.clone(), name, Trust::CaFile(ca.clone()));
-
-    let start = Instant::now();
-    let mut receivers = Vec::with_capacity(members);
-    for i in 0..members {
-        let client = Client::connect(options(format!("member{i}"))).await?;
-        let mut room = client.join("bench", None).await?;
-        receivers.push(tokio::spawn(async move {
-            let mut latencies = Histogram::<u64>::new(3).context("histogram")?;
-            for _ in 0..messages {
-                let event = tokio::time::timeout(Duration::from_secs(30), room.next()).await;
-                let Ok(Some(RoomEvent::Message { message, .. })) = event else {
-                    bail!("member {i} lost a message");
-                };
-                let sent: u64 = message.body[..STAMP].parse()?;
-                let now = start.elapsed().as_nanos() as u64;
-                latencies.record(now.saturating_sub(sent) / 1000)?;
-            }
-            drop(client);
-            Ok(latencies)
-        }));
-    }
-
-    let mut stalled_members = Vec::with_capacity(stalled);
-    for i in 0..stalled {
-        let client = Client::connect(options(format!("stalled{i}"))).await?;
-        let room = client.join("bench", None).await?;
-        stalled_members.push((client, room));
-    }
-
-    let publisher = Client::connect(options("publisher".into())).await?;
-    let sender = publisher.join("bench", Some(u64::MAX)).await?.sender();
-    let interval = Duration::from_nanos(1_000_000_000 / rate.max(1));
-    let mut acks = Vec::with_capacity(messages);
-    let padding = "x".repeat(size - STAMP);
-    let began = Instant::now();
-    for n in 0..messages {
-        tokio::time::sleep_until((began + interval * n as u32).into()).await;
-        let body = format!("{:0STAMP$}{padding}", start.elapsed().as_nanos() as u64);
-        acks.push(tokio::spawn(sender.send_unchecked(body).await?));
-    }
-    for ack in acks {
-        ack.await??;
-    }
-    let mut all = Histogram::<u64>::new(3)?;
-    for receiver in receivers {
-        all.add(receiver.await??)?;
-    }
-    let elapsed = began.elapsed().as_secs_f64();
-    println!(
-        "fanout: {members} members, {messages} messages of {size} B at {rate}/s, {:?} history",
-        durability(buffered)
-    );
-    println!(
-        "latency µs: p50 {} p90 {} p99 {} p99.9 {} max {}",
-        all.value_at_quantile(0.5),
-        all.value_at_quantile(0.9),
-        all.value_at_quantile(0.99),
-        all.value_at_quantile(0.999),
-        all.max()
-    );
-    println!("deliveries: {} in {elapsed:.2} s ({:.0}/s)", all.len(), all.len() as f64 / elapsed);
-    if stalled > 0 {
-        let mut dropped = 0;
-        for (_client, mut room) in stalled_members {
-            while let Ok(Some(event)) =
-                tokio::time::timeout(Duration::from_secs(5), room.next()).await
-            {
-                if let RoomEvent::Error(_) = event {
-                    dropped += 1;
-                    break;
-                }
-            }
+    let node = fanout::node(scenario).await?;
+    let floor = if floor { Some(fanout::floor(scenario).await?) } else { None };
+    for outcome in std::iter::once(&node).chain(floor.as_ref()) {
+        if json {
+            println!("{}", outcome.json(&scenario));
+        } else {
+            outcome.print();
         }
-        println!("stalled members: {stalled}, dropped as too slow: {dropped}");
     }
-    let _ = stop.send(());
-    running.await??;
+    if let (Some(floor), false) = (&floor, json) {
+        let ratio = |q: f64| {
+            node.latency_us.value_at_quantile(q) as f64
+                / floor.latency_us.value_at_quantile(q).max(1) as f64
+        };
+        println!("node/floor: p50 {:.2}, p99 {:.2}", ratio(0.5), ratio(0.99));
+    }
+    let failed = std::iter::once(&node).chain(floor.as_ref()).any(|o| o.lost + o.duplicated > 0);
+    if failed {
+        bail!("deliveries were lost or duplicated");
+    }
     Ok(())
 }
 

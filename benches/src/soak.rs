@@ -6,14 +6,13 @@
 //! The node is the release-built `chat-node` next to this program, run as a user runs it,
 //! so its resident memory is its own.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use chat_client::{Client, ConnectOptions, RoomEvent, Trust};
+use chat_client::{Client, ConnectOptions, RoomEvent};
+
+use crate::process::{self, ServerProcess};
 
 pub struct Soak {
     pub clients: usize,
@@ -25,36 +24,13 @@ pub struct Soak {
     pub report_secs: u64,
 }
 
-/// Kills the node when the run ends, however it ends.
-struct NodeProcess(Child);
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 pub async fn run(soak: Soak) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
-    let addr = format!("127.0.0.1:{port}");
     let rooms: Vec<String> = (0..soak.rooms.max(1)).map(|r| format!("soak{r}")).collect();
-    let node = NodeProcess(
-        Command::new(node_program()?)
-            .args(["--listen", &addr, "--room", &rooms.join(","), "--history-cap", "1000"])
-            .args(["--max-connections-per-ip", &(soak.clients * 2 + 16).to_string()])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting chat-node")?,
-    );
-    let pid = node.0.id();
-    let ca = dir.path().join("certs/ca.pem");
-    let options = |name: String| ConnectOptions::new(addr.clone(), name, Trust::CaFile(ca.clone()));
-    wait_until_up(&options("probe".into())).await?;
+    let node = ServerProcess::node(dir.path(), &rooms, &["--history-cap", "1000"])?;
+    let pid = node.pid();
+    let options = |name: String| process::node_options(&node.addr, dir.path(), name);
+    process::wait_until_up(&options("probe".into())).await?;
 
     let delivered = Arc::new(AtomicU64::new(0));
     let sent = Arc::new(AtomicU64::new(0));
@@ -106,7 +82,7 @@ pub async fn run(soak: Soak) -> anyhow::Result<()> {
                 members[turn] = Some(tokio::spawn(task.run()));
             }
             _ = report.tick() => {
-                let rss = resident_kib(pid)?;
+                let (rss, _) = node.memory_kib()?;
                 let (s, d) = (sent.load(Ordering::Relaxed), delivered.load(Ordering::Relaxed));
                 let secs = last_report.elapsed().as_secs_f64();
                 println!(
@@ -189,42 +165,4 @@ impl Member {
             }
         }
     }
-}
-
-async fn wait_until_up(options: &ConnectOptions) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match Client::connect(options.clone()).await {
-            Ok(client) => {
-                client.close().await;
-                return Ok(());
-            }
-            Err(e) if Instant::now() > deadline => bail!("the node did not come up: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-}
-
-/// The release `chat-node` beside this program.
-fn node_program() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let path = exe.with_file_name("chat-node");
-    if !path.exists() {
-        bail!(
-            "{} is missing: build it first with `cargo build --release -p chat-node`",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
-/// A process's resident memory in KiB (`VmRSS` in /proc).
-fn resident_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .context("reading the node's memory (is it still running?)")?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS in /proc status")
 }

@@ -1,0 +1,347 @@
+//! `chat-bench fanout`: the time from a publisher's send to the receipt at every member,
+//! against a release `chat-node` process (durable history) and, with `--floor`, against the
+//! bare QUIC relay driven by the same harness.
+//!
+//! Members and publisher live in this process, so one clock times every delivery: each body
+//! starts with the send time and the message's number, which also finds lost and duplicated
+//! deliveries. The publisher sends open-loop at `--rate` messages a second (message `n` to
+//! room `n % rooms`), or with `--window` as fast as acks allow with that many unacknowledged.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chat_client::{Client, RoomEvent, RoomSender};
+use hdrhistogram::Histogram;
+use tokio::io::AsyncReadExt;
+use tokio::task::JoinSet;
+
+use crate::process::{self, ServerProcess};
+use crate::relay;
+
+/// Width of the send time (ns since the run's start) and of the message number in a body.
+const STAMP: usize = 20;
+const NUMBER: usize = 10;
+/// How long a member waits for a message before counting the rest lost.
+const QUIET: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy)]
+pub struct Scenario {
+    pub members: usize,
+    pub rooms: usize,
+    pub messages: usize,
+    pub size: usize,
+    /// Messages per second, open loop; `None` saturates with `window` in flight.
+    pub rate: Option<u64>,
+    pub window: usize,
+}
+
+/// What one run measured.
+pub struct Outcome {
+    pub target: &'static str,
+    pub latency_us: Histogram<u64>,
+    pub deliveries: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub seconds: f64,
+    pub cpu_seconds: f64,
+    pub peak_rss_kib: u64,
+}
+
+impl Outcome {
+    pub fn print(&self) {
+        let h = &self.latency_us;
+        println!(
+            "{:>6}: p50 {} µs, p90 {}, p99 {}, p99.9 {}, max {}; {:.0} deliveries/s; lost {}, duplicated {}; \
+             server CPU {:.2} s ({:.2} µs per delivery), peak memory {:.1} MiB",
+            self.target,
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.9),
+            h.value_at_quantile(0.99),
+            h.value_at_quantile(0.999),
+            h.max(),
+            self.deliveries as f64 / self.seconds,
+            self.lost,
+            self.duplicated,
+            self.cpu_seconds,
+            self.cpu_seconds * 1e6 / self.deliveries.max(1) as f64,
+            self.peak_rss_kib as f64 / 1024.0,
+        );
+    }
+
+    pub fn json(&self, scenario: &Scenario) -> String {
+        let h = &self.latency_us;
+        format!(
+            "{{\"target\":\"{}\",\"members\":{},\"rooms\":{},\"messages\":{},\"size\":{},\"rate\":{},\
+             \"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\
+             \"deliveries_per_s\":{:.0},\"lost\":{},\"duplicated\":{},\"cpu_s\":{:.3},\"peak_rss_kib\":{}}}",
+            self.target,
+            scenario.members,
+            scenario.rooms,
+            scenario.messages,
+            scenario.size,
+            scenario.rate.map_or("null".into(), |r| r.to_string()),
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.9),
+            h.value_at_quantile(0.99),
+            h.value_at_quantile(0.999),
+            h.max(),
+            self.deliveries as f64 / self.seconds,
+            self.lost,
+            self.duplicated,
+            self.cpu_seconds,
+            self.peak_rss_kib,
+        )
+    }
+}
+
+/// Runs `scenario` against a fresh `chat-node` process.
+pub async fn node(scenario: Scenario) -> anyhow::Result<Outcome> {
+    let dir = tempfile::tempdir()?;
+    let rooms: Vec<String> = (0..scenario.rooms).map(|r| format!("bench{r}")).collect();
+    let max_rooms = (scenario.rooms + 1).to_string();
+    let server =
+        ServerProcess::node(dir.path(), &rooms, &["--max-rooms-per-connection", &max_rooms])?;
+    let options = |name: String| process::node_options(&server.addr, dir.path(), name);
+    process::wait_until_up(&options("probe".into())).await?;
+
+    let mut subscriptions = Vec::new();
+    for i in 0..scenario.members * scenario.rooms {
+        let room = i % scenario.rooms;
+        let client = Client::connect(options(format!("member{i}"))).await?;
+        let joined = client.join(&rooms[room], None).await?;
+        subscriptions.push((room, Subscription::Node { _client: Box::new(client), room: joined }));
+    }
+    let client = Client::connect(options("publisher".into())).await?;
+    let mut senders = Vec::new();
+    for room in &rooms {
+        senders.push(client.join(room, Some(u64::MAX)).await?.sender());
+    }
+    measure(
+        "node",
+        &server,
+        subscriptions,
+        Publisher::Node { _client: Box::new(client), senders },
+        scenario,
+    )
+    .await
+}
+
+/// Runs `scenario` against a fresh relay process: the floor.
+pub async fn floor(scenario: Scenario) -> anyhow::Result<Outcome> {
+    anyhow::ensure!(scenario.rate.is_some(), "the floor has no acks to pace a window: use --rate");
+    let dir = tempfile::tempdir()?;
+    let server = ServerProcess::relay(dir.path())?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !dir.path().join("ca.pem").exists() {
+        anyhow::ensure!(Instant::now() < deadline, "the relay did not come up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let endpoint = relay::client(dir.path())?;
+    let addr: std::net::SocketAddr = server.addr.parse()?;
+    let connect = || async {
+        for _ in 0..100 {
+            if let Ok(connection) = endpoint.connect(addr, "localhost")?.await {
+                return Ok(connection);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("the relay did not answer")
+    };
+
+    let mut subscriptions = Vec::new();
+    for i in 0..scenario.members * scenario.rooms {
+        let room = i % scenario.rooms;
+        let connection = connect().await?;
+        let (send, recv) = relay::open(&connection, relay::SUBSCRIBE, room as u32).await?;
+        subscriptions
+            .push((room, Subscription::Floor { _connection: connection, _send: send, recv }));
+    }
+    let connection = connect().await?;
+    let mut streams = Vec::new();
+    for room in 0..scenario.rooms {
+        streams.push(relay::open(&connection, relay::PUBLISH, room as u32).await?.0);
+    }
+    // Subscriptions exist once their header has arrived: give the relay a moment.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let publisher = Publisher::Floor { _connection: connection, streams };
+    measure("floor", &server, subscriptions, publisher, scenario).await
+}
+
+/// One member's stream of message bodies.
+enum Subscription {
+    Node { _client: Box<Client>, room: chat_client::Room },
+    Floor { _connection: quinn::Connection, _send: quinn::SendStream, recv: quinn::RecvStream },
+}
+
+impl Subscription {
+    async fn next(&mut self) -> Option<Vec<u8>> {
+        match self {
+            Self::Node { room, .. } => match room.next().await? {
+                RoomEvent::Message { message, .. } => Some(message.body.into_bytes()),
+                RoomEvent::Error(_) => None,
+            },
+            Self::Floor { recv, .. } => {
+                let len = recv.read_u32().await.ok()? as usize;
+                let mut body = vec![0; len];
+                recv.read_exact(&mut body).await.ok()?;
+                Some(body)
+            }
+        }
+    }
+}
+
+enum Publisher {
+    Node { _client: Box<Client>, senders: Vec<RoomSender> },
+    Floor { _connection: quinn::Connection, streams: Vec<quinn::SendStream> },
+}
+
+impl Publisher {
+    /// Sends `body` to `room`; for the node, the task that resolves with its ack.
+    async fn send(
+        &mut self,
+        room: usize,
+        body: String,
+    ) -> anyhow::Result<Option<tokio::task::JoinHandle<Result<u64, chat_client::ClientError>>>>
+    {
+        match self {
+            Self::Node { senders, .. } => {
+                Ok(Some(tokio::spawn(senders[room].send_unchecked(body).await?)))
+            }
+            Self::Floor { streams, .. } => {
+                let mut frame = Vec::with_capacity(4 + body.len());
+                frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+                frame.extend_from_slice(body.as_bytes());
+                streams[room].write_all(&frame).await?;
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Publishes, collects every member's latencies and counts, and reads the server's costs.
+async fn measure(
+    target: &'static str,
+    server: &ServerProcess,
+    subscriptions: Vec<(usize, Subscription)>,
+    mut publisher: Publisher,
+    scenario: Scenario,
+) -> anyhow::Result<Outcome> {
+    let start = Instant::now();
+    let mut members = JoinSet::new();
+    for (room, subscription) in subscriptions {
+        members.spawn(receive(subscription, room, scenario, start));
+    }
+    let cpu_before = server.cpu_seconds()?;
+    let began = Instant::now();
+    let padding = "x".repeat(scenario.size.saturating_sub(STAMP + NUMBER));
+    let mut in_flight = std::collections::VecDeque::new();
+    for n in 0..scenario.messages {
+        match scenario.rate {
+            Some(rate) => {
+                let due = began + Duration::from_secs_f64(n as f64 / rate.max(1) as f64);
+                tokio::time::sleep_until(due.into()).await;
+            }
+            None => {
+                while in_flight.len() >= scenario.window.max(1) {
+                    let ack: tokio::task::JoinHandle<_> =
+                        in_flight.pop_front().context("a window")?;
+                    ack.await??;
+                }
+            }
+        }
+        let body = format!("{:0STAMP$}{n:0NUMBER$}{padding}", start.elapsed().as_nanos() as u64);
+        if let Some(ack) = publisher.send(n % scenario.rooms, body).await? {
+            in_flight.push_back(ack);
+        }
+    }
+    for ack in in_flight {
+        ack.await??;
+    }
+    let mut outcome = Outcome {
+        target,
+        latency_us: Histogram::new(3)?,
+        deliveries: 0,
+        lost: 0,
+        duplicated: 0,
+        seconds: 0.0,
+        cpu_seconds: 0.0,
+        peak_rss_kib: 0,
+    };
+    while let Some(member) = members.join_next().await {
+        let member = member??;
+        outcome.latency_us.add(&member.latency_us)?;
+        outcome.deliveries += member.deliveries;
+        outcome.lost += member.lost;
+        outcome.duplicated += member.duplicated;
+    }
+    outcome.seconds = began.elapsed().as_secs_f64() - member_quiet_time(&outcome);
+    outcome.cpu_seconds = server.cpu_seconds()? - cpu_before;
+    outcome.peak_rss_kib = server.memory_kib()?.1;
+    drop(publisher);
+    Ok(outcome)
+}
+
+/// Members that lost messages waited `QUIET` for them; that wait is not delivery time.
+fn member_quiet_time(outcome: &Outcome) -> f64 {
+    if outcome.lost > 0 { QUIET.as_secs_f64() } else { 0.0 }
+}
+
+/// What one member saw.
+struct Received {
+    latency_us: Histogram<u64>,
+    deliveries: u64,
+    lost: u64,
+    duplicated: u64,
+}
+
+/// Reads a member's messages until it has every one sent to its room, or none comes for
+/// `QUIET`.
+async fn receive(
+    mut subscription: Subscription,
+    room: usize,
+    scenario: Scenario,
+    start: Instant,
+) -> anyhow::Result<Received> {
+    let expected: Vec<usize> = (room..scenario.messages).step_by(scenario.rooms).collect();
+    let mut seen = vec![0u32; scenario.messages];
+    let mut received =
+        Received { latency_us: Histogram::new(3)?, deliveries: 0, lost: 0, duplicated: 0 };
+    let mut unique = 0;
+    while unique < expected.len() {
+        let Ok(Some(body)) = tokio::time::timeout(QUIET, subscription.next()).await else { break };
+        let now = start.elapsed().as_nanos() as u64;
+        let field = |range: std::ops::Range<usize>| -> anyhow::Result<u64> {
+            let text = body.get(range).context("a short body")?;
+            Ok(std::str::from_utf8(text)?.parse()?)
+        };
+        let (sent, n) = (field(0..STAMP)?, field(STAMP..STAMP + NUMBER)? as usize);
+        received.latency_us.record(now.saturating_sub(sent) / 1000)?;
+        received.deliveries += 1;
+        let count = seen.get_mut(n).context("a message number out of range")?;
+        *count += 1;
+        if *count == 1 {
+            unique += 1;
+        } else {
+            received.duplicated += 1;
+        }
+    }
+    received.lost = (expected.len() - unique) as u64;
+    drop(subscription);
+    Ok(received)
+}
+
+/// The minimum body: the send time and the message number.
+pub const MIN_SIZE: usize = STAMP + NUMBER;
+
+pub fn check(scenario: &Scenario) -> anyhow::Result<()> {
+    if scenario.size < MIN_SIZE {
+        bail!(
+            "--size must be at least {MIN_SIZE} bytes (the send time and number travel in the body)"
+        );
+    }
+    anyhow::ensure!(
+        scenario.rooms > 0 && scenario.members > 0,
+        "--rooms and --members must be positive"
+    );
+    Ok(())
+}

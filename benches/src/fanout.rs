@@ -33,6 +33,8 @@ pub struct Scenario {
     /// Messages per second, open loop; `None` saturates with `window` in flight.
     pub rate: Option<u64>,
     pub window: usize,
+    /// Extra members of the first room that never read (node only).
+    pub stalled: usize,
 }
 
 /// What one run measured.
@@ -111,19 +113,34 @@ pub async fn node(scenario: Scenario) -> anyhow::Result<Outcome> {
         let joined = client.join(&rooms[room], None).await?;
         subscriptions.push((room, Subscription::Node { _client: Box::new(client), room: joined }));
     }
+    let mut stalled = Vec::new();
+    for i in 0..scenario.stalled {
+        let client = Client::connect(options(format!("stalled{i}"))).await?;
+        let joined = client.join(&rooms[0], None).await?;
+        stalled.push((client, joined));
+    }
     let client = Client::connect(options("publisher".into())).await?;
     let mut senders = Vec::new();
     for room in &rooms {
         senders.push(client.join(room, Some(u64::MAX)).await?.sender());
     }
-    measure(
-        "node",
-        &server,
-        subscriptions,
-        Publisher::Node { _client: Box::new(client), senders },
-        scenario,
-    )
-    .await
+    let publisher = Publisher::Node { _client: Box::new(client), senders };
+    let outcome = measure("node", &server, subscriptions, publisher, scenario).await?;
+    if scenario.stalled > 0 {
+        let mut dropped = 0;
+        for (_client, mut room) in stalled {
+            // What it has buffered, then the error that dropped it, if it was dropped.
+            let quiet = Duration::from_secs(2);
+            while let Ok(Some(event)) = tokio::time::timeout(quiet, room.next()).await {
+                if let RoomEvent::Error(_) = event {
+                    dropped += 1;
+                    break;
+                }
+            }
+        }
+        println!("stalled members: {}, dropped as too slow: {dropped}", scenario.stalled);
+    }
+    Ok(outcome)
 }
 
 /// Runs `scenario` against a fresh relay process: the floor.

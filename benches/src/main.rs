@@ -56,6 +56,10 @@ enum Command {
         /// One JSON object per run instead of text
         #[arg(long)]
         json: bool,
+        /// Extra members of the first room that never read, to see that the others' latency
+        /// does not move; prints how many the node dropped as too slow
+        #[arg(long, default_value_t = 0)]
+        stalled: usize,
     },
     /// Many clients for many minutes against a release `chat-node` process: prints the
     /// node's memory over time (build it first: `cargo build --release -p chat-node`).
@@ -108,7 +112,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Fanout { members, rooms, messages, rate, window, size, floor, json } => {
+        Command::Fanout { members, rooms, messages, rate, window, size, floor, json, stalled } => {
             let rate = window.is_none().then_some(rate);
             let scenario = fanout::Scenario {
                 members,
@@ -117,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
                 size,
                 rate,
                 window: window.unwrap_or(0),
+                stalled,
             };
             compare(scenario, floor, json).await
         }

@@ -3,10 +3,12 @@
 //! - `fanout` (`fanout.rs`): the time from a publisher's send to the receipt at every member,
 //!   against a `chat-node` process, beside the floor of a bare QUIC relay (`relay.rs`).
 //! - `soak` (`soak.rs`): many clients for many minutes, the node's memory over time.
+//! - `connections` (`connections.rs`): many idle connections, memory per connection.
 //! - `appends`: the history alone, to see group commit at work.
 //!
 //! `process.rs` starts the server under test as its own process and reads its costs.
 
+mod connections;
 mod fanout;
 mod process;
 mod relay;
@@ -83,6 +85,13 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         report_secs: u64,
     },
+    /// Opens N connections to a `chat-node` process, each joined to a room, then idles:
+    /// prints the handshakes per second and the node's memory per connection
+    Connections {
+        /// Connections to open
+        #[arg(default_value_t = 10_000)]
+        count: usize,
+    },
     /// The bare QUIC relay that `fanout --floor` measures (started by it)
     #[command(hide = true)]
     Relay {
@@ -126,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
             compare(scenario, floor, json).await
         }
         Command::Relay { listen, dir } => relay::serve(listen, &dir).await,
+        Command::Connections { count } => connections::run(count).await,
         Command::Appends { messages, window, size, buffered } => {
             appends(messages, window, size, buffered)
         }

@@ -50,18 +50,24 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    pub fn print(&self) {
+    /// p50, p90, p99, p99.9 and max, in µs.
+    fn percentiles(&self) -> [u64; 5] {
         let h = &self.latency_us;
+        let q = |q| h.value_at_quantile(q);
+        [q(0.5), q(0.9), q(0.99), q(0.999), h.max()]
+    }
+
+    fn deliveries_per_second(&self) -> f64 {
+        self.deliveries as f64 / self.seconds
+    }
+
+    pub fn print(&self) {
+        let [p50, p90, p99, p999, max] = self.percentiles();
         println!(
-            "{:>6}: p50 {} µs, p90 {}, p99 {}, p99.9 {}, max {}; {:.0} deliveries/s; lost {}, duplicated {}; \
-             server CPU {:.2} s ({:.2} µs per delivery), peak memory {:.1} MiB",
+            "{:>6}: p50 {p50} µs, p90 {p90}, p99 {p99}, p99.9 {p999}, max {max}; {:.0} deliveries/s; \
+             lost {}, duplicated {}; server CPU {:.2} s ({:.2} µs per delivery), peak memory {:.1} MiB",
             self.target,
-            h.value_at_quantile(0.5),
-            h.value_at_quantile(0.9),
-            h.value_at_quantile(0.99),
-            h.value_at_quantile(0.999),
-            h.max(),
-            self.deliveries as f64 / self.seconds,
+            self.deliveries_per_second(),
             self.lost,
             self.duplicated,
             self.cpu_seconds,
@@ -70,29 +76,23 @@ impl Outcome {
         );
     }
 
-    pub fn json(&self, scenario: &Scenario) -> String {
-        let h = &self.latency_us;
-        format!(
-            "{{\"target\":\"{}\",\"members\":{},\"rooms\":{},\"messages\":{},\"size\":{},\"rate\":{},\
-             \"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\
-             \"deliveries_per_s\":{:.0},\"lost\":{},\"duplicated\":{},\"cpu_s\":{:.3},\"peak_rss_kib\":{}}}",
-            self.target,
-            scenario.members,
-            scenario.rooms,
-            scenario.messages,
-            scenario.size,
-            scenario.rate.map_or("null".into(), |r| r.to_string()),
-            h.value_at_quantile(0.5),
-            h.value_at_quantile(0.9),
-            h.value_at_quantile(0.99),
-            h.value_at_quantile(0.999),
-            h.max(),
-            self.deliveries as f64 / self.seconds,
-            self.lost,
-            self.duplicated,
-            self.cpu_seconds,
-            self.peak_rss_kib,
-        )
+    pub fn json(&self, scenario: &Scenario) -> serde_json::Value {
+        let [p50, p90, p99, p999, max] = self.percentiles();
+        serde_json::json!({
+            "target": self.target,
+            "members": scenario.members,
+            "rooms": scenario.rooms,
+            "messages": scenario.messages,
+            "size": scenario.size,
+            "rate": scenario.rate,
+            "window": scenario.rate.is_none().then_some(scenario.window),
+            "p50_us": p50, "p90_us": p90, "p99_us": p99, "p999_us": p999, "max_us": max,
+            "deliveries_per_s": self.deliveries_per_second().round(),
+            "lost": self.lost,
+            "duplicated": self.duplicated,
+            "cpu_s": self.cpu_seconds,
+            "peak_rss_kib": self.peak_rss_kib,
+        })
     }
 }
 

@@ -37,6 +37,25 @@ pub struct Scenario {
     pub stalled: usize,
 }
 
+impl Scenario {
+    fn at_rate(members: usize, rooms: usize, messages: usize, size: usize, rate: u64) -> Self {
+        Self { members, rooms, messages, size, rate: Some(rate), window: 0, stalled: 0 }
+    }
+}
+
+/// The scenarios of `chat-bench matrix`, each with whether to run the floor beside it.
+pub fn matrix() -> Vec<(Scenario, bool)> {
+    vec![
+        (Scenario::at_rate(1, 1, 5000, 100, 1000), true),
+        (Scenario::at_rate(10, 1, 5000, 100, 1000), true),
+        (Scenario::at_rate(100, 1, 5000, 100, 1000), true),
+        (Scenario::at_rate(100, 1, 5000, 1024, 1000), true),
+        (Scenario::at_rate(1000, 1, 500, 100, 100), true),
+        (Scenario::at_rate(10, 100, 5000, 100, 1000), true),
+        (Scenario { rate: None, window: 1000, ..Scenario::at_rate(100, 1, 20_000, 100, 0) }, false),
+    ]
+}
+
 /// What one run measured.
 pub struct Outcome {
     pub target: &'static str,

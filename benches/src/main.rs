@@ -85,6 +85,13 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         report_secs: u64,
     },
+    /// Runs every fan-out scenario of the results file, node beside floor: 1, 10, 100 and
+    /// 1000 members; 100 B and 1 KiB; 1 and 100 rooms; and saturation with 100 members
+    Matrix {
+        /// One JSON object per run instead of text
+        #[arg(long)]
+        json: bool,
+    },
     /// Opens N connections to a `chat-node` process, each joined to a room, then idles:
     /// prints the handshakes per second and the node's memory per connection
     Connections {
@@ -136,6 +143,12 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Relay { listen, dir } => relay::serve(listen, &dir).await,
         Command::Connections { count } => connections::run(count).await,
+        Command::Matrix { json } => {
+            for (scenario, floor) in fanout::matrix() {
+                compare(scenario, floor, json).await?;
+            }
+            Ok(())
+        }
         Command::Appends { messages, window, size, buffered } => {
             appends(messages, window, size, buffered)
         }

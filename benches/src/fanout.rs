@@ -303,23 +303,20 @@ async fn measure(
         cpu_seconds: 0.0,
         peak_rss_kib: 0,
     };
+    let mut last_receipt = began;
     while let Some(member) = members.join_next().await {
         let member = member??;
         outcome.latency_us.add(&member.latency_us)?;
         outcome.deliveries += member.deliveries;
         outcome.lost += member.lost;
         outcome.duplicated += member.duplicated;
+        last_receipt = last_receipt.max(member.last_receipt);
     }
-    outcome.seconds = began.elapsed().as_secs_f64() - member_quiet_time(&outcome);
+    outcome.seconds = (last_receipt - began).as_secs_f64().max(1e-6);
     outcome.cpu_seconds = server.cpu_seconds()? - cpu_before;
     outcome.peak_rss_kib = server.memory_kib()?.1;
     drop(publisher);
     Ok(outcome)
-}
-
-/// Members that lost messages waited `QUIET` for them; that wait is not delivery time.
-fn member_quiet_time(outcome: &Outcome) -> f64 {
-    if outcome.lost > 0 { QUIET.as_secs_f64() } else { 0.0 }
 }
 
 /// What one member saw.
@@ -328,6 +325,8 @@ struct Received {
     deliveries: u64,
     lost: u64,
     duplicated: u64,
+    /// When the last message arrived (not counting a wait for lost ones).
+    last_receipt: Instant,
 }
 
 /// Reads a member's messages until it has every one sent to its room, or none comes for
@@ -340,12 +339,18 @@ async fn receive(
 ) -> anyhow::Result<Received> {
     let expected: Vec<usize> = (room..scenario.messages).step_by(scenario.rooms).collect();
     let mut seen = vec![0u32; scenario.messages];
-    let mut received =
-        Received { latency_us: Histogram::new(3)?, deliveries: 0, lost: 0, duplicated: 0 };
+    let mut received = Received {
+        latency_us: Histogram::new(3)?,
+        deliveries: 0,
+        lost: 0,
+        duplicated: 0,
+        last_receipt: start,
+    };
     let mut unique = 0;
     while unique < expected.len() {
         let Ok(Some(body)) = tokio::time::timeout(QUIET, subscription.next()).await else { break };
-        let now = start.elapsed().as_nanos() as u64;
+        received.last_receipt = Instant::now();
+        let now = (received.last_receipt - start).as_nanos() as u64;
         let field = |range: std::ops::Range<usize>| -> anyhow::Result<u64> {
             let text = body.get(range).context("a short body")?;
             Ok(std::str::from_utf8(text)?.parse()?)

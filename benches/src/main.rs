@@ -139,13 +139,22 @@ async fn main() -> anyhow::Result<()> {
                 window: window.unwrap_or(0),
                 stalled,
             };
-            compare(scenario, floor, json).await
+            if !compare(scenario, floor, json).await? {
+                bail!("deliveries were lost or duplicated");
+            }
+            Ok(())
         }
         Command::Relay { listen, dir } => relay::serve(listen, &dir).await,
         Command::Connections { count } => connections::run(count).await,
         Command::Matrix { json } => {
+            let mut failed = 0;
             for (scenario, floor) in fanout::matrix() {
-                compare(scenario, floor, json).await?;
+                if !compare(scenario, floor, json).await? {
+                    failed += 1;
+                }
+            }
+            if failed > 0 {
+                bail!("{failed} scenarios lost or duplicated deliveries");
             }
             Ok(())
         }
@@ -201,8 +210,9 @@ fn appends(messages: usize, window: usize, size: usize, buffered: bool) -> anyho
     Ok(())
 }
 
-/// Runs a scenario on the node and, with `floor`, on the relay, and prints both.
-async fn compare(scenario: fanout::Scenario, floor: bool, json: bool) -> anyhow::Result<()> {
+/// Runs a scenario on the node and, with `floor`, on the relay, and prints both. Returns
+/// whether every delivery arrived exactly once.
+async fn compare(scenario: fanout::Scenario, floor: bool, json: bool) -> anyhow::Result<bool> {
     fanout::check(&scenario)?;
     if !json {
         println!(
@@ -234,11 +244,7 @@ async fn compare(scenario: fanout::Scenario, floor: bool, json: bool) -> anyhow:
         };
         println!("node/floor: p50 {:.2}, p99 {:.2}", ratio(0.5), ratio(0.99));
     }
-    let failed = std::iter::once(&node).chain(floor.as_ref()).any(|o| o.lost + o.duplicated > 0);
-    if failed {
-        bail!("deliveries were lost or duplicated");
-    }
-    Ok(())
+    Ok(std::iter::once(&node).chain(floor.as_ref()).all(|o| o.lost + o.duplicated == 0))
 }
 
 fn durability(buffered: bool) -> Durability {

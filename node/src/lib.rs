@@ -37,7 +37,7 @@ use chat_history::History;
 use chat_proto::{Limits, codec, codes};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use admission::Admission;
 pub use config::{NodeConfig, Settings};
@@ -214,7 +214,9 @@ impl Node {
             let slot = match shared.admission.admit(remote.ip()) {
                 Ok(slot) => slot,
                 Err(full) => {
-                    warn!(%remote, reason = full.as_str(), "refused a connection: at the connection limit");
+                    // Debug, not warn: a flood of refusals must not flood the log too (the
+                    // metrics count them).
+                    debug!(%remote, reason = full.as_str(), "refused a connection: at the connection limit");
                     shared.metrics.refused(full.as_str());
                     incoming.refuse();
                     continue;

@@ -20,9 +20,10 @@ use crate::process::{self, ServerProcess};
 /// process (which does the client half of every handshake) answers each in time.
 const CONCURRENT: usize = 64;
 
-pub async fn run(count: usize) -> anyhow::Result<()> {
+pub async fn run(count: usize, node_args: &[String]) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let server = ServerProcess::node(dir.path(), &["bench".into()], &[])?;
+    let node_args: Vec<&str> = node_args.iter().map(String::as_str).collect();
+    let server = ServerProcess::node(dir.path(), &["bench".into()], &node_args)?;
     process::wait_until_up(&process::node_options(&server.addr, dir.path(), "probe".into()))
         .await?;
     let (before, _) = server.memory_kib()?;

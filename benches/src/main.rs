@@ -98,6 +98,9 @@ enum Command {
         /// Connections to open
         #[arg(default_value_t = 10_000)]
         count: usize,
+        /// Flags passed on to `chat-node`, e.g. `-- --max-rooms-per-connection 4`
+        #[arg(last = true)]
+        node_args: Vec<String>,
     },
     /// The bare QUIC relay that `fanout --floor` measures (started by it)
     #[command(hide = true)]
@@ -145,7 +148,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Relay { listen, dir } => relay::serve(listen, &dir).await,
-        Command::Connections { count } => connections::run(count).await,
+        Command::Connections { count, node_args } => connections::run(count, &node_args).await,
         Command::Matrix { json } => {
             let mut failed = 0;
             for (scenario, floor) in fanout::matrix() {

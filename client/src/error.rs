@@ -61,6 +61,19 @@ impl ClientError {
         }
     }
 
+    /// Whether another node of a cluster might serve where this one could not: it cannot be
+    /// reached, is full, is going away, or cannot reach the cluster's store.
+    pub fn node_unavailable(&self) -> bool {
+        match self {
+            Self::Unreachable { .. }
+            | Self::NodeFull(_)
+            | Self::GoingAway
+            | Self::ConnectionLost(_) => true,
+            Self::Refused(frame) => frame.code == ErrorCode::HistoryUnavailable,
+            _ => false,
+        }
+    }
+
     /// The error a node's error frame stands for.
     pub fn from_frame(frame: ErrorFrame) -> Self {
         match frame.code {

@@ -66,7 +66,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Where and as whom to connect.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
-    /// `host:port` of the node.
+    /// `host:port` of the node; several nodes of a cluster separated by commas, tried in
+    /// turn.
     pub server: String,
     pub name: String,
     pub trust: Trust,
@@ -77,6 +78,11 @@ pub struct ConnectOptions {
 impl ConnectOptions {
     pub fn new(server: impl Into<String>, name: impl Into<String>, trust: Trust) -> Self {
         Self { server: server.into(), name: name.into(), trust, resume: None }
+    }
+
+    /// The nodes to try: `server` split at its commas.
+    fn servers(&self) -> Vec<String> {
+        self.server.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
     }
 }
 
@@ -91,15 +97,49 @@ pub struct Client {
     /// The node's send rate limit, kept here too so that sends wait instead of being refused.
     pace: Pace,
     options: ConnectOptions,
+    /// Which of the options' servers this connection went to.
+    server_index: usize,
 }
 
 impl Client {
-    /// Connects, says hello and waits for the welcome.
+    /// Connects, says hello and waits for the welcome. With several servers, a node that
+    /// cannot serve (unreachable, full, going away) passes the turn to the next one.
     ///
     /// # Errors
-    /// The server cannot be reached, its certificate is not trusted, the name is taken or
-    /// invalid.
+    /// No server can be reached, a certificate is not trusted, the name is taken or invalid.
     pub async fn connect(options: ConnectOptions) -> Result<Self, ClientError> {
+        Self::connect_from(options, 0).await
+    }
+
+    async fn connect_from(options: ConnectOptions, first: usize) -> Result<Self, ClientError> {
+        let servers = options.servers();
+        if servers.is_empty() {
+            return Err(ClientError::Unreachable {
+                server: options.server.clone(),
+                detail: "no server given".into(),
+            });
+        }
+        let mut turn = 0;
+        loop {
+            let index = (first + turn) % servers.len();
+            let one = ConnectOptions { server: servers[index].clone(), ..options.clone() };
+            match Self::connect_to(&one).await {
+                Ok(mut client) => {
+                    client.options = options;
+                    client.server_index = index;
+                    return Ok(client);
+                }
+                Err(e) if e.node_unavailable() && turn + 1 < servers.len() => {
+                    tracing::info!(server = %one.server, error = %e, "trying the next server");
+                    turn += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Connects to the one node that `options.server` names.
+    async fn connect_to(options: &ConnectOptions) -> Result<Self, ClientError> {
         let (host, addr) = resolve(&options.server).await?;
         let tls = chat_certs::client_config(&options.trust, codes::ALPN)?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
@@ -125,16 +165,16 @@ impl Client {
         let connecting = endpoint.connect(addr, &host).map_err(|e| unreachable(e.to_string()))?;
         let connection = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
             Err(_) => return Err(unreachable(format!("no answer within {CONNECT_TIMEOUT:?}"))),
-            Ok(Err(e)) => return Err(ClientError::from_connection(e, &options)),
+            Ok(Err(e)) => return Err(ClientError::from_connection(e, options)),
             Ok(Ok(connection)) => connection,
         };
 
         let (mut send, recv) =
-            connection.open_bi().await.map_err(|e| ClientError::from_connection(e, &options))?;
+            connection.open_bi().await.map_err(|e| ClientError::from_connection(e, options))?;
         let hello = ClientFrame::Hello { name: options.name.clone(), resume: options.resume };
         write_frame(&mut send, &hello, codec::MAX_NODE_FRAME_LEN)
             .await
-            .map_err(|e| ClientError::lost(&connection, e, &options))?;
+            .map_err(|e| ClientError::lost(&connection, e, options))?;
         let mut reader = FrameReader::new(recv, codec::MAX_NODE_FRAME_LEN);
         let welcome = match reader.read::<NodeFrame>().await {
             Ok(Some(NodeFrame::Welcome(welcome))) => welcome,
@@ -142,8 +182,8 @@ impl Client {
             Ok(Some(other)) => {
                 return Err(ClientError::Protocol(format!("expected a welcome, got {other:?}")));
             }
-            Ok(None) => return Err(ClientError::lost(&connection, "no welcome", &options)),
-            Err(e) => return Err(ClientError::lost(&connection, e, &options)),
+            Ok(None) => return Err(ClientError::lost(&connection, "no welcome", options)),
+            Err(e) => return Err(ClientError::lost(&connection, e, options)),
         };
         Ok(Self {
             endpoint,
@@ -153,17 +193,25 @@ impl Client {
             token: welcome.token,
             limits: welcome.limits,
             pace: pace(welcome.limits),
-            options,
+            options: options.clone(),
+            server_index: 0,
         })
     }
 
     /// Connects again with the same options, taking the name back from this connection
-    /// (which may be dead without knowing it yet).
+    /// (which may be dead without knowing it yet). With several servers it starts with the
+    /// one after this connection's, whose node may be what failed.
     ///
     /// # Errors
     /// As for [`connect`](Self::connect).
     pub async fn reconnect(&self) -> Result<Self, ClientError> {
-        Self::connect(ConnectOptions { resume: Some(self.token), ..self.options.clone() }).await
+        let options = ConnectOptions { resume: Some(self.token), ..self.options.clone() };
+        Self::connect_from(options, self.server_index + 1).await
+    }
+
+    /// The `host:port` of the node this connection went to.
+    pub fn server(&self) -> &str {
+        self.options.server.split(',').nth(self.server_index).map_or("", str::trim)
     }
 
     /// The name as the node stored it.

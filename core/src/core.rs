@@ -228,6 +228,29 @@ impl<B: Mailbox> Core<B> {
         evicted
     }
 
+    /// Like [`committed`](Self::committed), for a log that delivers each room's messages in
+    /// order with gaps in their numbering (cluster mode's stream).
+    pub fn committed_in_order(
+        &mut self,
+        room: &RoomName,
+        seq: Seq,
+        message: B::Message,
+    ) -> Vec<Evicted> {
+        let Some(state) = self.rooms.get_mut(room) else {
+            return Vec::new();
+        };
+        let evicted = state.committed_in_order(seq, message);
+        for gone in &evicted {
+            self.forget_member(gone.member);
+        }
+        evicted
+    }
+
+    /// The newest sequence number handed to the members of `room`.
+    pub fn delivered(&self, room: &RoomName) -> Option<Seq> {
+        self.rooms.get(room).map(Room::delivered)
+    }
+
     /// Drops a member whose mailbox could not take a frame meant only for it (an ack).
     pub fn evict(&mut self, member: MemberId) -> Option<Evicted> {
         let (_, room) = self.members.get(&member)?;

@@ -132,6 +132,9 @@ pub enum HistoryError {
     Busy,
     #[error("the history is closed")]
     Closed,
+    /// A history kept elsewhere (cluster mode's NATS) did not answer; the text says why.
+    #[error("{0}")]
+    Remote(String),
 }
 
 impl From<fjall::Error> for HistoryError {

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use chat_cluster::ClusterConfig;
 use chat_history::Durability;
 use serde::Deserialize;
 
@@ -77,6 +78,57 @@ pub struct Settings {
     /// private network) [default: off]
     #[arg(long, env = "CHAT_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Cluster mode: the `[cluster]` table of the file.
+    #[command(flatten)]
+    #[serde(default)]
+    pub cluster: ClusterSettings,
+}
+
+/// Cluster mode's settings: with `nats` set, the history, fan-out and presence live in NATS
+/// JetStream and any number of nodes serve one chat.
+#[derive(Debug, Clone, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// NATS server URLs (comma-separated); set, the node runs in cluster mode [default: off]
+    #[arg(long = "nats", env = "CHAT_NATS", value_delimiter = ',')]
+    pub nats: Option<Vec<String>>,
+    /// Copies NATS keeps of the history and presence; 3 on a three-server NATS cluster
+    /// survives the loss of a server [default: 1]
+    #[arg(long, env = "CHAT_REPLICAS")]
+    pub replicas: Option<usize>,
+    /// Days after which messages are dropped whatever the history cap; 0 keeps them
+    /// [default: 0]
+    #[arg(long, env = "CHAT_MAX_AGE_DAYS")]
+    pub max_age_days: Option<u64>,
+    /// Seconds a dead node's users stay online before their names come free [default: 15]
+    #[arg(long, env = "CHAT_PRESENCE_TTL_SECS")]
+    pub presence_ttl_secs: Option<u64>,
+}
+
+impl ClusterSettings {
+    fn or(self, lower: Self) -> Self {
+        Self {
+            nats: self.nats.or(lower.nats),
+            replicas: self.replicas.or(lower.replicas),
+            max_age_days: self.max_age_days.or(lower.max_age_days),
+            presence_ttl_secs: self.presence_ttl_secs.or(lower.presence_ttl_secs),
+        }
+    }
+
+    fn resolve(self, history_cap: u64) -> Option<ClusterConfig> {
+        let urls = self.nats.filter(|urls| !urls.is_empty())?;
+        Some(ClusterConfig {
+            urls,
+            replicas: self.replicas.unwrap_or(1).max(1),
+            history_cap,
+            max_age: match self.max_age_days.unwrap_or(0) {
+                0 => None,
+                days => Some(Duration::from_secs(days.saturating_mul(86_400))),
+            },
+            // Refreshed every third of it: at least a few seconds between refreshes.
+            presence_ttl: Duration::from_secs(self.presence_ttl_secs.unwrap_or(15).max(3)),
+        })
+    }
 }
 
 fn parse_durability(s: &str) -> Result<Durability, String> {
@@ -109,6 +161,8 @@ pub struct NodeConfig {
     pub message_burst: u32,
     /// Where `/metrics` is served; `None` serves none.
     pub metrics_listen: Option<SocketAddr>,
+    /// NATS and how the chat's data is kept there; `None` for a single node.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for NodeConfig {
@@ -151,16 +205,18 @@ impl Settings {
             messages_per_second: self.messages_per_second.or(lower.messages_per_second),
             message_burst: self.message_burst.or(lower.message_burst),
             metrics_listen: self.metrics_listen.or(lower.metrics_listen),
+            cluster: self.cluster.or(lower.cluster),
         }
     }
 
     /// Fills in the defaults.
     pub fn resolve(self) -> NodeConfig {
+        let history_cap = self.history_cap.unwrap_or(10_000).max(1);
         NodeConfig {
             listen: self.listen.unwrap_or(SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))),
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("chat-data")),
             max_message_len: self.max_message_len.unwrap_or(4096).max(1),
-            history_cap: self.history_cap.unwrap_or(10_000).max(1),
+            history_cap,
             durability: self.durability.unwrap_or_default(),
             rooms: self.rooms.unwrap_or_else(|| vec!["general".into()]),
             tls: self.cert.zip(self.key),
@@ -177,6 +233,7 @@ impl Settings {
             messages_per_second: self.messages_per_second.unwrap_or(100),
             message_burst: self.message_burst.unwrap_or(200).max(1),
             metrics_listen: self.metrics_listen,
+            cluster: self.cluster.resolve(history_cap),
         }
     }
 }

@@ -9,9 +9,9 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use chat_core::{ConnId, Rate, RateLimit, Refusal, Verdict};
+use chat_core::{ConnId, Rate, RateLimit, Refusal, UserName, Verdict};
 use chat_proto::io::{FrameReader, write_frame};
-use chat_proto::{ClientFrame, ErrorCode, ErrorFrame, NodeFrame, RoomInfo, Welcome, codec, codes};
+use chat_proto::{ClientFrame, ErrorCode, ErrorFrame, NodeFrame, Welcome, codec, codes};
 use quinn::{RecvStream, SendStream};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -22,12 +22,18 @@ use crate::{Shared, room};
 pub(crate) struct Conn {
     pub id: ConnId,
     pub connection: quinn::Connection,
+    pub name: UserName,
     /// The send rate limit shared by all the connection's rooms; `None` when unlimited.
     rate: Option<Mutex<RateLimit>>,
 }
 
 impl Conn {
-    fn new(id: ConnId, connection: quinn::Connection, config: &crate::NodeConfig) -> Self {
+    fn new(
+        id: ConnId,
+        connection: quinn::Connection,
+        name: UserName,
+        config: &crate::NodeConfig,
+    ) -> Self {
         let rate = (config.messages_per_second > 0).then(|| {
             let rate = Rate {
                 per_second: f64::from(config.messages_per_second),
@@ -35,7 +41,7 @@ impl Conn {
             };
             Mutex::new(RateLimit::new(rate, Instant::now()))
         });
-        Self { id, connection, rate }
+        Self { id, connection, name, rate }
     }
 
     /// Takes one send from the connection's rate limit.
@@ -58,10 +64,11 @@ pub(crate) async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming) {
             Ok(Err(e)) => return debug!(error = %e, "handshake failed"),
             Err(_) => return debug!("handshake timed out"),
         };
-        let Some((send, reader)) = greet(&shared, id, &connection).await else { return };
-        let conn = Arc::new(Conn::new(id, connection.clone(), &shared.config));
+        let Some((send, reader, name)) = greet(&shared, id, &connection).await else { return };
+        let conn = Arc::new(Conn::new(id, connection.clone(), name, &shared.config));
         let rooms = run(&shared, &conn, send, reader).await;
         shared.core().disconnect(id);
+        shared.directory.release(id);
         shared.connections().remove(&id);
         drain(rooms).await;
         if *shared.stopping.borrow() {
@@ -73,10 +80,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming) {
     .await;
 }
 
-type Control = (SendStream, FrameReader<RecvStream>);
-
 /// Waits for the hello and answers it. `None` when the connection was refused or lost.
-async fn greet(shared: &Shared, id: ConnId, connection: &quinn::Connection) -> Option<Control> {
+async fn greet(
+    shared: &Shared,
+    id: ConnId,
+    connection: &quinn::Connection,
+) -> Option<(SendStream, FrameReader<RecvStream>, UserName)> {
     let hello = async {
         let (send, recv) = connection.accept_bi().await.ok()?;
         let mut reader = FrameReader::new(recv, shared.limits.max_frame_len as usize);
@@ -101,10 +110,33 @@ async fn greet(shared: &Shared, id: ConnId, connection: &quinn::Connection) -> O
         }
     };
     let token: [u8; 16] = ring::rand::generate(&ring::rand::SystemRandom::new()).ok()?.expose();
+    // The directory (in cluster mode, every node's) first; an invalid name is left to the
+    // core to refuse with its reason.
+    if let Ok(user) = UserName::parse(&name) {
+        let refusal = match shared.directory.claim(id, &user, token, resume).await {
+            Ok(true) => None,
+            Ok(false) => Some(error_frame(&Refusal::NameTaken(name.clone()), None)),
+            Err(e) => Some(ErrorFrame::new(
+                ErrorCode::HistoryUnavailable,
+                format!("the node cannot check the name now: {e}"),
+            )),
+        };
+        if let Some(refusal) = refusal {
+            info!(%name, refusal = %refusal.message, "refused hello");
+            let code = if refusal.code == ErrorCode::NameTaken {
+                codes::close::NAME_TAKEN
+            } else {
+                codes::close::REFUSED
+            };
+            refuse(shared, connection, &mut send, refusal, code).await;
+            return None;
+        }
+    }
     let connected = shared.core().connect(id, &name, resume, token);
     let connected = match connected {
         Ok(connected) => connected,
         Err(refusal) => {
+            shared.directory.release(id);
             info!(%name, %refusal, "refused hello");
             let code = match refusal {
                 Refusal::NameTaken(_) => codes::close::NAME_TAKEN,
@@ -128,10 +160,11 @@ async fn greet(shared: &Shared, id: ConnId, connection: &quinn::Connection) -> O
     });
     if write_frame(&mut send, &welcome, codec::MAX_NODE_FRAME_LEN).await.is_err() {
         shared.core().disconnect(id);
+        shared.directory.release(id);
         return None;
     }
     info!(name = %connected.name, "online");
-    Some((send, reader))
+    Some((send, reader, connected.name))
 }
 
 /// Answers the control stream and accepts room streams until the connection ends or the
@@ -149,10 +182,14 @@ async fn run(
         tokio::select! {
             frame = reader.read::<ClientFrame>() => {
                 let reply = match frame {
-                    Ok(Some(ClientFrame::ListRooms)) => list_rooms(shared),
-                    Ok(Some(ClientFrame::Who { room })) => match shared.core().who(&room) {
-                        Ok(names) => NodeFrame::Members { room, names },
-                        Err(refusal) => error_frame(&refusal, None).into(),
+                    Ok(Some(ClientFrame::ListRooms)) => match shared.directory.rooms().await {
+                        Ok(rooms) => NodeFrame::Rooms { rooms },
+                        Err(e) => unavailable(&e).into(),
+                    },
+                    Ok(Some(ClientFrame::Who { room })) => match shared.directory.who(&room).await {
+                        Ok(Ok(names)) => NodeFrame::Members { room, names },
+                        Ok(Err(refusal)) => error_frame(&refusal, None).into(),
+                        Err(e) => unavailable(&e).into(),
                     },
                     Ok(Some(other)) => NodeFrame::Error(ErrorFrame::new(
                         ErrorCode::ProtocolViolation,
@@ -202,18 +239,9 @@ async fn drain(mut rooms: JoinSet<()>) {
     }
 }
 
-fn list_rooms(shared: &Shared) -> NodeFrame {
-    let rooms = shared
-        .core()
-        .rooms()
-        .into_iter()
-        .map(|r| RoomInfo {
-            name: r.name.to_string(),
-            last_seq: r.last_seq,
-            members: r.members as u32,
-        })
-        .collect();
-    NodeFrame::Rooms { rooms }
+/// The answer to a request the directory could not serve.
+fn unavailable(e: &chat_history::HistoryError) -> ErrorFrame {
+    ErrorFrame::new(ErrorCode::HistoryUnavailable, format!("the node cannot answer now: {e}"))
 }
 
 /// Sends `error` on the control stream, gives it a moment to arrive, and closes the

@@ -3,7 +3,9 @@
 //!
 //! # Layout
 //! - [`config`]: the settings, from a TOML file, `CHAT_*` variables and flags.
-//! - [`seams`]: the history and fan-out traits with their single-node implementations.
+//! - [`seams`]: the history, fan-out and directory traits with their single-node
+//!   implementations.
+//! - `cluster`: the same seams on NATS JetStream, for cluster mode.
 //! - `admission`: how many connections the node takes, in all and per IP address.
 //! - `metrics`: the Prometheus counters and their `/metrics` endpoint.
 //! - `mailbox`: the bounded queue between the room core and a member's stream.
@@ -16,6 +18,7 @@
 //! of sockets; this crate carries its decisions out.
 
 mod admission;
+mod cluster;
 pub mod config;
 mod connection;
 mod mailbox;
@@ -32,6 +35,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
+use chat_cluster::Cluster;
 use chat_core::{ConnId, Core, RoomName, Rules};
 use chat_history::History;
 use chat_proto::{Limits, codec, codes};
@@ -43,7 +47,7 @@ use admission::Admission;
 pub use config::{NodeConfig, Settings};
 use mailbox::Outbox;
 use metrics::Metrics;
-use seams::{FanOut, HistoryStore, LocalFanOut};
+use seams::{Directory, FanOut, HistoryStore, LocalDirectory, LocalFanOut};
 
 /// How long the shutdown waits for the clients' streams to drain before closing them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -55,6 +59,7 @@ pub(crate) struct Shared {
     core: Arc<Mutex<Core<Outbox>>>,
     history: Arc<dyn HistoryStore>,
     fanout: Arc<dyn FanOut>,
+    directory: Arc<dyn Directory>,
     config: NodeConfig,
     limits: Limits,
     /// Open connections by id, so that a session taken over can be closed.
@@ -98,9 +103,13 @@ impl Node {
     /// address that cannot be bound.
     pub async fn start(config: NodeConfig) -> anyhow::Result<Self> {
         let max_message_len = (config.max_message_len as usize).min(codec::MAX_MESSAGE_LEN_LIMIT);
+        let cluster = match &config.cluster {
+            Some(cluster) => Some(Arc::new(connect_cluster(cluster).await?)),
+            None => None,
+        };
         let prepared = {
-            let config = config.clone();
-            tokio::task::spawn_blocking(move || prepare(&config)).await??
+            let (config, cluster) = (config.clone(), cluster.clone());
+            tokio::task::spawn_blocking(move || prepare(&config, cluster)).await??
         };
         let history = prepared.history;
         let rules = Rules {
@@ -110,10 +119,27 @@ impl Node {
         let mut core = Core::new(rules);
         let metrics = Arc::new(Metrics::new());
         metrics.rooms.set(prepared.rooms.len() as i64);
-        for (room, last_seq) in prepared.rooms {
-            core.add_room(room, last_seq);
+        if cluster.is_none() {
+            // In cluster mode a room enters the core when this node starts following it.
+            for (room, last_seq) in prepared.rooms {
+                core.add_room(room, last_seq);
+            }
         }
         let core = Arc::new(Mutex::new(core));
+        let (fanout, directory): (Arc<dyn FanOut>, Arc<dyn Directory>) = match &cluster {
+            Some(cluster) => {
+                let ttl = config.cluster.as_ref().map_or(Duration::ZERO, |c| c.presence_ttl);
+                let runtime = tokio::runtime::Handle::current();
+                (
+                    Arc::new(cluster::ClusterFanOut::new(Arc::clone(cluster), Arc::clone(&core))),
+                    Arc::new(cluster::ClusterDirectory::new(Arc::clone(cluster), runtime, ttl)),
+                )
+            }
+            None => (
+                Arc::new(LocalFanOut(Arc::clone(&core))),
+                Arc::new(LocalDirectory(Arc::clone(&core))),
+            ),
+        };
         let (tls, ca_cert) = (prepared.tls, prepared.ca_cert);
 
         let mut transport = quinn::TransportConfig::default();
@@ -158,7 +184,8 @@ impl Node {
         };
         let (stop, stopping) = watch::channel(false);
         let shared = Arc::new(Shared {
-            fanout: Arc::new(LocalFanOut(Arc::clone(&core))),
+            fanout,
+            directory,
             core,
             history,
             limits,
@@ -200,6 +227,9 @@ impl Node {
         let Self { endpoint, shared, stop, metrics_listener, .. } = self;
         let _metrics = metrics_listener.map(|listener| {
             AbortOnDrop(tokio::spawn(metrics::serve(listener, Arc::clone(&shared.metrics))))
+        });
+        let _refresh = shared.config.cluster.as_ref().map(|cluster| {
+            AbortOnDrop(tokio::spawn(refresh_names(Arc::clone(&shared), cluster.presence_ttl / 3)))
         });
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
@@ -252,6 +282,39 @@ impl Node {
     }
 }
 
+/// Connects to NATS for cluster mode.
+async fn connect_cluster(config: &chat_cluster::ClusterConfig) -> anyhow::Result<Cluster> {
+    let cluster = Cluster::connect(config).await?;
+    if config.replicas < 3 {
+        warn!(
+            replicas = config.replicas,
+            "NATS keeps fewer than 3 copies of the history: losing a NATS server can lose \
+             acknowledged messages; set replicas = 3 on a cluster of 3 NATS servers"
+        );
+    }
+    info!(nats = %config.urls.join(","), replicas = config.replicas, "cluster mode");
+    Ok(cluster)
+}
+
+/// Renews this node's names in the cluster's presence before they expire, and closes the
+/// connections whose users have taken their names to another node meanwhile.
+async fn refresh_names(shared: Arc<Shared>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let Some(refresh) = shared.directory.refresh() else { return };
+        for conn in refresh.await {
+            if let Some(connection) = shared.connections().remove(&conn) {
+                info!(conn = conn.0, "session resumed on another node; closing this one");
+                connection.close(
+                    codes::close::SESSION_REPLACED.into(),
+                    b"this session was resumed elsewhere",
+                );
+            }
+        }
+    }
+}
+
 /// What the node reads or makes on disk before it serves: its blocking part.
 struct Prepared {
     history: Arc<dyn HistoryStore>,
@@ -260,16 +323,22 @@ struct Prepared {
     ca_cert: Option<PathBuf>,
 }
 
-/// Opens the history, creates the configured rooms and loads (or makes) the certificate.
-fn prepare(config: &NodeConfig) -> anyhow::Result<Prepared> {
-    let history: Arc<dyn HistoryStore> = Arc::new(
-        History::open(chat_history::Config {
-            path: config.data_dir.join("history"),
-            cap: config.history_cap,
-            durability: config.durability,
-        })
-        .with_context(|| format!("opening the history in {}", config.data_dir.display()))?,
-    );
+/// Opens the history (or, in cluster mode, wraps NATS), creates the configured rooms and
+/// loads (or makes) the certificate.
+fn prepare(config: &NodeConfig, cluster: Option<Arc<Cluster>>) -> anyhow::Result<Prepared> {
+    let history: Arc<dyn HistoryStore> = match cluster {
+        Some(cluster) => {
+            Arc::new(cluster::ClusterHistory::new(cluster, tokio::runtime::Handle::current()))
+        }
+        None => Arc::new(
+            History::open(chat_history::Config {
+                path: config.data_dir.join("history"),
+                cap: config.history_cap,
+                durability: config.durability,
+            })
+            .with_context(|| format!("opening the history in {}", config.data_dir.display()))?,
+        ),
+    };
     for name in &config.rooms {
         let room = RoomName::parse(name).with_context(|| format!("configured room {name:?}"))?;
         if history.create_room(&room)? {

@@ -44,6 +44,11 @@ pub(crate) async fn serve(
         Ok(None) => return,
         Err(error) => return end_with(&shared, &mut send, error).await,
     };
+    if let Err(e) = shared.fanout.follow(&room).await {
+        let text = format!("cannot join room {room:?} now: {e}");
+        return end_with(&shared, &mut send, ErrorFrame::new(ErrorCode::HistoryUnavailable, text))
+            .await;
+    }
     let member = MemberId(shared.next_id());
     let (queue, queued) = mpsc::channel(shared.config.member_queue);
     let (evicted, eviction) = watch::channel(None);
@@ -57,12 +62,14 @@ pub(crate) async fn serve(
         }
     };
     shared.metrics.members.inc();
+    shared.directory.entered(member, &joined.room, &conn.name);
     debug!(room = %joined.room, member = member.0, ?after, "joined");
     let writer =
         Writer { shared: Arc::clone(&shared), room: joined.room.clone(), send, last_written: 0 };
     let writing = tokio::spawn(writer.run(after, joined.history_until, queued, eviction.clone()));
     let ended = read_sends(&shared, &conn, member, &mut reader, &queue, eviction).await;
     shared.core().leave(member);
+    shared.directory.left(member);
     shared.metrics.members.dec();
     drop(queue);
     let _ = writing.await;
@@ -281,7 +288,21 @@ impl Writer {
             let (history, room) = (Arc::clone(&self.shared.history), self.room.clone());
             let page =
                 tokio::task::spawn_blocking(move || history.read(&room, cursor, HISTORY_PAGE))
-                    .await??;
+                    .await?;
+            let page = match page {
+                Ok(page) => page,
+                Err(e) => {
+                    warn!(room = %self.room, error = %e, "cannot read the history for a join");
+                    let text = format!("the room's history cannot be read now ({e}); join again");
+                    let frame = ErrorFrame {
+                        last_seq: cursor,
+                        ..ErrorFrame::new(ErrorCode::HistoryUnavailable, text)
+                    };
+                    self.send.write_all(&encode(&NodeFrame::Error(frame))).await?;
+                    self.send.finish()?;
+                    anyhow::bail!("history unavailable: {e}");
+                }
+            };
             let mut frames = Vec::with_capacity(page.messages.len() + 1);
             if first {
                 let gap = page.gap.map(|(first, last)| Gap { first, last });
@@ -378,7 +399,7 @@ async fn end_with(shared: &Shared, send: &mut SendStream, error: ErrorFrame) {
 }
 
 /// Encodes a node frame. Node frames are built from checked input and always fit.
-fn encode(frame: &NodeFrame) -> Bytes {
+pub(crate) fn encode(frame: &NodeFrame) -> Bytes {
     codec::encode(frame, codec::MAX_NODE_FRAME_LEN).unwrap_or_else(|e| {
         warn!(error = %e, "a node frame did not encode");
         Bytes::new()

@@ -1,17 +1,25 @@
-//! The node's seams: the history and the fan-out, each a trait with the embedded
-//! implementation that a single node uses. A cluster mode implements them again (on a
-//! replicated log and a message bus) without touching the connection code.
+//! The node's seams: the history, the fan-out and the directory (presence and rooms), each
+//! a trait with the embedded implementation that a single node uses. Cluster mode
+//! (`crate::cluster`) implements them again on NATS JetStream without touching the
+//! connection code.
 //!
-//! Presence (one connection per user name) lives in the room core for a single node; a
-//! cluster adds a shared claim in front of `Core::connect`.
+//! On a single node the room core alone decides who holds a name; in cluster mode the
+//! directory's claim comes first, and the core then keeps the same rules for the node's own
+//! connections.
 
+use std::future::{Future, ready};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
-use chat_core::{Core, RoomName, Seq};
+use chat_core::{ConnId, Core, MemberId, Refusal, RoomName, Seq, SessionToken, UserName};
 use chat_history::{Completion, History, HistoryError, Message, Page};
+use chat_proto::RoomInfo;
 
 use crate::mailbox::Outbox;
+
+/// A seam's answer that may have to wait for the network.
+pub type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The rooms' message log.
 pub trait HistoryStore: Send + Sync + 'static {
@@ -61,6 +69,9 @@ impl HistoryStore for History {
 pub trait FanOut: Send + Sync + 'static {
     /// `frame` is the encoded message, shared by every member. Must not block.
     fn publish(&self, room: &RoomName, seq: Seq, frame: Bytes);
+    /// Makes sure that this node receives `room`'s messages, before a member joins it. A room
+    /// that does not exist is left to the core to refuse.
+    fn follow<'a>(&'a self, room: &'a str) -> Pending<'a, Result<(), HistoryError>>;
 }
 
 /// The single node's fan-out: straight into the room core, which offers the frame to each
@@ -74,5 +85,85 @@ impl FanOut for LocalFanOut {
         for gone in evicted {
             tracing::info!(member = gone.member.0, last_seq = gone.last_seq, %room, "dropped a member that fell behind");
         }
+    }
+
+    fn follow<'a>(&'a self, _room: &'a str) -> Pending<'a, Result<(), HistoryError>> {
+        Box::pin(ready(Ok(()))) // Every room's messages pass through this process anyway.
+    }
+}
+
+/// What every node must agree on: which names are online, who is in which room, and the
+/// rooms with their members.
+pub trait Directory: Send + Sync + 'static {
+    /// Claims `name` for `conn`, whose session token is `token`; `resume` takes it over from
+    /// the user's earlier session. `Ok(false)`: someone else holds it.
+    fn claim<'a>(
+        &'a self,
+        conn: ConnId,
+        name: &'a UserName,
+        token: SessionToken,
+        resume: Option<SessionToken>,
+    ) -> Pending<'a, Result<bool, HistoryError>>;
+    /// `conn` is gone: free its name. Must not block.
+    fn release(&self, conn: ConnId);
+    /// `member` of `conn`, named `name`, joined `room`. Must not block.
+    fn entered(&self, member: MemberId, room: &RoomName, name: &UserName);
+    /// `member` left `room`. Must not block.
+    fn left(&self, member: MemberId);
+    /// Everyone in `room`, or why not (an unknown room).
+    fn who<'a>(
+        &'a self,
+        room: &'a str,
+    ) -> Pending<'a, Result<Result<Vec<String>, Refusal>, HistoryError>>;
+    /// Every room with its newest sequence number and its members.
+    fn rooms(&self) -> Pending<'_, Result<Vec<RoomInfo>, HistoryError>>;
+    /// Renews this node's claims; returns the connections whose names were taken over by
+    /// the same user's session on another node. `None` when nothing needs renewing.
+    fn refresh(&self) -> Option<Pending<'_, Vec<ConnId>>>;
+}
+
+/// The single node's directory: the room core, which holds every connection.
+pub struct LocalDirectory(pub Arc<Mutex<Core<Outbox>>>);
+
+impl LocalDirectory {
+    fn core(&self) -> std::sync::MutexGuard<'_, Core<Outbox>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Directory for LocalDirectory {
+    fn claim<'a>(
+        &'a self,
+        _conn: ConnId,
+        _name: &'a UserName,
+        _token: SessionToken,
+        _resume: Option<SessionToken>,
+    ) -> Pending<'a, Result<bool, HistoryError>> {
+        Box::pin(ready(Ok(true))) // `Core::connect` decides.
+    }
+    fn release(&self, _conn: ConnId) {}
+    fn entered(&self, _member: MemberId, _room: &RoomName, _name: &UserName) {}
+    fn left(&self, _member: MemberId) {}
+    fn who<'a>(
+        &'a self,
+        room: &'a str,
+    ) -> Pending<'a, Result<Result<Vec<String>, Refusal>, HistoryError>> {
+        Box::pin(ready(Ok(self.core().who(room))))
+    }
+    fn rooms(&self) -> Pending<'_, Result<Vec<RoomInfo>, HistoryError>> {
+        let rooms = self
+            .core()
+            .rooms()
+            .into_iter()
+            .map(|r| RoomInfo {
+                name: r.name.to_string(),
+                last_seq: r.last_seq,
+                members: r.members as u32,
+            })
+            .collect();
+        Box::pin(ready(Ok(rooms)))
+    }
+    fn refresh(&self) -> Option<Pending<'_, Vec<ConnId>>> {
+        None
     }
 }

@@ -2,6 +2,8 @@
 //! temporary directory (in this process or as a `chat-node` process), clients that trust
 //! it, and the paths of the built programs.
 
+pub mod nats;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -113,15 +115,19 @@ pub async fn take_messages(room: &mut Room, n: usize) -> Vec<(u64, String, Strin
 /// A built program of this workspace (`chat`, `chat-node`), next to the test binary's
 /// directory. The README's test command builds them before the tests run.
 pub fn program(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let path = dir.join(name);
+    let path = program_dir().join(name);
     assert!(
         path.exists(),
         "{} is missing: build the programs first (`cargo build --workspace --bins`)",
         path.display()
     );
     path
+}
+
+/// Where cargo puts the built programs (`target/debug`).
+pub fn program_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
 }
 
 /// A bare QUIC connection to `node` speaking `alpn`, for talking the protocol by hand.
@@ -173,14 +179,22 @@ impl NodeProcess {
         // Wait for the "listening" line, which comes after the history and certificate.
         let stderr = child.stderr.take().expect("stderr");
         let lines = spawn_line_reader(stderr);
+        let mut log = Vec::new();
         loop {
-            let line = lines.recv_timeout(PATIENCE).expect("the node says it is listening");
-            if line.contains("listening") {
-                break;
+            match lines.recv_timeout(PATIENCE) {
+                Ok(line) if line.contains("listening") => break,
+                Ok(line) => log.push(line),
+                Err(e) => panic!("the node did not start ({e}); its log:\n{}", log.join("\n")),
             }
         }
-        // Keep draining the log so that the node never blocks on a full pipe.
-        std::thread::spawn(move || while lines.recv().is_ok() {});
+        // Keep draining the log so that the node never blocks on a full pipe; the test
+        // harness shows it when the test fails.
+        let name = addr.clone();
+        std::thread::spawn(move || {
+            while let Ok(line) = lines.recv() {
+                eprintln!("[chat-node {name}] {line}");
+            }
+        });
         let ca = data_dir.join("certs/ca.pem").display().to_string();
         Self { child, addr, ca }
     }

@@ -34,7 +34,8 @@ pub struct Flags {
     /// TOML config file (keys: server or host and port, name, room or rooms, ca, fingerprint)
     #[arg(long, global = true, env = "CHAT_CLIENT_CONFIG")]
     pub config: Option<PathBuf>,
-    /// The node, as HOST:PORT [default: localhost:7700]
+    /// The node, as HOST:PORT; the nodes of a cluster separated by commas, tried in turn
+    /// [default: localhost:7700]
     #[arg(long, global = true, env = "CHAT_SERVER")]
     pub server: Option<String>,
     /// Your user name (letters, digits, '-', '_', '.'; compared without case)

@@ -1,0 +1,137 @@
+//! Cluster mode: the history, fan-out and presence of many stateless nodes, kept in NATS
+//! JetStream instead of in one node's process.
+//!
+//! - [`log`]: one JetStream stream, `CHAT`, with a subject per room (`chat.room.<room>`). A
+//!   message's sequence number is its stream sequence: it increases in each room, but with
+//!   gaps (the rooms share the numbering). The stream is replicated, keeps
+//!   `max_messages_per_subject` = the history cap, and doubles as the fan-out bus: every node
+//!   follows the rooms its own clients are in with an ordered consumer.
+//! - [`presence`]: key-value buckets for the names online (claimed with an atomic create),
+//!   who is in which room, and which rooms exist. Entries expire unless their node refreshes
+//!   them, so a dead node's names come free on their own.
+//!
+//! NATS keeps no state of a node that the node needs back: a node can die and its clients
+//! carry on at any other one.
+
+pub mod log;
+pub mod presence;
+mod subjects;
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+
+pub use log::Log;
+pub use presence::{Claim, Directory, Lost};
+
+/// How to reach NATS and how to keep the chat's data there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// NATS server URLs; the client moves to another one when its server goes away.
+    pub urls: Vec<String>,
+    /// Copies of the history and of the key-value buckets (at most the servers in the NATS
+    /// cluster; 3 survives the loss of one server).
+    pub replicas: usize,
+    /// Messages each room retains.
+    pub history_cap: u64,
+    /// Age after which messages are dropped, whatever the cap; `None` keeps them.
+    pub max_age: Option<Duration>,
+    /// How long a name, or a membership, outlives the last refresh of its node.
+    pub presence_ttl: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(
+        "cannot reach NATS at {urls}: {detail}. Is nats-server running there, with JetStream on (`-js`)?"
+    )]
+    Connect { urls: String, detail: String },
+    #[error("NATS refused to set up {what}: {detail}")]
+    Setup { what: String, detail: String },
+    #[error("NATS did not answer: {0}; it may be electing a new leader, try again shortly")]
+    Unavailable(String),
+    #[error("a message in the history cannot be decoded: {0}")]
+    Corrupt(#[from] postcard::Error),
+}
+
+impl ClusterError {
+    fn unavailable(e: impl std::fmt::Display) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+/// A connection to NATS with the chat's stream and buckets ready.
+pub struct Cluster {
+    pub log: Log,
+    pub directory: Directory,
+    client: async_nats::Client,
+}
+
+impl Cluster {
+    /// Connects to NATS and creates the stream and buckets if they are missing.
+    ///
+    /// # Errors
+    /// NATS cannot be reached, or refuses the stream or a bucket (fewer servers than
+    /// replicas, JetStream off).
+    pub async fn connect(config: &ClusterConfig) -> Result<Self, ClusterError> {
+        let urls = config.urls.join(",");
+        let servers = urls
+            .split(',')
+            .map(|url| url.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ClusterError::Connect { urls: urls.clone(), detail: e.to_string() })?;
+        let client = async_nats::ConnectOptions::new()
+            .name("chat-node")
+            .connection_timeout(Duration::from_secs(5))
+            .request_timeout(Some(Duration::from_secs(5)))
+            .event_callback(|event| async move {
+                tracing::info!(%event, "NATS connection");
+            })
+            .connect(servers)
+            .await
+            .map_err(|e| ClusterError::Connect { urls: urls.clone(), detail: e.to_string() })?;
+        let js = jetstream::new(client.clone());
+        let log = Log::open(&js, config).await?;
+        let directory = Directory::open(&js, config).await?;
+        Ok(Self { log, directory, client })
+    }
+
+    /// Sends whatever the client still buffers.
+    ///
+    /// # Errors
+    /// The connection is gone.
+    pub async fn flush(&self) -> Result<(), ClusterError> {
+        self.client.flush().await.map_err(ClusterError::unavailable)
+    }
+}
+
+/// How long a request keeps being retried while NATS recovers: a stream's leader election
+/// after a server dies takes a few seconds. A client waits that long at most for its answer.
+pub const PATIENCE: Duration = Duration::from_secs(15);
+
+/// Runs `attempt` until it succeeds, or fails other than by NATS not answering, or
+/// [`PATIENCE`] runs out. `attempt` must be safe to repeat.
+pub(crate) async fn patiently<T, F, Fut>(mut attempt: F) -> Result<T, ClusterError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ClusterError>>,
+{
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let mut backoff = Duration::from_millis(25);
+    loop {
+        match attempt().await {
+            Err(ClusterError::Unavailable(e)) if std::time::Instant::now() + backoff < deadline => {
+                tracing::debug!(error = %e, "NATS did not answer; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+            done => return done,
+        }
+    }
+}
+
+/// A random id for this process, to tell apart what different nodes write.
+fn random_id() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}

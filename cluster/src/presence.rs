@@ -1,0 +1,245 @@
+//! Who is online, and where: two key-value buckets that expire what their nodes stop
+//! refreshing.
+//!
+//! - `chat_presence`: a key per user name (in lower case), holding the owning node and the
+//!   session token. A name is claimed with an atomic create, so exactly one connection in
+//!   the whole cluster holds it. A reconnecting client that offers the token takes the name
+//!   over with a compare-and-set on the entry's revision; the node that held it notices when
+//!   its next refresh fails, and closes its stale connection.
+//! - `chat_members`: a key per room and user, for who-is-online. Written on join, deleted on
+//!   leave, refreshed with the names.
+//!
+//! Both buckets keep entries for the presence TTL after their last write: a dead node's
+//! names and memberships disappear then, with nobody cleaning up after it.
+
+use std::collections::BTreeMap;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+
+use crate::subjects::{self, token};
+use crate::{ClusterConfig, ClusterError};
+
+pub const PRESENCE_BUCKET: &str = "chat_presence";
+pub const MEMBERS_BUCKET: &str = "chat_members";
+
+/// A name this node holds: refresh it before the TTL runs out.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    key: String,
+    value: Bytes,
+    revision: u64,
+}
+
+/// The name was taken over by a reconnect elsewhere, or expired while NATS was away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lost;
+
+/// What the presence entry says of its holder.
+#[derive(Debug, Serialize, Deserialize)]
+struct Holder {
+    node: String,
+    token: [u8; 16],
+}
+
+pub struct Directory {
+    node: String,
+    presence: kv::Store,
+    members: kv::Store,
+    members_stream: stream::Stream,
+}
+
+impl Directory {
+    pub(crate) async fn open(
+        js: &jetstream::Context,
+        config: &ClusterConfig,
+    ) -> Result<Self, ClusterError> {
+        let bucket = |bucket: &str, description: &str| kv::Config {
+            bucket: bucket.into(),
+            description: description.into(),
+            history: 1,
+            max_age: config.presence_ttl,
+            storage: stream::StorageType::File,
+            num_replicas: config.replicas,
+            ..Default::default()
+        };
+        let setup = |what: &str, e: &dyn std::fmt::Display| ClusterError::Setup {
+            what: format!("the {what} bucket"),
+            detail: e.to_string(),
+        };
+        let presence = js
+            .create_or_update_key_value(bucket(PRESENCE_BUCKET, "chat names online"))
+            .await
+            .map_err(|e| setup(PRESENCE_BUCKET, &e))?;
+        let members = js
+            .create_or_update_key_value(bucket(MEMBERS_BUCKET, "chat room members"))
+            .await
+            .map_err(|e| setup(MEMBERS_BUCKET, &e))?;
+        let members_stream = js
+            .get_stream(format!("KV_{MEMBERS_BUCKET}"))
+            .await
+            .map_err(|e| setup(MEMBERS_BUCKET, &e))?;
+        let node = format!("{:016x}", crate::random_id());
+        Ok(Self { node, presence, members, members_stream })
+    }
+
+    /// Claims the user name `name_key` (its lower-case form) for a connection with session
+    /// `token`. `resume` is the token of the user's earlier session, which takes the name
+    /// over from it wherever it is. `None` when someone else holds the name.
+    ///
+    /// # Errors
+    /// NATS did not answer.
+    pub async fn claim(
+        &self,
+        name_key: &str,
+        token: [u8; 16],
+        resume: Option<[u8; 16]>,
+    ) -> Result<Option<Claim>, ClusterError> {
+        let key = subjects::token(name_key);
+        let value = Bytes::from(postcard::to_stdvec(&Holder { node: self.node.clone(), token })?);
+        // Twice: an entry that expires between the create and the read is free again.
+        for _ in 0..2 {
+            match self.presence.create(&key, value.clone()).await {
+                Ok(revision) => return Ok(Some(Claim { key, value, revision })),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(e) => return Err(ClusterError::unavailable(e)),
+            }
+            let entry = self.presence.entry(&key).await.map_err(ClusterError::unavailable)?;
+            let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+                continue;
+            };
+            let holder: Holder = postcard::from_bytes(&entry.value)?;
+            if holder.token == token {
+                // Our own create, whose answer was lost.
+                return Ok(Some(Claim { key, value, revision: entry.revision }));
+            }
+            if resume != Some(holder.token) {
+                return Ok(None);
+            }
+            return match self.presence.update(&key, value.clone(), entry.revision).await {
+                Ok(revision) => Ok(Some(Claim { key, value, revision })),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+                Err(e) => Err(ClusterError::unavailable(e)),
+            };
+        }
+        Ok(None)
+    }
+
+    /// Writes the claim again so that it does not expire.
+    ///
+    /// # Errors
+    /// `Ok(Err(Lost))` when the name is no longer this claim's; `Err` when NATS did not
+    /// answer (try again later).
+    pub async fn refresh(&self, claim: &mut Claim) -> Result<Result<(), Lost>, ClusterError> {
+        match self.presence.update(&claim.key, claim.value.clone(), claim.revision).await {
+            Ok(revision) => {
+                claim.revision = revision;
+                Ok(Ok(()))
+            }
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(Err(Lost)),
+            Err(e) => Err(ClusterError::unavailable(e)),
+        }
+    }
+
+    /// Frees the name, unless it was taken over meanwhile.
+    ///
+    /// # Errors
+    /// NATS did not answer (the name then expires after the TTL).
+    pub async fn release(&self, claim: &Claim) -> Result<(), ClusterError> {
+        match self.presence.delete_expect_revision(&claim.key, Some(claim.revision)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => Ok(()),
+            Err(e) => Err(ClusterError::unavailable(e)),
+        }
+    }
+
+    /// Records (or refreshes) that `name` is in `room`; returns the entry's revision.
+    ///
+    /// # Errors
+    /// NATS did not answer.
+    pub async fn enter(&self, room: &str, name: &str) -> Result<u64, ClusterError> {
+        let key = member_key(room, name);
+        self.members.put(key, Bytes::from(name.to_owned())).await.map_err(ClusterError::unavailable)
+    }
+
+    /// Records that `name` left `room`, unless the entry was written again since `revision`
+    /// (the same user, back in the room through another connection).
+    ///
+    /// # Errors
+    /// NATS did not answer (the membership then expires after the TTL).
+    pub async fn leave(&self, room: &str, name: &str, revision: u64) -> Result<(), ClusterError> {
+        let key = member_key(room, name);
+        match self.members.delete_expect_revision(key, Some(revision)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => Ok(()),
+            Err(e) => Err(ClusterError::unavailable(e)),
+        }
+    }
+
+    /// The users in `room`, on every node, sorted.
+    ///
+    /// # Errors
+    /// NATS did not answer.
+    pub async fn who(&self, room: &str) -> Result<Vec<String>, ClusterError> {
+        let filter = format!("$KV.{MEMBERS_BUCKET}.{}.*", token(room));
+        let mut names: Vec<String> = self.current(filter).await?.into_values().collect();
+        names.sort_unstable_by_key(|n| n.to_ascii_lowercase());
+        Ok(names)
+    }
+
+    /// How many users each room has, on every node.
+    ///
+    /// # Errors
+    /// NATS did not answer.
+    pub async fn member_counts(&self) -> Result<BTreeMap<String, usize>, ClusterError> {
+        let prefix = format!("$KV.{MEMBERS_BUCKET}.");
+        let mut counts = BTreeMap::new();
+        for subject in self.current(format!("{prefix}>")).await?.into_keys() {
+            let key = subject.strip_prefix(&prefix).unwrap_or(&subject);
+            if let Some((room, _)) = key.split_once('.') {
+                *counts.entry(subjects::name(room)).or_default() += 1;
+            }
+        }
+        Ok(counts)
+    }
+
+    /// The live entries of the members bucket under `filter`: subject to value.
+    async fn current(&self, filter: String) -> Result<BTreeMap<String, String>, ClusterError> {
+        let consumer = self
+            .members_stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: filter,
+                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await
+            .map_err(ClusterError::unavailable)?;
+        let pending = usize::try_from(consumer.cached_info().num_pending).unwrap_or(usize::MAX);
+        let mut entries = BTreeMap::new();
+        if pending == 0 {
+            return Ok(entries);
+        }
+        let mut messages =
+            consumer.messages().await.map_err(ClusterError::unavailable)?.take(pending);
+        while let Some(message) = messages.try_next().await.map_err(ClusterError::unavailable)? {
+            let deleted = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("KV-Operation"))
+                .is_some_and(|op| op.as_str() != "PUT");
+            if !deleted {
+                entries.insert(
+                    message.subject.to_string(),
+                    String::from_utf8_lossy(&message.payload).into_owned(),
+                );
+            }
+        }
+        Ok(entries)
+    }
+}
+
+fn member_key(room: &str, name: &str) -> String {
+    format!("{}.{}", token(room), token(&name.to_ascii_lowercase()))
+}

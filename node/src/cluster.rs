@@ -1,0 +1,365 @@
+//! Cluster mode: the node's seams on NATS JetStream (`chat_cluster`), so that any number of
+//! nodes, none holding state of its own, serve one chat.
+//!
+//! - [`ClusterHistory`]: an append is a publish to the room's subject, complete once the
+//!   stream has it on a majority of its replicas; reads are ordered consumers.
+//! - [`ClusterFanOut`]: the stream is the bus. An append's completion publishes nothing;
+//!   a room's first join on this node starts a follower that hands the core every message of
+//!   the room in stream order, from whichever node it came.
+//! - [`ClusterDirectory`]: names and memberships in expiring key-value entries that this
+//!   node refreshes while its connections last.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chat_cluster::{Claim, Cluster, ClusterError};
+use chat_core::{ConnId, Core, MemberId, Refusal, RoomName, Seq, SessionToken, UserName};
+use chat_history::{Completion, HistoryError, Message, Page};
+use chat_proto::{ChatMessage, NodeFrame, RoomInfo};
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::AbortOnDrop;
+use crate::mailbox::Outbox;
+use crate::room::encode;
+use crate::seams::{Directory, FanOut, HistoryStore, Pending};
+
+fn remote(e: ClusterError) -> HistoryError {
+    HistoryError::Remote(e.to_string())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The history in the JetStream stream.
+pub(crate) struct ClusterHistory {
+    cluster: Arc<Cluster>,
+    runtime: Handle,
+    /// Appends waiting for their acknowledgement, so that a flush can wait for them.
+    in_flight: watch::Sender<usize>,
+}
+
+impl ClusterHistory {
+    pub(crate) fn new(cluster: Arc<Cluster>, runtime: Handle) -> Self {
+        Self { cluster, runtime, in_flight: watch::Sender::new(0) }
+    }
+}
+
+impl HistoryStore for ClusterHistory {
+    fn append(&self, room: &RoomName, message: Message, done: Completion<Seq>) {
+        let (cluster, room, in_flight) =
+            (Arc::clone(&self.cluster), room.to_string(), self.in_flight.clone());
+        in_flight.send_modify(|n| *n += 1);
+        self.runtime.spawn(async move {
+            done(cluster.log.append(&room, &message).await.map_err(remote));
+            in_flight.send_modify(|n| *n -= 1);
+        });
+    }
+
+    fn read(
+        &self,
+        room: &RoomName,
+        after: Option<Seq>,
+        limit: usize,
+    ) -> Result<Page, HistoryError> {
+        let messages = self
+            .runtime
+            .block_on(self.cluster.log.read(room.as_str(), after, limit))
+            .map_err(remote)?;
+        let last_seq = messages.last().map_or(after.unwrap_or(0), |m| m.seq);
+        // The numbering has gaps by design, so trimmed messages cannot be told apart from
+        // other rooms' numbers: no gap is reported.
+        Ok(Page { messages, gap: None, last_seq })
+    }
+
+    fn rooms(&self) -> Result<Vec<(String, Seq)>, HistoryError> {
+        self.runtime.block_on(async {
+            let mut rooms = Vec::new();
+            for room in self.cluster.log.rooms().await.map_err(remote)? {
+                let last = self.cluster.log.last_seq(&room).await.map_err(remote)?;
+                rooms.push((room, last));
+            }
+            Ok(rooms)
+        })
+    }
+
+    fn create_room(&self, room: &RoomName) -> Result<bool, HistoryError> {
+        self.runtime.block_on(self.cluster.log.create_room(room.as_str())).map_err(remote)
+    }
+
+    fn flush(&self) -> Result<(), HistoryError> {
+        let mut in_flight = self.in_flight.subscribe();
+        let _ = self.runtime.block_on(in_flight.wait_for(|n| *n == 0));
+        Ok(())
+    }
+
+    fn close(&self) -> Result<(), HistoryError> {
+        self.flush()?;
+        self.runtime.block_on(self.cluster.flush()).map_err(remote)
+    }
+}
+
+/// Fan-out through the stream: a follower per room this node's clients are in.
+pub(crate) struct ClusterFanOut {
+    cluster: Arc<Cluster>,
+    core: Arc<Mutex<Core<Outbox>>>,
+    /// The rooms followed, with their followers (which stop when the node drops this).
+    followed: tokio::sync::Mutex<HashMap<RoomName, AbortOnDrop>>,
+}
+
+impl ClusterFanOut {
+    pub(crate) fn new(cluster: Arc<Cluster>, core: Arc<Mutex<Core<Outbox>>>) -> Self {
+        Self { cluster, core, followed: tokio::sync::Mutex::new(HashMap::new()) }
+    }
+}
+
+impl FanOut for ClusterFanOut {
+    fn publish(&self, _room: &RoomName, _seq: Seq, _frame: Bytes) {
+        // The room's follower delivers it, on this node as on every other.
+    }
+
+    fn follow<'a>(&'a self, room: &'a str) -> Pending<'a, Result<(), HistoryError>> {
+        Box::pin(async move {
+            let Ok(room) = RoomName::parse(room) else { return Ok(()) };
+            // Held while the follower starts, so that two first joins start one.
+            let mut followed = self.followed.lock().await;
+            if followed.contains_key(&room) {
+                return Ok(());
+            }
+            let log = &self.cluster.log;
+            if !log.room_exists(room.as_str()).await.map_err(remote)? {
+                return Ok(());
+            }
+            // Members that join from now on read the history up to `last` and get the rest
+            // from the follower, which starts right after it.
+            let last = log.last_seq(room.as_str()).await.map_err(remote)?;
+            let messages = log.follow(room.as_str(), last).await.map_err(remote)?;
+            lock(&self.core).add_room(room.clone(), last);
+            debug!(%room, last, "following the room");
+            let follower = tokio::spawn(deliver(
+                Arc::clone(&self.cluster),
+                Arc::clone(&self.core),
+                room.clone(),
+                messages,
+            ));
+            followed.insert(room, AbortOnDrop(follower));
+            Ok(())
+        })
+    }
+}
+
+/// Hands every message of `room` to the core, in order, for as long as the node runs.
+async fn deliver(
+    cluster: Arc<Cluster>,
+    core: Arc<Mutex<Core<Outbox>>>,
+    room: RoomName,
+    mut messages: BoxStream<'static, Result<chat_history::Stored, ClusterError>>,
+) {
+    loop {
+        while let Some(message) = messages.next().await {
+            let stored = match message {
+                Ok(stored) => stored,
+                Err(e) => {
+                    // The ordered consumer recreates itself after the last message it
+                    // delivered: nothing is skipped.
+                    warn!(%room, error = %e, "following the room: NATS trouble");
+                    continue;
+                }
+            };
+            let frame = encode(&NodeFrame::Message(ChatMessage {
+                room: room.to_string(),
+                seq: stored.seq,
+                sender: stored.message.sender,
+                timestamp_ms: stored.message.timestamp_ms,
+                body: stored.message.body,
+            }));
+            for gone in lock(&core).committed_in_order(&room, stored.seq, frame) {
+                info!(member = gone.member.0, last_seq = gone.last_seq, %room, "dropped a member that fell behind");
+            }
+        }
+        // The consumer gave up: follow again after the last message delivered.
+        messages = loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let after = lock(&core).delivered(&room).unwrap_or(0);
+            match cluster.log.follow(room.as_str(), after).await {
+                Ok(messages) => break messages,
+                Err(e) => warn!(%room, error = %e, "cannot follow the room again yet"),
+            }
+        };
+    }
+}
+
+/// Presence and rooms in NATS key-value buckets.
+pub(crate) struct ClusterDirectory {
+    cluster: Arc<Cluster>,
+    runtime: Handle,
+    /// The names this node holds, by connection.
+    claims: Mutex<HashMap<ConnId, Claim>>,
+    /// Joins and leaves, recorded in order by [`record_members`].
+    memberships: mpsc::UnboundedSender<Membership>,
+    _recorder: AbortOnDrop,
+}
+
+/// A change to this node's members, for the members bucket.
+enum Membership {
+    Entered(MemberId, RoomName, String),
+    Left(MemberId),
+}
+
+impl ClusterDirectory {
+    pub(crate) fn new(cluster: Arc<Cluster>, runtime: Handle, ttl: Duration) -> Self {
+        // Unbounded, yet bounded by the members: each queues at most a join and a leave.
+        let (memberships, changes) = mpsc::unbounded_channel();
+        let recorder = runtime.spawn(record_members(Arc::clone(&cluster), changes, ttl / 3));
+        Self {
+            cluster,
+            runtime,
+            claims: Mutex::new(HashMap::new()),
+            memberships,
+            _recorder: AbortOnDrop(recorder),
+        }
+    }
+}
+
+/// Writes this node's joins and leaves to the members bucket in the order they happened
+/// (so that a quick leave never overtakes its join), and rewrites the memberships every
+/// `refresh` so that they do not expire.
+async fn record_members(
+    cluster: Arc<Cluster>,
+    mut changes: mpsc::UnboundedReceiver<Membership>,
+    refresh: Duration,
+) {
+    let directory = &cluster.directory;
+    // Room, user name and the entry's revision, when it was written.
+    let mut members: HashMap<MemberId, (RoomName, String, Option<u64>)> = HashMap::new();
+    let mut tick = tokio::time::interval(refresh);
+    loop {
+        tokio::select! {
+            change = changes.recv() => match change {
+                Some(Membership::Entered(member, room, name)) => {
+                    let revision = directory.enter(room.as_str(), &name).await;
+                    if let Err(e) = &revision {
+                        debug!(error = %e, "a membership was not recorded; the refresh retries");
+                    }
+                    members.insert(member, (room, name, revision.ok()));
+                }
+                Some(Membership::Left(member)) => {
+                    let Some((room, name, Some(revision))) = members.remove(&member) else {
+                        continue;
+                    };
+                    if let Err(e) = directory.leave(room.as_str(), &name, revision).await {
+                        debug!(error = %e, "a membership was not removed; it expires by itself");
+                    }
+                }
+                None => return,
+            },
+            _ = tick.tick() => {
+                for (room, name, revision) in members.values_mut() {
+                    match directory.enter(room.as_str(), name).await {
+                        Ok(written) => *revision = Some(written),
+                        Err(e) => warn!(error = %e, "could not refresh a membership; retrying"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Directory for ClusterDirectory {
+    fn claim<'a>(
+        &'a self,
+        conn: ConnId,
+        name: &'a UserName,
+        token: SessionToken,
+        resume: Option<SessionToken>,
+    ) -> Pending<'a, Result<bool, HistoryError>> {
+        Box::pin(async move {
+            let claim = self.cluster.directory.claim(&name.key(), token, resume).await;
+            match claim.map_err(remote)? {
+                Some(claim) => {
+                    lock(&self.claims).insert(conn, claim);
+                    Ok(true)
+                }
+                None => Ok(false),
+            }
+        })
+    }
+
+    fn release(&self, conn: ConnId) {
+        if let Some(claim) = lock(&self.claims).remove(&conn) {
+            let cluster = Arc::clone(&self.cluster);
+            self.runtime.spawn(async move {
+                if let Err(e) = cluster.directory.release(&claim).await {
+                    debug!(error = %e, "a name could not be freed; it expires by itself");
+                }
+            });
+        }
+    }
+
+    fn entered(&self, member: MemberId, room: &RoomName, name: &UserName) {
+        let _ = self.memberships.send(Membership::Entered(member, room.clone(), name.to_string()));
+    }
+
+    fn left(&self, member: MemberId) {
+        let _ = self.memberships.send(Membership::Left(member));
+    }
+
+    fn who<'a>(
+        &'a self,
+        room: &'a str,
+    ) -> Pending<'a, Result<Result<Vec<String>, Refusal>, HistoryError>> {
+        Box::pin(async move {
+            let room = match RoomName::parse(room) {
+                Ok(room) => room,
+                Err(e) => return Ok(Err(Refusal::InvalidRoomName(e))),
+            };
+            if !self.cluster.log.room_exists(room.as_str()).await.map_err(remote)? {
+                return Ok(Err(Refusal::UnknownRoom(room.to_string())));
+            }
+            Ok(Ok(self.cluster.directory.who(room.as_str()).await.map_err(remote)?))
+        })
+    }
+
+    fn rooms(&self) -> Pending<'_, Result<Vec<RoomInfo>, HistoryError>> {
+        Box::pin(async move {
+            let (log, directory) = (&self.cluster.log, &self.cluster.directory);
+            let counts = directory.member_counts().await.map_err(remote)?;
+            let mut rooms = Vec::new();
+            for name in log.rooms().await.map_err(remote)? {
+                let last_seq = log.last_seq(&name).await.map_err(remote)?;
+                let members = counts.get(&name).copied().unwrap_or(0) as u32;
+                rooms.push(RoomInfo { name, last_seq, members });
+            }
+            Ok(rooms)
+        })
+    }
+
+    fn refresh(&self) -> Option<Pending<'_, Vec<ConnId>>> {
+        Some(Box::pin(async move {
+            let claims: Vec<(ConnId, Claim)> =
+                lock(&self.claims).iter().map(|(c, claim)| (*c, claim.clone())).collect();
+            let mut lost = Vec::new();
+            for (conn, mut claim) in claims {
+                match self.cluster.directory.refresh(&mut claim).await {
+                    Ok(Ok(())) => {
+                        if let Some(held) = lock(&self.claims).get_mut(&conn) {
+                            *held = claim;
+                        }
+                    }
+                    Ok(Err(chat_cluster::Lost)) => {
+                        lock(&self.claims).remove(&conn);
+                        lost.push(conn);
+                    }
+                    Err(e) => warn!(error = %e, "could not refresh a name; retrying"),
+                }
+            }
+            lost
+        }))
+    }
+}

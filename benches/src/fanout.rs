@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use chat_client::{Client, RoomEvent, RoomSender};
+use chat_client::{Client, ConnectOptions, RoomEvent, RoomSender, Trust};
 use hdrhistogram::Histogram;
 use tokio::io::AsyncReadExt;
 use tokio::task::JoinSet;
@@ -144,7 +144,7 @@ pub async fn node(scenario: Scenario) -> anyhow::Result<Outcome> {
         senders.push(client.join(room, Some(u64::MAX)).await?.sender());
     }
     let publisher = Publisher::Node { _client: Box::new(client), senders };
-    let outcome = measure("node", &server, subscriptions, publisher, scenario).await?;
+    let outcome = measure("node", &[server.pid()], subscriptions, publisher, scenario).await?;
     if scenario.stalled > 0 {
         let mut dropped = 0;
         for (_client, mut room) in stalled {
@@ -200,7 +200,58 @@ pub async fn floor(scenario: Scenario) -> anyhow::Result<Outcome> {
     // Subscriptions exist once their header has arrived: give the relay a moment.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let publisher = Publisher::Floor { _connection: connection, streams };
-    measure("floor", &server, subscriptions, publisher, scenario).await
+    measure("floor", &[server.pid()], subscriptions, publisher, scenario).await
+}
+
+/// Runs `scenario` against two `chat-node` processes in cluster mode on a three-server NATS
+/// cluster (history replicated three times). Members alternate between the nodes; the
+/// publisher is on the first. The CPU and memory are those of all five processes.
+pub async fn cluster(scenario: Scenario) -> anyhow::Result<Outcome> {
+    let dir = tempfile::tempdir()?;
+    let install_dir = std::env::current_exe()?.with_file_name("..").join("nats-server");
+    let nats = chat_cluster::local::LocalNats::start(3, &install_dir)?;
+    let files = chat_certs::ensure_node_files(&dir.path().join("certs"), &[])?;
+    let rooms: Vec<String> = (0..scenario.rooms).map(|r| format!("bench{r}")).collect();
+    let max_rooms = (scenario.rooms + 1).to_string();
+    let (cert, key) = (files.node_cert.display().to_string(), files.node_key.display().to_string());
+    let args = [
+        "--nats",
+        &nats.urls(),
+        "--replicas",
+        "3",
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--max-rooms-per-connection",
+        &max_rooms,
+    ];
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        nodes.push(ServerProcess::node(&dir.path().join(format!("node{i}")), &rooms, &args)?);
+    }
+    let options = |node: usize, name: String| {
+        ConnectOptions::new(&nodes[node].addr, name, Trust::CaFile(files.ca_cert.clone()))
+    };
+    for node in 0..2 {
+        process::wait_until_up(&options(node, format!("probe{node}"))).await?;
+    }
+
+    let mut subscriptions = Vec::new();
+    for i in 0..scenario.members * scenario.rooms {
+        let room = i % scenario.rooms;
+        let client = Client::connect(options(i % 2, format!("member{i}"))).await?;
+        let joined = client.join(&rooms[room], None).await?;
+        subscriptions.push((room, Subscription::Node { _client: Box::new(client), room: joined }));
+    }
+    let client = Client::connect(options(0, "publisher".into())).await?;
+    let mut senders = Vec::new();
+    for room in &rooms {
+        senders.push(client.join(room, Some(u64::MAX)).await?.sender());
+    }
+    let publisher = Publisher::Node { _client: Box::new(client), senders };
+    let pids: Vec<u32> = nodes.iter().map(ServerProcess::pid).chain(nats.pids()).collect();
+    measure("cluster", &pids, subscriptions, publisher, scenario).await
 }
 
 /// One member's stream of message bodies.
@@ -254,10 +305,11 @@ impl Publisher {
     }
 }
 
-/// Publishes, collects every member's latencies and counts, and reads the server's costs.
+/// Publishes, collects every member's latencies and counts, and reads the costs of the server
+/// processes `pids`.
 async fn measure(
     target: &'static str,
-    server: &ServerProcess,
+    pids: &[u32],
     subscriptions: Vec<(usize, Subscription)>,
     mut publisher: Publisher,
     scenario: Scenario,
@@ -267,7 +319,8 @@ async fn measure(
     for (room, subscription) in subscriptions {
         members.spawn(receive(subscription, room, scenario, start));
     }
-    let cpu_before = server.cpu_seconds()?;
+    let cpu = || pids.iter().map(|pid| process::cpu_seconds(*pid)).sum::<anyhow::Result<f64>>();
+    let cpu_before = cpu()?;
     let began = Instant::now();
     let padding = "x".repeat(scenario.size.saturating_sub(STAMP + NUMBER));
     let mut in_flight = std::collections::VecDeque::new();
@@ -313,8 +366,10 @@ async fn measure(
         last_receipt = last_receipt.max(member.last_receipt);
     }
     outcome.seconds = (last_receipt - began).as_secs_f64().max(1e-6);
-    outcome.cpu_seconds = server.cpu_seconds()? - cpu_before;
-    outcome.peak_rss_kib = server.memory_kib()?.1;
+    outcome.cpu_seconds = cpu()? - cpu_before;
+    for pid in pids {
+        outcome.peak_rss_kib += process::memory_kib(*pid)?.1;
+    }
     drop(publisher);
     Ok(outcome)
 }

@@ -55,6 +55,11 @@ enum Command {
         /// Also run the bare QUIC relay (the floor) and print the node/floor ratios
         #[arg(long)]
         floor: bool,
+        /// Also run two nodes in cluster mode on a three-server NATS cluster (history
+        /// replicated three times; nats-server installed if missing) and print the
+        /// cluster/node ratios
+        #[arg(long)]
+        cluster: bool,
         /// One JSON object per run instead of text
         #[arg(long)]
         json: bool,
@@ -131,7 +136,18 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Fanout { members, rooms, messages, rate, window, size, floor, json, stalled } => {
+        Command::Fanout {
+            members,
+            rooms,
+            messages,
+            rate,
+            window,
+            size,
+            floor,
+            cluster,
+            json,
+            stalled,
+        } => {
             let rate = window.is_none().then_some(rate);
             let scenario = fanout::Scenario {
                 members,
@@ -142,7 +158,8 @@ async fn main() -> anyhow::Result<()> {
                 window: window.unwrap_or(0),
                 stalled,
             };
-            if !compare(scenario, floor, json).await? {
+            let also = Also { floor, cluster };
+            if !compare(scenario, also, json).await? {
                 bail!("deliveries were lost or duplicated");
             }
             Ok(())
@@ -152,7 +169,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Matrix { json } => {
             let mut failed = 0;
             for (scenario, floor) in fanout::matrix() {
-                if !compare(scenario, floor, json).await? {
+                if !compare(scenario, Also { floor, cluster: false }, json).await? {
                     failed += 1;
                 }
             }
@@ -213,9 +230,18 @@ fn appends(messages: usize, window: usize, size: usize, buffered: bool) -> anyho
     Ok(())
 }
 
-/// Runs a scenario on the node and, with `floor`, on the relay, and prints both. Returns
-/// whether every delivery arrived exactly once.
-async fn compare(scenario: fanout::Scenario, floor: bool, json: bool) -> anyhow::Result<bool> {
+/// What a fan-out run measures beside the single node.
+#[derive(Clone, Copy)]
+struct Also {
+    /// The bare QUIC relay.
+    floor: bool,
+    /// Two nodes in cluster mode on three NATS servers.
+    cluster: bool,
+}
+
+/// Runs a scenario on the node and on what `also` asks for, and prints them all with the
+/// ratios to the node. Returns whether every delivery arrived exactly once.
+async fn compare(scenario: fanout::Scenario, also: Also, json: bool) -> anyhow::Result<bool> {
     fanout::check(&scenario)?;
     if !json {
         println!(
@@ -232,22 +258,32 @@ async fn compare(scenario: fanout::Scenario, floor: bool, json: bool) -> anyhow:
         );
     }
     let node = fanout::node(scenario).await?;
-    let floor = if floor { Some(fanout::floor(scenario).await?) } else { None };
-    for outcome in std::iter::once(&node).chain(floor.as_ref()) {
+    let floor = if also.floor { Some(fanout::floor(scenario).await?) } else { None };
+    let cluster = if also.cluster { Some(fanout::cluster(scenario).await?) } else { None };
+    let outcomes: Vec<&fanout::Outcome> =
+        std::iter::once(&node).chain(&floor).chain(&cluster).collect();
+    for outcome in &outcomes {
         if json {
             println!("{}", outcome.json(&scenario));
         } else {
             outcome.print();
         }
     }
-    if let (Some(floor), false) = (&floor, json) {
-        let ratio = |q: f64| {
-            node.latency_us.value_at_quantile(q) as f64
-                / floor.latency_us.value_at_quantile(q).max(1) as f64
+    if !json {
+        let ratio = |a: &fanout::Outcome, b: &fanout::Outcome, q: f64| {
+            a.latency_us.value_at_quantile(q) as f64
+                / b.latency_us.value_at_quantile(q).max(1) as f64
         };
-        println!("node/floor: p50 {:.2}, p99 {:.2}", ratio(0.5), ratio(0.99));
+        if let Some(floor) = &floor {
+            let (p50, p99) = (ratio(&node, floor, 0.5), ratio(&node, floor, 0.99));
+            println!("node/floor: p50 {p50:.2}, p99 {p99:.2}");
+        }
+        if let Some(cluster) = &cluster {
+            let (p50, p99) = (ratio(cluster, &node, 0.5), ratio(cluster, &node, 0.99));
+            println!("cluster/node: p50 {p50:.2}, p99 {p99:.2}");
+        }
     }
-    Ok(std::iter::once(&node).chain(floor.as_ref()).all(|o| o.lost + o.duplicated == 0))
+    Ok(outcomes.iter().all(|o| o.lost + o.duplicated == 0))
 }
 
 fn durability(buffered: bool) -> Durability {

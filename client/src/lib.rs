@@ -96,8 +96,10 @@ pub struct Client {
     limits: Limits,
     /// The node's send rate limit, kept here too so that sends wait instead of being refused.
     pace: Pace,
+    /// The options with `server` naming the one node this connection went to.
     options: ConnectOptions,
-    /// Which of the options' servers this connection went to.
+    /// Every server the client was given, and which of them this connection went to.
+    servers: String,
     server_index: usize,
 }
 
@@ -125,7 +127,7 @@ impl Client {
             let one = ConnectOptions { server: servers[index].clone(), ..options.clone() };
             match Self::connect_to(&one).await {
                 Ok(mut client) => {
-                    client.options = options;
+                    client.servers = options.server;
                     client.server_index = index;
                     return Ok(client);
                 }
@@ -194,6 +196,7 @@ impl Client {
             limits: welcome.limits,
             pace: pace(welcome.limits),
             options: options.clone(),
+            servers: options.server.clone(),
             server_index: 0,
         })
     }
@@ -205,13 +208,17 @@ impl Client {
     /// # Errors
     /// As for [`connect`](Self::connect).
     pub async fn reconnect(&self) -> Result<Self, ClientError> {
-        let options = ConnectOptions { resume: Some(self.token), ..self.options.clone() };
+        let options = ConnectOptions {
+            server: self.servers.clone(),
+            resume: Some(self.token),
+            ..self.options.clone()
+        };
         Self::connect_from(options, self.server_index + 1).await
     }
 
     /// The `host:port` of the node this connection went to.
     pub fn server(&self) -> &str {
-        self.options.server.split(',').nth(self.server_index).map_or("", str::trim)
+        &self.options.server
     }
 
     /// The name as the node stored it.

@@ -146,7 +146,7 @@ async fn one_shot(
 async fn interactive(settings: &Settings, client: Client, out: Output) -> anyhow::Result<()> {
     out.info(&format!(
         "connected to {} as {}; /help lists the commands",
-        settings.server,
+        client.server(),
         client.name()
     ));
     let mut session = Session::new(client, out.clone());

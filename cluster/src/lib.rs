@@ -71,8 +71,8 @@ pub struct Cluster {
 
 impl Cluster {
     /// Connects to NATS and creates the stream and buckets if they are missing. NATS started
-    /// at the same moment (its servers still electing their JetStream leader) is waited for
-    /// up to [`PATIENCE`].
+    /// at the same moment (its servers still electing their JetStream leaders) is waited for
+    /// up to [`STARTUP_PATIENCE`].
     ///
     /// # Errors
     /// NATS cannot be reached, or refuses the stream or a bucket (fewer servers than
@@ -84,7 +84,7 @@ impl Cluster {
             .map(|url| url.trim().parse::<async_nats::ServerAddr>())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ClusterError::Connect { urls: urls.clone(), detail: e.to_string() })?;
-        let deadline = std::time::Instant::now() + PATIENCE;
+        let deadline = std::time::Instant::now() + STARTUP_PATIENCE;
         loop {
             match Self::try_connect(config, &urls, servers.clone()).await {
                 Err(e) if std::time::Instant::now() < deadline => {
@@ -129,6 +129,9 @@ impl Cluster {
 /// How long a request keeps being retried while NATS recovers: a stream's leader election
 /// after a server dies takes a few seconds. A client waits that long at most for its answer.
 pub const PATIENCE: Duration = Duration::from_secs(15);
+
+/// How long a starting node waits for NATS to come up and take the stream and buckets.
+pub const STARTUP_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Runs `attempt` until it succeeds, or fails other than by NATS not answering, or
 /// [`PATIENCE`] runs out. `attempt` must be safe to repeat.

@@ -119,6 +119,11 @@ impl LocalNats {
         self.servers.iter().map(|s| s.url.as_str()).collect::<Vec<_>>().join(",")
     }
 
+    /// The process ids of the servers still running.
+    pub fn pids(&self) -> Vec<u32> {
+        self.servers.iter().filter_map(|s| s.child.as_ref().map(Child::id)).collect()
+    }
+
     /// Kills the server named `name` with SIGKILL; returns whether there was one.
     pub fn kill(&mut self, name: &str) -> bool {
         let server = self.servers.iter_mut().find(|s| s.name == name);

@@ -173,7 +173,7 @@ impl Log {
                     deliver_subject: self.js.client().new_inbox(),
                     filter_subject: room_subject(room),
                     deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                        start_sequence: after + 1,
+                        start_sequence: after.saturating_add(1),
                     },
                     ..Default::default()
                 })
@@ -193,7 +193,9 @@ impl Log {
         after: Option<u64>,
     ) -> Result<consumer::Consumer<consumer::pull::OrderedConfig>, ClusterError> {
         let deliver_policy = match after {
-            Some(after) => consumer::DeliverPolicy::ByStartSequence { start_sequence: after + 1 },
+            Some(after) => {
+                consumer::DeliverPolicy::ByStartSequence { start_sequence: after.saturating_add(1) }
+            }
             None => consumer::DeliverPolicy::All,
         };
         self.stream

@@ -139,7 +139,8 @@ fn the_chat_program_reconnects_and_misses_nothing_after_the_node_restarts() {
     let sent =
         node.chat("bob", &["--room", "general", "send", "while", "away"]).output().expect("runs");
     assert!(sent.status.success());
-    wait_for(&events, "the reconnect", |e| e["event"] == "info" && e["message"] == "reconnected");
+    let reconnected = format!("reconnected to {addr}");
+    wait_for(&events, "the reconnect", |e| e["event"] == "info" && e["message"] == reconnected);
     let rejoined = wait_for(&events, "the rejoin", |e| e["event"] == "joined");
     assert_eq!(rejoined["last_seq"], 2);
     let missed = wait_for(&events, "the missed message", |e| {

@@ -239,7 +239,7 @@ impl Session {
             }
         };
         self.client = client;
-        self.out.info("reconnected");
+        self.out.info(&format!("reconnected to {}", self.client.server()));
         for room in rooms {
             let after = self.last_seen.get(&room).copied();
             if let Err(e) = self.join(&room, after).await {

@@ -67,6 +67,8 @@ pub struct Cluster {
     pub log: Log,
     pub directory: Directory,
     client: async_nats::Client,
+    /// Counts the connections made to NATS.
+    connections: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Cluster {
@@ -101,12 +103,16 @@ impl Cluster {
         urls: &str,
         servers: Vec<async_nats::ServerAddr>,
     ) -> Result<Self, ClusterError> {
+        let (connected, connections) = tokio::sync::watch::channel(0u64);
         let client = async_nats::ConnectOptions::new()
             .name("chat-node")
             .connection_timeout(Duration::from_secs(5))
             .request_timeout(Some(Duration::from_secs(5)))
-            .event_callback(|event| async move {
-                tracing::info!(%event, "NATS connection");
+            .event_callback(move |event| {
+                if matches!(event, async_nats::Event::Connected) {
+                    connected.send_modify(|n| *n += 1);
+                }
+                async move { tracing::info!(%event, "NATS connection") }
             })
             .connect(servers)
             .await
@@ -114,7 +120,12 @@ impl Cluster {
         let js = jetstream::new(client.clone());
         let log = Log::open(&js, config).await?;
         let directory = Directory::open(&js, config).await?;
-        Ok(Self { log, directory, client })
+        Ok(Self { log, directory, client, connections })
+    }
+
+    /// Changes whenever the connection to NATS is made again (after a server was lost).
+    pub fn connections(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.connections.clone()
     }
 
     /// Sends whatever the client still buffers.
@@ -152,6 +163,20 @@ where
             done => return done,
         }
     }
+}
+
+/// The longest a read through a consumer may take before it is started again (a consumer
+/// whose server dies mid-read would otherwise wait for its heartbeat).
+pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `attempt`, failed as unavailable if it takes longer than `limit`.
+pub(crate) async fn within<T>(
+    limit: Duration,
+    attempt: impl Future<Output = Result<T, ClusterError>>,
+) -> Result<T, ClusterError> {
+    tokio::time::timeout(limit, attempt)
+        .await
+        .unwrap_or_else(|_| Err(ClusterError::Unavailable(format!("no answer in {limit:?}"))))
 }
 
 /// A random id for this process, to tell apart what different nodes write.

@@ -21,9 +21,6 @@ pub const STREAM: &str = "CHAT";
 /// The bucket naming the rooms that exist.
 pub const ROOMS_BUCKET: &str = "chat_rooms";
 
-/// The longest a page of history may take to read before it is read again.
-const READ_TIMEOUT: Duration = Duration::from_secs(3);
-
 pub struct Log {
     js: jetstream::Context,
     /// This process's prefix for message ids, and how many it has appended.
@@ -146,12 +143,7 @@ impl Log {
                 .await
         };
         // A consumer whose server dies mid-read would wait for its heartbeat: start afresh.
-        crate::patiently(|| async {
-            tokio::time::timeout(READ_TIMEOUT, read())
-                .await
-                .unwrap_or_else(|_| Err(ClusterError::Unavailable("a read timed out".into())))
-        })
-        .await
+        crate::patiently(|| async { crate::within(crate::READ_TIMEOUT, read()).await }).await
     }
 
     /// Every message of `room` after `after`, now and from now on, in order and without a

@@ -30,6 +30,7 @@ pub const MEMBERS_BUCKET: &str = "chat_members";
 pub struct Claim {
     key: String,
     value: Bytes,
+    token: [u8; 16],
     revision: u64,
 }
 
@@ -99,48 +100,79 @@ impl Directory {
     ) -> Result<Option<Claim>, ClusterError> {
         let key = subjects::token(name_key);
         let value = Bytes::from(postcard::to_stdvec(&Holder { node: self.node.clone(), token })?);
-        // Twice: an entry that expires between the create and the read is free again.
+        let revision = crate::patiently(|| self.try_claim(&key, &value, token, resume)).await?;
+        Ok(revision.map(|revision| Claim { key, value, token, revision }))
+    }
+
+    /// One attempt at [`claim`](Self::claim), safe to repeat: a claim that an earlier attempt
+    /// made (its answer lost) is recognised by its token.
+    async fn try_claim(
+        &self,
+        key: &str,
+        value: &Bytes,
+        token: [u8; 16],
+        resume: Option<[u8; 16]>,
+    ) -> Result<Option<u64>, ClusterError> {
+        // Twice: an entry that expires, or changes, between two steps is looked at again.
         for _ in 0..2 {
-            match self.presence.create(&key, value.clone()).await {
-                Ok(revision) => return Ok(Some(Claim { key, value, revision })),
+            match self.presence.create(key, value.clone()).await {
+                Ok(revision) => return Ok(Some(revision)),
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
                 Err(e) => return Err(ClusterError::unavailable(e)),
             }
-            let entry = self.presence.entry(&key).await.map_err(ClusterError::unavailable)?;
-            let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
-                continue;
-            };
-            let holder: Holder = postcard::from_bytes(&entry.value)?;
+            let Some((holder, revision)) = self.holder(key).await? else { continue };
             if holder.token == token {
-                // Our own create, whose answer was lost.
-                return Ok(Some(Claim { key, value, revision: entry.revision }));
+                return Ok(Some(revision));
             }
             if resume != Some(holder.token) {
                 return Ok(None);
             }
-            return match self.presence.update(&key, value.clone(), entry.revision).await {
-                Ok(revision) => Ok(Some(Claim { key, value, revision })),
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
-                Err(e) => Err(ClusterError::unavailable(e)),
-            };
+            match self.presence.update(key, value.clone(), revision).await {
+                Ok(revision) => return Ok(Some(revision)),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+                Err(e) => return Err(ClusterError::unavailable(e)),
+            }
         }
         Ok(None)
     }
 
-    /// Writes the claim again so that it does not expire.
+    /// Who holds the name under `key`, and the entry's revision; `None` when it is free.
+    async fn holder(&self, key: &str) -> Result<Option<(Holder, u64)>, ClusterError> {
+        let entry = self.presence.entry(key).await.map_err(ClusterError::unavailable)?;
+        match entry.filter(|e| e.operation == kv::Operation::Put) {
+            Some(entry) => Ok(Some((postcard::from_bytes(&entry.value)?, entry.revision))),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes the claim again so that it does not expire. A claim that expired all the same
+    /// (NATS, or this node, too slow) is taken again if the name is still free, rather than
+    /// drop a user who did nothing wrong.
     ///
     /// # Errors
     /// `Ok(Err(Lost))` when the name is no longer this claim's; `Err` when NATS did not
     /// answer (try again later).
     pub async fn refresh(&self, claim: &mut Claim) -> Result<Result<(), Lost>, ClusterError> {
-        match self.presence.update(&claim.key, claim.value.clone(), claim.revision).await {
-            Ok(revision) => {
-                claim.revision = revision;
-                Ok(Ok(()))
+        let renewed = crate::patiently(|| async {
+            let (key, value) = (&claim.key, &claim.value);
+            match self.presence.update(key, value.clone(), claim.revision).await {
+                Ok(revision) => return Ok(Ok(revision)),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+                Err(e) => return Err(ClusterError::unavailable(e)),
             }
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(Err(Lost)),
-            Err(e) => Err(ClusterError::unavailable(e)),
-        }
+            match self.holder(key).await? {
+                // An earlier attempt's write, whose answer was lost.
+                Some((holder, revision)) if holder.token == claim.token => Ok(Ok(revision)),
+                Some(_) => Ok(Err(Lost)),
+                None => match self.presence.create(key, value.clone()).await {
+                    Ok(revision) => Ok(Ok(revision)),
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(Err(Lost)),
+                    Err(e) => Err(ClusterError::unavailable(e)),
+                },
+            }
+        })
+        .await?;
+        Ok(renewed.map(|revision| claim.revision = revision))
     }
 
     /// Frees the name, unless it was taken over meanwhile.
@@ -148,11 +180,14 @@ impl Directory {
     /// # Errors
     /// NATS did not answer (the name then expires after the TTL).
     pub async fn release(&self, claim: &Claim) -> Result<(), ClusterError> {
-        match self.presence.delete_expect_revision(&claim.key, Some(claim.revision)).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => Ok(()),
-            Err(e) => Err(ClusterError::unavailable(e)),
-        }
+        crate::patiently(|| async {
+            match self.presence.delete_expect_revision(&claim.key, Some(claim.revision)).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => Ok(()),
+                Err(e) => Err(ClusterError::unavailable(e)),
+            }
+        })
+        .await
     }
 
     /// Records (or refreshes) that `name` is in `room`; returns the entry's revision.
@@ -161,7 +196,11 @@ impl Directory {
     /// NATS did not answer.
     pub async fn enter(&self, room: &str, name: &str) -> Result<u64, ClusterError> {
         let key = member_key(room, name);
-        self.members.put(key, Bytes::from(name.to_owned())).await.map_err(ClusterError::unavailable)
+        let value = Bytes::from(name.to_owned());
+        crate::patiently(|| async {
+            self.members.put(&key, value.clone()).await.map_err(ClusterError::unavailable)
+        })
+        .await
     }
 
     /// Records that `name` left `room`, unless the entry was written again since `revision`
@@ -171,11 +210,14 @@ impl Directory {
     /// NATS did not answer (the membership then expires after the TTL).
     pub async fn leave(&self, room: &str, name: &str, revision: u64) -> Result<(), ClusterError> {
         let key = member_key(room, name);
-        match self.members.delete_expect_revision(key, Some(revision)).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => Ok(()),
-            Err(e) => Err(ClusterError::unavailable(e)),
-        }
+        crate::patiently(|| async {
+            match self.members.delete_expect_revision(&key, Some(revision)).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => Ok(()),
+                Err(e) => Err(ClusterError::unavailable(e)),
+            }
+        })
+        .await
     }
 
     /// The users in `room`, on every node, sorted.
@@ -207,10 +249,14 @@ impl Directory {
 
     /// The live entries of the members bucket under `filter`: subject to value.
     async fn current(&self, filter: String) -> Result<BTreeMap<String, String>, ClusterError> {
+        crate::patiently(|| crate::within(crate::READ_TIMEOUT, self.try_current(&filter))).await
+    }
+
+    async fn try_current(&self, filter: &str) -> Result<BTreeMap<String, String>, ClusterError> {
         let consumer = self
             .members_stream
             .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: filter,
+                filter_subject: filter.to_owned(),
                 deliver_policy: consumer::DeliverPolicy::LastPerSubject,
                 ..Default::default()
             })

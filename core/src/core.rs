@@ -218,14 +218,7 @@ impl<B: Mailbox> Core<B> {
     /// The history has stored `message` under `seq` in `room`: hand it to the members in
     /// order. Returns the members dropped for having full mailboxes.
     pub fn committed(&mut self, room: &RoomName, seq: Seq, message: B::Message) -> Vec<Evicted> {
-        let Some(state) = self.rooms.get_mut(room) else {
-            return Vec::new();
-        };
-        let evicted = state.committed(seq, message);
-        for gone in &evicted {
-            self.forget_member(gone.member);
-        }
-        evicted
+        self.deliver(room, |state| state.committed(seq, message))
     }
 
     /// Like [`committed`](Self::committed), for a log that delivers each room's messages in
@@ -236,10 +229,18 @@ impl<B: Mailbox> Core<B> {
         seq: Seq,
         message: B::Message,
     ) -> Vec<Evicted> {
+        self.deliver(room, |state| state.committed_in_order(seq, message))
+    }
+
+    fn deliver(
+        &mut self,
+        room: &RoomName,
+        deliver: impl FnOnce(&mut Room<B>) -> Vec<Evicted>,
+    ) -> Vec<Evicted> {
         let Some(state) = self.rooms.get_mut(room) else {
             return Vec::new();
         };
-        let evicted = state.committed_in_order(seq, message);
+        let evicted = deliver(state);
         for gone in &evicted {
             self.forget_member(gone.member);
         }

@@ -162,6 +162,21 @@ fn every_member_gets_every_message_once_in_sequence_order() {
 }
 
 #[test]
+fn a_log_with_gaps_in_its_numbering_is_delivered_as_it_comes_without_repeats() {
+    // Cluster mode: the stream numbers every room's messages in one sequence.
+    let mut core = core_with_rooms(&[("general", 10)]);
+    let inbox = Inbox::with_capacity(100);
+    core.connect(ConnId(1), "ada", None, [1; 16]).expect("free");
+    core.join(ConnId(1), MemberId(1), "general", inbox.clone()).expect("joins");
+    let room = room("general");
+    for (seq, body) in [(14, "a"), (20, "b"), (20, "b"), (9, "old"), (31, "c")] {
+        assert!(core.committed_in_order(&room, seq, body).is_empty());
+    }
+    assert_eq!(inbox.got(), vec![(14, "a"), (20, "b"), (31, "c")]);
+    assert_eq!(core.delivered(&room), Some(31));
+}
+
+#[test]
 fn a_member_that_falls_behind_is_dropped_alone_and_told_where_it_stopped() {
     let mut core = core_with_rooms(&[("general", 0)]);
     let slow = Inbox::with_capacity(2);

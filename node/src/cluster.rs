@@ -154,44 +154,68 @@ impl FanOut for ClusterFanOut {
     }
 }
 
+/// How long a followed room may be quiet before the follower checks that the stream is
+/// quiet too.
+const QUIET_CHECK: Duration = Duration::from_secs(10);
+
 /// Hands every message of `room` to the core, in order, for as long as the node runs.
+///
+/// The ordered consumer mends most breaks by itself. Two it may miss are mended here by
+/// following again after the last message delivered: a new connection to NATS (whose
+/// server may have held the consumer), and a room quiet for [`QUIET_CHECK`] while the
+/// stream has newer messages.
 async fn deliver(
     cluster: Arc<Cluster>,
     core: Arc<Mutex<Core<Outbox>>>,
     room: RoomName,
     mut messages: BoxStream<'static, Result<chat_history::Stored, ClusterError>>,
 ) {
+    let mut connections = cluster.connections();
+    connections.borrow_and_update();
     loop {
-        while let Some(message) = messages.next().await {
-            let stored = match message {
-                Ok(stored) => stored,
-                Err(e) => {
-                    // The ordered consumer recreates itself after the last message it
-                    // delivered: nothing is skipped.
+        let stalled = tokio::select! {
+            message = messages.next() => match message {
+                Some(Ok(stored)) => {
+                    hand_over(&core, &room, stored);
+                    continue;
+                }
+                Some(Err(e)) => {
                     warn!(%room, error = %e, "following the room: NATS trouble");
                     continue;
                 }
-            };
-            let frame = encode(&NodeFrame::Message(ChatMessage {
-                room: room.to_string(),
-                seq: stored.seq,
-                sender: stored.message.sender,
-                timestamp_ms: stored.message.timestamp_ms,
-                body: stored.message.body,
-            }));
-            for gone in lock(&core).committed_in_order(&room, stored.seq, frame) {
-                info!(member = gone.member.0, last_seq = gone.last_seq, %room, "dropped a member that fell behind");
+                None => "the consumer ended",
+            },
+            _ = connections.changed() => "NATS reconnected",
+            () = tokio::time::sleep(QUIET_CHECK) => {
+                let delivered = lock(&core).delivered(&room).unwrap_or(0);
+                match cluster.log.last_seq(room.as_str()).await {
+                    Ok(last) if last > delivered => "the room is quiet but the stream is not",
+                    _ => continue,
+                }
             }
-        }
-        // The consumer gave up: follow again after the last message delivered.
+        };
         messages = loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
             let after = lock(&core).delivered(&room).unwrap_or(0);
+            info!(%room, after, why = stalled, "following the room again");
             match cluster.log.follow(room.as_str(), after).await {
                 Ok(messages) => break messages,
                 Err(e) => warn!(%room, error = %e, "cannot follow the room again yet"),
             }
+            tokio::time::sleep(Duration::from_secs(1)).await;
         };
+    }
+}
+
+fn hand_over(core: &Mutex<Core<Outbox>>, room: &RoomName, stored: chat_history::Stored) {
+    let frame = encode(&NodeFrame::Message(ChatMessage {
+        room: room.to_string(),
+        seq: stored.seq,
+        sender: stored.message.sender,
+        timestamp_ms: stored.message.timestamp_ms,
+        body: stored.message.body,
+    }));
+    for gone in lock(core).committed_in_order(room, stored.seq, frame) {
+        info!(member = gone.member.0, last_seq = gone.last_seq, %room, "dropped a member that fell behind");
     }
 }
 

@@ -177,7 +177,7 @@ impl NodeProcess {
             .args(["--listen", &addr, "--data-dir"])
             .arg(data_dir)
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", std::env::var("CHAT_TEST_NODE_LOG").unwrap_or_else(|_| "info".into()))
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()

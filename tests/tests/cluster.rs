@@ -172,7 +172,10 @@ async fn names_and_the_history_cap_hold_across_nodes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_node_s_clients_resume_on_the_other_and_miss_nothing() {
-    let mut chat = Chat::start();
+    let mut chat = Chat::start_with(&["--presence-ttl-secs", "5"]);
+    // Cy is on the node that dies, and does not come back.
+    let cy = chat.connect("cy", 0).await;
+    let _cy_room = cy.join("general", None).await.expect("joins");
     let ada = Client::connect(chat.options("ada", 0, true)).await.expect("connects");
     assert_eq!(ada.server(), chat.nodes[0].addr);
     let bob = chat.connect("bob", 1).await;
@@ -187,6 +190,10 @@ async fn a_killed_node_s_clients_resume_on_the_other_and_miss_nothing() {
     let last_seen = seen.last().expect("messages").0;
 
     chat.nodes[0].child.kill().expect("kill -9 node 0");
+    // The dead node's names stay taken until their TTL runs out, then come free.
+    let refused = Client::connect(chat.options("cy", 1, false)).await;
+    assert!(matches!(refused, Err(ClientError::NameTaken(_))), "{:?}", refused.err());
+    drop(cy);
     // Bob goes on talking while ada's node is gone.
     let mut after = Vec::new();
     for i in 0..20 {
@@ -212,6 +219,14 @@ async fn a_killed_node_s_clients_resume_on_the_other_and_miss_nothing() {
     let seqs: Vec<u64> = resumed.iter().map(|(seq, ..)| *seq).collect();
     assert_eq!(seqs, after, "ada gets exactly what she missed, in order");
     assert!(resumed.iter().zip(0..).all(|((_, _, body), i)| *body == format!("after {i}")));
+    let cy = eventually(|| async { Client::connect(chat.options("cy", 1, false)).await.ok() });
+    let cy = cy.await;
+    let who = eventually(|| async {
+        let names = cy.who("general").await.expect("who");
+        (!names.contains(&"cy".to_owned())).then_some(names)
+    })
+    .await;
+    assert_eq!(who, ["ada", "bob"], "the dead node's memberships expired, ada's moved");
     // And the live stream goes on from there.
     let seq = bob_sender.send("welcome back").await.expect("acked");
     let (live, history) = next_message(&mut room).await;

@@ -300,6 +300,35 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_table_and_flags_turn_cluster_mode_on() {
+        let file: Settings = toml::from_str(
+            "history_cap = 50\n[cluster]\nnats = [\"nats://a:4222\"]\nreplicas = 3\nmax_age_days = 365",
+        )
+        .expect("valid TOML");
+        let cluster = file.clone().resolve().cluster.expect("cluster mode");
+        assert_eq!(cluster.urls, ["nats://a:4222"]);
+        assert_eq!((cluster.replicas, cluster.history_cap), (3, 50));
+        assert_eq!(cluster.max_age, Some(Duration::from_secs(365 * 86_400)));
+        assert_eq!(cluster.presence_ttl, Duration::from_secs(15));
+
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "chat-node",
+            "--nats",
+            "nats://b:4222,nats://c:4222",
+        ])
+        .expect("valid flags");
+        let cluster = cli.settings.or(file).resolve().cluster.expect("cluster mode");
+        assert_eq!(cluster.urls, ["nats://b:4222", "nats://c:4222"], "flags win");
+        assert_eq!(cluster.replicas, 3, "the file fills in the rest");
+        assert!(NodeConfig::default().cluster.is_none(), "a single node by default");
+    }
+
+    #[test]
     fn an_unknown_key_is_an_error() {
         assert!(toml::from_str::<Settings>("listn = \"127.0.0.1:1\"").is_err());
     }

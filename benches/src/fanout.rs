@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use chat_client::{Client, ConnectOptions, RoomEvent, RoomSender, Trust};
 use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::AsyncReadExt;
 use tokio::task::JoinSet;
 
@@ -35,11 +36,28 @@ pub struct Scenario {
     pub window: usize,
     /// Extra members of the first room that never read (node only).
     pub stalled: usize,
+    /// Progress bars on stderr while connecting and sending (when it is a terminal).
+    pub progress: bool,
 }
 
 impl Scenario {
+    /// A short name for files and titles: `100m-1r-100B-1000ps`, or `...-w1000` saturated.
+    pub fn name(&self) -> String {
+        let pace = self.rate.map_or(format!("w{}", self.window), |rate| format!("{rate}ps"));
+        format!("{}m-{}r-{}B-{pace}", self.members, self.rooms, self.size)
+    }
+
     fn at_rate(members: usize, rooms: usize, messages: usize, size: usize, rate: u64) -> Self {
-        Self { members, rooms, messages, size, rate: Some(rate), window: 0, stalled: 0 }
+        Self {
+            members,
+            rooms,
+            messages,
+            size,
+            rate: Some(rate),
+            window: 0,
+            stalled: 0,
+            progress: true,
+        }
     }
 }
 
@@ -126,12 +144,15 @@ pub async fn node(scenario: Scenario) -> anyhow::Result<Outcome> {
     process::wait_until_up(&options("probe".into())).await?;
 
     let mut subscriptions = Vec::new();
+    let bar = progress(&scenario, scenario.members * scenario.rooms, "node: joining");
     for i in 0..scenario.members * scenario.rooms {
         let room = i % scenario.rooms;
         let client = Client::connect(options(format!("member{i}"))).await?;
         let joined = client.join(&rooms[room], None).await?;
         subscriptions.push((room, Subscription::Node { _client: Box::new(client), room: joined }));
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     let mut stalled = Vec::new();
     for i in 0..scenario.stalled {
         let client = Client::connect(options(format!("stalled{i}"))).await?;
@@ -185,13 +206,16 @@ pub async fn floor(scenario: Scenario) -> anyhow::Result<Outcome> {
     };
 
     let mut subscriptions = Vec::new();
+    let bar = progress(&scenario, scenario.members * scenario.rooms, "floor: joining");
     for i in 0..scenario.members * scenario.rooms {
         let room = i % scenario.rooms;
         let connection = connect().await?;
         let (send, recv) = relay::open(&connection, relay::SUBSCRIBE, room as u32).await?;
         subscriptions
             .push((room, Subscription::Floor { _connection: connection, _send: send, recv }));
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     let connection = connect().await?;
     let mut streams = Vec::new();
     for room in 0..scenario.rooms {
@@ -238,12 +262,15 @@ pub async fn cluster(scenario: Scenario) -> anyhow::Result<Outcome> {
     }
 
     let mut subscriptions = Vec::new();
+    let bar = progress(&scenario, scenario.members * scenario.rooms, "cluster: joining");
     for i in 0..scenario.members * scenario.rooms {
         let room = i % scenario.rooms;
         let client = Client::connect(options(i % 2, format!("member{i}"))).await?;
         let joined = client.join(&rooms[room], None).await?;
         subscriptions.push((room, Subscription::Node { _client: Box::new(client), room: joined }));
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     let client = Client::connect(options(0, "publisher".into())).await?;
     let mut senders = Vec::new();
     for room in &rooms {
@@ -252,6 +279,18 @@ pub async fn cluster(scenario: Scenario) -> anyhow::Result<Outcome> {
     let publisher = Publisher::Node { _client: Box::new(client), senders };
     let pids: Vec<u32> = nodes.iter().map(ServerProcess::pid).chain(nats.pids()).collect();
     measure("cluster", &pids, subscriptions, publisher, scenario).await
+}
+
+/// A progress bar of `len` steps on stderr; hidden unless the scenario shows progress and
+/// stderr is a terminal.
+fn progress(scenario: &Scenario, len: usize, what: &str) -> ProgressBar {
+    if !scenario.progress {
+        return ProgressBar::hidden();
+    }
+    let style = ProgressStyle::with_template("{msg:>18} [{bar:40}] {pos}/{len} {elapsed}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    ProgressBar::new(len as u64).with_style(style).with_message(what.to_owned())
 }
 
 /// One member's stream of message bodies.
@@ -324,7 +363,9 @@ async fn measure(
     let began = Instant::now();
     let padding = "x".repeat(scenario.size.saturating_sub(STAMP + NUMBER));
     let mut in_flight = std::collections::VecDeque::new();
+    let bar = progress(&scenario, scenario.messages, &format!("{target}: sending"));
     for n in 0..scenario.messages {
+        bar.inc(1);
         match scenario.rate {
             Some(rate) => {
                 let due = began + Duration::from_secs_f64(n as f64 / rate.max(1) as f64);
@@ -346,6 +387,7 @@ async fn measure(
     for ack in in_flight {
         ack.await??;
     }
+    bar.finish_and_clear();
     let mut outcome = Outcome {
         target,
         latency_us: Histogram::new(3)?,

@@ -10,10 +10,12 @@
 
 mod connections;
 mod fanout;
+mod plot;
 mod process;
 mod relay;
 mod soak;
 
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
@@ -63,6 +65,9 @@ enum Command {
         /// One JSON object per run instead of text
         #[arg(long)]
         json: bool,
+        /// Write an SVG plot of the latency distribution here (every server of the run)
+        #[arg(long)]
+        plot: Option<PathBuf>,
         /// Extra members of the first room that never read, to see that the others' latency
         /// does not move; prints how many the node dropped as too slow
         #[arg(long, default_value_t = 0)]
@@ -96,6 +101,9 @@ enum Command {
         /// One JSON object per run instead of text
         #[arg(long)]
         json: bool,
+        /// Write an SVG plot of each scenario's latency distribution into this directory
+        #[arg(long)]
+        plots: Option<PathBuf>,
     },
     /// Opens N connections to a `chat-node` process, each joined to a room, then idles:
     /// prints the handshakes per second and the node's memory per connection
@@ -113,7 +121,7 @@ enum Command {
         #[arg(long)]
         listen: std::net::SocketAddr,
         #[arg(long)]
-        dir: std::path::PathBuf,
+        dir: PathBuf,
     },
     /// Durable appends straight to the history (no network): messages per second with many
     /// appends in flight, to see group commit at work.
@@ -146,6 +154,7 @@ async fn main() -> anyhow::Result<()> {
             floor,
             cluster,
             json,
+            plot,
             stalled,
         } => {
             let rate = window.is_none().then_some(rate);
@@ -157,19 +166,26 @@ async fn main() -> anyhow::Result<()> {
                 rate,
                 window: window.unwrap_or(0),
                 stalled,
+                progress: !json,
             };
             let also = Also { floor, cluster };
-            if !compare(scenario, also, json).await? {
+            if !compare(scenario, also, json, plot.as_deref()).await? {
                 bail!("deliveries were lost or duplicated");
             }
             Ok(())
         }
         Command::Relay { listen, dir } => relay::serve(listen, &dir).await,
         Command::Connections { count, node_args } => connections::run(count, &node_args).await,
-        Command::Matrix { json } => {
+        Command::Matrix { json, plots } => {
+            if let Some(dir) = &plots {
+                std::fs::create_dir_all(dir)?;
+            }
             let mut failed = 0;
             for (scenario, floor) in fanout::matrix() {
-                if !compare(scenario, Also { floor, cluster: false }, json).await? {
+                let scenario = fanout::Scenario { progress: !json, ..scenario };
+                let plot = plots.as_ref().map(|dir| dir.join(format!("{}.svg", scenario.name())));
+                if !compare(scenario, Also { floor, cluster: false }, json, plot.as_deref()).await?
+                {
                     failed += 1;
                 }
             }
@@ -239,9 +255,14 @@ struct Also {
     cluster: bool,
 }
 
-/// Runs a scenario on the node and on what `also` asks for, and prints them all with the
-/// ratios to the node. Returns whether every delivery arrived exactly once.
-async fn compare(scenario: fanout::Scenario, also: Also, json: bool) -> anyhow::Result<bool> {
+/// Runs a scenario on the node and on what `also` asks for, prints them all with the ratios
+/// to the node, and plots them to `plot`. Returns whether every delivery arrived exactly once.
+async fn compare(
+    scenario: fanout::Scenario,
+    also: Also,
+    json: bool,
+    plot: Option<&std::path::Path>,
+) -> anyhow::Result<bool> {
     fanout::check(&scenario)?;
     if !json {
         println!(
@@ -281,6 +302,12 @@ async fn compare(scenario: fanout::Scenario, also: Also, json: bool) -> anyhow::
         if let Some(cluster) = &cluster {
             let (p50, p99) = (ratio(cluster, &node, 0.5), ratio(cluster, &node, 0.99));
             println!("cluster/node: p50 {p50:.2}, p99 {p99:.2}");
+        }
+    }
+    if let Some(path) = plot {
+        plot::latency(path, &scenario.name(), &outcomes)?;
+        if !json {
+            println!("plot: {}", path.display());
         }
     }
     Ok(outcomes.iter().all(|o| o.lost + o.duplicated == 0))

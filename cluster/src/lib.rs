@@ -60,6 +60,10 @@ impl ClusterError {
     fn unavailable(e: impl std::fmt::Display) -> Self {
         Self::Unavailable(e.to_string())
     }
+
+    fn setup(what: &str, e: impl std::fmt::Display) -> Self {
+        Self::Setup { what: what.to_owned(), detail: e.to_string() }
+    }
 }
 
 /// A connection to NATS with the chat's stream and buckets ready.

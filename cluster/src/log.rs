@@ -35,10 +35,6 @@ impl Log {
         js: &jetstream::Context,
         config: &ClusterConfig,
     ) -> Result<Self, ClusterError> {
-        let setup = |what: &str| {
-            let what = what.to_owned();
-            move |e: &dyn std::fmt::Display| ClusterError::Setup { what, detail: e.to_string() }
-        };
         let stream_config = stream::Config {
             name: STREAM.into(),
             description: Some("chat messages, one subject per room".into()),
@@ -53,8 +49,11 @@ impl Log {
         // Create, or bring an existing stream to this node's cap and age.
         js.create_or_update_stream(stream_config)
             .await
-            .map_err(|e| setup("the message stream")(&e))?;
-        let stream = js.get_stream(STREAM).await.map_err(|e| setup("the message stream")(&e))?;
+            .map_err(|e| ClusterError::setup("the message stream", e))?;
+        let stream = js
+            .get_stream(STREAM)
+            .await
+            .map_err(|e| ClusterError::setup("the message stream", e))?;
         let rooms = js
             .create_or_update_key_value(kv::Config {
                 bucket: ROOMS_BUCKET.into(),
@@ -65,7 +64,7 @@ impl Log {
                 ..Default::default()
             })
             .await
-            .map_err(|e| setup("the rooms bucket")(&e))?;
+            .map_err(|e| ClusterError::setup("the rooms bucket", e))?;
         Ok(Self {
             js: js.clone(),
             writer: crate::random_id(),

@@ -34,7 +34,8 @@ pub struct Claim {
     revision: u64,
 }
 
-/// The name was taken over by a reconnect elsewhere, or expired while NATS was away.
+/// Another connection holds the name now: the user resumed the session elsewhere, or the
+/// claim expired (NATS away longer than the TTL) and someone else took the name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lost;
 
@@ -66,22 +67,19 @@ impl Directory {
             num_replicas: config.replicas,
             ..Default::default()
         };
-        let setup = |what: &str, e: &dyn std::fmt::Display| ClusterError::Setup {
-            what: format!("the {what} bucket"),
-            detail: e.to_string(),
-        };
+        let setup = |what: &str, e| ClusterError::setup(&format!("the {what} bucket"), e);
         let presence = js
             .create_or_update_key_value(bucket(PRESENCE_BUCKET, "chat names online"))
             .await
-            .map_err(|e| setup(PRESENCE_BUCKET, &e))?;
+            .map_err(|e| setup(PRESENCE_BUCKET, e.to_string()))?;
         let members = js
             .create_or_update_key_value(bucket(MEMBERS_BUCKET, "chat room members"))
             .await
-            .map_err(|e| setup(MEMBERS_BUCKET, &e))?;
+            .map_err(|e| setup(MEMBERS_BUCKET, e.to_string()))?;
         let members_stream = js
             .get_stream(format!("KV_{MEMBERS_BUCKET}"))
             .await
-            .map_err(|e| setup(MEMBERS_BUCKET, &e))?;
+            .map_err(|e| setup(MEMBERS_BUCKET, e.to_string()))?;
         let node = format!("{:016x}", crate::random_id());
         Ok(Self { node, presence, members, members_stream })
     }

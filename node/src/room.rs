@@ -345,8 +345,9 @@ impl Writer {
         mut queued: mpsc::Receiver<Outgoing>,
         mut eviction: watch::Receiver<Option<Seq>>,
     ) -> anyhow::Result<()> {
-        let mut batch = Vec::with_capacity(WRITE_BATCH);
-        let mut chunks = Vec::with_capacity(WRITE_BATCH);
+        // Grown on first use: an idle member costs no buffers.
+        let mut batch = Vec::new();
+        let mut chunks = Vec::new();
         loop {
             tokio::select! {
                 biased;

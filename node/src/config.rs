@@ -265,15 +265,20 @@ mod tests {
         assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
     }
 
-    #[test]
-    fn flags_parse_as_documented() {
+    /// The settings a `chat-node` command line gives.
+    fn flags(args: &[&str]) -> Result<Settings, clap::Error> {
         #[derive(clap::Parser)]
         struct Cli {
             #[command(flatten)]
             settings: Settings,
         }
-        let cli = <Cli as clap::Parser>::try_parse_from([
-            "chat-node",
+        let args = std::iter::once(&"chat-node").chain(args);
+        <Cli as clap::Parser>::try_parse_from(args).map(|cli| cli.settings)
+    }
+
+    #[test]
+    fn flags_parse_as_documented() {
+        let settings = flags(&[
             "--listen",
             "127.0.0.1:1234",
             "--room",
@@ -286,17 +291,12 @@ mod tests {
             "5",
         ])
         .expect("valid flags");
-        let config = cli.settings.resolve();
+        let config = settings.resolve();
         assert_eq!(config.rooms, ["a", "b"]);
         assert_eq!(config.durability, Durability::Buffered);
         assert_eq!(config.history_cap, 5);
-        assert!(
-            <Cli as clap::Parser>::try_parse_from(["chat-node", "--durability", "maybe"]).is_err()
-        );
-        assert!(
-            <Cli as clap::Parser>::try_parse_from(["chat-node", "--cert", "c.pem"]).is_err(),
-            "--cert needs --key"
-        );
+        assert!(flags(&["--durability", "maybe"]).is_err());
+        assert!(flags(&["--cert", "c.pem"]).is_err(), "--cert needs --key");
     }
 
     #[test]
@@ -311,18 +311,8 @@ mod tests {
         assert_eq!(cluster.max_age, Some(Duration::from_secs(365 * 86_400)));
         assert_eq!(cluster.presence_ttl, Duration::from_secs(15));
 
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            settings: Settings,
-        }
-        let cli = <Cli as clap::Parser>::try_parse_from([
-            "chat-node",
-            "--nats",
-            "nats://b:4222,nats://c:4222",
-        ])
-        .expect("valid flags");
-        let cluster = cli.settings.or(file).resolve().cluster.expect("cluster mode");
+        let settings = flags(&["--nats", "nats://b:4222,nats://c:4222"]).expect("valid flags");
+        let cluster = settings.or(file).resolve().cluster.expect("cluster mode");
         assert_eq!(cluster.urls, ["nats://b:4222", "nats://c:4222"], "flags win");
         assert_eq!(cluster.replicas, 3, "the file fills in the rest");
         assert!(NodeConfig::default().cluster.is_none(), "a single node by default");

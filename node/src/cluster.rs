@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use bytes::Bytes;
 use chat_cluster::{Claim, Cluster, ClusterError};
 use chat_core::{ConnId, Core, MemberId, Refusal, RoomName, Seq, SessionToken, UserName};
 use chat_history::{Completion, HistoryError, Message, Page};
@@ -120,7 +119,7 @@ impl ClusterFanOut {
 }
 
 impl FanOut for ClusterFanOut {
-    fn publish(&self, _room: &RoomName, _seq: Seq, _frame: Bytes) {
+    fn publish(&self, _room: &RoomName, _message: ChatMessage) {
         // The room's follower delivers it, on this node as on every other.
     }
 

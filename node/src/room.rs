@@ -223,7 +223,7 @@ fn send(
                     metrics.history_append.observe(handed_over.elapsed().as_secs_f64());
                     metrics.messages.inc();
                     message.seq = seq;
-                    fanout.publish(&room, seq, encode(&NodeFrame::Message(message)));
+                    fanout.publish(&room, message);
                     NodeFrame::Ack { client_id, seq }
                 }
                 Err(e) => {

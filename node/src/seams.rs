@@ -11,10 +11,9 @@ use std::future::{Future, ready};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use bytes::Bytes;
 use chat_core::{ConnId, Core, MemberId, Refusal, RoomName, Seq, SessionToken, UserName};
 use chat_history::{Completion, History, HistoryError, Message, Page};
-use chat_proto::RoomInfo;
+use chat_proto::{ChatMessage, NodeFrame, RoomInfo};
 
 use crate::mailbox::Outbox;
 
@@ -67,19 +66,21 @@ impl HistoryStore for History {
 
 /// Carries a stored message to every member of its room.
 pub trait FanOut: Send + Sync + 'static {
-    /// `frame` is the encoded message, shared by every member. Must not block.
-    fn publish(&self, room: &RoomName, seq: Seq, frame: Bytes);
+    /// `message` has been stored under its `seq`. Must not block.
+    fn publish(&self, room: &RoomName, message: ChatMessage);
     /// Makes sure that this node receives `room`'s messages, before a member joins it. A room
     /// that does not exist is left to the core to refuse.
     fn follow<'a>(&'a self, room: &'a str) -> Pending<'a, Result<(), HistoryError>>;
 }
 
-/// The single node's fan-out: straight into the room core, which offers the frame to each
-/// member's queue in sequence order.
+/// The single node's fan-out: straight into the room core, which offers the frame, encoded
+/// once and shared, to each member's queue in sequence order.
 pub struct LocalFanOut(pub Arc<Mutex<Core<Outbox>>>);
 
 impl FanOut for LocalFanOut {
-    fn publish(&self, room: &RoomName, seq: Seq, frame: Bytes) {
+    fn publish(&self, room: &RoomName, message: ChatMessage) {
+        let seq = message.seq;
+        let frame = crate::room::encode(&NodeFrame::Message(message));
         let evicted =
             self.0.lock().unwrap_or_else(PoisonError::into_inner).committed(room, seq, frame);
         for gone in evicted {

@@ -212,6 +212,19 @@ impl Log {
         Ok(keys.iter().map(|key| subjects::name(key)).collect())
     }
 
+    /// Every room that exists, with its newest sequence number.
+    ///
+    /// # Errors
+    /// NATS did not answer.
+    pub async fn rooms_with_last_seq(&self) -> Result<Vec<(String, u64)>, ClusterError> {
+        let mut rooms = Vec::new();
+        for room in self.rooms().await? {
+            let last = self.last_seq(&room).await?;
+            rooms.push((room, last));
+        }
+        Ok(rooms)
+    }
+
     /// Creates `room` unless it exists; returns whether it was created.
     ///
     /// # Errors

@@ -78,14 +78,7 @@ impl HistoryStore for ClusterHistory {
     }
 
     fn rooms(&self) -> Result<Vec<(String, Seq)>, HistoryError> {
-        self.runtime.block_on(async {
-            let mut rooms = Vec::new();
-            for room in self.cluster.log.rooms().await.map_err(remote)? {
-                let last = self.cluster.log.last_seq(&room).await.map_err(remote)?;
-                rooms.push((room, last));
-            }
-            Ok(rooms)
-        })
+        self.runtime.block_on(self.cluster.log.rooms_with_last_seq()).map_err(remote)
     }
 
     fn create_room(&self, room: &RoomName) -> Result<bool, HistoryError> {
@@ -353,13 +346,14 @@ impl Directory for ClusterDirectory {
         Box::pin(async move {
             let (log, directory) = (&self.cluster.log, &self.cluster.directory);
             let counts = directory.member_counts().await.map_err(remote)?;
-            let mut rooms = Vec::new();
-            for name in log.rooms().await.map_err(remote)? {
-                let last_seq = log.last_seq(&name).await.map_err(remote)?;
-                let members = counts.get(&name).copied().unwrap_or(0) as u32;
-                rooms.push(RoomInfo { name, last_seq, members });
-            }
-            Ok(rooms)
+            let rooms = log.rooms_with_last_seq().await.map_err(remote)?;
+            Ok(rooms
+                .into_iter()
+                .map(|(name, last_seq)| {
+                    let members = counts.get(&name).copied().unwrap_or(0) as u32;
+                    RoomInfo { name, last_seq, members }
+                })
+                .collect())
         })
     }
 

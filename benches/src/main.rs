@@ -20,7 +20,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use anyhow::bail;
-use chat_history::{Config as HistoryConfig, Durability, History, Message};
+use chat_history::{Appended, Config as HistoryConfig, Durability, History, Message};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -223,7 +223,7 @@ fn appends(messages: usize, window: usize, size: usize, buffered: bool) -> anyho
         history.append(
             "bench",
             message.clone(),
-            Box::new(move |stored| {
+            Appended::durable(Box::new(move |stored| {
                 if stored.is_err() {
                     eprintln!("an append failed: {stored:?}");
                 }
@@ -232,7 +232,7 @@ fn appends(messages: usize, window: usize, size: usize, buffered: bool) -> anyho
                     *n -= 1;
                 }
                 freed.notify_one();
-            }),
+            })),
         );
     }
     history.flush()?;

@@ -85,7 +85,9 @@ impl Room {
         };
         let (events_tx, events) = mpsc::channel(EVENT_BUFFER);
         let pending = Pending::default();
-        let last_seen = Arc::new(AtomicU64::new(after.unwrap_or(0)));
+        // A node whose history ends before `after` lost messages it had relayed but not yet
+        // synced (a power cut) and numbers new ones from its end again: follow it.
+        let last_seen = Arc::new(AtomicU64::new(after.unwrap_or(0).min(history_until)));
         let options = Arc::new(options.clone());
         tokio::spawn(read_room(
             reader,
@@ -125,7 +127,8 @@ impl Room {
         self.gap
     }
 
-    /// The newest sequence number received in this room (or the join's `after`).
+    /// The newest sequence number received in this room (or the join's `after`, if the
+    /// node's history reaches it).
     pub fn last_seen(&self) -> Seq {
         self.last_seen.load(Ordering::Relaxed)
     }

@@ -15,12 +15,13 @@
 //!
 //! # Durability and group commit
 //! All writes go through one writer thread. It takes every request that queued up while it
-//! was busy, writes them as one batch and syncs once ([`Durability::Sync`]), then calls each
-//! request's completion in order. One sync thus covers all the messages that arrived during
-//! the previous one, so throughput grows with load while no completion runs before the data
-//! it reports is on disk. [`Durability::Buffered`] skips the sync: the data reaches the
-//! operating system before the completion runs, so it survives the process being killed, but
-//! a power cut or kernel crash can lose the last moments of acknowledged messages.
+//! was busy and writes them as one batch, which reaches the operating system at once: from
+//! then on a killed process loses none of it. Each append then hears twice, in append order
+//! (see [`Appended`]): `stored`, with its number, and after the one sync of the batch
+//! ([`Durability::Sync`]), `durable`. One sync thus covers all the messages that arrived
+//! during the previous one, so throughput grows with load, and a caller can relay a message
+//! while its sync runs and acknowledge it once synced. [`Durability::Buffered`] skips the
+//! sync: a power cut or kernel crash can lose the last moments of acknowledged messages.
 //!
 //! Reads go straight to fjall from the caller's thread; async callers use `spawn_blocking`.
 //!
@@ -143,8 +144,25 @@ impl From<fjall::Error> for HistoryError {
     }
 }
 
-/// Called on the writer thread once a write is durable (or has failed). It must not block.
+/// Called on the writer thread once a write is done (or has failed). It must not block.
 pub type Completion<T> = Box<dyn FnOnce(Result<T, HistoryError>) + Send>;
+
+/// What an append tells its caller, each exactly once and in this order: `stored` when the
+/// message has its number and the operating system has it (a killed process loses nothing),
+/// then `durable` when it is as safe as the [`Durability`] asks (with `Sync`, synced: a power
+/// cut loses nothing). A failed write gives both the error; a failed sync gives `durable` the
+/// error after `stored` had the number.
+pub struct Appended {
+    pub stored: Completion<Seq>,
+    pub durable: Completion<Seq>,
+}
+
+impl Appended {
+    /// Told only once the message is durable.
+    pub fn durable(done: Completion<Seq>) -> Self {
+        Self { stored: Box::new(|_| {}), durable: done }
+    }
+}
 
 /// The history of every room. Cheap to clone; all clones share one writer thread.
 #[derive(Clone)]
@@ -201,12 +219,12 @@ impl History {
         Ok(Self { store, writer, thread: Arc::new(std::sync::Mutex::new(Some(thread))) })
     }
 
-    /// Appends `message` to `room`. `done` runs on the writer thread with the message's
-    /// sequence number once it is durable, or with the error that kept it from being stored
-    /// (then no number was used up). Completions run in the order of the appends.
+    /// Appends `message` to `room`. `done`'s completions run on the writer thread with the
+    /// message's sequence number, or with the error that kept it from being stored (then no
+    /// number was used up). Completions run in the order of the appends.
     ///
     /// Never blocks: a full queue fails at once with [`HistoryError::Busy`].
-    pub fn append(&self, room: &str, message: Message, done: Completion<Seq>) {
+    pub fn append(&self, room: &str, message: Message, done: Appended) {
         self.submit(Command::Append { room: room.to_owned(), message, done });
     }
 
@@ -215,7 +233,11 @@ impl History {
     /// # Errors
     /// As for `append`.
     pub fn append_blocking(&self, room: &str, message: Message) -> Result<Seq, HistoryError> {
-        self.request(|done| Command::Append { room: room.to_owned(), message, done })
+        self.request(|done| Command::Append {
+            room: room.to_owned(),
+            message,
+            done: Appended::durable(done),
+        })
     }
 
     /// Creates `room` if it does not exist; returns whether it was created.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use fjall::PersistMode;
 
-use crate::{Durability, Handles, HistoryError, Message, RoomState, Seq, Store};
+use crate::{Appended, Durability, Handles, HistoryError, Message, RoomState, Seq, Store};
 
 /// Most requests committed in one batch.
 const MAX_BATCH: usize = 4096;
@@ -23,7 +23,7 @@ const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 pub(crate) type Done<T> = crate::Completion<T>;
 
 pub(crate) enum Command {
-    Append { room: String, message: Message, done: Done<Seq> },
+    Append { room: String, message: Message, done: Appended },
     CreateRoom { room: String, done: Done<bool> },
     DeleteRoom { room: String, done: Done<bool> },
     Flush { done: Done<bool> },
@@ -33,7 +33,10 @@ pub(crate) enum Command {
 impl Command {
     pub(crate) fn fail(self, error: HistoryError) {
         match self {
-            Self::Append { done, .. } => done(Err(error)),
+            Self::Append { done, .. } => {
+                (done.stored)(Err(error.clone()));
+                (done.durable)(Err(error));
+            }
             Self::CreateRoom { done, .. }
             | Self::DeleteRoom { done, .. }
             | Self::Flush { done }
@@ -42,10 +45,20 @@ impl Command {
     }
 }
 
-/// A completion waiting for its batch to commit.
+/// A completion waiting for its batch to commit. An append's `stored` is taken once it ran.
 enum Pending {
-    Seq(Done<Seq>, Result<Seq, HistoryError>),
+    Seq(Option<Done<Seq>>, Done<Seq>, Result<Seq, HistoryError>),
     Bool(Done<bool>, Result<bool, HistoryError>),
+}
+
+impl Pending {
+    fn fail(&mut self, error: &HistoryError) {
+        match self {
+            Self::Seq(_, _, r @ Ok(_)) => *r = Err(error.clone()),
+            Self::Bool(_, r @ Ok(_)) => *r = Err(error.clone()),
+            _ => {}
+        }
+    }
 }
 
 pub(crate) fn spawn(
@@ -123,10 +136,9 @@ impl Writer {
                 return;
             }
         };
-        let mut batch = handles.db.batch();
-        if self.store.durability == Durability::Sync {
-            batch = batch.durability(Some(PersistMode::SyncData));
-        }
+        // The batch reaches the operating system at commit (so a killed process loses
+        // nothing); with `Durability::Sync` it is synced after the `stored` completions ran.
+        let mut batch = handles.db.batch().durability(Some(PersistMode::Buffer));
         // Numbering changed by this batch; published only once it has committed.
         let mut changed: HashMap<String, RoomState> = HashMap::new();
         let mut pending = Vec::new();
@@ -134,7 +146,7 @@ impl Writer {
             pending.push(match command {
                 Command::Append { room, message, done } => {
                     let result = self.append(&handles, &mut batch, &mut changed, room, &message);
-                    Pending::Seq(done, result)
+                    Pending::Seq(Some(done.stored), done.durable, result)
                 }
                 Command::CreateRoom { room, done } => {
                     Pending::Bool(done, self.create(&mut changed, room))
@@ -147,6 +159,7 @@ impl Writer {
                 }
             });
         }
+        let wrote = !batch.is_empty() || !changed.is_empty();
         let committed = (|| {
             // Each changed room's numbering is written once, however many appends it took.
             for (room, state) in &changed {
@@ -159,28 +172,38 @@ impl Writer {
         })();
         match committed {
             Ok(()) => self.rooms.extend(changed),
-            Err(error) => {
-                tracing::error!(%error, "history write failed; the batch's messages were not stored");
-                if matches!(error, HistoryError::Storage(_)) {
-                    // fjall refuses all writes after a failed one: close it, reopen later.
-                    drop(handles);
-                    self.store.close_handles();
-                    self.next_reopen = Some((Instant::now() + REOPEN_INTERVAL, error.to_string()));
-                }
-                for p in &mut pending {
-                    match p {
-                        Pending::Seq(_, r @ Ok(_)) => *r = Err(error.clone()),
-                        Pending::Bool(_, r @ Ok(_)) => *r = Err(error.clone()),
-                        _ => {}
-                    }
-                }
+            Err(error) => self.failed(&error, &mut pending),
+        }
+        for p in &mut pending {
+            if let Pending::Seq(stored, _, result) = p
+                && let Some(stored) = stored.take()
+            {
+                stored(result.clone());
+            }
+        }
+        if wrote && self.next_reopen.is_none() && self.store.durability == Durability::Sync {
+            if let Err(error) = handles.db.persist(PersistMode::SyncData) {
+                self.failed(&error.into(), &mut pending);
             }
         }
         for p in pending {
             match p {
-                Pending::Seq(done, result) => done(result),
+                Pending::Seq(_, durable, result) => durable(result),
                 Pending::Bool(done, result) => done(result),
             }
+        }
+    }
+
+    /// A write or sync failed: every request of the batch that had succeeded gets `error`,
+    /// and a storage failure closes the database, since fjall refuses all writes after one.
+    fn failed(&mut self, error: &HistoryError, pending: &mut [Pending]) {
+        tracing::error!(%error, "history write failed; the batch's messages may not be stored");
+        if matches!(error, HistoryError::Storage(_)) {
+            self.store.close_handles();
+            self.next_reopen = Some((Instant::now() + REOPEN_INTERVAL, error.to_string()));
+        }
+        for p in pending {
+            p.fail(error);
         }
     }
 

@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use chat_history::{Config, Durability, History, HistoryError, Message, Page};
+use chat_history::{Appended, Config, Durability, History, HistoryError, Message, Page};
 
 fn open(dir: &std::path::Path, cap: u64) -> History {
     History::open(Config { path: dir.to_path_buf(), cap, durability: Durability::Sync })
@@ -92,21 +92,35 @@ fn concurrent_appends_complete_in_order_with_distinct_numbers() {
     let dir = tempfile::tempdir().expect("tempdir");
     let history = open(dir.path(), 100_000);
     history.create_room("r").expect("created");
-    let seen = Arc::new(Mutex::new(Vec::new()));
+    // Every completion, as (which, seq, append): stored and durable share one log.
+    let log = Arc::new(Mutex::new(Vec::new()));
     for i in 0..5_000 {
-        let seen = Arc::clone(&seen);
+        let (stored_log, durable_log) = (Arc::clone(&log), Arc::clone(&log));
         history.append(
             "r",
             msg(&i.to_string()),
-            Box::new(move |r| {
-                seen.lock().expect("lock").push((r.expect("stored"), i));
-            }),
+            Appended {
+                stored: Box::new(move |r| {
+                    stored_log.lock().expect("lock").push(("stored", r.expect("stored"), i));
+                }),
+                durable: Box::new(move |r| {
+                    durable_log.lock().expect("lock").push(("durable", r.expect("durable"), i));
+                }),
+            },
         );
     }
     history.flush().expect("flushed");
-    let seen = seen.lock().expect("lock").clone();
+    let log = log.lock().expect("lock").clone();
     let expected: Vec<(u64, i32)> = (0..5_000).map(|i| (i as u64 + 1, i)).collect();
-    assert_eq!(seen, expected, "completions run in append order with gap-free numbers");
+    for which in ["stored", "durable"] {
+        let seen: Vec<_> =
+            log.iter().filter(|(w, ..)| *w == which).map(|&(_, seq, i)| (seq, i)).collect();
+        assert_eq!(seen, expected, "{which} completions run in append order, gap-free");
+    }
+    for i in 0..5_000 {
+        let at = |which| log.iter().position(|&(w, _, n)| w == which && n == i);
+        assert!(at("stored") < at("durable"), "append {i} was durable before it was stored");
+    }
     history.close().expect("closes");
     assert!(matches!(history.append_blocking("r", msg("late")), Err(HistoryError::Closed)));
 }

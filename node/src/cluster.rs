@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use chat_cluster::{Claim, Cluster, ClusterError};
 use chat_core::{ConnId, Core, MemberId, Refusal, RoomName, Seq, SessionToken, UserName};
-use chat_history::{Completion, HistoryError, Message, Page};
+use chat_history::{Appended, HistoryError, Message, Page};
 use chat_proto::{ChatMessage, NodeFrame, RoomInfo};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
@@ -51,12 +51,15 @@ impl ClusterHistory {
 }
 
 impl HistoryStore for ClusterHistory {
-    fn append(&self, room: &RoomName, message: Message, done: Completion<Seq>) {
+    fn append(&self, room: &RoomName, message: Message, done: Appended) {
         let (cluster, room, in_flight) =
             (Arc::clone(&self.cluster), room.to_string(), self.in_flight.clone());
         in_flight.send_modify(|n| *n += 1);
         self.runtime.spawn(async move {
-            done(cluster.log.append(&room, &message).await.map_err(remote));
+            // JetStream acknowledges a publish once a majority of the replicas has it.
+            let result = cluster.log.append(&room, &message).await.map_err(remote);
+            (done.stored)(result.clone());
+            (done.durable)(result);
             in_flight.send_modify(|n| *n -= 1);
         });
     }

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use chat_core::{MemberId, RoomName, Seq, Verdict};
+use chat_history::{Appended, HistoryError};
 use chat_proto::io::FrameReader;
 use chat_proto::{ChatMessage, ClientFrame, ErrorCode, ErrorFrame, Gap, NodeFrame, codec, codes};
 use quinn::{RecvStream, SendStream};
@@ -183,8 +184,8 @@ async fn read_sends(
     }
 }
 
-/// Checks one send and hands it to the history. Its completion publishes the message and
-/// queues the ack. Returns the error to answer when the core refuses the send.
+/// Checks one send and hands it to the history, whose completions relay the message and
+/// queue the ack. Returns the error to answer when the core refuses the send.
 fn send(
     shared: &Arc<Shared>,
     member: MemberId,
@@ -213,37 +214,41 @@ fn send(
         Arc::clone(&shared.metrics),
         outgoing.room,
     );
+    let (relay_room, ack_room) = (room.clone(), room.clone());
     let handed_over = Instant::now();
-    shared.history.append(
-        &room.clone(),
-        record,
-        Box::new(move |stored| {
-            let reply = match stored {
-                Ok(seq) => {
-                    metrics.history_append.observe(handed_over.elapsed().as_secs_f64());
-                    metrics.messages.inc();
-                    message.seq = seq;
-                    fanout.publish(&room, message);
-                    NodeFrame::Ack { client_id, seq }
-                }
-                Err(e) => {
-                    warn!(%room, error = %e, "a message was not stored");
-                    metrics.error_code(ErrorCode::HistoryUnavailable);
-                    NodeFrame::Error(ErrorFrame {
-                        client_id: Some(client_id),
-                        ..ErrorFrame::new(
-                            ErrorCode::HistoryUnavailable,
-                            format!("the message was not sent: {e}"),
-                        )
-                    })
-                }
-            };
-            if queue.try_send(Outgoing::Frame(encode(&reply))).is_err() {
-                core.lock().unwrap_or_else(std::sync::PoisonError::into_inner).evict(member);
+    // Members get the message once it is stored, while its sync runs; its sender gets the
+    // ack once it is durable.
+    let relay = Box::new(move |stored: Result<Seq, HistoryError>| {
+        if let Ok(seq) = stored {
+            message.seq = seq;
+            fanout.publish(&relay_room, message);
+        }
+    });
+    let acknowledge = Box::new(move |durable: Result<Seq, HistoryError>| {
+        let reply = match durable {
+            Ok(seq) => {
+                metrics.history_append.observe(handed_over.elapsed().as_secs_f64());
+                metrics.messages.inc();
+                NodeFrame::Ack { client_id, seq }
             }
-            drop(permit);
-        }),
-    );
+            Err(e) => {
+                warn!(room = %ack_room, error = %e, "a message was not stored");
+                metrics.error_code(ErrorCode::HistoryUnavailable);
+                NodeFrame::Error(ErrorFrame {
+                    client_id: Some(client_id),
+                    ..ErrorFrame::new(
+                        ErrorCode::HistoryUnavailable,
+                        format!("the message was not sent: {e}"),
+                    )
+                })
+            }
+        };
+        if queue.try_send(Outgoing::Frame(encode(&reply))).is_err() {
+            core.lock().unwrap_or_else(std::sync::PoisonError::into_inner).evict(member);
+        }
+        drop(permit);
+    });
+    shared.history.append(&room, record, Appended { stored: relay, durable: acknowledge });
     Ok(())
 }
 

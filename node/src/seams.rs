@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use chat_core::{ConnId, Core, MemberId, Refusal, RoomName, Seq, SessionToken, UserName};
-use chat_history::{Completion, History, HistoryError, Message, Page};
+use chat_history::{Appended, History, HistoryError, Message, Page};
 use chat_proto::{ChatMessage, NodeFrame, RoomInfo};
 
 use crate::mailbox::Outbox;
@@ -22,8 +22,9 @@ pub type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The rooms' message log.
 pub trait HistoryStore: Send + Sync + 'static {
-    /// Appends `message`; `done` gets its sequence number once it is durable. Must not block.
-    fn append(&self, room: &RoomName, message: Message, done: Completion<Seq>);
+    /// Appends `message`; `done` hears its sequence number once it is stored (it may be
+    /// relayed), then once it is durable (it may be acknowledged). Must not block.
+    fn append(&self, room: &RoomName, message: Message, done: Appended);
     /// Retained messages after `after`, at most `limit`. May block: call it from
     /// `spawn_blocking`.
     fn read(&self, room: &RoomName, after: Option<Seq>, limit: usize)
@@ -39,7 +40,7 @@ pub trait HistoryStore: Send + Sync + 'static {
 }
 
 impl HistoryStore for History {
-    fn append(&self, room: &RoomName, message: Message, done: Completion<Seq>) {
+    fn append(&self, room: &RoomName, message: Message, done: Appended) {
         History::append(self, room.as_str(), message, done);
     }
     fn read(

@@ -193,9 +193,10 @@ pub async fn floor(scenario: Scenario) -> anyhow::Result<Outcome> {
         anyhow::ensure!(Instant::now() < deadline, "the relay did not come up");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let endpoint = relay::client(dir.path())?;
     let addr: std::net::SocketAddr = server.addr.parse()?;
+    // Each client binds its own socket, as the node's do (and as users' would).
     let connect = || async {
+        let endpoint = relay::client(dir.path())?;
         for _ in 0..100 {
             if let Ok(connection) = endpoint.connect(addr, "localhost")?.await {
                 return Ok(connection);

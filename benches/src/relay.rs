@@ -76,8 +76,7 @@ async fn stream(rooms: Rooms, send: SendStream, mut recv: RecvStream) -> anyhow:
 async fn write(mut send: SendStream, mut queued: mpsc::Receiver<Bytes>) -> anyhow::Result<()> {
     let mut batch = Vec::with_capacity(64);
     while queued.recv_many(&mut batch, 64).await > 0 {
-        send.write_all_chunks(&mut batch).await?;
-        batch.clear();
+        send.write_chunk(chat_proto::io::concat(&mut batch)).await?;
     }
     Ok(())
 }

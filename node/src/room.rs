@@ -13,7 +13,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use chat_core::{MemberId, RoomName, Seq, Verdict};
 use chat_history::{Appended, HistoryError};
-use chat_proto::io::FrameReader;
+use chat_proto::io::{self, FrameReader};
 use chat_proto::{ChatMessage, ClientFrame, ErrorCode, ErrorFrame, Gap, NodeFrame, codec, codes};
 use quinn::{RecvStream, SendStream};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -337,7 +337,7 @@ impl Writer {
                     body: stored.message.body,
                 })));
             }
-            self.send.write_all_chunks(&mut frames).await?;
+            self.send.write_chunk(io::concat(&mut frames)).await?;
             if !full_page || cursor.unwrap_or(0) >= until {
                 return Ok(());
             }
@@ -386,8 +386,7 @@ impl Writer {
                         });
                     }
                     self.shared.metrics.deliveries.inc_by(messages);
-                    self.send.write_all_chunks(&mut chunks).await?;
-                    chunks.clear();
+                    self.send.write_chunk(io::concat(&mut chunks)).await?;
                 }
             }
         }

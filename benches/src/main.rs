@@ -23,6 +23,11 @@ use anyhow::bail;
 use chat_history::{Appended, Config as HistoryConfig, Durability, History, Message};
 use clap::{Parser, Subcommand};
 
+/// The harness decodes every delivery (several small allocations each), and glibc's
+/// allocator was a third of its time at saturation.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(version, about = "Fan-out latency benchmarks of the chat node")]
 struct Cli {

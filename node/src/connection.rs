@@ -178,6 +178,8 @@ async fn run(
     let connection = &conn.connection;
     let mut rooms = JoinSet::new();
     let mut stopping = shared.stopping.clone();
+    let most_rooms = shared.limits.max_rooms_per_connection;
+    let mut allowed_rooms = most_rooms.min(crate::FIRST_ROOM_STREAMS);
     loop {
         tokio::select! {
             frame = reader.read::<ClientFrame>() => {
@@ -222,6 +224,11 @@ async fn run(
                 let Ok((room_send, room_recv)) = stream else { break };
                 rooms.spawn(room::serve(Arc::clone(shared), Arc::clone(conn), room_send, room_recv).in_current_span());
                 while rooms.try_join_next().is_some() {}
+                if rooms.len() >= allowed_rooms as usize && allowed_rooms < most_rooms {
+                    // All in use: allow twice as many (plus the control stream).
+                    allowed_rooms = (allowed_rooms * 2).min(most_rooms);
+                    connection.set_max_concurrent_bi_streams((allowed_rooms + 1).into());
+                }
             }
             () = crate::stopping(&mut stopping) => break,
         }

@@ -52,6 +52,11 @@ use seams::{Directory, FanOut, HistoryStore, LocalDirectory, LocalFanOut};
 /// How long the shutdown waits for the clients' streams to drain before closing them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Room streams a new connection may have open at once, until it uses them all (see
+/// `connection::run`). quinn keeps state for every stream it allows; allowing all of
+/// `max_rooms_per_connection` from the start cost 5 KiB per idle connection.
+const FIRST_ROOM_STREAMS: u32 = 4;
+
 /// What every connection task shares.
 pub(crate) struct Shared {
     /// A `std` mutex, not tokio's: it is never held across an await, and the history's
@@ -144,7 +149,9 @@ impl Node {
 
         let mut transport = quinn::TransportConfig::default();
         transport
-            .max_concurrent_bidi_streams((config.max_rooms_per_connection + 1).into())
+            .max_concurrent_bidi_streams(
+                (config.max_rooms_per_connection.min(FIRST_ROOM_STREAMS) + 1).into(),
+            )
             .max_concurrent_uni_streams(0u8.into())
             .max_idle_timeout(Some(config.idle_timeout.try_into()?));
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;

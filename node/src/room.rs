@@ -287,8 +287,9 @@ impl Writer {
 
     /// Writes `Joined`, then the retained messages after `after` up to `until`.
     async fn history(&mut self, after: Option<Seq>, until: Seq) -> anyhow::Result<()> {
-        if after.is_some_and(|after| after >= until) {
-            // Nothing to replay (a sender-only join, or a rejoin that missed nothing).
+        if after.unwrap_or(0) >= until {
+            // Nothing to replay: an empty room, a sender-only join, or a rejoin that missed
+            // nothing.
             let joined =
                 NodeFrame::Joined { room: self.room.to_string(), last_seq: until, gap: None };
             self.send.write_all(&encode(&joined)).await?;

@@ -151,3 +151,27 @@ async fn rooms_and_who_list_what_is_there() {
     assert!(bob.who("random").await.expect("who").is_empty());
     node.stop().await;
 }
+
+/// A new connection may open a few room streams, and more each time it uses them all (quinn
+/// keeps state for every stream allowed): one connection still gets into 40 rooms.
+#[tokio::test]
+async fn one_connection_is_in_forty_rooms() {
+    let names: Vec<String> = (0..40).map(|i| format!("room{i}")).collect();
+    let node = TestNode::start(|c| c.rooms = names.clone()).await;
+    let ada = node.connect("ada").await;
+    let mut rooms = Vec::new();
+    for name in &names {
+        let joining = tokio::time::timeout(PATIENCE, ada.join(name, None));
+        rooms.push(joining.await.expect("the node allows another stream").expect("joins"));
+    }
+    let bob = node.connect("bob").await;
+    for name in &names {
+        let sender = bob.join(name, Some(u64::MAX)).await.expect("joins").sender();
+        sender.send(format!("hello {name}")).await.expect("acked");
+    }
+    for (room, name) in rooms.iter_mut().zip(&names) {
+        let (m, _) = next_message(room).await;
+        assert_eq!((m.seq, m.body), (1, format!("hello {name}")));
+    }
+    node.stop().await;
+}

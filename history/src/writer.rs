@@ -181,10 +181,12 @@ impl Writer {
                 stored(result.clone());
             }
         }
-        if wrote && self.next_reopen.is_none() && self.store.durability == Durability::Sync {
-            if let Err(error) = handles.db.persist(PersistMode::SyncData) {
-                self.failed(&error.into(), &mut pending);
-            }
+        if wrote
+            && self.next_reopen.is_none()
+            && self.store.durability == Durability::Sync
+            && let Err(error) = handles.db.persist(PersistMode::SyncData)
+        {
+            self.failed(&error.into(), &mut pending);
         }
         for p in pending {
             match p {

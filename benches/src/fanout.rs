@@ -133,13 +133,16 @@ impl Outcome {
     }
 }
 
-/// Runs `scenario` against a fresh `chat-node` process.
-pub async fn node(scenario: Scenario) -> anyhow::Result<Outcome> {
+/// Runs `scenario` against a fresh `chat-node` process, with `node_args` added to its flags.
+pub async fn node(scenario: Scenario, node_args: &[String]) -> anyhow::Result<Outcome> {
     let dir = tempfile::tempdir()?;
     let rooms: Vec<String> = (0..scenario.rooms).map(|r| format!("bench{r}")).collect();
     let max_rooms = (scenario.rooms + 1).to_string();
-    let server =
-        ServerProcess::node(dir.path(), &rooms, &["--max-rooms-per-connection", &max_rooms])?;
+    let args: Vec<&str> = ["--max-rooms-per-connection", &max_rooms]
+        .into_iter()
+        .chain(node_args.iter().map(String::as_str))
+        .collect();
+    let server = ServerProcess::node(dir.path(), &rooms, &args)?;
     let options = |name: String| process::node_options(&server.addr, dir.path(), name);
     process::wait_until_up(&options("probe".into())).await?;
 
@@ -231,7 +234,7 @@ pub async fn floor(scenario: Scenario) -> anyhow::Result<Outcome> {
 /// Runs `scenario` against two `chat-node` processes in cluster mode on a three-server NATS
 /// cluster (history replicated three times). Members alternate between the nodes; the
 /// publisher is on the first. The CPU and memory are those of all five processes.
-pub async fn cluster(scenario: Scenario) -> anyhow::Result<Outcome> {
+pub async fn cluster(scenario: Scenario, node_args: &[String]) -> anyhow::Result<Outcome> {
     let dir = tempfile::tempdir()?;
     let install_dir = std::env::current_exe()?.with_file_name("..").join("nats-server");
     let nats = chat_cluster::local::LocalNats::start(3, &install_dir)?;
@@ -251,6 +254,7 @@ pub async fn cluster(scenario: Scenario) -> anyhow::Result<Outcome> {
         "--max-rooms-per-connection",
         &max_rooms,
     ];
+    let args: Vec<&str> = args.into_iter().chain(node_args.iter().map(String::as_str)).collect();
     let mut nodes = Vec::new();
     for i in 0..2 {
         nodes.push(ServerProcess::node(&dir.path().join(format!("node{i}")), &rooms, &args)?);

@@ -77,6 +77,9 @@ enum Command {
         /// does not move; prints how many the node dropped as too slow
         #[arg(long, default_value_t = 0)]
         stalled: usize,
+        /// Flags passed on to `chat-node`, e.g. `-- --durability buffered`
+        #[arg(last = true)]
+        node_args: Vec<String>,
     },
     /// Many clients for many minutes against a release `chat-node` process: prints the
     /// node's memory over time (build it first: `cargo build --release -p chat-node`).
@@ -161,6 +164,7 @@ async fn main() -> anyhow::Result<()> {
             json,
             plot,
             stalled,
+            node_args,
         } => {
             let rate = window.is_none().then_some(rate);
             let scenario = fanout::Scenario {
@@ -174,7 +178,7 @@ async fn main() -> anyhow::Result<()> {
                 progress: !json,
             };
             let also = Also { floor, cluster };
-            if !compare(scenario, also, json, plot.as_deref()).await? {
+            if !compare(scenario, also, json, plot.as_deref(), &node_args).await? {
                 bail!("deliveries were lost or duplicated");
             }
             Ok(())
@@ -189,8 +193,8 @@ async fn main() -> anyhow::Result<()> {
             for (scenario, floor) in fanout::matrix() {
                 let scenario = fanout::Scenario { progress: !json, ..scenario };
                 let plot = plots.as_ref().map(|dir| dir.join(format!("{}.svg", scenario.name())));
-                if !compare(scenario, Also { floor, cluster: false }, json, plot.as_deref()).await?
-                {
+                let also = Also { floor, cluster: false };
+                if !compare(scenario, also, json, plot.as_deref(), &[]).await? {
                     failed += 1;
                 }
             }
@@ -267,6 +271,7 @@ async fn compare(
     also: Also,
     json: bool,
     plot: Option<&std::path::Path>,
+    node_args: &[String],
 ) -> anyhow::Result<bool> {
     fanout::check(&scenario)?;
     if !json {
@@ -283,9 +288,10 @@ async fn compare(
                 ))
         );
     }
-    let node = fanout::node(scenario).await?;
+    let node = fanout::node(scenario, node_args).await?;
     let floor = if also.floor { Some(fanout::floor(scenario).await?) } else { None };
-    let cluster = if also.cluster { Some(fanout::cluster(scenario).await?) } else { None };
+    let cluster =
+        if also.cluster { Some(fanout::cluster(scenario, node_args).await?) } else { None };
     let outcomes: Vec<&fanout::Outcome> =
         std::iter::once(&node).chain(&floor).chain(&cluster).collect();
     for outcome in &outcomes {

@@ -24,7 +24,8 @@ use chat_history::{Appended, Config as HistoryConfig, Durability, History, Messa
 use clap::{Parser, Subcommand};
 
 /// The harness decodes every delivery (several small allocations each), and glibc's
-/// allocator was a third of its time at saturation.
+/// allocator was a third of its time at saturation. (The node keeps glibc's: mimalloc saved
+/// it under 10% of CPU at saturation for 50% more memory with 1000 members.)
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

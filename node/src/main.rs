@@ -6,12 +6,6 @@ use chat_node::{Node, Settings};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc rather than glibc's allocator: at saturation the node spent 0.98 µs of CPU per
-/// delivery with glibc and 0.78 to 0.82 with mimalloc, and handshakes per CPU-second rose by a
-/// third, for about 6 KiB more per idle connection (benches/RESULTS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(version, about = "A QUIC chat node with a durable per-room history")]
 struct Cli {

@@ -123,6 +123,12 @@ pub enum HistoryError {
         "the history could not write to disk: {0}; check the data directory's space and permissions"
     )]
     Storage(Arc<fjall::Error>),
+    /// The message was written (and relayed) but the sync after it failed: it may not survive
+    /// a power cut, and it may or may not be there after a restart.
+    #[error(
+        "the history wrote the message but could not sync it to disk: {0}; check the data directory's device"
+    )]
+    NotSynced(Arc<fjall::Error>),
     #[error("the history holds a record it cannot decode: {0}")]
     Corrupt(#[from] postcard::Error),
     #[error(
@@ -150,8 +156,8 @@ pub type Completion<T> = Box<dyn FnOnce(Result<T, HistoryError>) + Send>;
 /// What an append tells its caller, each exactly once and in this order: `stored` when the
 /// message has its number and the operating system has it (a killed process loses nothing),
 /// then `durable` when it is as safe as the [`Durability`] asks (with `Sync`, synced: a power
-/// cut loses nothing). A failed write gives both the error; a failed sync gives `durable` the
-/// error after `stored` had the number.
+/// cut loses nothing). A failed write gives both the error; a failed sync gives `durable`
+/// [`HistoryError::NotSynced`] after `stored` had the number.
 pub struct Appended {
     pub stored: Completion<Seq>,
     pub durable: Completion<Seq>,

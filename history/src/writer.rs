@@ -186,7 +186,7 @@ impl Writer {
             && self.store.durability == Durability::Sync
             && let Err(error) = handles.db.persist(PersistMode::SyncData)
         {
-            self.failed(&error.into(), &mut pending);
+            self.failed(&HistoryError::NotSynced(Arc::new(error)), &mut pending);
         }
         for p in pending {
             match p {
@@ -200,7 +200,7 @@ impl Writer {
     /// and a storage failure closes the database, since fjall refuses all writes after one.
     fn failed(&mut self, error: &HistoryError, pending: &mut [Pending]) {
         tracing::error!(%error, "history write failed; the batch's messages may not be stored");
-        if matches!(error, HistoryError::Storage(_)) {
+        if matches!(error, HistoryError::Storage(_) | HistoryError::NotSynced(_)) {
             self.store.close_handles();
             self.next_reopen = Some((Instant::now() + REOPEN_INTERVAL, error.to_string()));
         }

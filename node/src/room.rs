@@ -232,14 +232,16 @@ fn send(
                 NodeFrame::Ack { client_id, seq }
             }
             Err(e) => {
-                warn!(room = %ack_room, error = %e, "a message was not stored");
+                warn!(room = %ack_room, error = %e, "a message was not stored durably");
                 metrics.error_code(ErrorCode::HistoryUnavailable);
+                let text = match e {
+                    // Relayed already: sending it again would show it twice.
+                    HistoryError::NotSynced(_) => format!("the room got the message, but {e}"),
+                    _ => format!("the message was not sent: {e}"),
+                };
                 NodeFrame::Error(ErrorFrame {
                     client_id: Some(client_id),
-                    ..ErrorFrame::new(
-                        ErrorCode::HistoryUnavailable,
-                        format!("the message was not sent: {e}"),
-                    )
+                    ..ErrorFrame::new(ErrorCode::HistoryUnavailable, text)
                 })
             }
         };

@@ -84,6 +84,10 @@ pub struct Outcome {
     pub seconds: f64,
     pub cpu_seconds: f64,
     pub peak_rss_kib: u64,
+    /// Time during the run in which some task on the machine (the node's syncs included)
+    /// waited for the disk, in ms: far more than the node's own syncs take says the disk
+    /// stalled, and then a tail in the node's latency is the disk's.
+    pub io_stall_ms: Option<f64>,
 }
 
 impl Outcome {
@@ -100,9 +104,12 @@ impl Outcome {
 
     pub fn print(&self) {
         let [p50, p90, p99, p999, max] = self.percentiles();
+        let stalls = self
+            .io_stall_ms
+            .map_or(String::new(), |ms| format!("; waiting on the disk {ms:.0} ms"));
         println!(
             "{:>6}: p50 {p50} µs, p90 {p90}, p99 {p99}, p99.9 {p999}, max {max}; {:.0} deliveries/s; \
-             lost {}, duplicated {}; server CPU {:.2} s ({:.2} µs per delivery), peak memory {:.1} MiB",
+             lost {}, duplicated {}; server CPU {:.2} s ({:.2} µs per delivery), peak memory {:.1} MiB{stalls}",
             self.target,
             self.deliveries_per_second(),
             self.lost,
@@ -129,6 +136,7 @@ impl Outcome {
             "duplicated": self.duplicated,
             "cpu_s": self.cpu_seconds,
             "peak_rss_kib": self.peak_rss_kib,
+            "io_stall_ms": self.io_stall_ms,
         })
     }
 }
@@ -365,6 +373,7 @@ async fn measure(
     }
     let cpu = || pids.iter().map(|pid| process::cpu_seconds(*pid)).sum::<anyhow::Result<f64>>();
     let cpu_before = cpu()?;
+    let stalls_before = process::io_stall_us();
     let began = Instant::now();
     let padding = "x".repeat(scenario.size.saturating_sub(STAMP + NUMBER));
     let mut in_flight = std::collections::VecDeque::new();
@@ -402,6 +411,7 @@ async fn measure(
         seconds: 0.0,
         cpu_seconds: 0.0,
         peak_rss_kib: 0,
+        io_stall_ms: None,
     };
     let mut last_receipt = began;
     while let Some(member) = members.join_next().await {
@@ -414,6 +424,9 @@ async fn measure(
     }
     outcome.seconds = (last_receipt - began).as_secs_f64().max(1e-6);
     outcome.cpu_seconds = cpu()? - cpu_before;
+    outcome.io_stall_ms = stalls_before
+        .zip(process::io_stall_us())
+        .map(|(before, after)| after.saturating_sub(before) as f64 / 1000.0);
     for pid in pids {
         outcome.peak_rss_kib += process::memory_kib(*pid)?.1;
     }

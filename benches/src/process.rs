@@ -74,6 +74,14 @@ pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok((ticks(11) + ticks(12)) / CLOCK_TICKS)
 }
 
+/// Microseconds so far in which some task on the machine waited for the disk (Linux's
+/// pressure stall information), or `None` where the kernel does not report it.
+pub fn io_stall_us() -> Option<u64> {
+    let pressure = std::fs::read_to_string("/proc/pressure/io").ok()?;
+    let some = pressure.lines().find(|line| line.starts_with("some "))?;
+    some.split_whitespace().find_map(|field| field.strip_prefix("total="))?.parse().ok()
+}
+
 /// Resident memory of process `pid` now and at its peak, in KiB.
 pub fn memory_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))

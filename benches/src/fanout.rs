@@ -141,6 +141,13 @@ impl Outcome {
     }
 }
 
+/// Of several runs, the one whose p99 is the median (the lower middle one of an even count).
+pub fn median_run(mut runs: Vec<Outcome>) -> Option<Outcome> {
+    runs.sort_by_key(|run| run.latency_us.value_at_quantile(0.99));
+    let middle = runs.len().checked_sub(1)? / 2;
+    Some(runs.swap_remove(middle))
+}
+
 /// Runs `scenario` against a fresh `chat-node` process, with `node_args` added to its flags.
 pub async fn node(scenario: Scenario, node_args: &[String]) -> anyhow::Result<Outcome> {
     let dir = tempfile::tempdir()?;
@@ -500,4 +507,36 @@ pub fn check(scenario: &Scenario) -> anyhow::Result<()> {
         "--rooms and --members must be positive"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(p99_us: u64) -> Outcome {
+        let mut latency_us = Histogram::new(3).expect("histogram");
+        latency_us.record(p99_us).expect("recorded");
+        Outcome {
+            target: "node",
+            latency_us,
+            deliveries: 1,
+            lost: 0,
+            duplicated: 0,
+            seconds: 1.0,
+            cpu_seconds: 0.0,
+            peak_rss_kib: 0,
+            io_stall_ms: None,
+        }
+    }
+
+    #[test]
+    fn the_median_run_is_the_middle_p99() {
+        let p99 = |runs: Vec<u64>| {
+            median_run(runs.into_iter().map(run).collect()).map(|o| o.latency_us.max())
+        };
+        assert_eq!(p99(vec![500, 100, 300]), Some(300));
+        assert_eq!(p99(vec![400, 100, 300, 200]), Some(200), "the lower middle of four");
+        assert_eq!(p99(vec![700]), Some(700));
+        assert_eq!(p99(vec![]), None);
+    }
 }

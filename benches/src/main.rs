@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use chat_history::{Appended, Config as HistoryConfig, Durability, History, Message};
 use clap::{Parser, Subcommand};
 
@@ -78,6 +78,10 @@ enum Command {
         /// does not move; prints how many the node dropped as too slow
         #[arg(long, default_value_t = 0)]
         stalled: usize,
+        /// Run it this many times and report the run with the median p99 (a shared machine's
+        /// disk and neighbours make single runs' tails noisy)
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+        runs: u16,
         /// Flags passed on to `chat-node`, e.g. `-- --durability buffered`
         #[arg(last = true)]
         node_args: Vec<String>,
@@ -113,6 +117,9 @@ enum Command {
         /// Write an SVG plot of each scenario's latency distribution into this directory
         #[arg(long)]
         plots: Option<PathBuf>,
+        /// Run each scenario this many times and report the run with the median p99
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+        runs: u16,
     },
     /// Opens N connections to a `chat-node` process, each joined to a room, then idles:
     /// prints the handshakes per second and the node's memory per connection
@@ -165,6 +172,7 @@ async fn main() -> anyhow::Result<()> {
             json,
             plot,
             stalled,
+            runs,
             node_args,
         } => {
             let rate = window.is_none().then_some(rate);
@@ -179,14 +187,14 @@ async fn main() -> anyhow::Result<()> {
                 progress: !json,
             };
             let also = Also { floor, cluster };
-            if !compare(scenario, also, json, plot.as_deref(), &node_args).await? {
+            if !compare(scenario, also, json, plot.as_deref(), &node_args, runs.into()).await? {
                 bail!("deliveries were lost or duplicated");
             }
             Ok(())
         }
         Command::Relay { listen, dir } => relay::serve(listen, &dir).await,
         Command::Connections { count, node_args } => connections::run(count, &node_args).await,
-        Command::Matrix { json, plots } => {
+        Command::Matrix { json, plots, runs } => {
             if let Some(dir) = &plots {
                 std::fs::create_dir_all(dir)?;
             }
@@ -195,7 +203,7 @@ async fn main() -> anyhow::Result<()> {
                 let scenario = fanout::Scenario { progress: !json, ..scenario };
                 let plot = plots.as_ref().map(|dir| dir.join(format!("{}.svg", scenario.name())));
                 let also = Also { floor, cluster: false };
-                if !compare(scenario, also, json, plot.as_deref(), &[]).await? {
+                if !compare(scenario, also, json, plot.as_deref(), &[], runs.into()).await? {
                     failed += 1;
                 }
             }
@@ -265,14 +273,16 @@ struct Also {
     cluster: bool,
 }
 
-/// Runs a scenario on the node and on what `also` asks for, prints them all with the ratios
-/// to the node, and plots them to `plot`. Returns whether every delivery arrived exactly once.
+/// Runs a scenario `runs` times on the node and on what `also` asks for, prints them all,
+/// then the run with the median p99 of each server with the ratios to the node, and plots
+/// those to `plot`. Returns whether every delivery of every run arrived exactly once.
 async fn compare(
     scenario: fanout::Scenario,
     also: Also,
     json: bool,
     plot: Option<&std::path::Path>,
     node_args: &[String],
+    runs: usize,
 ) -> anyhow::Result<bool> {
     fanout::check(&scenario)?;
     if !json {
@@ -289,16 +299,39 @@ async fn compare(
                 ))
         );
     }
-    let node = fanout::node(scenario, node_args).await?;
-    let floor = if also.floor { Some(fanout::floor(scenario).await?) } else { None };
-    let cluster =
-        if also.cluster { Some(fanout::cluster(scenario, node_args).await?) } else { None };
+    let (mut nodes, mut floors, mut clusters) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 1..=runs {
+        if runs > 1 && !json {
+            println!("run {run} of {runs}");
+        }
+        nodes.push(fanout::node(scenario, node_args).await?);
+        if also.floor {
+            floors.push(fanout::floor(scenario).await?);
+        }
+        if also.cluster {
+            clusters.push(fanout::cluster(scenario, node_args).await?);
+        }
+        let this_run = [nodes.last(), floors.last(), clusters.last()];
+        for outcome in this_run.into_iter().flatten().filter(|_| runs > 1 || json) {
+            if json {
+                println!("{}", outcome.json(&scenario));
+            } else {
+                outcome.print();
+            }
+        }
+    }
+    let everything_arrived =
+        nodes.iter().chain(&floors).chain(&clusters).all(|o| o.lost + o.duplicated == 0);
+    let (node, floor, cluster) =
+        (fanout::median_run(nodes), fanout::median_run(floors), fanout::median_run(clusters));
+    let node = node.context("no run")?;
     let outcomes: Vec<&fanout::Outcome> =
         std::iter::once(&node).chain(&floor).chain(&cluster).collect();
-    for outcome in &outcomes {
-        if json {
-            println!("{}", outcome.json(&scenario));
-        } else {
+    if !json {
+        if runs > 1 {
+            println!("the run with the median p99, of each server:");
+        }
+        for outcome in &outcomes {
             outcome.print();
         }
     }
@@ -322,7 +355,7 @@ async fn compare(
             println!("plot: {}", path.display());
         }
     }
-    Ok(outcomes.iter().all(|o| o.lost + o.duplicated == 0))
+    Ok(everything_arrived)
 }
 
 fn durability(buffered: bool) -> Durability {

@@ -39,7 +39,7 @@ use tokio::sync::Mutex;
 pub use chat_certs::Trust;
 pub use chat_proto::{ChatMessage, ErrorCode, ErrorFrame, Gap, Seq};
 pub use error::ClientError;
-pub use room::{Room, RoomEvent, RoomSender};
+pub use room::{Room, RoomEvent, RoomSender, SLOW_DOWN_RETRIES};
 
 /// The node's send rate, kept by the client so that its sends wait for their turn instead
 /// of being refused; `None` when the node sets no limit.

@@ -22,6 +22,9 @@ use crate::{Client, ClientError, ConnectOptions, Pace};
 /// Events buffered for a room before the reader pauses.
 const EVENT_BUFFER: usize = 1024;
 
+/// How often [`RoomSender::send`] sends a message again that the node found too fast.
+pub const SLOW_DOWN_RETRIES: usize = 3;
+
 /// What happens in a joined room.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RoomEvent {
@@ -150,7 +153,10 @@ impl Room {
 
 impl RoomSender {
     /// Posts `body` and waits for the node's ack: the sequence number it was stored under.
-    /// Keeps to the node's send rate: when sends come faster, this waits for its turn.
+    /// Keeps to the node's send rate: when sends come faster, this waits for its turn. The
+    /// network can still bunch two sends together on their way, so that the node finds the
+    /// second too fast: that one is sent again at its next turn (up to
+    /// [`SLOW_DOWN_RETRIES`] times; the node stored nothing of it).
     ///
     /// # Errors
     /// A body over the node's limit or empty (checked before sending), a refusal from the
@@ -164,7 +170,9 @@ impl RoomSender {
                 "the message is {len} bytes long; this node accepts at most {max} bytes"
             )));
         }
-        if let Some(pace) = &self.pace {
+        let Some(pace) = &self.pace else { return self.send_unchecked(body).await?.await };
+        let mut retries = 0;
+        loop {
             loop {
                 let turn = pace.lock().unwrap_or_else(PoisonError::into_inner).take(Instant::now());
                 match turn {
@@ -172,8 +180,11 @@ impl RoomSender {
                     Err(wait) => tokio::time::sleep(wait).await,
                 }
             }
+            match self.send_unchecked(body.clone()).await?.await {
+                Err(ClientError::SlowDown(_)) if retries < SLOW_DOWN_RETRIES => retries += 1,
+                result => return result,
+            }
         }
-        self.send_unchecked(body).await?.await
     }
 
     /// Posts `body` without checking it here, returning once it is written; the returned

@@ -6,6 +6,11 @@
 //! starts with the send time and the message's number, which also finds lost and duplicated
 //! deliveries. The publisher sends open-loop at `--rate` messages a second (message `n` to
 //! room `n % rooms`), or with `--window` as fast as acks allow with that many unacknowledged.
+//!
+//! Before the clock starts, one warm-up message goes to every room and every member waits for
+//! it: the first delivery to each member costs the harness fresh memory (page faults across a
+//! thousand members took both cores for a third of a second) and the server its first
+//! buffers. Runs measure the steady state, and the node and the floor start equally warm.
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +29,10 @@ const STAMP: usize = 20;
 const NUMBER: usize = 10;
 /// How long a member waits for a message before counting the rest lost.
 const QUIET: Duration = Duration::from_secs(10);
+/// The message number of the warm-up message, which is not counted.
+const WARM_UP: u64 = 10u64.pow(NUMBER as u32) - 1;
+/// Latencies above this (µs) are recorded as this: the histograms are sized once, up front.
+const MAX_LATENCY_US: u64 = 60_000_000;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Scenario {
@@ -374,15 +383,28 @@ async fn measure(
     scenario: Scenario,
 ) -> anyhow::Result<Outcome> {
     let start = Instant::now();
+    let padding = "x".repeat(scenario.size.saturating_sub(STAMP + NUMBER));
+    let (warm, mut warmed) = tokio::sync::mpsc::channel(1);
     let mut members = JoinSet::new();
+    let count = subscriptions.len();
     for (room, subscription) in subscriptions {
-        members.spawn(receive(subscription, room, scenario, start));
+        members.spawn(receive(subscription, room, scenario, start, warm.clone()));
     }
+    drop(warm);
+    for room in 0..scenario.rooms {
+        let body = format!("{:0STAMP$}{WARM_UP:0NUMBER$}{padding}", 0);
+        if let Some(ack) = publisher.send(room, body).await? {
+            ack.await??;
+        }
+    }
+    for _ in 0..count {
+        warmed.recv().await.context("a member ended before its warm-up message")?;
+    }
+
     let cpu = || pids.iter().map(|pid| process::cpu_seconds(*pid)).sum::<anyhow::Result<f64>>();
     let cpu_before = cpu()?;
     let stalls_before = process::io_stall_us();
     let began = Instant::now();
-    let padding = "x".repeat(scenario.size.saturating_sub(STAMP + NUMBER));
     let mut in_flight = std::collections::VecDeque::new();
     let bar = progress(&scenario, scenario.messages, &format!("{target}: sending"));
     for n in 0..scenario.messages {
@@ -411,7 +433,7 @@ async fn measure(
     bar.finish_and_clear();
     let mut outcome = Outcome {
         target,
-        latency_us: Histogram::new(3)?,
+        latency_us: latency_histogram()?,
         deliveries: 0,
         lost: 0,
         duplicated: 0,
@@ -421,8 +443,10 @@ async fn measure(
         io_stall_ms: None,
     };
     let mut last_receipt = began;
+    let mut finished = Vec::with_capacity(count);
     while let Some(member) = members.join_next().await {
-        let member = member??;
+        let (member, subscription) = member??;
+        finished.push(subscription);
         outcome.latency_us.add(&member.latency_us)?;
         outcome.deliveries += member.deliveries;
         outcome.lost += member.lost;
@@ -451,36 +475,44 @@ struct Received {
     last_receipt: Instant,
 }
 
+fn latency_histogram() -> anyhow::Result<Histogram<u64>> {
+    Ok(Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?)
+}
+
 /// Reads a member's messages until it has every one sent to its room, or none comes for
-/// `QUIET`.
+/// `QUIET`. The warm-up message is only reported on `warm`. Returns the subscription to be
+/// closed once every member is done: a member that closed while others still receive would
+/// put the server's and the harness's teardown work into the last messages' latency.
 async fn receive(
     mut subscription: Subscription,
     room: usize,
     scenario: Scenario,
     start: Instant,
-) -> anyhow::Result<Received> {
+    warm: tokio::sync::mpsc::Sender<()>,
+) -> anyhow::Result<(Received, Subscription)> {
     let expected: Vec<usize> = (room..scenario.messages).step_by(scenario.rooms).collect();
     let mut seen = vec![0u32; scenario.messages];
     let mut received = Received {
-        latency_us: Histogram::new(3)?,
+        latency_us: latency_histogram()?,
         deliveries: 0,
         lost: 0,
         duplicated: 0,
         last_receipt: start,
     };
+    // The warm-up message comes first, while the publisher waits for every member to have it.
+    let first = tokio::time::timeout(QUIET, subscription.next()).await;
+    let Ok(Some(body)) = first else { bail!("no warm-up message within {QUIET:?}") };
+    anyhow::ensure!(stamp_and_number(&body)?.1 == WARM_UP, "a message before the warm-up");
+    warm.send(()).await?;
     let mut unique = 0;
     while unique < expected.len() {
         let Ok(Some(body)) = tokio::time::timeout(QUIET, subscription.next()).await else { break };
         received.last_receipt = Instant::now();
         let now = (received.last_receipt - start).as_nanos() as u64;
-        let field = |range: std::ops::Range<usize>| -> anyhow::Result<u64> {
-            let text = body.get(range).context("a short body")?;
-            Ok(std::str::from_utf8(text)?.parse()?)
-        };
-        let (sent, n) = (field(0..STAMP)?, field(STAMP..STAMP + NUMBER)? as usize);
-        received.latency_us.record(now.saturating_sub(sent) / 1000)?;
+        let (sent, n) = stamp_and_number(&body)?;
+        received.latency_us.saturating_record(now.saturating_sub(sent) / 1000);
         received.deliveries += 1;
-        let count = seen.get_mut(n).context("a message number out of range")?;
+        let count = seen.get_mut(n as usize).context("a message number out of range")?;
         *count += 1;
         if *count == 1 {
             unique += 1;
@@ -489,8 +521,16 @@ async fn receive(
         }
     }
     received.lost = (expected.len() - unique) as u64;
-    drop(subscription);
-    Ok(received)
+    Ok((received, subscription))
+}
+
+/// The send time (ns after the run's start) and the message number at the head of a body.
+fn stamp_and_number(body: &[u8]) -> anyhow::Result<(u64, u64)> {
+    let field = |range: std::ops::Range<usize>| -> anyhow::Result<u64> {
+        let text = body.get(range).context("a short body")?;
+        Ok(std::str::from_utf8(text)?.parse()?)
+    };
+    Ok((field(0..STAMP)?, field(STAMP..STAMP + NUMBER)?))
 }
 
 /// The minimum body: the send time and the message number.

@@ -17,11 +17,12 @@
 //! All writes go through one writer thread. It takes every request that queued up while it
 //! was busy and writes them as one batch, which reaches the operating system at once: from
 //! then on a killed process loses none of it. Each append then hears twice, in append order
-//! (see [`Appended`]): `stored`, with its number, and after the one sync of the batch
-//! ([`Durability::Sync`]), `durable`. One sync thus covers all the messages that arrived
-//! during the previous one, so throughput grows with load, and a caller can relay a message
-//! while its sync runs and acknowledge it once synced. [`Durability::Buffered`] skips the
-//! sync: a power cut or kernel crash can lose the last moments of acknowledged messages.
+//! (see [`Appended`]): `stored`, with its number, and `durable` once synced
+//! ([`Durability::Sync`]). A second thread does the syncs, each covering every batch
+//! written while the one before ran, so throughput grows with load, and the writer goes on
+//! writing meanwhile: a caller can relay a message while its sync runs, even a slow one, and
+//! acknowledge it once synced. [`Durability::Buffered`] skips the sync: a power cut or
+//! kernel crash can lose the last moments of acknowledged messages.
 //!
 //! Reads go straight to fjall from the caller's thread; async callers use `spawn_blocking`.
 //!
@@ -29,11 +30,13 @@
 //! fjall refuses every write after one has failed (a full disk, a read-only or failing
 //! device), since it cannot know what reached the disk. The writer then closes the database
 //! and reopens it, at most once a second, until it opens again (space was freed, the device
-//! came back). Meanwhile every request fails at once with [`HistoryError::Unavailable`]. On
+//! came back). A failed sync does the same, since Linux may drop the pages it could not
+//! write. Meanwhile every request fails at once with [`HistoryError::Unavailable`]. On
 //! reopening, the numbering is read back from disk, so no sequence number is used twice; a
 //! message whose write was reported failed may still be there if the disk took it after all,
 //! and an acknowledged message is never lost.
 
+mod syncer;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -150,7 +153,8 @@ impl From<fjall::Error> for HistoryError {
     }
 }
 
-/// Called on the writer thread once a write is done (or has failed). It must not block.
+/// Called on the writer thread, or for a synced write on the syncer thread, once a write is
+/// done (or has failed). It must not block.
 pub type Completion<T> = Box<dyn FnOnce(Result<T, HistoryError>) + Send>;
 
 /// What an append tells its caller, each exactly once and in this order: `stored` when the
@@ -367,6 +371,15 @@ impl Store {
     /// Closes the database after a failed write (once every reader lets go of it).
     pub(crate) fn close_handles(&self) {
         self.open.write().unwrap_or_else(PoisonError::into_inner).take();
+    }
+
+    /// Closes the database after a failed sync, unless a failed write closed that opening
+    /// already.
+    pub(crate) fn close_handles_if(&self, handles: &Arc<Handles>) {
+        let mut open = self.open.write().unwrap_or_else(PoisonError::into_inner);
+        if open.as_ref().is_some_and(|o| Arc::ptr_eq(o, handles)) {
+            open.take();
+        }
     }
 
     /// Opens the database again. A panic in fjall's recovery counts as a failed opening, so

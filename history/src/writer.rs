@@ -1,11 +1,12 @@
 //! The writer thread: group commit of appends, room changes and flushes.
 //!
 //! The thread owns the in-memory copy of every room's numbering. It drains whatever requests
-//! queued up, applies them to one write batch, commits (and syncs) it once, and only then
-//! publishes the new numbering and runs the completions, in request order. When the commit
-//! fails, none of the batch's numbers were used: the copy is left as it was and every
-//! request in the batch gets the error. The database is then closed and reopened (see the
-//! crate's "Failed writes").
+//! queued up, applies them to one write batch, commits it once, and only then publishes the
+//! new numbering and runs the `stored` completions, in request order. The other completions
+//! run once the batch is synced (see `syncer.rs`), or at once without
+//! [`Durability::Sync`]. When the commit fails, none of the batch's numbers were used: the
+//! copy is left as it was and every request in the batch gets the error. The database is then
+//! closed and reopened (see the crate's "Failed writes").
 
 use std::collections::HashMap;
 use std::sync::{Arc, mpsc};
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use fjall::PersistMode;
 
+use crate::syncer::{self, Committed, Outcome};
 use crate::{Appended, Durability, Handles, HistoryError, Message, RoomState, Seq, Store};
 
 /// Most requests committed in one batch.
@@ -45,39 +47,29 @@ impl Command {
     }
 }
 
-/// A completion waiting for its batch to commit. An append's `stored` is taken once it ran.
-enum Pending {
-    Seq(Option<Done<Seq>>, Done<Seq>, Result<Seq, HistoryError>),
-    Bool(Done<bool>, Result<bool, HistoryError>),
-}
-
-impl Pending {
-    fn fail(&mut self, error: &HistoryError) {
-        match self {
-            Self::Seq(_, _, r @ Ok(_)) => *r = Err(error.clone()),
-            Self::Bool(_, r @ Ok(_)) => *r = Err(error.clone()),
-            _ => {}
-        }
-    }
-}
-
 pub(crate) fn spawn(
     store: Arc<Store>,
     queue: mpsc::Receiver<Command>,
 ) -> Result<std::thread::JoinHandle<()>, HistoryError> {
     let rooms = store.all_rooms()?.into_iter().collect();
+    let syncer = match store.durability {
+        Durability::Sync => Some(syncer::spawn(Arc::clone(&store))?),
+        Durability::Buffered => None,
+    };
     std::thread::Builder::new()
         .name("history-writer".into())
-        .spawn(move || Writer { store, rooms, next_reopen: None }.run(&queue))
+        .spawn(move || Writer { store, rooms, next_reopen: None, syncer }.run(&queue))
         .map_err(|e| HistoryError::Storage(Arc::new(e.into())))
 }
 
 struct Writer {
     store: Arc<Store>,
     rooms: HashMap<String, RoomState>,
-    /// Set while the database is closed after a failed write: when to try opening it again,
-    /// and what went wrong.
+    /// Set while the database is closed after a failed write or sync: when to try opening it
+    /// again, and what went wrong.
     next_reopen: Option<(Instant, String)>,
+    /// Where committed batches go to be synced, with [`Durability::Sync`].
+    syncer: Option<(mpsc::SyncSender<Committed>, std::thread::JoinHandle<()>)>,
 }
 
 impl Writer {
@@ -92,6 +84,11 @@ impl Writer {
                 break;
             }
         }
+        // Every completion of the shutdown's batch has run once the syncer is done.
+        if let Some((sender, thread)) = self.syncer.take() {
+            drop(sender);
+            let _ = thread.join();
+        }
         // Anything still queued arrived after the shutdown.
         for command in queue.try_iter() {
             command.fail(HistoryError::Closed);
@@ -100,6 +97,16 @@ impl Writer {
 
     /// The open database, reopening it if a failed write closed it and it is time to retry.
     fn handles(&mut self) -> Result<Arc<Handles>, HistoryError> {
+        if self.next_reopen.is_none() {
+            match self.store.handles() {
+                Ok(handles) => return Ok(handles),
+                // The syncer closed it after a failed sync.
+                Err(_) => {
+                    let why = "a sync to disk failed".to_owned();
+                    self.next_reopen = Some((Instant::now() + REOPEN_INTERVAL, why));
+                }
+            }
+        }
         let Some((at, why)) = &self.next_reopen else { return self.store.handles() };
         if Instant::now() < *at {
             return Err(HistoryError::Unavailable(why.clone()));
@@ -141,21 +148,23 @@ impl Writer {
         let mut batch = handles.db.batch().durability(Some(PersistMode::Buffer));
         // Numbering changed by this batch; published only once it has committed.
         let mut changed: HashMap<String, RoomState> = HashMap::new();
-        let mut pending = Vec::new();
+        let mut stored = Vec::new();
+        let mut outcomes = Vec::new();
         for command in commands {
-            pending.push(match command {
+            outcomes.push(match command {
                 Command::Append { room, message, done } => {
                     let result = self.append(&handles, &mut batch, &mut changed, room, &message);
-                    Pending::Seq(Some(done.stored), done.durable, result)
+                    stored.push((done.stored, outcomes.len()));
+                    Outcome::Seq(done.durable, result)
                 }
                 Command::CreateRoom { room, done } => {
-                    Pending::Bool(done, self.create(&mut changed, room))
+                    Outcome::Bool(done, self.create(&mut changed, room))
                 }
                 Command::DeleteRoom { room, done } => {
-                    Pending::Bool(done, self.delete(&handles, &mut batch, &mut changed, room))
+                    Outcome::Bool(done, self.delete(&handles, &mut batch, &mut changed, room))
                 }
                 Command::Flush { done } | Command::Shutdown { done } => {
-                    Pending::Bool(done, Ok(true))
+                    Outcome::Bool(done, Ok(true))
                 }
             });
         }
@@ -170,42 +179,45 @@ impl Writer {
             }
             Ok::<_, HistoryError>(())
         })();
-        match committed {
-            Ok(()) => self.rooms.extend(changed),
-            Err(error) => self.failed(&error, &mut pending),
-        }
-        for p in &mut pending {
-            if let Pending::Seq(stored, _, result) = p
-                && let Some(stored) = stored.take()
-            {
+        let written = match committed {
+            Ok(()) => {
+                self.rooms.extend(changed);
+                wrote
+            }
+            Err(error) => {
+                self.failed(&error, &mut outcomes);
+                false
+            }
+        };
+        for (stored, at) in stored {
+            if let Some(Outcome::Seq(_, result)) = outcomes.get(at) {
                 stored(result.clone());
             }
         }
-        if wrote
-            && self.next_reopen.is_none()
-            && self.store.durability == Durability::Sync
-            && let Err(error) = handles.db.persist(PersistMode::SyncData)
-        {
-            self.failed(&HistoryError::NotSynced(Arc::new(error)), &mut pending);
-        }
-        for p in pending {
-            match p {
-                Pending::Seq(_, durable, result) => durable(result),
-                Pending::Bool(done, result) => done(result),
+        let committed = Committed { written_to: written.then_some(handles), outcomes };
+        match &self.syncer {
+            Some((syncer, _)) => {
+                if let Err(mpsc::SendError(committed)) = syncer.send(committed) {
+                    for mut outcome in committed.outcomes {
+                        outcome.fail(&HistoryError::Closed);
+                        outcome.run();
+                    }
+                }
             }
+            None => committed.outcomes.into_iter().for_each(Outcome::run),
         }
     }
 
-    /// A write or sync failed: every request of the batch that had succeeded gets `error`,
-    /// and a storage failure closes the database, since fjall refuses all writes after one.
-    fn failed(&mut self, error: &HistoryError, pending: &mut [Pending]) {
+    /// A write failed: every request of the batch that had succeeded gets `error`, and a
+    /// storage failure closes the database, since fjall refuses all writes after one.
+    fn failed(&mut self, error: &HistoryError, outcomes: &mut [Outcome]) {
         tracing::error!(%error, "history write failed; the batch's messages may not be stored");
-        if matches!(error, HistoryError::Storage(_) | HistoryError::NotSynced(_)) {
+        if matches!(error, HistoryError::Storage(_)) {
             self.store.close_handles();
             self.next_reopen = Some((Instant::now() + REOPEN_INTERVAL, error.to_string()));
         }
-        for p in pending {
-            p.fail(error);
+        for outcome in outcomes {
+            outcome.fail(error);
         }
     }
 

@@ -1,0 +1,168 @@
+//! The syncer thread: makes committed batches durable while the writer goes on.
+//!
+//! With [`Durability::Sync`](crate::Durability::Sync) the writer commits each batch to the
+//! operating system, runs its `stored` completions and hands the rest of its completions here.
+//! The syncer takes every batch that queued up while it was busy, syncs once (fdatasync) and
+//! runs their completions in order. A slow sync thus delays acknowledgements only: meanwhile the
+//! next batches are written, numbered and relayed.
+//!
+//! The sync goes through a file handle of its own on fjall's active journal rather than
+//! `Database::persist`, which holds the journal's lock for the whole sync, so that every commit
+//! would wait for it. fdatasync flushes a file whichever handle asks, and fjall syncs a journal
+//! fully before it starts the next one, so syncing the newest journal after a batch was
+//! committed covers the batch. Should fjall ever keep its journals elsewhere, the syncer falls
+//! back to `persist`.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, mpsc};
+
+use fjall::PersistMode;
+
+use crate::writer::Done;
+use crate::{Handles, HistoryError, Seq, Store};
+
+/// Committed batches that may wait for a sync; past it, the writer waits for the syncer.
+pub(crate) const MAX_UNSYNCED_BATCHES: usize = 256;
+
+/// A request's last completion with its outcome: an append's `durable`, or the one
+/// completion of a room change or a flush.
+pub(crate) enum Outcome {
+    Seq(Done<Seq>, Result<Seq, HistoryError>),
+    Bool(Done<bool>, Result<bool, HistoryError>),
+}
+
+impl Outcome {
+    /// Turns a success into `error`; a failure keeps its own error.
+    pub(crate) fn fail(&mut self, error: &HistoryError) {
+        match self {
+            Self::Seq(_, r @ Ok(_)) => *r = Err(error.clone()),
+            Self::Bool(_, r @ Ok(_)) => *r = Err(error.clone()),
+            _ => {}
+        }
+    }
+
+    pub(crate) fn run(self) {
+        match self {
+            Self::Seq(done, result) => done(result),
+            Self::Bool(done, result) => done(result),
+        }
+    }
+}
+
+/// One committed batch's completions, to run once it is synced.
+pub(crate) struct Committed {
+    /// The opening of the database the batch was written to; `None` if it wrote nothing.
+    pub(crate) written_to: Option<Arc<Handles>>,
+    pub(crate) outcomes: Vec<Outcome>,
+}
+
+pub(crate) fn spawn(
+    store: Arc<Store>,
+) -> Result<(mpsc::SyncSender<Committed>, std::thread::JoinHandle<()>), HistoryError> {
+    let (sender, queue) = mpsc::sync_channel(MAX_UNSYNCED_BATCHES);
+    let thread = std::thread::Builder::new()
+        .name("history-syncer".into())
+        .spawn(move || run(&store, &queue))
+        .map_err(|e| HistoryError::Storage(Arc::new(e.into())))?;
+    Ok((sender, thread))
+}
+
+fn run(store: &Store, queue: &mpsc::Receiver<Committed>) {
+    let mut batches = Vec::new();
+    while let Ok(first) = queue.recv() {
+        batches.push(first);
+        batches.extend(queue.try_iter().take(MAX_UNSYNCED_BATCHES));
+        // Almost always one opening; after a failed write, batches of the closed one too.
+        let mut openings: Vec<Arc<Handles>> = Vec::new();
+        for handles in batches.iter().filter_map(|b| b.written_to.as_ref()) {
+            if !openings.iter().any(|o| Arc::ptr_eq(o, handles)) {
+                openings.push(Arc::clone(handles));
+            }
+        }
+        let failed: Vec<(Arc<Handles>, HistoryError)> = openings
+            .into_iter()
+            .filter_map(|handles| {
+                let error = sync(store, &handles).err()?;
+                Some((handles, HistoryError::NotSynced(Arc::new(error))))
+            })
+            .collect();
+        for (handles, error) in &failed {
+            tracing::error!(%error, "history sync failed; the messages written since the last sync may be lost");
+            // Linux may drop the pages of a failed sync: only a reopening tells what is on disk.
+            store.close_handles_if(handles);
+        }
+        for batch in batches.drain(..) {
+            let error = batch.written_to.as_ref().and_then(|written| {
+                failed.iter().find(|(h, _)| Arc::ptr_eq(h, written)).map(|(_, e)| e)
+            });
+            for mut outcome in batch.outcomes {
+                if let Some(error) = error {
+                    outcome.fail(error);
+                }
+                outcome.run();
+            }
+        }
+    }
+}
+
+/// Syncs what was committed through `handles`: its journal through a handle of our own while
+/// it is the open database, else (closed after a failed write) through fjall.
+fn sync(store: &Store, handles: &Arc<Handles>) -> Result<(), fjall::Error> {
+    let current = store.handles().is_ok_and(|open| Arc::ptr_eq(&open, handles));
+    match active_journal(&store.path) {
+        Ok(Some(journal)) if current => Ok(File::open(journal)?.sync_data()?),
+        _ => handles.db.persist(PersistMode::SyncData),
+    }
+}
+
+/// The journal fjall appends to: the highest-numbered `<n>.jnl` in the database's directory.
+pub(crate) fn active_journal(dir: &Path) -> std::io::Result<Option<PathBuf>> {
+    let mut newest: Option<(u64, PathBuf)> = None;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let number = path
+            .file_name()
+            .and_then(|name| name.to_str()?.strip_suffix(".jnl")?.parse::<u64>().ok());
+        if let Some(number) = number
+            && newest.as_ref().is_none_or(|(n, _)| number > *n)
+        {
+            newest = Some((number, path));
+        }
+    }
+    Ok(newest.map(|(_, path)| path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Config, Durability, History, Message};
+
+    /// The syncer relies on fjall's layout; a fjall that moved its journals would make it fall
+    /// back to `persist`, slower but still safe, and fail this test.
+    #[test]
+    fn the_active_journal_is_where_the_syncer_looks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config =
+            Config { path: dir.path().to_path_buf(), cap: 10, durability: Durability::Sync };
+        let history = History::open(config).expect("opens");
+        history.create_room("a").expect("created");
+        let message = Message { sender: "ada".into(), timestamp_ms: 1, body: "hi".into() };
+        history.append_blocking("a", message).expect("stored");
+        let journal = active_journal(dir.path()).expect("listed").expect("a journal");
+        assert!(journal.starts_with(dir.path()), "{journal:?}");
+        assert!(journal.metadata().expect("exists").len() > 0);
+    }
+
+    #[test]
+    fn the_newest_journal_is_the_highest_number() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for name in ["2.jnl", "10.jnl", "9.jnl", "11.jnl.tmp", "lock", "x.jnl"] {
+            std::fs::write(dir.path().join(name), b"").expect("written");
+        }
+        let newest = active_journal(dir.path()).expect("listed");
+        assert_eq!(newest, Some(dir.path().join("10.jnl")));
+        let empty = tempfile::tempdir().expect("tempdir");
+        assert_eq!(active_journal(empty.path()).expect("listed"), None);
+    }
+}

@@ -154,6 +154,47 @@ mod tests {
         assert!(journal.metadata().expect("exists").len() > 0);
     }
 
+    /// After fjall starts a new journal, the syncer follows it. (fjall starts one at a flush
+    /// of a memtable, once the journal holds 64 MB.)
+    #[test]
+    fn the_syncer_follows_fjall_to_a_new_journal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config =
+            Config { path: dir.path().to_path_buf(), cap: 1 << 20, durability: Durability::Sync };
+        let history = History::open(config).expect("opens");
+        history.create_room("a").expect("created");
+        let first = active_journal(dir.path()).expect("listed").expect("a journal");
+        let (done, durable) = std::sync::mpsc::channel();
+        // 92 MB (fjall compresses only values of 4 KiB and more in its journal).
+        let body = "x".repeat(4000);
+        let count = 23_000;
+        for _ in 0..count {
+            let message = Message { sender: "ada".into(), timestamp_ms: 1, body: body.clone() };
+            let done = done.clone();
+            history.append(
+                "a",
+                message,
+                crate::Appended::durable(Box::new(move |r| {
+                    let _ = done.send(r);
+                })),
+            );
+        }
+        for _ in 0..count {
+            durable.recv().expect("completion").expect("durable");
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let newest = loop {
+            let newest = active_journal(dir.path()).expect("listed").expect("a journal");
+            if newest != first || std::time::Instant::now() > deadline {
+                break newest;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert_ne!(newest, first, "fjall started no new journal");
+        let message = Message { sender: "ada".into(), timestamp_ms: 1, body: "after".into() };
+        assert_eq!(history.append_blocking("a", message).expect("durable"), count + 1);
+    }
+
     #[test]
     fn the_newest_journal_is_the_highest_number() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -95,7 +95,8 @@ impl Writer {
         }
     }
 
-    /// The open database, reopening it if a failed write closed it and it is time to retry.
+    /// The open database, reopening it if a failed write or sync closed it and it is time to
+    /// retry.
     fn handles(&mut self) -> Result<Arc<Handles>, HistoryError> {
         if self.next_reopen.is_none() {
             match self.store.handles() {

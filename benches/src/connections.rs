@@ -104,8 +104,8 @@ async fn open(
     Ok((connection, [control, room]))
 }
 
-/// Opens a stream, sends `frame` and checks the first answer.
-async fn request(
+/// Opens a stream, sends `frame` and checks that the node welcomed it or joined the room.
+pub(crate) async fn request(
     connection: &quinn::Connection,
     frame: &ClientFrame,
 ) -> anyhow::Result<(quinn::SendStream, FrameReader<quinn::RecvStream>)> {

@@ -545,6 +545,9 @@ async fn receive(
     let Ok(Some(body)) = first else { bail!("no warm-up message within {QUIET:?}") };
     anyhow::ensure!(stamp_and_number(&body)?.1 == WARM_UP, "a message before the warm-up");
     warm.send(()).await?;
+    // So that the publisher hears of a member that failed before its warm-up, once every
+    // other member has reported.
+    drop(warm);
     let mut unique = 0;
     while unique < expected.len() {
         let Ok(Some(body)) = tokio::time::timeout(QUIET, subscription.next()).await else { break };

@@ -109,11 +109,12 @@ fn run(store: &Store, queue: &mpsc::Receiver<Committed>) {
 /// Syncs what was committed through `handles`: its journal through a handle of our own while
 /// it is the open database, else (closed after a failed write) through fjall.
 fn sync(store: &Store, handles: &Arc<Handles>) -> Result<(), fjall::Error> {
-    let current = store.handles().is_ok_and(|open| Arc::ptr_eq(&open, handles));
-    match active_journal(&store.path) {
-        Ok(Some(journal)) if current => Ok(File::open(journal)?.sync_data()?),
-        _ => handles.db.persist(PersistMode::SyncData),
+    if store.handles().is_ok_and(|open| Arc::ptr_eq(&open, handles))
+        && let Ok(Some(journal)) = active_journal(&store.path)
+    {
+        return Ok(File::open(journal)?.sync_data()?);
     }
+    handles.db.persist(PersistMode::SyncData)
 }
 
 /// The journal fjall appends to: the highest-numbered `<n>.jnl` in the database's directory.

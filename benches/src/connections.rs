@@ -22,8 +22,7 @@ const CONCURRENT: usize = 64;
 
 pub async fn run(count: usize, node_args: &[String]) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let node_args: Vec<&str> = node_args.iter().map(String::as_str).collect();
-    let server = ServerProcess::node(dir.path(), &["bench".into()], &node_args)?;
+    let server = ServerProcess::node(dir.path(), &["bench".into()], &[], node_args)?;
     process::wait_until_up(&process::node_options(&server.addr, dir.path(), "probe".into()))
         .await?;
     let (before, _) = server.memory_kib()?;

@@ -166,11 +166,8 @@ pub async fn node(scenario: Scenario, node_args: &[String]) -> anyhow::Result<Ou
     let dir = tempfile::tempdir()?;
     let rooms: Vec<String> = (0..scenario.rooms).map(|r| format!("bench{r}")).collect();
     let max_rooms = (scenario.rooms + 1).to_string();
-    let args: Vec<&str> = ["--max-rooms-per-connection", &max_rooms]
-        .into_iter()
-        .chain(node_args.iter().map(String::as_str))
-        .collect();
-    let server = ServerProcess::node(dir.path(), &rooms, &args)?;
+    let flags = ["--max-rooms-per-connection", &max_rooms];
+    let server = ServerProcess::node(dir.path(), &rooms, &flags, node_args)?;
     let options = |name: String| process::node_options(&server.addr, dir.path(), name);
     process::wait_until_up(&options("probe".into())).await?;
 
@@ -269,7 +266,7 @@ pub async fn cluster(scenario: Scenario, node_args: &[String]) -> anyhow::Result
     let rooms: Vec<String> = (0..scenario.rooms).map(|r| format!("bench{r}")).collect();
     let max_rooms = (scenario.rooms + 1).to_string();
     let (cert, key) = (files.node_cert.display().to_string(), files.node_key.display().to_string());
-    let args = [
+    let flags = [
         "--nats",
         &nats.urls(),
         "--replicas",
@@ -281,10 +278,10 @@ pub async fn cluster(scenario: Scenario, node_args: &[String]) -> anyhow::Result
         "--max-rooms-per-connection",
         &max_rooms,
     ];
-    let args: Vec<&str> = args.into_iter().chain(node_args.iter().map(String::as_str)).collect();
     let mut nodes = Vec::new();
     for i in 0..2 {
-        nodes.push(ServerProcess::node(&dir.path().join(format!("node{i}")), &rooms, &args)?);
+        let data_dir = dir.path().join(format!("node{i}"));
+        nodes.push(ServerProcess::node(&data_dir, &rooms, &flags, node_args)?);
     }
     let options = |node: usize, name: String| {
         ConnectOptions::new(&nodes[node].addr, name, Trust::CaFile(files.ca_cert.clone()))

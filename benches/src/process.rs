@@ -19,8 +19,14 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts the release `chat-node` on a free port with its history in `data_dir`.
-    pub fn node(data_dir: &Path, rooms: &[String], extra: &[&str]) -> anyhow::Result<Self> {
+    /// Starts the release `chat-node` on a free port with its history in `data_dir`, with the
+    /// harness's `flags` and then the user's `user_flags` (which thus win) added.
+    pub fn node(
+        data_dir: &Path,
+        rooms: &[String],
+        flags: &[&str],
+        user_flags: &[String],
+    ) -> anyhow::Result<Self> {
         let addr = free_addr()?;
         let mut command = Command::new(sibling("chat-node")?);
         command
@@ -29,7 +35,8 @@ impl ServerProcess {
             .args(["--max-connections", "1000000"])
             .arg("--data-dir")
             .arg(data_dir)
-            .args(extra)
+            .args(flags)
+            .args(user_flags)
             .env("RUST_LOG", "warn");
         Self::spawn(command, addr)
     }

@@ -39,20 +39,65 @@ use tokio::sync::Mutex;
 pub use chat_certs::Trust;
 pub use chat_proto::{ChatMessage, ErrorCode, ErrorFrame, Gap, Seq};
 pub use error::ClientError;
-pub use room::{Room, RoomEvent, RoomSender, SLOW_DOWN_RETRIES};
+pub use room::{Posted, Room, RoomEvent, RoomSender, SLOW_DOWN_RETRIES};
 
-/// The node's send rate, kept by the client so that its sends wait for their turn instead
-/// of being refused; `None` when the node sets no limit.
-type Pace = Option<Arc<std::sync::Mutex<chat_core::RateLimit>>>;
+/// How a connection keeps to the node's send rate, shared by all its rooms.
+///
+/// The node checks its token bucket when it reads a send, the client when it writes one, and
+/// the network moves the two apart: a send delayed on its way arrives bunched with the next
+/// one, and a node that stalls (a slow disk, a cluster electing a leader) reads many at once.
+/// So the client keeps a margin: a smaller burst and a slightly slower rate than the node's,
+/// and never more unacknowledged sends than that margin of the burst, so that what piles up
+/// during a stall still fits the node's bucket. A well-behaved client then never hears "slow
+/// down", and the order of its sends is never broken by a resend.
+#[derive(Clone)]
+pub(crate) struct Pace {
+    /// The client's own bucket; `None` when the node sets no limit.
+    bucket: Option<Arc<std::sync::Mutex<chat_core::RateLimit>>>,
+    /// Sends written but not yet answered, over all rooms of the connection.
+    in_flight: Arc<tokio::sync::Semaphore>,
+}
 
-fn pace(limits: Limits) -> Pace {
-    (limits.messages_per_second > 0).then(|| {
+/// Unacknowledged sends per connection when the node sets no rate limit: enough to keep a
+/// long pipe moving over a slow link, and a bound on what a lost connection leaves unknown.
+const MAX_IN_FLIGHT: usize = 256;
+/// The share of its sustained rate the client uses, below the node's.
+const RATE_SHARE: f64 = 0.95;
+
+impl Pace {
+    fn new(limits: Limits) -> Self {
+        if limits.messages_per_second == 0 {
+            let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+            return Self { bucket: None, in_flight };
+        }
+        let burst = limits.message_burst.max(1);
+        let margin = burst.div_ceil(4);
         let rate = chat_core::Rate {
-            per_second: f64::from(limits.messages_per_second),
-            burst: limits.message_burst,
+            per_second: f64::from(limits.messages_per_second) * RATE_SHARE,
+            burst: (burst - margin).max(1),
         };
-        Arc::new(std::sync::Mutex::new(chat_core::RateLimit::new(rate, std::time::Instant::now())))
-    })
+        let bucket = chat_core::RateLimit::new(rate, std::time::Instant::now());
+        Self {
+            bucket: Some(Arc::new(std::sync::Mutex::new(bucket))),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(margin as usize)),
+        }
+    }
+
+    /// Takes a token for one more send, or says how long until there is one.
+    fn try_turn(&self) -> Result<(), Duration> {
+        match &self.bucket {
+            Some(bucket) => bucket
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(std::time::Instant::now()),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the node limits the rate, so that a send it found too fast is sent again.
+    fn paced(&self) -> bool {
+        self.bucket.is_some()
+    }
 }
 
 /// How long a connection attempt may take before the server counts as unreachable.
@@ -194,7 +239,7 @@ impl Client {
             name: welcome.name,
             token: welcome.token,
             limits: welcome.limits,
-            pace: pace(welcome.limits),
+            pace: Pace::new(welcome.limits),
             options: options.clone(),
             servers: options.server.clone(),
             server_index: 0,
@@ -207,13 +252,13 @@ impl Client {
     ///
     /// # Errors
     /// As for [`connect`](Self::connect).
-    pub async fn reconnect(&self) -> Result<Self, ClientError> {
+    pub fn reconnect(&self) -> impl Future<Output = Result<Self, ClientError>> + Send + 'static {
         let options = ConnectOptions {
             server: self.servers.clone(),
             resume: Some(self.token),
             ..self.options.clone()
         };
-        Self::connect_from(options, self.server_index + 1).await
+        Self::connect_from(options, self.server_index + 1)
     }
 
     /// The `host:port` of the node this connection went to.

@@ -9,6 +9,7 @@ mod cli {
     pub mod config;
     pub mod output;
     pub mod session;
+    pub mod terminal;
 }
 
 use std::io::IsTerminal;
@@ -19,7 +20,9 @@ use clap::{Parser, Subcommand};
 use cli::config::{Flags, NoTrust, Settings};
 use cli::output::Output;
 use cli::session::Session;
+use cli::terminal::Terminal;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -33,10 +36,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Send one message to the --room and exit once the node has stored it
+    /// Send to the --room and exit once the node has stored it: the words given as one
+    /// message, or else standard input as one message (its new lines kept), or with
+    /// --lines each line of standard input as a message of its own, in order
     Send {
-        /// The message (read from standard input when absent)
+        /// The message; when absent it is read from standard input
         message: Vec<String>,
+        /// Send each line of standard input as its own message, in order (empty lines are
+        /// skipped); exits once every one is acknowledged
+        #[arg(long, conflicts_with = "message")]
+        lines: bool,
     },
     /// Print the history of the --room and exit
     History {
@@ -60,6 +69,7 @@ async fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     let out = Output::stdout(cli.flags.json);
@@ -105,7 +115,10 @@ async fn one_shot(
             let room = settings.room()?;
             out.who(room, &client.who(room).await?);
         }
-        Command::Send { message } => {
+        Command::Send { message, lines: true } if message.is_empty() => {
+            send_lines(settings.room()?, client, out).await?;
+        }
+        Command::Send { message, .. } => {
             let room = settings.room()?;
             let body = if message.is_empty() {
                 std::io::read_to_string(std::io::stdin())?.trim_end_matches('\n').to_owned()
@@ -120,7 +133,7 @@ async fn one_shot(
         Command::History { after } => {
             let room = settings.room()?;
             let mut joined = client.join(room, after).await?;
-            out.joined(joined.name(), joined.history_until(), joined.gap());
+            out.joined(joined.name(), joined.history_until(), joined.gap(), false);
             let until = joined.history_until();
             if after.unwrap_or(0) < until {
                 while let Some(event) = joined.next().await {
@@ -143,7 +156,66 @@ async fn one_shot(
     Ok(())
 }
 
+/// `chat send --lines`: every line of standard input to `room`, in order, pipelined; an
+/// ack printed for each, and every line that failed printed with its text.
+async fn send_lines(room: &str, client: &Client, out: &Output) -> anyhow::Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let mut joined = client.join(room, Some(u64::MAX)).await?;
+    let sender = joined.sender();
+    // The room's own messages are not wanted here, but must be read for the acks to come.
+    let drain = tokio::spawn(async move { while joined.next().await.is_some() {} });
+    let mut acks = JoinSet::new();
+    let mut failed = None;
+    let mut input = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = input.next_line().await? {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match sender.post(line.clone()).await {
+            Ok(posted) => {
+                acks.spawn(async move { (line, posted.acked().await) });
+            }
+            Err(e) => {
+                out.not_sent(room, &line, &e, false);
+                failed.get_or_insert(e);
+            }
+        }
+        while let Some(Ok(done)) = acks.try_join_next() {
+            report(room, done, out, &mut failed);
+        }
+    }
+    while let Some(Ok(done)) = acks.join_next().await {
+        report(room, done, out, &mut failed);
+    }
+    drain.abort();
+    failed.map_or(Ok(()), |e| Err(e.into()))
+}
+
+fn report(
+    room: &str,
+    (line, acked): (String, Result<chat_client::Seq, ClientError>),
+    out: &Output,
+    failed: &mut Option<ClientError>,
+) {
+    match acked {
+        Ok(seq) => out.ack(room, seq),
+        Err(e) => {
+            let maybe = matches!(e, ClientError::ConnectionLost(_));
+            out.not_sent(room, &line, &e, maybe);
+            failed.get_or_insert(e);
+        }
+    }
+}
+
 async fn interactive(settings: &Settings, client: Client, out: Output) -> anyhow::Result<()> {
+    // On a terminal, the screen is drawn by `Terminal` from here on (until it is dropped).
+    let (terminal, input) = if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+        let (terminal, printer, typed) = Terminal::start()?;
+        out.redirect(printer);
+        (Some(terminal), typed)
+    } else {
+        (None, piped_input())
+    };
     out.info(&format!(
         "connected to {} as {}; /help lists the commands",
         client.server(),
@@ -151,42 +223,18 @@ async fn interactive(settings: &Settings, client: Client, out: Output) -> anyhow
     ));
     let mut session = Session::new(client, out.clone());
     for room in &settings.rooms {
-        if let Err(e) = session.join(room, None).await {
+        if let Err(e) = session.join(room, None, false).await {
             session.close().await;
             return Err(e.into());
         }
     }
-    let input = if std::io::stdin().is_terminal() { terminal_input(&out)? } else { piped_input() };
-    session.run(input).await?;
-    Ok(())
+    let result = session.run(input).await;
+    drop(terminal);
+    Ok(result?)
 }
 
-/// Lines from a terminal, with line editing and input history.
-fn terminal_input(out: &Output) -> anyhow::Result<mpsc::Receiver<String>> {
-    let mut editor = rustyline::DefaultEditor::new()?;
-    out.redirect(Box::new(editor.create_external_printer()?));
-    let (tx, rx) = mpsc::channel(16);
-    std::thread::spawn(move || {
-        loop {
-            match editor.readline("> ") {
-                Ok(line) => {
-                    let _ = editor.add_history_entry(line.as_str());
-                    if tx.blocking_send(line).is_err() {
-                        return;
-                    }
-                }
-                // Ctrl-C, Ctrl-D, or a closed terminal: leave.
-                Err(_) => {
-                    let _ = tx.blocking_send("/quit".into());
-                    return;
-                }
-            }
-        }
-    });
-    Ok(rx)
-}
-
-/// Lines from a pipe; the channel closes at the end of input.
+/// Lines from a pipe; the channel closes at the end of input. The channel is small: a pipe
+/// faster than the node waits instead of filling memory.
 fn piped_input() -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {

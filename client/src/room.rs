@@ -4,25 +4,34 @@
 //! and per-send errors resolve the matching send. If the program stops reading events the
 //! channel fills, the task stops reading the stream, and the node eventually drops the
 //! member as too slow; nothing grows without bound.
+//!
+//! Sends go through one queue per room, in the order they were posted, to a task that
+//! keeps to the node's rate and writes them to the stream in that order, several per write
+//! when they queue up. The node stores a stream's sends in the order it reads them, so what
+//! one program posts is stored as it posted it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
 
-use chat_proto::io::{FrameReader, write_frame};
+use bytes::Bytes;
+use chat_proto::io::{FrameReader, concat, write_frame};
 use chat_proto::{
     ChatMessage, ClientFrame, ErrorCode, ErrorFrame, Gap, Limits, NodeFrame, Seq, codec,
 };
 use quinn::{RecvStream, SendStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use crate::{Client, ClientError, ConnectOptions, Pace};
 
 /// Events buffered for a room before the reader pauses.
 const EVENT_BUFFER: usize = 1024;
+/// Sends posted to a room and not yet written before [`RoomSender::post`] waits.
+const POST_QUEUE: usize = 256;
+/// Sends written to the stream in one call, at most.
+const WRITE_BATCH: usize = 64;
 
-/// How often [`RoomSender::send`] sends a message again that the node found too fast.
+/// How often a send that the node found too fast is sent again.
 pub const SLOW_DOWN_RETRIES: usize = 3;
 
 /// What happens in a joined room.
@@ -35,7 +44,66 @@ pub enum RoomEvent {
     Error(ErrorFrame),
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Seq, ClientError>>>>>;
+type Reply = oneshot::Sender<Result<Seq, ClientError>>;
+
+/// A send written to the stream and waiting for its answer.
+struct Waiting {
+    reply: Reply,
+    /// Its place among the connection's unacknowledged sends, given back with the answer.
+    _in_flight: Option<OwnedSemaphorePermit>,
+}
+
+/// Makes the error for the sends of a stream that is done.
+type Closed = Arc<dyn Fn() -> ClientError + Send + Sync>;
+
+/// The sends of one room stream that wait for their answer, by client id.
+#[derive(Default)]
+struct PendingSends {
+    waiting: HashMap<u64, Waiting>,
+    /// Set once the stream is done: later sends get its error at once.
+    closed: Option<Closed>,
+}
+
+#[derive(Clone, Default)]
+struct Pending(Arc<Mutex<PendingSends>>);
+
+impl Pending {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PendingSends> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a send that is about to be written; answers it at once if the stream is done.
+    fn insert(&self, client_id: u64, waiting: Waiting) {
+        let mut pending = self.lock();
+        match &pending.closed {
+            Some(error) => {
+                let _ = waiting.reply.send(Err(error()));
+            }
+            None => {
+                pending.waiting.insert(client_id, waiting);
+            }
+        }
+    }
+
+    fn resolve(&self, client_id: u64, result: Result<Seq, ClientError>) {
+        if let Some(waiting) = self.lock().waiting.remove(&client_id) {
+            let _ = waiting.reply.send(result);
+        }
+    }
+
+    /// Answers every waiting send with `error`, and every later one too.
+    fn close(&self, error: impl Fn() -> ClientError + Send + Sync + 'static) {
+        let error: Closed = Arc::new(error);
+        let waiting: Vec<Waiting> = {
+            let mut pending = self.lock();
+            pending.closed.get_or_insert_with(|| Arc::clone(&error));
+            pending.waiting.drain().map(|(_, waiting)| waiting).collect()
+        };
+        for waiting in waiting {
+            let _ = waiting.reply.send(Err(error()));
+        }
+    }
+}
 
 /// A joined room: its events, and a sender for posting to it.
 pub struct Room {
@@ -47,11 +115,12 @@ pub struct Room {
     last_seen: Arc<AtomicU64>,
 }
 
-/// Posts messages to a room. Cheap to clone; sends from several tasks may be in flight at
-/// once.
+/// Posts messages to a room, in the order they are posted. Cheap to clone; sends from
+/// several tasks may be in flight at once.
 #[derive(Clone)]
 pub struct RoomSender {
     room: String,
+    posts: mpsc::Sender<Post>,
     stream: Arc<tokio::sync::Mutex<SendStream>>,
     pending: Pending,
     next_id: Arc<AtomicU64>,
@@ -59,6 +128,23 @@ pub struct RoomSender {
     pace: Pace,
     connection: quinn::Connection,
     options: Arc<ConnectOptions>,
+}
+
+/// A send on its way to the room's writer task.
+struct Post {
+    client_id: u64,
+    body: String,
+    reply: Reply,
+}
+
+/// A posted send: resolves to the sequence number the node stored it under.
+#[must_use = "a posted message is only known to be stored once it is acknowledged"]
+pub struct Posted {
+    reply: oneshot::Receiver<Result<Seq, ClientError>>,
+    sender: RoomSender,
+    /// The body, kept to send it again if the node finds it too fast (only when it limits
+    /// the rate).
+    resend: Option<String>,
 }
 
 impl Room {
@@ -96,15 +182,18 @@ impl Room {
             reader,
             history_until,
             events_tx,
-            Arc::clone(&pending),
+            pending.clone(),
             Arc::clone(&last_seen),
             name.clone(),
             connection.clone(),
             Arc::clone(&options),
         ));
+        let stream = Arc::new(tokio::sync::Mutex::new(send));
+        let (posts, queued) = mpsc::channel(POST_QUEUE);
         let sender = RoomSender {
             room: name.clone(),
-            stream: Arc::new(tokio::sync::Mutex::new(send)),
+            posts,
+            stream,
             pending,
             next_id: Arc::new(AtomicU64::new(1)),
             limits: client.limits,
@@ -112,6 +201,7 @@ impl Room {
             connection: connection.clone(),
             options,
         };
+        tokio::spawn(sender.clone().write_posts(queued));
         Ok(Self { name, history_until, gap, events, sender, last_seen })
     }
 
@@ -153,15 +243,24 @@ impl Room {
 
 impl RoomSender {
     /// Posts `body` and waits for the node's ack: the sequence number it was stored under.
-    /// Keeps to the node's send rate: when sends come faster, this waits for its turn. The
-    /// network can still bunch two sends together on their way, so that the node finds the
-    /// second too fast: that one is sent again at its next turn (up to
-    /// [`SLOW_DOWN_RETRIES`] times; the node stored nothing of it).
+    /// Sends of one room are written in the order they are posted, at the node's rate
+    /// (see [`post`](Self::post)).
     ///
     /// # Errors
-    /// A body over the node's limit or empty (checked before sending), a refusal from the
-    /// node, or a lost connection.
+    /// As for [`post`](Self::post) and [`Posted::acked`].
     pub async fn send(&self, body: impl Into<String>) -> Result<Seq, ClientError> {
+        self.post(body).await?.acked().await
+    }
+
+    /// Queues `body` behind the room's earlier posts and returns once it is queued (waiting
+    /// while the queue is full); the [`Posted`] resolves with the ack. The queue keeps to
+    /// the node's send rate, so a long run of posts waits for its turns instead of being
+    /// refused, and keeps their order on the stream.
+    ///
+    /// # Errors
+    /// A body over the node's limit or empty (checked before sending), or the room stream
+    /// is gone.
+    pub async fn post(&self, body: impl Into<String>) -> Result<Posted, ClientError> {
         let body = body.into();
         let max = self.limits.max_message_len as usize;
         if body.len() > max {
@@ -170,26 +269,28 @@ impl RoomSender {
                 "the message is {len} bytes long; this node accepts at most {max} bytes"
             )));
         }
-        let Some(pace) = &self.pace else { return self.send_unchecked(body).await?.await };
-        let mut retries = 0;
-        loop {
-            loop {
-                let turn = pace.lock().unwrap_or_else(PoisonError::into_inner).take(Instant::now());
-                match turn {
-                    Ok(()) => break,
-                    Err(wait) => tokio::time::sleep(wait).await,
-                }
-            }
-            match self.send_unchecked(body.clone()).await?.await {
-                Err(ClientError::SlowDown(_)) if retries < SLOW_DOWN_RETRIES => retries += 1,
-                result => return result,
-            }
-        }
+        let resend = self.pace.paced().then(|| body.clone());
+        let reply = self.enqueue(body).await?;
+        Ok(Posted { reply, sender: self.clone(), resend })
+    }
+
+    async fn enqueue(
+        &self,
+        body: String,
+    ) -> Result<oneshot::Receiver<Result<Seq, ClientError>>, ClientError> {
+        let (reply, answer) = oneshot::channel();
+        let client_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.posts
+            .send(Post { client_id, body, reply })
+            .await
+            .map_err(|_| self.lost("the room stream has ended"))?;
+        Ok(answer)
     }
 
     /// Posts `body` without checking it here, returning once it is written; the returned
-    /// future resolves with the ack. The node still checks everything: tools use this to
-    /// keep many sends in flight, tests to see the node's own checks.
+    /// future resolves with the ack. It skips the room's queue and pacing: the node still
+    /// checks everything, tools use this to keep many sends in flight, tests to see the
+    /// node's own checks.
     ///
     /// # Errors
     /// The stream or connection is gone.
@@ -198,29 +299,109 @@ impl RoomSender {
         body: String,
     ) -> Result<impl Future<Output = Result<Seq, ClientError>> + use<>, ClientError> {
         let client_id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner).insert(client_id, tx);
+        let (reply, answer) = oneshot::channel();
+        self.pending.insert(client_id, Waiting { reply, _in_flight: None });
         let frame = ClientFrame::Send { client_id, body };
         let written = write_frame(&mut *self.stream.lock().await, &frame, usize::MAX).await;
         if let Err(e) = written {
-            self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&client_id);
-            return Err(ClientError::lost(&self.connection, e, &self.options));
+            self.pending.resolve(client_id, Err(self.lost(e)));
         }
-        let (connection, options) = (self.connection.clone(), Arc::clone(&self.options));
-        Ok(async move {
-            rx.await.unwrap_or_else(|_| {
-                Err(ClientError::lost(
-                    &connection,
-                    "the room stream ended before the ack",
-                    &options,
-                ))
-            })
-        })
+        let sender = self.clone();
+        Ok(
+            async move { answer.await.unwrap_or_else(|_| Err(sender.lost("the room stream ended"))) },
+        )
     }
 
     /// The room this sender posts to.
     pub fn room(&self) -> &str {
         &self.room
+    }
+
+    fn lost(&self, detail: impl std::fmt::Display) -> ClientError {
+        ClientError::lost(&self.connection, detail, &self.options)
+    }
+
+    /// The room's writer task: takes posts in order, waits for each one's turn under the
+    /// node's rate and for a place among the unacknowledged sends, and writes them, as many
+    /// as are ready in one write.
+    async fn write_posts(self, mut queued: mpsc::Receiver<Post>) {
+        let mut posts = Vec::with_capacity(WRITE_BATCH);
+        let mut frames: Vec<Bytes> = Vec::with_capacity(WRITE_BATCH);
+        while queued.recv_many(&mut posts, WRITE_BATCH).await > 0 {
+            for Post { client_id, body, reply } in posts.drain(..) {
+                let in_flight = match Arc::clone(&self.pace.in_flight).try_acquire_owned() {
+                    Ok(permit) => permit,
+                    Err(_) => {
+                        // Write what is ready before waiting for answers to come back.
+                        if self.flush(&mut frames).await.is_err() {
+                            return;
+                        }
+                        match Arc::clone(&self.pace.in_flight).acquire_owned().await {
+                            Ok(permit) => permit,
+                            Err(_) => return,
+                        }
+                    }
+                };
+                while let Err(wait) = self.pace.try_turn() {
+                    if self.flush(&mut frames).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+                let frame = ClientFrame::Send { client_id, body };
+                match codec::encode(&frame, usize::MAX) {
+                    Ok(bytes) => frames.push(bytes),
+                    Err(e) => {
+                        let _ = reply.send(Err(ClientError::Protocol(e.to_string())));
+                        continue;
+                    }
+                }
+                self.pending.insert(client_id, Waiting { reply, _in_flight: Some(in_flight) });
+            }
+            if self.flush(&mut frames).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Writes the frames gathered so far in one piece. A failed write fails every send
+    /// waiting on this stream.
+    async fn flush(&self, frames: &mut Vec<Bytes>) -> Result<(), ()> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        let bytes = concat(frames);
+        let written = self.stream.lock().await.write_all(&bytes).await;
+        written.map_err(|e| {
+            let (sender, detail) = (self.clone(), e.to_string());
+            self.pending.close(move || sender.lost(&detail));
+        })
+    }
+}
+
+impl Posted {
+    /// Waits for the node's answer: the sequence number the message was stored under.
+    ///
+    /// A send the node still finds too fast (the network bunched two paced sends together)
+    /// is posted again, up to [`SLOW_DOWN_RETRIES`] times; the node stored nothing of it.
+    ///
+    /// # Errors
+    /// A refusal from the node, or the connection was lost before the answer (then the
+    /// message may or may not have been stored).
+    pub async fn acked(mut self) -> Result<Seq, ClientError> {
+        let mut retries = 0;
+        loop {
+            let result = (&mut self.reply)
+                .await
+                .unwrap_or_else(|_| Err(self.sender.lost("the room stream ended before the ack")));
+            match (result, &self.resend) {
+                (Err(ClientError::SlowDown(_)), Some(body)) if retries < SLOW_DOWN_RETRIES => {
+                    retries += 1;
+                    self.reply = self.sender.enqueue(body.clone()).await?;
+                }
+                (result, _) => return result,
+            }
+        }
     }
 }
 
@@ -235,12 +416,6 @@ async fn read_room(
     connection: quinn::Connection,
     options: Arc<ConnectOptions>,
 ) {
-    let resolve = |client_id: u64, result: Result<Seq, ClientError>| {
-        if let Some(tx) = pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&client_id)
-        {
-            let _ = tx.send(result);
-        }
-    };
     // Set when the node drops this member for reading too slowly: where to rejoin.
     let mut too_slow = None;
     loop {
@@ -252,9 +427,11 @@ async fn read_room(
                 // acks still arrive.
                 let _ = events.send(RoomEvent::Message { message, history }).await;
             }
-            Ok(Some(NodeFrame::Ack { client_id, seq })) => resolve(client_id, Ok(seq)),
+            Ok(Some(NodeFrame::Ack { client_id, seq })) => pending.resolve(client_id, Ok(seq)),
             Ok(Some(NodeFrame::Error(error))) => match error.client_id {
-                Some(client_id) => resolve(client_id, Err(ClientError::from_frame(error))),
+                Some(client_id) => {
+                    pending.resolve(client_id, Err(ClientError::from_frame(error)));
+                }
                 // About the stream itself; if it is fatal the node ends the stream next.
                 None => {
                     if error.code == ErrorCode::TooSlow {
@@ -270,14 +447,8 @@ async fn read_room(
             Ok(None) | Err(_) => break,
         }
     }
-    let unacked: Vec<_> = pending.lock().unwrap_or_else(PoisonError::into_inner).drain().collect();
-    for (_, tx) in unacked {
-        let error = match too_slow {
-            Some(last_seq) => ClientError::TooSlow { room: room.clone(), last_seq },
-            None => {
-                ClientError::lost(&connection, "the room stream ended before the ack", &options)
-            }
-        };
-        let _ = tx.send(Err(error));
-    }
+    pending.close(move || match too_slow {
+        Some(last_seq) => ClientError::TooSlow { room: room.clone(), last_seq },
+        None => ClientError::lost(&connection, "the room stream ended before the ack", &options),
+    });
 }

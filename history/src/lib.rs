@@ -142,6 +142,12 @@ pub enum HistoryError {
     Busy,
     #[error("the history is closed")]
     Closed,
+    /// Another process (another node) has the database open.
+    #[error(
+        "another process holds the history in {0}: a node is already running on this data \
+         directory; stop it, or give this node its own --data-dir"
+    )]
+    InUse(std::path::PathBuf),
     /// A history kept elsewhere (cluster mode's NATS) did not answer; the text says why.
     #[error("{0}")]
     Remote(String),
@@ -217,7 +223,12 @@ impl History {
     pub fn open(config: Config) -> Result<Self, HistoryError> {
         std::fs::create_dir_all(&config.path)
             .map_err(|e| HistoryError::Storage(Arc::new(e.into())))?;
-        let handles = Handles::open(&config.path)?;
+        let handles = Handles::open(&config.path).map_err(|e| match e {
+            HistoryError::Storage(inner) if matches!(*inner, fjall::Error::Locked) => {
+                HistoryError::InUse(config.path.clone())
+            }
+            e => e,
+        })?;
         let store = Arc::new(Store {
             cap: config.cap.max(1),
             durability: config.durability,

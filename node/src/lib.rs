@@ -370,13 +370,10 @@ fn tls_config(config: &NodeConfig) -> anyhow::Result<(rustls::ServerConfig, Opti
         None => {
             let dir = config.data_dir.join("certs");
             let files = chat_certs::ensure_node_files(&dir, &[])?;
-            let fingerprint = chat_certs::load_certs(&files.ca_cert)?
-                .first()
-                .map(|der| chat_certs::fingerprint(der))
-                .unwrap_or_default();
+            let ca_fingerprint = first_fingerprint(&chat_certs::load_certs(&files.ca_cert)?);
             info!(
                 ca = %files.ca_cert.display(),
-                sha256 = %fingerprint,
+                sha256 = %ca_fingerprint,
                 "{} local CA; clients trust it with --ca {}",
                 if files.created { "created a" } else { "using the" },
                 files.ca_cert.display()
@@ -385,8 +382,19 @@ fn tls_config(config: &NodeConfig) -> anyhow::Result<(rustls::ServerConfig, Opti
         }
     };
     let chain = chat_certs::load_certs(&cert)?;
+    let fingerprint = first_fingerprint(&chain);
+    info!(
+        cert = %cert.display(),
+        sha256 = %fingerprint,
+        "node certificate; clients can pin it instead of a CA with --fingerprint {fingerprint}"
+    );
     let key = chat_certs::load_key(&key)?;
     Ok((chat_certs::server_config(chain, key, codes::ALPN)?, ca))
+}
+
+/// The SHA-256 fingerprint of the first certificate of a chain (the node's own, or the CA).
+fn first_fingerprint(chain: &[rustls::pki_types::CertificateDer<'_>]) -> String {
+    chain.first().map(|der| chat_certs::fingerprint(der)).unwrap_or_default()
 }
 
 /// The secret behind the node's connection ids and QUIC stateless resets, kept in the data

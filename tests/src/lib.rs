@@ -158,6 +158,8 @@ pub struct NodeProcess {
     pub child: Child,
     pub addr: String,
     pub ca: String,
+    /// What the node logged before it listened.
+    pub start_log: Vec<String>,
 }
 
 impl NodeProcess {
@@ -188,7 +190,10 @@ impl NodeProcess {
         let mut log = Vec::new();
         loop {
             match lines.recv_timeout(PATIENCE) {
-                Ok(line) if line.contains("listening") => break,
+                Ok(line) if line.contains("listening") => {
+                    log.push(line);
+                    break;
+                }
                 Ok(line) => log.push(line),
                 Err(e) => panic!("the node did not start ({e}); its log:\n{}", log.join("\n")),
             }
@@ -202,7 +207,7 @@ impl NodeProcess {
             }
         });
         let ca = data_dir.join("certs/ca.pem").display().to_string();
-        Self { child, addr, ca }
+        Self { child, addr, ca, start_log: log }
     }
 
     pub fn chat(&self, name: &str, args: &[&str]) -> Command {
@@ -298,4 +303,155 @@ pub async fn next_frame(reader: &mut FrameReader<quinn::RecvStream>) -> Option<N
         .await
         .expect("in time")
         .expect("a frame")
+}
+
+/// An interactive `chat --json` in room general, fed through a pipe, once it has joined.
+pub fn joined_chat(node: &NodeProcess, name: &str) -> (Child, mpsc::Receiver<String>) {
+    let mut child = node
+        .chat(name, &["--room", "general", "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("chat starts");
+    let events = spawn_line_reader(child.stdout.take().expect("stdout"));
+    wait_for(&events, "the join", |e| e["event"] == "joined");
+    (child, events)
+}
+
+/// JSON events from a `chat --json` process, until one matches.
+pub fn wait_for(
+    events: &mpsc::Receiver<String>,
+    what: &str,
+    matches: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    loop {
+        let line = events.recv_timeout(PATIENCE).unwrap_or_else(|_| panic!("no {what} in time"));
+        let event: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
+        if matches(&event) {
+            return event;
+        }
+    }
+}
+
+/// The JSON events of a `chat --json` run's output that have this `event` kind.
+pub fn events_of(stdout: &[u8], kind: &str) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == kind)
+        .collect()
+}
+
+/// A program running in a detached tmux session on a terminal of its own: keys typed with
+/// `send-keys`, the screen read with `capture-pane`. Each has its own tmux server, ended on
+/// drop.
+pub struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    /// Starts `command` (a program and its arguments) on a `width` x `height` terminal.
+    pub fn start(command: &Command, width: u16, height: u16) -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        ensure_tmux();
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmux = Self { socket: format!("chat-test-{}-{n}", std::process::id()) };
+        let mut line = vec![shell_quote(command.get_program())];
+        line.extend(command.get_args().map(shell_quote));
+        let (width, height) = (width.to_string(), height.to_string());
+        tmux.run(&[
+            "new-session",
+            "-d",
+            "-s",
+            "chat",
+            "-x",
+            &width,
+            "-y",
+            &height,
+            &line.join(" "),
+        ]);
+        tmux
+    }
+
+    /// Runs a tmux command against this session's server.
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new("tmux")
+            .args(["-L", &self.socket, "-f", "/dev/null"])
+            .args(args)
+            .output()
+            .expect("tmux runs")
+    }
+
+    /// Types `keys` in one burst (tmux key names such as `Enter`, or literal text).
+    pub fn send_keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "chat"];
+        args.extend_from_slice(keys);
+        let sent = self.run(&args);
+        assert!(sent.status.success(), "send-keys: {}", String::from_utf8_lossy(&sent.stderr));
+    }
+
+    /// The screen's text, a row per line.
+    pub fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.run(&["capture-pane", "-p", "-t", "chat"]).stdout)
+            .into_owned()
+    }
+
+    /// Waits until the screen satisfies `ready`, failing the test after [`PATIENCE`].
+    pub fn wait_for_screen(&self, what: &str, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let screen = self.screen();
+            if ready(&screen) {
+                return screen;
+            }
+            assert!(std::time::Instant::now() < deadline, "no {what} on the screen:\n{screen}");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Resizes the terminal, as a person dragging the window's edge does.
+    pub fn resize(&self, width: u16, height: u16) {
+        let (width, height) = (width.to_string(), height.to_string());
+        let resized = self.run(&["resize-window", "-t", "chat", "-x", &width, "-y", &height]);
+        assert!(resized.status.success(), "resize: {}", String::from_utf8_lossy(&resized.stderr));
+    }
+
+    /// Whether the program is still running (its session ends with it).
+    pub fn running(&self) -> bool {
+        self.run(&["has-session", "-t", "chat"]).status.success()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.run(&["kill-server"]);
+    }
+}
+
+fn shell_quote(word: &std::ffi::OsStr) -> String {
+    format!("'{}'", word.to_string_lossy().replace('\'', r"'\''"))
+}
+
+/// Installs tmux with apt-get when it is not there (as on a fresh CI machine).
+fn ensure_tmux() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let have = || Command::new("tmux").arg("-V").output().is_ok_and(|o| o.status.success());
+        if have() {
+            return;
+        }
+        let apt = |args: &[&str]| {
+            Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !apt(&["install", "-y", "-q", "tmux"]) {
+            apt(&["update", "-q"]);
+            apt(&["install", "-y", "-q", "tmux"]);
+        }
+        assert!(have(), "the terminal tests need tmux, and apt-get could not install it");
+    });
 }

@@ -1,8 +1,9 @@
 //! What the `chat` program prints: a line per event, for a person or (with `--json`) as one
 //! JSON object per line for scripts.
 //!
-//! On a terminal the lines go through the line editor's printer, so that they appear above
-//! the prompt instead of through the line being typed.
+//! On a terminal the lines go through the terminal's printer, so that they appear above the
+//! prompt instead of through the line being typed. A person's lines never carry a control
+//! character from a message: a sender cannot move the cursor or clear the screen.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -14,6 +15,9 @@ use serde_json::json;
 /// Where printed lines go.
 pub trait Sink: Send {
     fn line(&mut self, line: String);
+
+    /// Shows `prompt` where the user types, if there is such a place.
+    fn prompt(&mut self, _prompt: &str) {}
 }
 
 struct Stdout;
@@ -23,12 +27,6 @@ impl Sink for Stdout {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
-    }
-}
-
-impl<P: rustyline::ExternalPrinter + Send> Sink for P {
-    fn line(&mut self, line: String) {
-        let _ = self.print(format!("{line}\n"));
     }
 }
 
@@ -44,19 +42,21 @@ impl Output {
         Self { json, sink: Arc::new(Mutex::new(Box::new(Stdout))) }
     }
 
-    /// From now on, print through `sink` (the line editor's printer).
+    /// From now on, print through `sink` (the terminal's printer).
     pub fn redirect(&self, sink: Box<dyn Sink>) {
         *self.sink.lock().unwrap_or_else(PoisonError::into_inner) = sink;
     }
 
     fn emit(&self, value: serde_json::Value, human: impl FnOnce() -> String) {
-        let line = if self.json { value.to_string() } else { human() };
+        let line = if self.json { value.to_string() } else { printable(&human()) };
         self.sink.lock().unwrap_or_else(PoisonError::into_inner).line(line);
     }
 
-    pub fn joined(&self, room: &str, last_seq: Seq, gap: Option<Gap>) {
+    /// A room joined; `target` when typed lines now go there.
+    pub fn joined(&self, room: &str, last_seq: Seq, gap: Option<Gap>, target: bool) {
         self.emit(json!({"event": "joined", "room": room, "last_seq": last_seq}), || {
-            format!("-- joined {room} (newest message #{last_seq})")
+            let target = if target { format!("; typing into {room}") } else { String::new() };
+            format!("-- joined {room} (newest message #{last_seq}){target}")
         });
         if let Some(gap) = gap {
             self.gap(room, gap);
@@ -154,10 +154,61 @@ impl Output {
         );
     }
 
+    /// A message that was not stored, with its text so that the user can send it again.
+    /// `maybe` when the connection was lost before the answer: it may have been stored.
+    pub fn not_sent(&self, room: &str, text: &str, error: &ClientError, maybe: bool) {
+        self.emit(
+            json!({"event": "not_sent", "room": room, "body": text, "code": error.exit_code(), "message": error.to_string(), "maybe_stored": maybe}),
+            || {
+                let what = if maybe { "may not have been sent" } else { "was not sent" };
+                format!("!! {room}: {what} ({error}): {text}")
+            },
+        );
+    }
+
+    /// Where the user types: the room, and how many of the user's lines wait for the node.
+    pub fn prompt(&self, room: Option<&str>, waiting: usize, reconnecting: bool) {
+        let mut prompt = format!("[{}", room.unwrap_or("no room"));
+        if reconnecting {
+            prompt.push_str(" · reconnecting");
+        }
+        if waiting > 0 {
+            prompt.push_str(&format!(" · {waiting} sending"));
+        }
+        prompt.push_str("]> ");
+        self.sink.lock().unwrap_or_else(PoisonError::into_inner).prompt(&prompt);
+    }
+
     /// A problem with what the user typed, not with the chat.
     pub fn usage(&self, text: &str) {
         self.emit(json!({"event": "error", "message": text}), || format!("!! {text}"));
     }
+}
+
+/// `text` with every control character that could move the cursor or change the terminal
+/// shown in caret notation instead (ESC as `^[`, as `cat -v` shows it); tabs become spaces
+/// and new lines stay.
+pub fn printable(text: &str) -> String {
+    let mut shown = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => shown.push('\n'),
+            '\t' => shown.push(' '),
+            '\u{7f}' => shown.push_str("^?"),
+            // C0 controls, `^@` to `^_`.
+            c if u32::from(c) < 0x20 => {
+                shown.push('^');
+                shown.push(char::from(b'@' + c as u8));
+            }
+            // C1 controls are ESC and a letter in one: shown as the two.
+            c if c.is_control() => {
+                shown.push_str("^[");
+                shown.push(char::from_u32(u32::from(c) - 0x40).unwrap_or('?'));
+            }
+            c => shown.push(c),
+        }
+    }
+    shown
 }
 
 /// `HH:MM:SS` in UTC.

@@ -1,14 +1,25 @@
 //! The interactive chat: rooms joined, lines typed sent to the current room, commands, and
 //! reconnecting by itself after a dropped connection.
 //!
-//! Every room's events come through one channel, tagged with the room, so that one loop
-//! prints them, reads input and notices a lost connection. Sends run as tasks of their own,
-//! so a slow ack never holds up typing.
+//! One loop does everything, so that nothing waits on anything else: it prints every room's
+//! events (tagged with the room, through one channel), takes typed lines, hands them one at a
+//! time to their room's ordered queue, collects the acks, and reconnects. Lines wait in the
+//! session's outbox, in the order typed, until their room's queue takes them; while the
+//! outbox is full the loop stops taking lines, so a pipe waits instead of being dropped.
+//!
+//! A line whose send was cut off by a lost connection may or may not have been stored. After
+//! the reconnect, the rejoin replays the room's history after the last message printed:
+//! each such line found there (from this user, with its text) was stored; the others were
+//! not, and are sent again, ahead of what was typed later. So a line is neither lost nor
+//! stored twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
-use chat_client::{Client, ClientError, ErrorCode, RoomEvent, RoomSender, Seq};
+use chat_client::{Client, ClientError, ErrorCode, Posted, RoomEvent, RoomSender, Seq};
+use futures_util::future::OptionFuture;
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -16,27 +27,72 @@ use super::output::Output;
 
 /// Events buffered from all rooms before the room readers pause.
 const EVENT_BUFFER: usize = 1024;
+/// Typed lines the session holds before it stops taking more (while a room's queue is full,
+/// or while reconnecting).
+const OUTBOX: usize = 1024;
+/// The first wait before reconnecting, doubled after each failed attempt up to the next.
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// The longest wait between two reconnect attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// An event of one room; `None` when its stream ended.
 type Tagged = (String, Option<RoomEvent>);
+type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A line for a room.
+struct Line {
+    room: String,
+    text: String,
+    /// Its place in the order typed.
+    typed: u64,
+    /// Sent again after a lost connection already; a second loss reports it.
+    resent: bool,
+    /// When cut off by a lost connection: the join of its room it was sent in. It is sent
+    /// again only in a later join, once that join's history is printed.
+    cut_in: Option<u64>,
+}
 
 struct Joined {
+    /// Which join this is, counted over the session.
+    id: u64,
     sender: RoomSender,
     forward: JoinHandle<()>,
+    /// Messages up to here were history at the join.
+    history_until: Seq,
+    /// The node ended the stream: nothing more will be printed from it.
+    ended: bool,
 }
 
 pub struct Session {
     client: Client,
     out: Output,
     rooms: BTreeMap<String, Joined>,
-    /// The newest sequence number seen per room, kept across reconnects.
+    /// The newest sequence number printed per room, kept across reconnects.
     last_seen: BTreeMap<String, Seq>,
+    /// The user's own messages acknowledged and not yet printed, by room and number.
+    unseen_acks: BTreeSet<(String, Seq)>,
     current: Option<String>,
     events_tx: mpsc::Sender<Tagged>,
     events: mpsc::Receiver<Tagged>,
-    sends: JoinSet<(String, Result<Seq, ClientError>)>,
+    /// Lines typed, in order, that no room queue has taken yet.
+    outbox: VecDeque<Line>,
+    /// The line being handed to its room's queue (waiting while that queue is full).
+    posting: Option<Boxed<(Line, Result<Posted, ClientError>)>>,
+    /// Lines in a room queue or on the wire, waiting for their ack.
+    acks: JoinSet<(Line, Result<Seq, ClientError>)>,
+    /// Lines whose send a lost connection cut off: looked for in the history replayed at
+    /// the rejoin, and sent again if they are not there.
+    unconfirmed: Vec<Line>,
+    /// Lines typed so far, for their order.
+    typed: u64,
+    /// Rooms joined so far, to tell one join of a room from the next.
+    joins: u64,
+    /// While the connection is down: the next attempt to connect again, and its wait.
+    reconnecting: Option<(Boxed<Result<Client, ClientError>>, Duration)>,
+    /// The first line that could not be sent, for the exit code.
+    failed: Option<ClientError>,
+    /// The last prompt shown, so that it is drawn only when it changes.
+    prompt: Option<(Option<String>, usize, bool)>,
 }
 
 impl Session {
@@ -47,39 +103,191 @@ impl Session {
             out,
             rooms: BTreeMap::new(),
             last_seen: BTreeMap::new(),
+            unseen_acks: BTreeSet::new(),
             current: None,
             events_tx,
             events,
-            sends: JoinSet::new(),
+            outbox: VecDeque::new(),
+            posting: None,
+            acks: JoinSet::new(),
+            unconfirmed: Vec::new(),
+            typed: 0,
+            joins: 0,
+            reconnecting: None,
+            failed: None,
+            prompt: None,
         }
     }
 
-    /// Runs until `/quit` or the end of input (after the sends in flight are acknowledged).
+    /// Runs until `/quit` or the end of input, and then until every line typed is
+    /// acknowledged and everything the node sent for the rooms (their history and the
+    /// user's own messages) is printed. A second `/quit` leaves at once.
     ///
     /// # Errors
-    /// Only what ends the session for good: the name taken over by a newer session.
+    /// What ends the session for good (the name taken over by a newer session, or taken by
+    /// someone else while reconnecting), or the first line that could not be sent.
     pub async fn run(mut self, mut input: mpsc::Receiver<String>) -> Result<(), ClientError> {
+        let mut input_open = true;
+        let mut quitting = false;
         loop {
+            self.resend_unconfirmed();
+            self.start_posting();
+            self.show_prompt();
+            if quitting && self.settled() {
+                break;
+            }
             tokio::select! {
-                line = input.recv() => match line {
-                    Some(line) => if !self.handle_line(line.trim()).await { break },
-                    None => break,
+                line = input.recv(), if input_open && self.outbox.len() < OUTBOX => match line {
+                    Some(line) => {
+                        if !self.handle_line(line.trim()).await {
+                            if quitting {
+                                break;
+                            }
+                            quitting = true;
+                        }
+                    }
+                    None => (input_open, quitting) = (false, true),
                 },
                 Some((room, event)) = self.events.recv() => self.room_event(room, event).await,
-                Some(sent) = self.sends.join_next() => self.sent(sent),
-                lost = self.client.closed() => self.reconnect(lost).await?,
+                Some((line, posted)) = OptionFuture::from(self.posting.as_mut()) => {
+                    self.posting = None;
+                    match posted {
+                        Ok(posted) => {
+                            self.acks.spawn(async move { (line, posted.acked().await) });
+                        }
+                        Err(e) => self.not_sent(line, e),
+                    }
+                }
+                Some(acked) = self.acks.join_next() => {
+                    if let Ok((line, result)) = acked {
+                        self.acked(line, result);
+                    }
+                }
+                lost = self.client.closed(), if self.reconnecting.is_none() => self.lost(lost)?,
+                Some(attempt) = OptionFuture::from(self.reconnecting.as_mut().map(|(a, _)| a)) => {
+                    self.reconnected(attempt).await?;
+                }
             }
         }
-        while let Some(sent) = self.sends.join_next().await {
-            self.sent(sent);
-        }
+        self.report_unsent();
+        let failed = self.failed.take();
         self.close().await;
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// Leaves every room and says goodbye to the node.
     pub async fn close(self) {
         self.client.close().await;
+    }
+
+    /// Whether everything is done: no line waits, and every room has printed its history
+    /// and the user's own acknowledged messages.
+    fn settled(&self) -> bool {
+        self.outbox.is_empty()
+            && self.unconfirmed.is_empty()
+            && self.posting.is_none()
+            && self.acks.is_empty()
+            && self.reconnecting.is_none()
+            && self.rooms.iter().all(|(name, joined)| {
+                joined.ended
+                    || (self.last_seen.get(name).copied().unwrap_or(0) >= joined.history_until
+                        && !self.unseen_acks.iter().any(|(room, _)| room == name))
+            })
+    }
+
+    fn show_prompt(&mut self) {
+        let waiting = self.outbox.len()
+            + self.unconfirmed.len()
+            + usize::from(self.posting.is_some())
+            + self.acks.len();
+        let prompt = (self.current.clone(), waiting, self.reconnecting.is_some());
+        if self.prompt.as_ref() != Some(&prompt) {
+            self.out.prompt(prompt.0.as_deref(), prompt.1, prompt.2);
+            self.prompt = Some(prompt);
+        }
+    }
+
+    /// Hands the oldest waiting line to its room's queue, unless one is on its way already.
+    fn start_posting(&mut self) {
+        while self.posting.is_none() && self.reconnecting.is_none() {
+            let Some(line) = self.outbox.pop_front() else { return };
+            let Some(joined) = self.rooms.get(&line.room) else {
+                let error = ClientError::UnknownRoom(format!("no longer in room {}", line.room));
+                self.not_sent(line, error);
+                continue;
+            };
+            let sender = joined.sender.clone();
+            self.posting = Some(Box::pin(async move {
+                let posted = sender.post(line.text.clone()).await;
+                (line, posted)
+            }));
+        }
+    }
+
+    fn acked(&mut self, line: Line, result: Result<Seq, ClientError>) {
+        match result {
+            Ok(seq) => {
+                if self.last_seen.get(&line.room).is_none_or(|seen| *seen < seq) {
+                    self.unseen_acks.insert((line.room.clone(), seq));
+                }
+                self.out.stored(&line.room, seq);
+            }
+            Err(e) => self.not_sent(line, e),
+        }
+    }
+
+    /// A line that was not stored, or (after a lost connection) may not have been: kept to
+    /// be checked against the history at the rejoin, or reported with its text.
+    fn not_sent(&mut self, mut line: Line, error: ClientError) {
+        let cut_off = matches!(error, ClientError::ConnectionLost(_) | ClientError::GoingAway);
+        if cut_off && !line.resent {
+            line.cut_in = Some(self.rooms.get(&line.room).map_or(0, |joined| joined.id));
+            self.unconfirmed.push(line);
+            return;
+        }
+        self.out.not_sent(&line.room, &line.text, &error, cut_off);
+        self.failed.get_or_insert(error);
+    }
+
+    /// A message of this user's in a rejoined room's history: a line cut off by the lost
+    /// connection that was stored after all.
+    fn confirm(&mut self, room: &str, text: &str) {
+        let found = self.unconfirmed.iter().position(|l| l.room == room && l.text == text);
+        if let Some(found) = found {
+            self.unconfirmed.remove(found);
+        }
+    }
+
+    /// Sends again, ahead of everything typed later, the cut-off lines of each room that is
+    /// joined again and whose history is printed: they were not in it.
+    fn resend_unconfirmed(&mut self) {
+        if self.unconfirmed.is_empty() || self.reconnecting.is_some() {
+            return;
+        }
+        let replayed = |line: &Line| {
+            self.rooms.get(&line.room).is_some_and(|joined| {
+                Some(joined.id) != line.cut_in
+                    && self.last_seen.get(&line.room).copied().unwrap_or(0) >= joined.history_until
+            })
+        };
+        let (mut again, keep): (Vec<Line>, Vec<Line>) =
+            std::mem::take(&mut self.unconfirmed).into_iter().partition(|l| replayed(l));
+        self.unconfirmed = keep;
+        again.sort_by_key(|line| std::cmp::Reverse(line.typed));
+        for mut line in again {
+            line.resent = true;
+            self.outbox.push_front(line);
+        }
+    }
+
+    /// At a forced quit: the lines that will not be sent, each with its text.
+    fn report_unsent(&mut self) {
+        let unsent = std::mem::take(&mut self.outbox).into_iter();
+        for line in std::mem::take(&mut self.unconfirmed).into_iter().chain(unsent) {
+            let error = ClientError::ConnectionLost("left before it could be sent".into());
+            self.out.not_sent(&line.room, &line.text, &error, line.resent);
+            self.failed.get_or_insert(error);
+        }
     }
 
     /// Handles one typed line; false to quit.
@@ -90,10 +298,11 @@ impl Session {
         match command {
             "" => {}
             "/quit" | "/exit" => return false,
-            "/join" if !arg.is_empty() => match self.join(arg, None).await {
-                Ok(()) => self.current = Some(arg.clone()),
-                Err(e) => self.out.error(Some(arg), &e),
-            },
+            "/join" if !arg.is_empty() => {
+                if let Err(e) = self.join(arg, None, true).await {
+                    self.out.error(Some(arg), &e);
+                }
+            }
             "/leave" => match self.room_arg(arg) {
                 Some(room) if self.rooms.contains_key(&room) => self.leave(&room),
                 _ => self.out.usage("not in that room"),
@@ -119,12 +328,20 @@ impl Session {
             },
             "/help" => self.out.info(
                 "commands: /join ROOM, /leave [ROOM], /switch ROOM, /rooms, /who [ROOM], /quit; \
-                 anything else is sent to the current room",
+                 anything else is sent to the room named in the prompt",
             ),
             _ if command.starts_with('/') => {
                 self.out.usage(&format!("unknown command {command}; /help lists them"));
             }
-            _ => self.send(line.to_owned()),
+            _ => match &self.current {
+                Some(room) => {
+                    self.typed += 1;
+                    let (room, text) = (room.clone(), line.to_owned());
+                    let line = Line { room, text, typed: self.typed, resent: false, cut_in: None };
+                    self.outbox.push_back(line);
+                }
+                None => self.out.usage("not in a room: /join ROOM first"),
+            },
         }
         true
     }
@@ -134,32 +351,26 @@ impl Session {
         if arg.is_empty() { self.current.clone() } else { Some(arg.to_owned()) }
     }
 
-    fn send(&mut self, body: String) {
-        let Some(joined) = self.current.as_ref().and_then(|room| self.rooms.get(room)) else {
-            return self.out.usage("not in a room: /join ROOM first");
-        };
-        let sender = joined.sender.clone();
-        self.sends.spawn(async move { (sender.room().to_owned(), sender.send(body).await) });
-    }
-
-    fn sent(&mut self, sent: Result<(String, Result<Seq, ClientError>), tokio::task::JoinError>) {
-        match sent {
-            Ok((room, Ok(seq))) => self.out.stored(&room, seq),
-            Ok((room, Err(e))) => self.out.error(Some(&room), &e),
-            Err(_) => {}
-        }
-    }
-
-    /// Joins `room` after `after` and starts forwarding its events.
-    pub async fn join(&mut self, room: &str, after: Option<Seq>) -> Result<(), ClientError> {
+    /// Joins `room` after `after` and starts forwarding its events; `target` makes it the
+    /// room typed lines go to (the first room joined is that anyway).
+    pub async fn join(
+        &mut self,
+        room: &str,
+        after: Option<Seq>,
+        target: bool,
+    ) -> Result<(), ClientError> {
         if self.rooms.contains_key(room) {
-            self.current = Some(room.to_owned());
+            if target {
+                self.current = Some(room.to_owned());
+                self.out.info(&format!("already in {room}; typing into {room}"));
+            }
             return Ok(());
         }
         let mut joined = self.client.join(room, after).await?;
         let name = joined.name().to_owned();
-        self.out.joined(&name, joined.history_until(), joined.gap());
-        let sender = joined.sender();
+        let target = target || self.current.is_none();
+        self.out.joined(&name, joined.history_until(), joined.gap(), target);
+        let (sender, history_until) = (joined.sender(), joined.history_until());
         let tx = self.events_tx.clone();
         let tag = name.clone();
         let forward = tokio::spawn(async move {
@@ -170,8 +381,11 @@ impl Session {
             }
             let _ = tx.send((tag, None)).await;
         });
-        self.rooms.insert(name.clone(), Joined { sender, forward });
-        if self.current.is_none() {
+        self.last_seen.entry(name.clone()).or_insert(after.unwrap_or(0));
+        self.joins += 1;
+        let joined = Joined { id: self.joins, sender, forward, history_until, ended: false };
+        self.rooms.insert(name.clone(), joined);
+        if target {
             self.current = Some(name);
         }
         Ok(())
@@ -185,67 +399,111 @@ impl Session {
         }
         if self.current.as_deref() == Some(room) {
             self.current = self.rooms.keys().next().cloned();
+            if let Some(now) = &self.current {
+                self.out.info(&format!("typing into {now}"));
+            }
         }
     }
 
     async fn room_event(&mut self, room: String, event: Option<RoomEvent>) {
         match event {
             Some(RoomEvent::Message { message, history }) => {
-                self.last_seen.insert(room, message.seq);
+                let seen = self.last_seen.entry(room.clone()).or_default();
+                *seen = (*seen).max(message.seq);
+                let acked = self.unseen_acks.remove(&(room.clone(), message.seq));
+                // One that was acknowledged is not one of the lines cut off.
+                if history && !acked && message.sender == self.client.name() {
+                    self.confirm(&room, &message.body);
+                }
                 self.out.message(&message, history);
             }
             Some(RoomEvent::Error(error)) if error.code == ErrorCode::TooSlow => {
                 let after = error.last_seq.or_else(|| self.last_seen.get(&room).copied());
                 self.out.info(&format!("{room}: {}; rejoining", error.message));
-                self.rooms.remove(&room);
-                if let Err(e) = self.join(&room, after).await {
+                let target = self.current.as_deref() == Some(room.as_str());
+                if let Some(joined) = self.rooms.remove(&room) {
+                    joined.forward.abort();
+                }
+                if let Err(e) = self.join(&room, after, target).await {
                     self.out.error(Some(&room), &e);
                 }
             }
             Some(RoomEvent::Error(error)) => {
                 self.out.error(Some(&room), &ClientError::from_frame(error));
             }
-            // A stream that ends on its own: the connection is going, which `closed` handles.
-            None => {}
+            // The stream ended: the connection is going (which `closed` handles), or the
+            // node ended the membership after an error printed above.
+            None => {
+                if let Some(joined) = self.rooms.get_mut(&room) {
+                    joined.ended = true;
+                }
+            }
         }
     }
 
-    /// Connects again after `lost`, and rejoins every room after the last message seen.
-    async fn reconnect(&mut self, lost: ClientError) -> Result<(), ClientError> {
+    /// The connection is gone: say so once, and start connecting again.
+    fn lost(&mut self, lost: ClientError) -> Result<(), ClientError> {
         if matches!(lost, ClientError::Replaced) {
             return Err(lost);
         }
-        self.out.error(None, &lost);
-        let rooms: Vec<String> = self.rooms.keys().cloned().collect();
-        for joined in std::mem::take(&mut self.rooms).into_values() {
+        let reason = match lost {
+            ClientError::GoingAway => "the node is shutting down".to_owned(),
+            other => other.to_string(),
+        };
+        self.out.info(&format!(
+            "lost the connection to {} ({reason}); reconnecting by itself, and what you type \
+             meanwhile is sent once it is back",
+            self.client.server()
+        ));
+        for joined in self.rooms.values_mut() {
             joined.forward.abort();
+            joined.ended = false;
         }
-        let mut backoff = Duration::from_millis(200);
-        let client = loop {
-            tokio::time::sleep(backoff).await;
-            match self.client.reconnect().await {
-                Ok(client) => break client,
-                Err(
-                    e @ (ClientError::NameTaken(_)
-                    | ClientError::InvalidName(_)
-                    | ClientError::NotTrusted { .. }),
-                ) => {
-                    return Err(e);
-                }
-                Err(e) => {
-                    self.out.info(&format!("reconnecting: {e}"));
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
+        self.reconnecting = Some((self.attempt(FIRST_BACKOFF), FIRST_BACKOFF));
+        Ok(())
+    }
+
+    fn attempt(&self, wait: Duration) -> Boxed<Result<Client, ClientError>> {
+        let attempt = self.client.reconnect();
+        Box::pin(async move {
+            tokio::time::sleep(wait).await;
+            attempt.await
+        })
+    }
+
+    /// One attempt to connect again is over: rejoin every room after the last message
+    /// printed, or try again later.
+    async fn reconnected(
+        &mut self,
+        attempt: Result<Client, ClientError>,
+    ) -> Result<(), ClientError> {
+        let client = match attempt {
+            Ok(client) => client,
+            Err(
+                e @ (ClientError::NameTaken(_)
+                | ClientError::InvalidName(_)
+                | ClientError::NotTrusted { .. }),
+            ) => return Err(e),
+            Err(e) => {
+                tracing::debug!(error = %e, "reconnect attempt failed");
+                let wait = self.reconnecting.as_ref().map_or(FIRST_BACKOFF, |(_, w)| *w);
+                let wait = (wait * 2).min(MAX_BACKOFF);
+                self.reconnecting = Some((self.attempt(wait), wait));
+                return Ok(());
             }
         };
+        self.reconnecting = None;
         self.client = client;
         self.out.info(&format!("reconnected to {}", self.client.server()));
+        let target = self.current.clone();
+        let rooms: Vec<String> = std::mem::take(&mut self.rooms).into_keys().collect();
         for room in rooms {
             let after = self.last_seen.get(&room).copied();
-            if let Err(e) = self.join(&room, after).await {
+            if let Err(e) = self.join(&room, after, false).await {
                 self.out.error(Some(&room), &e);
             }
         }
+        self.current = target.filter(|room| self.rooms.contains_key(room));
         Ok(())
     }
 }

@@ -6,7 +6,9 @@
 use std::io::Write;
 use std::process::Stdio;
 
-use chat_tests::{NodeProcess, Tmux, events_of, joined_chat, wait_child, wait_for};
+use chat_tests::{
+    NodeProcess, Tmux, events_of, joined_chat, spawn_line_reader, wait_child, wait_for,
+};
 
 /// `count` numbered lines, as a file to pipe in, and the lines themselves.
 fn numbered_lines(count: usize, prefix: &str) -> (tempfile::NamedTempFile, Vec<String>) {
@@ -71,6 +73,43 @@ fn a_thousand_piped_lines_arrive_once_in_order_at_the_default_rate_limit() {
 #[test]
 fn ten_thousand_piped_lines_arrive_once_in_order_with_no_rate_limit() {
     piped_lines_arrive_in_order(&["--messages-per-second", "0"], 10_000);
+}
+
+/// The node is killed while a long pipe is being sent, with many lines in flight, and
+/// restarted: the client reconnects by itself, finds which of the cut-off lines were stored,
+/// sends the others again, and exits 0 with every line stored once, in the file's order.
+#[test]
+fn piped_lines_survive_the_node_being_killed_midway() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Paced, so that the pipe is still going when the node dies: 2,000 lines at 1,000 a
+    // second.
+    let rate = ["--messages-per-second", "1000", "--message-burst", "100"];
+    let mut node = NodeProcess::start(dir.path(), &rate);
+    let addr = node.addr.clone();
+    let (file, lines) = numbered_lines(2000, "line");
+    let mut piper = node
+        .chat("piper", &["--room", "general", "--json"])
+        .stdin(std::fs::File::open(file.path()).expect("opens"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("runs");
+    let events = spawn_line_reader(piper.stdout.take().expect("stdout"));
+    for _ in 0..300 {
+        wait_for(&events, "the first acks", |e| e["event"] == "ack");
+    }
+    node.signal("KILL");
+    wait_child(&mut node.child);
+    let node = NodeProcess::start_on(dir.path(), &addr, &rate);
+    wait_for(&events, "the reconnect", |e| {
+        e["event"] == "info" && e["message"] == format!("reconnected to {addr}").as_str()
+    });
+    let status = wait_child(&mut piper);
+    let said: Vec<String> =
+        events.try_iter().filter(|l| !l.contains(r#""event":"message""#)).collect();
+    assert!(status.success(), "{status}: {said:#?}");
+    let stored = history_from(&node, "general", "piper");
+    assert_eq!(stored.len(), lines.len(), "every line once");
+    assert!(stored == lines, "in the file's order");
 }
 
 #[test]

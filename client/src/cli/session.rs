@@ -71,6 +71,9 @@ pub struct Session {
     last_seen: BTreeMap<String, Seq>,
     /// The user's own messages acknowledged and not yet printed, by room and number.
     unseen_acks: BTreeSet<(String, Seq)>,
+    /// The user's own messages printed before their ack came (the node relays a message
+    /// before it is synced, and acks it after): room, number and text.
+    unacked_echoes: Vec<(String, Seq, String)>,
     current: Option<String>,
     events_tx: mpsc::Sender<Tagged>,
     events: mpsc::Receiver<Tagged>,
@@ -104,6 +107,7 @@ impl Session {
             rooms: BTreeMap::new(),
             last_seen: BTreeMap::new(),
             unseen_acks: BTreeSet::new(),
+            unacked_echoes: Vec::new(),
             current: None,
             events_tx,
             events,
@@ -210,6 +214,12 @@ impl Session {
     /// Hands the oldest waiting line to its room's queue, unless one is on its way already.
     fn start_posting(&mut self) {
         while self.posting.is_none() && self.reconnecting.is_none() {
+            let Some(head) = self.outbox.front() else { return };
+            // Lines of a room wait behind its cut-off ones until those are found in the
+            // rejoined history or sent again, so that the order typed holds.
+            if self.unconfirmed.iter().any(|cut| cut.room == head.room) {
+                return;
+            }
             let Some(line) = self.outbox.pop_front() else { return };
             let Some(joined) = self.rooms.get(&line.room) else {
                 let error = ClientError::UnknownRoom(format!("no longer in room {}", line.room));
@@ -227,8 +237,13 @@ impl Session {
     fn acked(&mut self, line: Line, result: Result<Seq, ClientError>) {
         match result {
             Ok(seq) => {
-                if self.last_seen.get(&line.room).is_none_or(|seen| *seen < seq) {
-                    self.unseen_acks.insert((line.room.clone(), seq));
+                let echo =
+                    self.unacked_echoes.iter().position(|(r, s, _)| *r == line.room && *s == seq);
+                let printed = self.last_seen.get(&line.room).is_some_and(|seen| *seen >= seq);
+                match echo {
+                    Some(echo) => drop(self.unacked_echoes.swap_remove(echo)),
+                    None if !printed => drop(self.unseen_acks.insert((line.room.clone(), seq))),
+                    None => {}
                 }
                 self.out.stored(&line.room, seq);
             }
@@ -240,6 +255,17 @@ impl Session {
     /// be checked against the history at the rejoin, or reported with its text.
     fn not_sent(&mut self, mut line: Line, error: ClientError) {
         let cut_off = matches!(error, ClientError::ConnectionLost(_) | ClientError::GoingAway);
+        let echoed = self
+            .unacked_echoes
+            .iter()
+            .position(|(r, _, text)| *r == line.room && *text == line.text);
+        if let Some(echoed) = echoed {
+            self.unacked_echoes.swap_remove(echoed);
+            if cut_off {
+                // Its ack was lost, but the room relayed it: it was stored.
+                return;
+            }
+        }
         if cut_off && !line.resent {
             line.cut_in = Some(self.rooms.get(&line.room).map_or(0, |joined| joined.id));
             self.unconfirmed.push(line);
@@ -411,9 +437,13 @@ impl Session {
                 let seen = self.last_seen.entry(room.clone()).or_default();
                 *seen = (*seen).max(message.seq);
                 let acked = self.unseen_acks.remove(&(room.clone(), message.seq));
-                // One that was acknowledged is not one of the lines cut off.
-                if history && !acked && message.sender == self.client.name() {
-                    self.confirm(&room, &message.body);
+                if !acked && message.sender == self.client.name() {
+                    if history {
+                        // Replayed at a rejoin: perhaps a line the lost connection cut off.
+                        self.confirm(&room, &message.body);
+                    } else {
+                        self.unacked_echoes.push((room.clone(), message.seq, message.body.clone()));
+                    }
                 }
                 self.out.message(&message, history);
             }
@@ -493,6 +523,7 @@ impl Session {
             }
         };
         self.reconnecting = None;
+        self.unacked_echoes.clear();
         self.client = client;
         self.out.info(&format!("reconnected to {}", self.client.server()));
         let target = self.current.clone();

@@ -50,11 +50,12 @@ impl Mailbox for Counter {
 }
 
 fn core_fanout(c: &mut Criterion) {
-    let mut core = Core::new(Rules { max_message_len: 4096, max_rooms_per_connection: 4 });
+    let mut core = Core::new(Rules::new(4096, 4));
     let room = RoomName::parse("general").expect("valid");
     core.add_room(room.clone(), 0);
     for i in 0..100u64 {
-        core.connect(ConnId(i), &format!("user{i}"), None, [0; 16]).expect("online");
+        core.connect(ConnId(i), &format!("user{i}"), None, [0; 16], std::time::Instant::now())
+            .expect("online");
         core.join(ConnId(i), MemberId(i), "general", Counter::default()).expect("joined");
     }
     let frame = codec::encode(&message_frame(), codec::MAX_NODE_FRAME_LEN).expect("encodes");

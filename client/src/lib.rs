@@ -66,15 +66,16 @@ const RATE_SHARE: f64 = 0.95;
 
 impl Pace {
     fn new(limits: Limits) -> Self {
-        if limits.messages_per_second == 0 {
+        let node_rate =
+            chat_core::Rate::per_connection(limits.messages_per_second, limits.message_burst);
+        let Some(node_rate) = node_rate else {
             let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
             return Self { bucket: None, in_flight };
-        }
-        let burst = limits.message_burst.max(1);
-        let margin = burst.div_ceil(4);
+        };
+        let margin = node_rate.burst.div_ceil(4);
         let rate = chat_core::Rate {
-            per_second: f64::from(limits.messages_per_second) * RATE_SHARE,
-            burst: (burst - margin).max(1),
+            per_second: node_rate.per_second * RATE_SHARE,
+            burst: (node_rate.burst - margin).max(1),
         };
         let bucket = chat_core::RateLimit::new(rate, std::time::Instant::now());
         Self {

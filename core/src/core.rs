@@ -1,11 +1,14 @@
 //! [`Core`]: presence, connections and rooms behind the events the node feeds it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
 
 use crate::names::NameError;
 use crate::presence::{Claimed, Presence, Taken};
+use crate::rate::{RateLimit, Verdict};
 use crate::room::{Evicted, Mailbox, Room};
 use crate::{ConnId, ErrorCode, MemberId, RoomName, Rules, Seq, SessionToken, UserName};
+use chat_proto::codes::close;
 
 /// Why the core refused an event. Its text is meant for the user at the other end.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,6 +33,35 @@ pub enum Refusal {
     NotConnected,
     #[error("this stream is not in a room (it was closed or dropped)")]
     NotJoined,
+    #[error(
+        "you are sending faster than the node allows ({per_second} messages a second); the \
+         message was not sent: wait {} ms and send it again",
+        retry_after.as_millis().max(1)
+    )]
+    SlowDown { per_second: u64, retry_after: Duration },
+    /// The connection kept sending after being told to slow down: it is closed.
+    #[error("you kept sending after being told to slow down")]
+    RateLimited,
+    /// A frame too long to read was skipped.
+    #[error(
+        "a frame of {len} bytes is over the limit of {max} bytes for a message; it was not sent"
+    )]
+    FrameTooLong { len: usize, max: usize },
+    /// The member read too slowly and was dropped from the room.
+    #[error(
+        "you fell too far behind in room {room} and were dropped; rejoin after {last_seq} to resume"
+    )]
+    TooSlow { room: String, last_seq: Seq },
+    /// The history could not take the message; `0` says why.
+    #[error("the message was not sent: {0}")]
+    NotStored(String),
+    /// The history wrote the message and the room got it, but it could not be made durable:
+    /// sending it again would show it twice.
+    #[error("the room got the message, but {0}")]
+    NotSynced(String),
+    /// The directory of names (in cluster mode, shared by every node) did not answer.
+    #[error("the node cannot check the name now: {0}")]
+    DirectoryUnavailable(String),
 }
 
 impl Refusal {
@@ -45,6 +77,23 @@ impl Refusal {
             Self::MessageTooLong { .. } => ErrorCode::MessageTooLong,
             Self::EmptyMessage => ErrorCode::EmptyMessage,
             Self::NotConnected | Self::NotJoined => ErrorCode::ProtocolViolation,
+            Self::SlowDown { .. } | Self::RateLimited => ErrorCode::SlowDown,
+            Self::FrameTooLong { .. } => ErrorCode::MessageTooLong,
+            Self::TooSlow { .. } => ErrorCode::TooSlow,
+            Self::DirectoryUnavailable(_) | Self::NotStored(_) | Self::NotSynced(_) => {
+                ErrorCode::HistoryUnavailable
+            }
+        }
+    }
+
+    /// The code to close the connection with when this refusal ends it (a refused hello,
+    /// or a connection that would not slow down).
+    pub fn close_code(&self) -> u32 {
+        match self {
+            Self::NameTaken(_) => close::NAME_TAKEN,
+            Self::RateLimited => close::RATE_LIMITED,
+            Self::NotConnected | Self::NotJoined => close::PROTOCOL_VIOLATION,
+            _ => close::REFUSED,
         }
     }
 }
@@ -83,6 +132,8 @@ pub struct RoomSummary {
 struct Connection {
     name: UserName,
     rooms: HashMap<RoomName, MemberId>,
+    /// The send rate limit shared by all its rooms; `None` when unlimited.
+    rate: Option<RateLimit>,
 }
 
 /// The state of one node's chat, with no I/O. See the crate documentation.
@@ -110,8 +161,9 @@ impl<B: Mailbox> Core<B> {
         self.rooms.entry(room).or_insert_with(|| Room::new(last_seq));
     }
 
-    /// A hello: `conn` wants to be online as `name`. `token` is the fresh session token the
-    /// node drew for it; `resume` the one the client offered from an earlier session.
+    /// A hello at `now`: `conn` wants to be online as `name`. `token` is the fresh session
+    /// token the node drew for it; `resume` the one the client offered from an earlier
+    /// session.
     ///
     /// # Errors
     /// An invalid name, or one online on another connection.
@@ -121,6 +173,7 @@ impl<B: Mailbox> Core<B> {
         name: &str,
         resume: Option<SessionToken>,
         token: SessionToken,
+        now: Instant,
     ) -> Result<Connected, Refusal> {
         let name = UserName::parse(name).map_err(Refusal::InvalidName)?;
         let claimed = self
@@ -134,7 +187,9 @@ impl<B: Mailbox> Core<B> {
                 Some(old)
             }
         };
-        self.connections.insert(conn, Connection { name: name.clone(), rooms: HashMap::new() });
+        let rate = self.rules.rate.map(|rate| RateLimit::new(rate, now));
+        let connection = Connection { name: name.clone(), rooms: HashMap::new(), rate };
+        self.connections.insert(conn, connection);
         Ok(Connected { name, replaced })
     }
 
@@ -196,11 +251,35 @@ impl<B: Mailbox> Core<B> {
         }
     }
 
-    /// Checks a message the member wants to post.
+    /// Checks a message the member wants to post at `now`, taking it from its connection's
+    /// send rate first (a refused body counts against the rate too).
     ///
     /// # Errors
-    /// An empty or over-long body, or a member no longer in its room.
-    pub fn check_send(&self, member: MemberId, body: &str) -> Result<Outgoing, Refusal> {
+    /// Over the rate ([`Refusal::SlowDown`], or [`Refusal::RateLimited`] when the
+    /// connection keeps on regardless and is to be closed), an empty or over-long body, or a
+    /// member no longer in its room.
+    pub fn check_send(
+        &mut self,
+        member: MemberId,
+        body: &str,
+        now: Instant,
+    ) -> Result<Outgoing, Refusal> {
+        let (conn, room) = self.members.get(&member).ok_or(Refusal::NotJoined)?;
+        let connection = self.connections.get_mut(conn).ok_or(Refusal::NotConnected)?;
+        if let Some(rate) = &mut connection.rate {
+            match rate.check(now) {
+                Verdict::Allow => {}
+                Verdict::SlowDown { retry_after } => {
+                    let per_second = self.rules.rate.map_or(0.0, |r| r.per_second);
+                    return Err(Refusal::SlowDown {
+                        per_second: per_second.round() as u64,
+                        retry_after,
+                    });
+                }
+                Verdict::Disconnect => return Err(Refusal::RateLimited),
+            }
+        }
+        let outgoing = Outgoing { room: room.clone(), sender: connection.name.clone() };
         if body.is_empty() {
             return Err(Refusal::EmptyMessage);
         }
@@ -210,9 +289,12 @@ impl<B: Mailbox> Core<B> {
                 max: self.rules.max_message_len,
             });
         }
-        let (conn, room) = self.members.get(&member).ok_or(Refusal::NotJoined)?;
-        let sender = self.connections.get(conn).ok_or(Refusal::NotConnected)?.name.clone();
-        Ok(Outgoing { room: room.clone(), sender })
+        Ok(outgoing)
+    }
+
+    /// The answer to a send frame too long to read, `len` bytes: it is skipped.
+    pub fn oversized(&self, len: usize) -> Refusal {
+        Refusal::FrameTooLong { len, max: self.rules.max_message_len }
     }
 
     /// The history has stored `message` under `seq` in `room`: hand it to the members in

@@ -37,10 +37,33 @@ pub struct ConnId(pub u64);
 pub struct MemberId(pub u64);
 
 /// The rules the core enforces, from the node's configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rules {
     /// Longest message body in bytes.
     pub max_message_len: usize,
     /// Most rooms one connection may be in at once.
     pub max_rooms_per_connection: usize,
+    /// How fast one connection may send; `None` for no limit.
+    pub rate: Option<Rate>,
+}
+
+impl Rules {
+    /// The limits with no send rate limit.
+    pub fn new(max_message_len: usize, max_rooms_per_connection: usize) -> Self {
+        Self { max_message_len, max_rooms_per_connection, rate: None }
+    }
+
+    /// These rules with a send rate of `messages_per_second` in bursts of `burst`; a rate
+    /// of 0 means no limit.
+    #[must_use]
+    pub fn with_rate(self, messages_per_second: u32, burst: u32) -> Self {
+        Self { rate: Rate::per_connection(messages_per_second, burst), ..self }
+    }
+}
+
+/// The sends of one room stream that may wait for the history at once, for a member whose
+/// queue holds `member_queue` frames: their acks and echoes come back in bursts and must
+/// fit the sender's own queue, so a quarter of it.
+pub fn sends_in_flight(member_queue: usize) -> usize {
+    (member_queue / 4).max(1)
 }

@@ -40,6 +40,15 @@ pub struct RateLimit {
     strikes: u32,
 }
 
+impl Rate {
+    /// The rate of a node configured with `messages_per_second` (0: no limit) in bursts of
+    /// `burst`.
+    pub fn per_connection(messages_per_second: u32, burst: u32) -> Option<Self> {
+        (messages_per_second > 0)
+            .then(|| Self { per_second: f64::from(messages_per_second), burst: burst.max(1) })
+    }
+}
+
 impl RateLimit {
     /// A full bucket at `now`.
     pub fn new(rate: Rate, now: Instant) -> Self {

@@ -3,8 +3,10 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use chat_core::{ConnId, Core, ErrorCode, Full, Mailbox, MemberId, Refusal, RoomName, Rules, Seq};
+use chat_proto::codes;
 
 /// A mailbox that records what it is offered, holding at most `capacity` messages.
 #[derive(Clone, Default)]
@@ -44,7 +46,7 @@ impl Mailbox for Inbox {
     }
 }
 
-const RULES: Rules = Rules { max_message_len: 10, max_rooms_per_connection: 2 };
+const RULES: Rules = Rules { max_message_len: 10, max_rooms_per_connection: 2, rate: None };
 
 fn core_with_rooms(rooms: &[(&str, Seq)]) -> Core<Inbox> {
     let mut core = Core::new(RULES);
@@ -61,39 +63,43 @@ fn room(name: &str) -> RoomName {
 #[test]
 fn a_name_online_is_refused_case_insensitively_until_it_leaves() {
     let mut core = core_with_rooms(&[]);
-    core.connect(ConnId(1), "Ada", None, [1; 16]).expect("free name");
-    let refusal = core.connect(ConnId(2), "ada", None, [2; 16]).expect_err("taken");
+    core.connect(ConnId(1), "Ada", None, [1; 16], Instant::now()).expect("free name");
+    let refusal = core.connect(ConnId(2), "ada", None, [2; 16], Instant::now()).expect_err("taken");
     assert_eq!(refusal.code(), ErrorCode::NameTaken);
     assert!(refusal.to_string().contains("already online"));
     core.disconnect(ConnId(1));
-    core.connect(ConnId(2), "ada", None, [2; 16]).expect("free again");
+    core.connect(ConnId(2), "ada", None, [2; 16], Instant::now()).expect("free again");
 }
 
 #[test]
 fn a_session_token_takes_the_name_and_its_rooms_from_a_stale_connection() {
     let mut core = core_with_rooms(&[("general", 0)]);
-    core.connect(ConnId(1), "ada", None, [1; 16]).expect("free");
+    core.connect(ConnId(1), "ada", None, [1; 16], Instant::now()).expect("free");
     let stale = Inbox::with_capacity(10);
     core.join(ConnId(1), MemberId(1), "general", stale.clone()).expect("joins");
 
-    let back = core.connect(ConnId(2), "ada", Some([1; 16]), [2; 16]).expect("token matches");
+    let back = core
+        .connect(ConnId(2), "ada", Some([1; 16]), [2; 16], Instant::now())
+        .expect("token matches");
     assert_eq!(back.replaced, Some(ConnId(1)));
     assert_eq!(core.who("general").expect("room"), Vec::<String>::new());
     core.committed(&room("general"), 1, "hi");
     assert!(stale.got().is_empty(), "the replaced connection still gets messages");
     // The stale connection's own disconnect, arriving late, must not free the name.
     core.disconnect(ConnId(1));
-    assert!(core.connect(ConnId(3), "ada", None, [3; 16]).is_err());
+    assert!(core.connect(ConnId(3), "ada", None, [3; 16], Instant::now()).is_err());
 }
 
 #[test]
 fn invalid_names_and_unknown_rooms_are_refused_by_name() {
     let mut core = core_with_rooms(&[("general", 0)]);
     assert_eq!(
-        core.connect(ConnId(1), "no spaces", None, [1; 16]).expect_err("invalid").code(),
+        core.connect(ConnId(1), "no spaces", None, [1; 16], Instant::now())
+            .expect_err("invalid")
+            .code(),
         ErrorCode::InvalidName
     );
-    core.connect(ConnId(1), "ada", None, [1; 16]).expect("valid");
+    core.connect(ConnId(1), "ada", None, [1; 16], Instant::now()).expect("valid");
     let refusal =
         core.join(ConnId(1), MemberId(1), "nowhere", Inbox::default()).expect_err("unknown");
     assert_eq!(refusal, Refusal::UnknownRoom("nowhere".into()));
@@ -109,7 +115,7 @@ fn invalid_names_and_unknown_rooms_are_refused_by_name() {
 #[test]
 fn a_connection_joins_a_room_once_and_at_most_the_limit() {
     let mut core = core_with_rooms(&[("a", 0), ("b", 0), ("c", 0)]);
-    core.connect(ConnId(1), "ada", None, [1; 16]).expect("free");
+    core.connect(ConnId(1), "ada", None, [1; 16], Instant::now()).expect("free");
     core.join(ConnId(1), MemberId(1), "a", Inbox::default()).expect("first");
     assert_eq!(
         core.join(ConnId(1), MemberId(2), "A", Inbox::default()).expect_err("twice").code(),
@@ -127,17 +133,17 @@ fn a_connection_joins_a_room_once_and_at_most_the_limit() {
 #[test]
 fn sends_are_checked_for_length_emptiness_and_membership() {
     let mut core = core_with_rooms(&[("general", 0)]);
-    core.connect(ConnId(1), "ada", None, [1; 16]).expect("free");
+    core.connect(ConnId(1), "ada", None, [1; 16], Instant::now()).expect("free");
     core.join(ConnId(1), MemberId(1), "general", Inbox::default()).expect("joins");
-    let ok = core.check_send(MemberId(1), "0123456789").expect("at the limit");
+    let ok = core.check_send(MemberId(1), "0123456789", Instant::now()).expect("at the limit");
     assert_eq!((ok.room.as_str(), ok.sender.as_str()), ("general", "ada"));
     assert_eq!(
-        core.check_send(MemberId(1), "0123456789!"),
+        core.check_send(MemberId(1), "0123456789!", Instant::now()),
         Err(Refusal::MessageTooLong { len: 11, max: 10 })
     );
-    assert_eq!(core.check_send(MemberId(1), ""), Err(Refusal::EmptyMessage));
+    assert_eq!(core.check_send(MemberId(1), "", Instant::now()), Err(Refusal::EmptyMessage));
     core.leave(MemberId(1));
-    assert_eq!(core.check_send(MemberId(1), "hi"), Err(Refusal::NotJoined));
+    assert_eq!(core.check_send(MemberId(1), "hi", Instant::now()), Err(Refusal::NotJoined));
 }
 
 #[test]
@@ -146,7 +152,7 @@ fn every_member_gets_every_message_once_in_sequence_order() {
     let inboxes: Vec<Inbox> = (0..3).map(|_| Inbox::with_capacity(100)).collect();
     for (i, inbox) in inboxes.iter().enumerate() {
         let conn = ConnId(i as u64);
-        core.connect(conn, &format!("user{i}"), None, [i as u8; 16]).expect("free");
+        core.connect(conn, &format!("user{i}"), None, [i as u8; 16], Instant::now()).expect("free");
         let joined = core.join(conn, MemberId(i as u64), "general", inbox.clone()).expect("joins");
         assert_eq!(joined.history_until, 5, "history covers what came before the join");
     }
@@ -166,7 +172,7 @@ fn a_log_with_gaps_in_its_numbering_is_delivered_as_it_comes_without_repeats() {
     // Cluster mode: the stream numbers every room's messages in one sequence.
     let mut core = core_with_rooms(&[("general", 10)]);
     let inbox = Inbox::with_capacity(100);
-    core.connect(ConnId(1), "ada", None, [1; 16]).expect("free");
+    core.connect(ConnId(1), "ada", None, [1; 16], Instant::now()).expect("free");
     core.join(ConnId(1), MemberId(1), "general", inbox.clone()).expect("joins");
     let room = room("general");
     for (seq, body) in [(14, "a"), (20, "b"), (20, "b"), (9, "old"), (31, "c")] {
@@ -181,8 +187,8 @@ fn a_member_that_falls_behind_is_dropped_alone_and_told_where_it_stopped() {
     let mut core = core_with_rooms(&[("general", 0)]);
     let slow = Inbox::with_capacity(2);
     let fast = Inbox::with_capacity(100);
-    core.connect(ConnId(1), "slow", None, [1; 16]).expect("free");
-    core.connect(ConnId(2), "fast", None, [2; 16]).expect("free");
+    core.connect(ConnId(1), "slow", None, [1; 16], Instant::now()).expect("free");
+    core.connect(ConnId(2), "fast", None, [2; 16], Instant::now()).expect("free");
     core.join(ConnId(1), MemberId(1), "general", slow.clone()).expect("joins");
     core.join(ConnId(2), MemberId(2), "general", fast.clone()).expect("joins");
 
@@ -198,4 +204,68 @@ fn a_member_that_falls_behind_is_dropped_alone_and_told_where_it_stopped() {
     assert_eq!(core.who("general").expect("room"), vec!["fast"]);
     // Its connection may rejoin the room.
     core.join(ConnId(1), MemberId(3), "general", Inbox::with_capacity(10)).expect("rejoins");
+}
+
+#[test]
+fn sends_over_the_rate_are_told_to_slow_down_and_a_connection_that_goes_on_is_closed() {
+    let mut core = Core::new(RULES.with_rate(10, 3));
+    for name in ["general", "random"] {
+        core.add_room(room(name), 0);
+    }
+    let start = Instant::now();
+    core.connect(ConnId(1), "ada", None, [1; 16], start).expect("free");
+    core.join(ConnId(1), MemberId(1), "general", Inbox::default()).expect("joins");
+    core.join(ConnId(1), MemberId(2), "random", Inbox::default()).expect("joins");
+    // The burst is the connection's, shared by its rooms; a refused body takes its token too.
+    core.check_send(MemberId(1), "one", start).expect("within the burst");
+    assert_eq!(core.check_send(MemberId(2), "", start), Err(Refusal::EmptyMessage));
+    core.check_send(MemberId(2), "three", start).expect("within the burst");
+
+    let slow_down = core.check_send(MemberId(1), "four", start).expect_err("over the burst");
+    assert_eq!(
+        slow_down,
+        Refusal::SlowDown { per_second: 10, retry_after: Duration::from_millis(100) }
+    );
+    assert_eq!(slow_down.code(), ErrorCode::SlowDown);
+    assert_eq!(
+        slow_down.to_string(),
+        "you are sending faster than the node allows (10 messages a second); the message was \
+         not sent: wait 100 ms and send it again"
+    );
+    // A token every 100 ms, handed in by the clock the test moves.
+    core.check_send(MemberId(1), "later", start + Duration::from_millis(100)).expect("a token");
+
+    // Sending on regardless: a strike per refusal, and the burst's worth closes it.
+    let later = start + Duration::from_millis(150);
+    assert!(matches!(core.check_send(MemberId(2), "x", later), Err(Refusal::SlowDown { .. })));
+    assert!(matches!(core.check_send(MemberId(2), "x", later), Err(Refusal::SlowDown { .. })));
+    let closed = core.check_send(MemberId(2), "x", later).expect_err("closed");
+    assert_eq!(closed, Refusal::RateLimited);
+    assert_eq!(closed.close_code(), codes::close::RATE_LIMITED);
+}
+
+#[test]
+fn a_node_with_no_rate_limit_takes_any_number_of_sends_at_once() {
+    let mut core = Core::new(RULES.with_rate(0, 200));
+    core.add_room(room("general"), 0);
+    let now = Instant::now();
+    core.connect(ConnId(1), "ada", None, [1; 16], now).expect("free");
+    core.join(ConnId(1), MemberId(1), "general", Inbox::default()).expect("joins");
+    for _ in 0..10_000 {
+        core.check_send(MemberId(1), "hi", now).expect("no limit");
+    }
+}
+
+#[test]
+fn every_refusal_that_ends_a_connection_has_its_close_code() {
+    let core = core_with_rooms(&[]);
+    assert_eq!(Refusal::NameTaken("ada".into()).close_code(), codes::close::NAME_TAKEN);
+    assert_eq!(Refusal::DirectoryUnavailable("down".into()).close_code(), codes::close::REFUSED);
+    assert_eq!(Refusal::NotConnected.close_code(), codes::close::PROTOCOL_VIOLATION);
+    let oversized = core.oversized(5000);
+    assert_eq!(oversized.code(), ErrorCode::MessageTooLong);
+    assert_eq!(
+        oversized.to_string(),
+        "a frame of 5000 bytes is over the limit of 10 bytes for a message; it was not sent"
+    );
 }

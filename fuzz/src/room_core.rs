@@ -74,8 +74,7 @@ const ROOMS: [&str; 3] = ["a", "b", "c"];
 
 pub fn run(data: &[u8]) {
     let mut rng = Choices { data, at: 0 };
-    let mut core: Core<SimMailbox> =
-        Core::new(Rules { max_message_len: 100, max_rooms_per_connection: 2 });
+    let mut core: Core<SimMailbox> = Core::new(Rules::new(100, 2));
     let mut next_seq: HashMap<&str, Seq> = HashMap::new();
     for room in ROOMS {
         core.add_room(RoomName::parse(room).expect("valid"), 0);
@@ -95,7 +94,13 @@ pub fn run(data: &[u8]) {
                 let conn = next_id;
                 next_id += 1;
                 let name = NAMES[rng.below(NAMES.len())];
-                let result = core.connect(ConnId(conn), name, None, [conn as u8; 16]);
+                let result = core.connect(
+                    ConnId(conn),
+                    name,
+                    None,
+                    [conn as u8; 16],
+                    std::time::Instant::now(),
+                );
                 let taken = online.values().any(|held| held == &name.to_ascii_lowercase());
                 assert_eq!(result.is_err(), taken, "{name} taken={taken} but {result:?}");
                 if result.is_ok() {

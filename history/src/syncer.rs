@@ -19,8 +19,7 @@ use std::sync::{Arc, mpsc};
 
 use fjall::PersistMode;
 
-use crate::writer::Done;
-use crate::{Handles, HistoryError, Seq, Store};
+use crate::{Completion, Handles, HistoryError, Seq, Store};
 
 /// Committed batches that may wait for a sync; past it, the writer waits for the syncer.
 pub(crate) const MAX_UNSYNCED_BATCHES: usize = 256;
@@ -28,8 +27,8 @@ pub(crate) const MAX_UNSYNCED_BATCHES: usize = 256;
 /// A request's last completion with its outcome: an append's `durable`, or the one
 /// completion of a room change or a flush.
 pub(crate) enum Outcome {
-    Seq(Done<Seq>, Result<Seq, HistoryError>),
-    Bool(Done<bool>, Result<bool, HistoryError>),
+    Seq(Completion<Seq>, Result<Seq, HistoryError>),
+    Bool(Completion<bool>, Result<bool, HistoryError>),
 }
 
 impl Outcome {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use chat_cluster::{Claim, Cluster, ClusterError};
 use chat_core::{ConnId, Core, MemberId, Refusal, RoomName, Seq, SessionToken, UserName};
 use chat_history::{Appended, HistoryError, Message, Page};
-use chat_proto::{ChatMessage, NodeFrame, RoomInfo};
+use chat_proto::{ChatMessage, RoomInfo};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use tokio::runtime::Handle;
@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::AbortOnDrop;
 use crate::mailbox::Outbox;
-use crate::room::encode;
+use crate::reply::message_frame;
 use crate::seams::{Directory, FanOut, HistoryStore, Pending};
 
 fn remote(e: ClusterError) -> HistoryError {
@@ -202,14 +202,9 @@ async fn deliver(
 }
 
 fn hand_over(core: &Mutex<Core<Outbox>>, room: &RoomName, stored: chat_history::Stored) {
-    let frame = encode(&NodeFrame::Message(ChatMessage {
-        room: room.to_string(),
-        seq: stored.seq,
-        sender: stored.message.sender,
-        timestamp_ms: stored.message.timestamp_ms,
-        body: stored.message.body,
-    }));
-    for gone in lock(core).committed_in_order(room, stored.seq, frame) {
+    let seq = stored.seq;
+    let frame = message_frame(room, stored);
+    for gone in lock(core).committed_in_order(room, seq, frame) {
         info!(member = gone.member.0, last_seq = gone.last_seq, %room, "dropped a member that fell behind");
     }
 }

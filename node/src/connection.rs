@@ -6,52 +6,18 @@
 //! control stream answers room listings and who-is-online, and every further bidirectional
 //! stream is a room stream served by its own task.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chat_core::{ConnId, Rate, RateLimit, Refusal, UserName, Verdict};
+use chat_core::{ConnId, Refusal, UserName};
 use chat_proto::io::{FrameReader, write_frame};
 use chat_proto::{ClientFrame, ErrorCode, ErrorFrame, NodeFrame, Welcome, codec, codes};
 use quinn::{RecvStream, SendStream};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::{Shared, room};
-
-/// A connection that has said hello, as its room streams see it.
-pub(crate) struct Conn {
-    pub id: ConnId,
-    pub connection: quinn::Connection,
-    pub name: UserName,
-    /// The send rate limit shared by all the connection's rooms; `None` when unlimited.
-    rate: Option<Mutex<RateLimit>>,
-}
-
-impl Conn {
-    fn new(
-        id: ConnId,
-        connection: quinn::Connection,
-        name: UserName,
-        config: &crate::NodeConfig,
-    ) -> Self {
-        let rate = (config.messages_per_second > 0).then(|| {
-            let rate = Rate {
-                per_second: f64::from(config.messages_per_second),
-                burst: config.message_burst,
-            };
-            Mutex::new(RateLimit::new(rate, Instant::now()))
-        });
-        Self { id, connection, name, rate }
-    }
-
-    /// Takes one send from the connection's rate limit.
-    pub(crate) fn check_rate(&self) -> Verdict {
-        match &self.rate {
-            Some(rate) => rate.lock().unwrap_or_else(PoisonError::into_inner).check(Instant::now()),
-            None => Verdict::Allow,
-        }
-    }
-}
+use crate::reply::{error_frame, frame_name};
+use crate::{Conn, Shared, room};
 
 /// Serves one connection from handshake to close.
 pub(crate) async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming) {
@@ -65,7 +31,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming) {
             Err(_) => return debug!("handshake timed out"),
         };
         let Some((send, reader, name)) = greet(&shared, id, &connection).await else { return };
-        let conn = Arc::new(Conn::new(id, connection.clone(), name, &shared.config));
+        let conn = Arc::new(Conn { id, connection: connection.clone(), name });
         let rooms = run(&shared, &conn, send, reader).await;
         shared.core().disconnect(id);
         shared.directory.release(id);
@@ -112,36 +78,26 @@ async fn greet(
     let token: [u8; 16] = ring::rand::generate(&ring::rand::SystemRandom::new()).ok()?.expose();
     // The directory (in cluster mode, every node's) first; an invalid name is left to the
     // core to refuse with its reason.
-    if let Ok(user) = UserName::parse(&name) {
-        let refusal = match shared.directory.claim(id, &user, token, resume).await {
-            Ok(true) => None,
-            Ok(false) => Some(error_frame(&Refusal::NameTaken(name.clone()), None)),
-            Err(e) => Some(ErrorFrame::new(
-                ErrorCode::HistoryUnavailable,
-                format!("the node cannot check the name now: {e}"),
-            )),
-        };
-        if let Some(refusal) = refusal {
-            info!(%name, refusal = %refusal.message, "refused hello");
-            let code = if refusal.code == ErrorCode::NameTaken {
-                codes::close::NAME_TAKEN
-            } else {
-                codes::close::REFUSED
-            };
-            refuse(shared, connection, &mut send, refusal, code).await;
-            return None;
+    let claimed = match UserName::parse(&name) {
+        Ok(user) => match shared.directory.claim(id, &user, token, resume).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Refusal::NameTaken(name.clone())),
+            Err(e) => Err(Refusal::DirectoryUnavailable(e.to_string())),
+        },
+        Err(_) => Ok(()),
+    };
+    let connected = claimed.and_then(|()| {
+        let connected = shared.core().connect(id, &name, resume, token, Instant::now());
+        if connected.is_err() {
+            shared.directory.release(id);
         }
-    }
-    let connected = shared.core().connect(id, &name, resume, token);
+        connected
+    });
     let connected = match connected {
         Ok(connected) => connected,
         Err(refusal) => {
-            shared.directory.release(id);
             info!(%name, %refusal, "refused hello");
-            let code = match refusal {
-                Refusal::NameTaken(_) => codes::close::NAME_TAKEN,
-                _ => codes::close::REFUSED,
-            };
+            let code = refusal.close_code();
             refuse(shared, connection, &mut send, error_frame(&refusal, None), code).await;
             return None;
         }
@@ -272,19 +228,4 @@ async fn refuse(
         let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
     }
     connection.close(code.into(), reason.as_bytes());
-}
-
-/// The error frame for a refusal, answering `client_id` if it is about one send.
-pub(crate) fn error_frame(refusal: &Refusal, client_id: Option<u64>) -> ErrorFrame {
-    ErrorFrame { client_id, ..ErrorFrame::new(refusal.code(), refusal.to_string()) }
-}
-
-pub(crate) fn frame_name(frame: &ClientFrame) -> &'static str {
-    match frame {
-        ClientFrame::Hello { .. } => "a hello",
-        ClientFrame::ListRooms => "a room listing",
-        ClientFrame::Who { .. } => "a who request",
-        ClientFrame::Join { .. } => "a join",
-        ClientFrame::Send { .. } => "a send",
-    }
 }

@@ -12,6 +12,7 @@
 //! - `connection`: one client connection: the hello on the control stream, then room
 //!   listings and who-is-online, and a task per room stream.
 //! - `room`: one room stream: join, history, live messages, sends and acks.
+//! - `reply`: the frames the node answers with (below `connection` and `room`).
 //! - [`Node`]: the endpoint, the accept loop and the orderly shutdown.
 //!
 //! All room rules (names, membership, order, limits) live in `chat_core`, which knows nothing
@@ -23,6 +24,7 @@ pub mod config;
 mod connection;
 mod mailbox;
 mod metrics;
+mod reply;
 mod room;
 pub mod seams;
 
@@ -56,6 +58,13 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// `connection::run`). quinn keeps state for every stream it allows; allowing all of
 /// `max_rooms_per_connection` from the start cost 5 KiB per idle connection.
 const FIRST_ROOM_STREAMS: u32 = 4;
+
+/// A connection that has said hello, as its room streams see it.
+pub(crate) struct Conn {
+    pub id: ConnId,
+    pub connection: quinn::Connection,
+    pub name: chat_core::UserName,
+}
 
 /// What every connection task shares.
 pub(crate) struct Shared {
@@ -117,10 +126,8 @@ impl Node {
             tokio::task::spawn_blocking(move || prepare(&config, cluster)).await??
         };
         let history = prepared.history;
-        let rules = Rules {
-            max_message_len,
-            max_rooms_per_connection: config.max_rooms_per_connection as usize,
-        };
+        let rules = Rules::new(max_message_len, config.max_rooms_per_connection as usize)
+            .with_rate(config.messages_per_second, config.message_burst);
         let mut core = Core::new(rules);
         let metrics = Arc::new(Metrics::new());
         metrics.rooms.set(prepared.rooms.len() as i64);

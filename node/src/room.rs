@@ -10,8 +10,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-use chat_core::{MemberId, RoomName, Seq, Verdict};
+use chat_core::{MemberId, Refusal, RoomName, Seq};
 use chat_history::{Appended, HistoryError};
 use chat_proto::io::{self, FrameReader};
 use chat_proto::{ChatMessage, ClientFrame, ErrorCode, ErrorFrame, Gap, NodeFrame, codec, codes};
@@ -19,13 +18,9 @@ use quinn::{RecvStream, SendStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{debug, warn};
 
-use crate::connection::{Conn, error_frame, frame_name};
 use crate::mailbox::{Outbox, Outgoing};
-use crate::{Shared, now_ms};
-
-/// Sends of one stream that may wait for the history at once, as a share of the member
-/// queue: their acks and echoes arrive in bursts, and must fit the sender's own queue.
-const IN_FLIGHT_SHARE_OF_QUEUE: usize = 4;
+use crate::reply::{encode, error_frame, frame_name, message_frame};
+use crate::{Conn, Shared, now_ms};
 /// History messages read from the store per batch when replaying.
 const HISTORY_PAGE: usize = 512;
 /// How long a finished stream waits for the client to acknowledge its last bytes.
@@ -68,20 +63,17 @@ pub(crate) async fn serve(
     let writer =
         Writer { shared: Arc::clone(&shared), room: joined.room.clone(), send, last_written: 0 };
     let writing = tokio::spawn(writer.run(after, joined.history_until, queued, eviction.clone()));
-    let ended = read_sends(&shared, &conn, member, &mut reader, &queue, eviction).await;
+    let ended = read_sends(&shared, member, &mut reader, &queue, eviction).await;
     shared.core().leave(member);
     shared.directory.left(member);
     shared.metrics.members.dec();
     drop(queue);
     let _ = writing.await;
-    if ended == Ended::RateLimited {
+    if let Ended::Closing(refusal) = ended {
         // Only now, so that the client has its acks and "slow down" errors first.
-        warn!("closed a connection that kept sending over its rate limit");
+        warn!(%refusal, "closed a connection that kept sending over its rate limit");
         shared.metrics.error("rate_limited");
-        conn.connection.close(
-            codes::close::RATE_LIMITED.into(),
-            b"you kept sending after being told to slow down",
-        );
+        conn.connection.close(refusal.close_code().into(), refusal.to_string().as_bytes());
     }
 }
 
@@ -90,8 +82,9 @@ pub(crate) async fn serve(
 enum Ended {
     /// The client left, the member was dropped, the stream broke or the node stops.
     Done,
-    /// The connection kept sending after being told to slow down: close it.
-    RateLimited,
+    /// The core refused a send in a way that ends the connection (it kept sending after
+    /// being told to slow down): close it.
+    Closing(Refusal),
 }
 
 /// The room stream's first frame, which must be a join; `None` if the stream ended first.
@@ -116,14 +109,13 @@ async fn read_join(
 /// over its rate limit or the node stops.
 async fn read_sends(
     shared: &Arc<Shared>,
-    conn: &Conn,
     member: MemberId,
     reader: &mut FrameReader<RecvStream>,
     queue: &mpsc::Sender<Outgoing>,
     mut eviction: watch::Receiver<Option<Seq>>,
 ) -> Ended {
     let in_flight =
-        Arc::new(Semaphore::new((shared.config.member_queue / IN_FLIGHT_SHARE_OF_QUEUE).max(1)));
+        Arc::new(Semaphore::new(chat_core::sends_in_flight(shared.config.member_queue)));
     let mut stopping = shared.stopping.clone();
     loop {
         let frame = tokio::select! {
@@ -134,42 +126,27 @@ async fn read_sends(
         // An error answers one frame; after a frame the reader cannot skip, the stream ends.
         let (error, fatal) = match frame {
             Ok(None) => return Ended::Done,
-            Ok(Some(ClientFrame::Send { client_id, body })) => match conn.check_rate() {
-                Verdict::Allow => {
-                    let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
-                        return Ended::Done;
-                    };
-                    match send(shared, member, client_id, body, queue.clone(), permit) {
-                        Ok(()) => continue,
-                        Err(refused) => (refused, false),
+            Ok(Some(ClientFrame::Send { client_id, body })) => {
+                let checked = shared.core().check_send(member, &body, Instant::now());
+                match checked {
+                    Ok(outgoing) => {
+                        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+                            return Ended::Done;
+                        };
+                        append(shared, member, client_id, outgoing, body, queue.clone(), permit);
+                        continue;
                     }
+                    Err(refusal @ Refusal::RateLimited) => return Ended::Closing(refusal),
+                    Err(refusal) => (error_frame(&refusal, Some(client_id)), false),
                 }
-                Verdict::SlowDown { retry_after } => {
-                    let text = format!(
-                        "you are sending faster than the node allows ({} messages a second); \
-                         the message was not sent: wait {} ms and send it again",
-                        shared.config.messages_per_second,
-                        retry_after.as_millis().max(1)
-                    );
-                    let error = ErrorFrame::new(ErrorCode::SlowDown, text);
-                    (ErrorFrame { client_id: Some(client_id), ..error }, false)
-                }
-                Verdict::Disconnect => return Ended::RateLimited,
-            },
+            }
             Ok(Some(other)) => {
                 let text = format!("a room stream takes sends, not {}", frame_name(&other));
                 (ErrorFrame::new(ErrorCode::ProtocolViolation, text), false)
             }
             Err(e @ codec::FrameError::TooLong { len, .. }) if reader.in_step(&e) => {
-                let text = format!(
-                    "a frame of {len} bytes is over the limit of {} bytes for a message; it was not sent",
-                    shared.limits.max_message_len
-                );
                 let client_id = ClientFrame::send_id_from_head(reader.oversized_head());
-                (
-                    ErrorFrame { client_id, ..ErrorFrame::new(ErrorCode::MessageTooLong, text) },
-                    false,
-                )
+                (error_frame(&shared.core().oversized(len), client_id), false)
             }
             Err(e) => {
                 let fatal = !reader.in_step(&e);
@@ -184,18 +161,17 @@ async fn read_sends(
     }
 }
 
-/// Checks one send and hands it to the history, whose completions relay the message and
-/// queue the ack. Returns the error to answer when the core refuses the send.
-fn send(
+/// Hands a send the core accepted to the history, whose completions relay the message and
+/// queue the ack.
+fn append(
     shared: &Arc<Shared>,
     member: MemberId,
     client_id: u64,
+    outgoing: chat_core::Outgoing,
     body: String,
     queue: mpsc::Sender<Outgoing>,
     permit: tokio::sync::OwnedSemaphorePermit,
-) -> Result<(), ErrorFrame> {
-    let outgoing =
-        shared.core().check_send(member, &body).map_err(|r| error_frame(&r, Some(client_id)))?;
+) {
     let mut message = ChatMessage {
         room: outgoing.room.to_string(),
         seq: 0,
@@ -234,15 +210,11 @@ fn send(
             Err(e) => {
                 warn!(room = %ack_room, error = %e, "a message was not stored durably");
                 metrics.error_code(ErrorCode::HistoryUnavailable);
-                let text = match e {
-                    // Relayed already: sending it again would show it twice.
-                    HistoryError::NotSynced(_) => format!("the room got the message, but {e}"),
-                    _ => format!("the message was not sent: {e}"),
+                let refusal = match e {
+                    HistoryError::NotSynced(_) => Refusal::NotSynced(e.to_string()),
+                    _ => Refusal::NotStored(e.to_string()),
                 };
-                NodeFrame::Error(ErrorFrame {
-                    client_id: Some(client_id),
-                    ..ErrorFrame::new(ErrorCode::HistoryUnavailable, text)
-                })
+                NodeFrame::Error(error_frame(&refusal, Some(client_id)))
             }
         };
         if queue.try_send(Outgoing::Frame(encode(&reply))).is_err() {
@@ -251,7 +223,6 @@ fn send(
         drop(permit);
     });
     shared.history.append(&room, record, Appended { stored: relay, durable: acknowledge });
-    Ok(())
 }
 
 /// The writing half of a room stream.
@@ -332,13 +303,7 @@ impl Writer {
             for stored in page.messages.into_iter().take_while(|s| s.seq <= until) {
                 cursor = Some(stored.seq);
                 self.last_written = stored.seq;
-                frames.push(encode(&NodeFrame::Message(ChatMessage {
-                    room: self.room.to_string(),
-                    seq: stored.seq,
-                    sender: stored.message.sender,
-                    timestamp_ms: stored.message.timestamp_ms,
-                    body: stored.message.body,
-                })));
+                frames.push(message_frame(&self.room, stored));
             }
             self.send.write_chunk(io::concat(&mut frames)).await?;
             if !full_page || cursor.unwrap_or(0) >= until {
@@ -362,11 +327,8 @@ impl Writer {
                 _ = evicted(&mut eviction) => {
                     self.shared.metrics.dropped_too_slow.inc();
                     self.shared.metrics.error_code(ErrorCode::TooSlow);
-                    let message = format!(
-                        "you fell too far behind in room {} and were dropped; rejoin after {} to resume",
-                        self.room, self.last_written
-                    );
-                    let frame = ErrorFrame { last_seq: Some(self.last_written), ..ErrorFrame::new(ErrorCode::TooSlow, message) };
+                    let dropped = Refusal::TooSlow { room: self.room.to_string(), last_seq: self.last_written };
+                    let frame = ErrorFrame { last_seq: Some(self.last_written), ..error_frame(&dropped, None) };
                     self.send.write_all(&encode(&NodeFrame::Error(frame))).await?;
                     self.send.finish()?;
                     let _ = self.send.stopped().await;
@@ -411,12 +373,4 @@ async fn end_with(shared: &Shared, send: &mut SendStream, error: ErrorFrame) {
     if send.write_all(&encode(&NodeFrame::Error(error))).await.is_ok() {
         let _ = send.finish();
     }
-}
-
-/// Encodes a node frame. Node frames are built from checked input and always fit.
-pub(crate) fn encode(frame: &NodeFrame) -> Bytes {
-    codec::encode(frame, codec::MAX_NODE_FRAME_LEN).unwrap_or_else(|e| {
-        warn!(error = %e, "a node frame did not encode");
-        Bytes::new()
-    })
 }

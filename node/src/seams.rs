@@ -81,7 +81,7 @@ pub struct LocalFanOut(pub Arc<Mutex<Core<Outbox>>>);
 impl FanOut for LocalFanOut {
     fn publish(&self, room: &RoomName, message: ChatMessage) {
         let seq = message.seq;
-        let frame = crate::room::encode(&NodeFrame::Message(message));
+        let frame = crate::reply::encode(&NodeFrame::Message(message));
         let evicted =
             self.0.lock().unwrap_or_else(PoisonError::into_inner).committed(room, seq, frame);
         for gone in evicted {

@@ -1,0 +1,42 @@
+//! The frames the node answers with, built in one place for every stream: a refusal as an
+//! error frame, a stored message as a `Message` frame, and a frame's name for the sentences
+//! about frames in the wrong place. Below `connection` and `room`, which both use it.
+
+use bytes::Bytes;
+use chat_core::{Refusal, RoomName};
+use chat_proto::{ChatMessage, ClientFrame, ErrorFrame, NodeFrame, codec};
+use tracing::warn;
+
+/// Encodes a node frame. Node frames are built from checked input and always fit.
+pub(crate) fn encode(frame: &NodeFrame) -> Bytes {
+    codec::encode(frame, codec::MAX_NODE_FRAME_LEN).unwrap_or_else(|e| {
+        warn!(error = %e, "a node frame did not encode");
+        Bytes::new()
+    })
+}
+
+/// The error frame for a refusal, answering `client_id` if it is about one send.
+pub(crate) fn error_frame(refusal: &Refusal, client_id: Option<u64>) -> ErrorFrame {
+    ErrorFrame { client_id, ..ErrorFrame::new(refusal.code(), refusal.to_string()) }
+}
+
+/// A message of `room` as the history stored it, as the frame its members get.
+pub(crate) fn message_frame(room: &RoomName, stored: chat_history::Stored) -> Bytes {
+    encode(&NodeFrame::Message(ChatMessage {
+        room: room.to_string(),
+        seq: stored.seq,
+        sender: stored.message.sender,
+        timestamp_ms: stored.message.timestamp_ms,
+        body: stored.message.body,
+    }))
+}
+
+pub(crate) fn frame_name(frame: &ClientFrame) -> &'static str {
+    match frame {
+        ClientFrame::Hello { .. } => "a hello",
+        ClientFrame::ListRooms => "a room listing",
+        ClientFrame::Who { .. } => "a who request",
+        ClientFrame::Join { .. } => "a join",
+        ClientFrame::Send { .. } => "a send",
+    }
+}

@@ -63,7 +63,7 @@ fn core_fanout(c: &mut Criterion) {
     c.bench_function("core: commit one message to 100 members", |b| {
         b.iter(|| {
             seq += 1;
-            core.committed(&room, seq, frame.clone())
+            core.committed(room.as_str(), seq, frame.clone())
         })
     });
 }

@@ -20,7 +20,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use chat_history::{Appended, Config as HistoryConfig, Durability, History, Message};
+use chat_history::{Config as HistoryConfig, Durability, History, Message};
 use clap::{Parser, Subcommand};
 
 /// The harness decodes every delivery (several small allocations each), and glibc's
@@ -241,7 +241,7 @@ fn appends(messages: usize, window: usize, size: usize, buffered: bool) -> anyho
         history.append(
             "bench",
             message.clone(),
-            Appended::durable(Box::new(move |stored| {
+            Box::new(move |stored| {
                 if stored.is_err() {
                     eprintln!("an append failed: {stored:?}");
                 }
@@ -250,7 +250,7 @@ fn appends(messages: usize, window: usize, size: usize, buffered: bool) -> anyho
                     *n -= 1;
                 }
                 freed.notify_one();
-            })),
+            }),
         );
     }
     history.flush()?;

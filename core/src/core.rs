@@ -299,7 +299,7 @@ impl<B: Mailbox> Core<B> {
 
     /// The history has stored `message` under `seq` in `room`: hand it to the members in
     /// order. Returns the members dropped for having full mailboxes.
-    pub fn committed(&mut self, room: &RoomName, seq: Seq, message: B::Message) -> Vec<Evicted> {
+    pub fn committed(&mut self, room: &str, seq: Seq, message: B::Message) -> Vec<Evicted> {
         self.deliver(room, |state| state.committed(seq, message))
     }
 
@@ -307,7 +307,7 @@ impl<B: Mailbox> Core<B> {
     /// order with gaps in their numbering (cluster mode's stream).
     pub fn committed_in_order(
         &mut self,
-        room: &RoomName,
+        room: &str,
         seq: Seq,
         message: B::Message,
     ) -> Vec<Evicted> {
@@ -316,7 +316,7 @@ impl<B: Mailbox> Core<B> {
 
     fn deliver(
         &mut self,
-        room: &RoomName,
+        room: &str,
         deliver: impl FnOnce(&mut Room<B>) -> Vec<Evicted>,
     ) -> Vec<Evicted> {
         let Some(state) = self.rooms.get_mut(room) else {

@@ -82,6 +82,13 @@ impl fmt::Display for UserName {
     }
 }
 
+/// Rooms are looked up by the name the history spells them with, without parsing it again.
+impl std::borrow::Borrow<str> for RoomName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for RoomName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

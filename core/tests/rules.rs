@@ -83,7 +83,7 @@ fn a_session_token_takes_the_name_and_its_rooms_from_a_stale_connection() {
         .expect("token matches");
     assert_eq!(back.replaced, Some(ConnId(1)));
     assert_eq!(core.who("general").expect("room"), Vec::<String>::new());
-    core.committed(&room("general"), 1, "hi");
+    core.committed("general", 1, "hi");
     assert!(stale.got().is_empty(), "the replaced connection still gets messages");
     // The stale connection's own disconnect, arriving late, must not free the name.
     core.disconnect(ConnId(1));
@@ -159,7 +159,7 @@ fn every_member_gets_every_message_once_in_sequence_order() {
     // Writes complete out of order; a duplicate and a stale one come in too.
     let room = room("general");
     for (seq, body) in [(7, "c"), (6, "b"), (6, "b"), (3, "old"), (9, "e"), (8, "d")] {
-        assert!(core.committed(&room, seq, body).is_empty());
+        assert!(core.committed(room.as_str(), seq, body).is_empty());
     }
     for inbox in &inboxes {
         assert_eq!(inbox.got(), vec![(6, "b"), (7, "c"), (8, "d"), (9, "e")]);
@@ -176,7 +176,7 @@ fn a_log_with_gaps_in_its_numbering_is_delivered_as_it_comes_without_repeats() {
     core.join(ConnId(1), MemberId(1), "general", inbox.clone()).expect("joins");
     let room = room("general");
     for (seq, body) in [(14, "a"), (20, "b"), (20, "b"), (9, "old"), (31, "c")] {
-        assert!(core.committed_in_order(&room, seq, body).is_empty());
+        assert!(core.committed_in_order(room.as_str(), seq, body).is_empty());
     }
     assert_eq!(inbox.got(), vec![(14, "a"), (20, "b"), (31, "c")]);
     assert_eq!(core.delivered(&room), Some(31));
@@ -195,7 +195,7 @@ fn a_member_that_falls_behind_is_dropped_alone_and_told_where_it_stopped() {
     let room = room("general");
     let mut evicted = Vec::new();
     for (seq, body) in [(1, "a"), (2, "b"), (3, "c"), (4, "d")] {
-        evicted.extend(core.committed(&room, seq, body));
+        evicted.extend(core.committed(room.as_str(), seq, body));
     }
     assert_eq!(evicted.len(), 1);
     assert_eq!((evicted[0].member, evicted[0].last_seq), (MemberId(1), 2));

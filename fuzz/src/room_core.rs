@@ -164,8 +164,7 @@ pub fn run(data: &[u8]) {
                 while done.contains(&(*last + 1)) {
                     *last += 1;
                 }
-                let evicted =
-                    core.committed(&RoomName::parse(room).expect("valid"), seq, (room.into(), seq));
+                let evicted = core.committed(room, seq, (room.into(), seq));
                 for gone in evicted {
                     let member = members.get_mut(&gone.member.0).expect("evicted a known member");
                     member.active = false;

@@ -16,9 +16,10 @@
 //! # Durability and group commit
 //! All writes go through one writer thread. It takes every request that queued up while it
 //! was busy and writes them as one batch, which reaches the operating system at once: from
-//! then on a killed process loses none of it. Each append then hears twice, in append order
-//! (see [`Appended`]): `stored`, with its number, and `durable` once synced
-//! ([`Durability::Sync`]). A second thread does the syncs, each covering every batch
+//! then on a killed process loses none of it. Then the history's [`Subscriber`] (the node's
+//! fan-out, registered once) is handed every message of the batch with its number, in append
+//! order, and each append's completion runs once it is durable: synced with
+//! [`Durability::Sync`]. A second thread does the syncs, each covering every batch
 //! written while the one before ran, so throughput grows with load, and the writer goes on
 //! writing meanwhile: a caller can relay a message while its sync runs, even a slow one, and
 //! acknowledge it once synced. [`Durability::Buffered`] skips the sync: a power cut or
@@ -40,12 +41,12 @@ mod syncer;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock, mpsc};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock, mpsc};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use serde::{Deserialize, Serialize};
 
-use writer::{Command, Done};
+use writer::Command;
 
 /// A per-room sequence number, starting at 1.
 pub type Seq = u64;
@@ -142,6 +143,8 @@ pub enum HistoryError {
     Busy,
     #[error("the history is closed")]
     Closed,
+    #[error("the history has a subscriber already")]
+    SubscribedAlready,
     /// Another process (another node) has the database open.
     #[error(
         "another process holds the history in {0}: a node is already running on this data \
@@ -163,21 +166,13 @@ impl From<fjall::Error> for HistoryError {
 /// done (or has failed). It must not block.
 pub type Completion<T> = Box<dyn FnOnce(Result<T, HistoryError>) + Send>;
 
-/// What an append tells its caller, each exactly once and in this order: `stored` when the
-/// message has its number and the operating system has it (a killed process loses nothing),
-/// then `durable` when it is as safe as the [`Durability`] asks (with `Sync`, synced: a power
-/// cut loses nothing). A failed write gives both the error; a failed sync gives `durable`
-/// [`HistoryError::NotSynced`] after `stored` had the number.
-pub struct Appended {
-    pub stored: Completion<Seq>,
-    pub durable: Completion<Seq>,
-}
-
-impl Appended {
-    /// Told only once the message is durable.
-    pub fn durable(done: Completion<Seq>) -> Self {
-        Self { stored: Box::new(|_| {}), durable: done }
-    }
+/// Told of every message the history stores, once it has its number and the operating
+/// system has it (a killed process loses nothing), before its sync: on the writer thread, in
+/// append order, gap-free per room. The log is the bus: whoever relays messages subscribes
+/// once, instead of every append carrying a way back up.
+pub trait Subscriber: Send + Sync {
+    /// `message` is in `room` under `seq`. Must not block: the next batch waits for it.
+    fn stored(&self, room: &str, seq: Seq, message: &Message);
 }
 
 /// The history of every room. Cheap to clone; all clones share one writer thread.
@@ -195,6 +190,8 @@ pub(crate) struct Store {
     durability: Durability,
     /// The open database; `None` from a failed write until the writer reopens it.
     open: RwLock<Option<Arc<Handles>>>,
+    /// Handed every stored message; set once.
+    subscriber: OnceLock<Arc<dyn Subscriber>>,
 }
 
 /// The fjall handles of one opening of the database.
@@ -233,6 +230,7 @@ impl History {
             cap: config.cap.max(1),
             durability: config.durability,
             open: RwLock::new(Some(Arc::new(handles))),
+            subscriber: OnceLock::new(),
             path: config.path,
         });
         let (writer, queue) = mpsc::sync_channel(MAX_QUEUED_WRITES);
@@ -240,13 +238,24 @@ impl History {
         Ok(Self { store, writer, thread: Arc::new(std::sync::Mutex::new(Some(thread))) })
     }
 
-    /// Appends `message` to `room`. `done`'s completions run on the writer thread with the
-    /// message's sequence number, or with the error that kept it from being stored (then no
-    /// number was used up). Completions run in the order of the appends.
+    /// Registers the one [`Subscriber`] that is handed every message stored from now on.
+    ///
+    /// # Errors
+    /// [`HistoryError::SubscribedAlready`] for a second one.
+    pub fn subscribe(&self, subscriber: Arc<dyn Subscriber>) -> Result<(), HistoryError> {
+        self.store.subscriber.set(subscriber).map_err(|_| HistoryError::SubscribedAlready)
+    }
+
+    /// Appends `message` to `room`. Once it is stored the subscriber has it; `durable` runs
+    /// once it is as safe as the [`Durability`] asks (with `Sync`, synced: a power cut loses
+    /// nothing), on the writer or the syncer thread, with the message's sequence number, or
+    /// with the error that kept it from being stored (then no number was used up, and the
+    /// subscriber never saw it) or synced ([`HistoryError::NotSynced`], after the subscriber
+    /// had it). Completions run in the order of the appends.
     ///
     /// Never blocks: a full queue fails at once with [`HistoryError::Busy`].
-    pub fn append(&self, room: &str, message: Message, done: Appended) {
-        self.submit(Command::Append { room: room.to_owned(), message, done });
+    pub fn append(&self, room: &str, message: Message, durable: Completion<Seq>) {
+        self.submit(Command::Append { room: room.to_owned(), message, done: durable });
     }
 
     /// [`append`](Self::append), waiting for the outcome on this thread.
@@ -254,11 +263,7 @@ impl History {
     /// # Errors
     /// As for `append`.
     pub fn append_blocking(&self, room: &str, message: Message) -> Result<Seq, HistoryError> {
-        self.request(|done| Command::Append {
-            room: room.to_owned(),
-            message,
-            done: Appended::durable(done),
-        })
+        self.request(|done| Command::Append { room: room.to_owned(), message, done })
     }
 
     /// Creates `room` if it does not exist; returns whether it was created.
@@ -288,7 +293,7 @@ impl History {
     /// Submits a command and waits on this thread for its completion.
     fn request<T: Send + 'static>(
         &self,
-        command: impl FnOnce(Done<T>) -> Command,
+        command: impl FnOnce(Completion<T>) -> Command,
     ) -> Result<T, HistoryError> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.submit(command(Box::new(move |r| drop(tx.send(r)))));
@@ -396,7 +401,8 @@ impl Store {
     /// Opens the database again. A panic in fjall's recovery counts as a failed opening, so
     /// that the writer thread lives to try again.
     pub(crate) fn reopen(&self) -> Result<Arc<Handles>, HistoryError> {
-        let opened = std::panic::catch_unwind(|| Handles::open(&self.path)).map_err(|_| {
+        let path = &self.path;
+        let opened = std::panic::catch_unwind(|| Handles::open(path)).map_err(|_| {
             HistoryError::Unavailable("the database panicked while recovering".into())
         })?;
         let handles = Arc::new(opened?);

@@ -174,9 +174,9 @@ mod tests {
             history.append(
                 "a",
                 message,
-                crate::Appended::durable(Box::new(move |r| {
+                Box::new(move |r| {
                     let _ = done.send(r);
-                })),
+                }),
             );
         }
         for _ in 0..count {

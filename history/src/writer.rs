@@ -2,8 +2,8 @@
 //!
 //! The thread owns the in-memory copy of every room's numbering. It drains whatever requests
 //! queued up, applies them to one write batch, commits it once, and only then publishes the
-//! new numbering and runs the `stored` completions, in request order. The other completions
-//! run once the batch is synced (see `syncer.rs`), or at once without
+//! new numbering and hands every stored message to the subscriber, in request order. The
+//! completions run once the batch is synced (see `syncer.rs`), or at once without
 //! [`Durability::Sync`]. When the commit fails, none of the batch's numbers were used: the
 //! copy is left as it was and every request in the batch gets the error. The database is then
 //! closed and reopened (see the crate's "Failed writes").
@@ -15,30 +15,40 @@ use std::time::{Duration, Instant};
 use fjall::PersistMode;
 
 use crate::syncer::{self, Committed, Outcome};
-use crate::{Appended, Durability, Handles, HistoryError, Message, RoomState, Seq, Store};
+use crate::{Completion, Durability, Handles, HistoryError, Message, RoomState, Seq, Store};
 
 /// Most requests committed in one batch.
 const MAX_BATCH: usize = 4096;
 /// How often a database closed by a failed write is tried again.
 const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 
-pub(crate) type Done<T> = crate::Completion<T>;
-
 pub(crate) enum Command {
-    Append { room: String, message: Message, done: Appended },
-    CreateRoom { room: String, done: Done<bool> },
-    DeleteRoom { room: String, done: Done<bool> },
-    Flush { done: Done<bool> },
-    Shutdown { done: Done<bool> },
+    /// `done` runs once the message is durable.
+    Append {
+        room: String,
+        message: Message,
+        done: Completion<Seq>,
+    },
+    CreateRoom {
+        room: String,
+        done: Completion<bool>,
+    },
+    DeleteRoom {
+        room: String,
+        done: Completion<bool>,
+    },
+    Flush {
+        done: Completion<bool>,
+    },
+    Shutdown {
+        done: Completion<bool>,
+    },
 }
 
 impl Command {
     pub(crate) fn fail(self, error: HistoryError) {
         match self {
-            Self::Append { done, .. } => {
-                (done.stored)(Err(error.clone()));
-                (done.durable)(Err(error));
-            }
+            Self::Append { done, .. } => done(Err(error)),
             Self::CreateRoom { done, .. }
             | Self::DeleteRoom { done, .. }
             | Self::Flush { done }
@@ -145,7 +155,7 @@ impl Writer {
             }
         };
         // The batch reaches the operating system at commit (so a killed process loses
-        // nothing); with `Durability::Sync` it is synced after the `stored` completions ran.
+        // nothing); with `Durability::Sync` it is synced after the subscriber had it.
         let mut batch = handles.db.batch().durability(Some(PersistMode::Buffer));
         // Numbering changed by this batch; published only once it has committed.
         let mut changed: HashMap<String, RoomState> = HashMap::new();
@@ -154,9 +164,9 @@ impl Writer {
         for command in commands {
             outcomes.push(match command {
                 Command::Append { room, message, done } => {
-                    let result = self.append(&handles, &mut batch, &mut changed, room, &message);
-                    stored.push((done.stored, outcomes.len()));
-                    Outcome::Seq(done.durable, result)
+                    let result = self.append(&handles, &mut batch, &mut changed, &room, &message);
+                    stored.push((room, message, outcomes.len()));
+                    Outcome::Seq(done, result)
                 }
                 Command::CreateRoom { room, done } => {
                     Outcome::Bool(done, self.create(&mut changed, room))
@@ -190,9 +200,11 @@ impl Writer {
                 false
             }
         };
-        for (stored, at) in stored {
-            if let Some(Outcome::Seq(_, result)) = outcomes.get(at) {
-                stored(result.clone());
+        if let Some(subscriber) = self.store.subscriber.get() {
+            for (room, message, at) in &stored {
+                if let Some(Outcome::Seq(_, Ok(seq))) = outcomes.get(*at) {
+                    subscriber.stored(room, *seq, message);
+                }
             }
         }
         let committed = Committed { written_to: written.then_some(handles), outcomes };
@@ -232,22 +244,26 @@ impl Writer {
         handles: &Handles,
         batch: &mut fjall::OwnedWriteBatch,
         changed: &mut HashMap<String, RoomState>,
-        room: String,
+        room: &str,
         message: &Message,
     ) -> Result<Seq, HistoryError> {
-        let mut state = match self.state(changed, &room) {
+        let mut state = match self.state(changed, room) {
             Some(state) if !state.deleted => state,
-            _ => return Err(HistoryError::UnknownRoom(room)),
+            _ => return Err(HistoryError::UnknownRoom(room.to_owned())),
         };
         let value = postcard::to_allocvec(message)?;
         state.last += 1;
-        batch.insert(&handles.messages, key(&room, state.last), value);
+        batch.insert(&handles.messages, key(room, state.last), value);
         while state.last + 1 - state.first > self.store.cap {
-            batch.remove(&handles.messages, key(&room, state.first));
+            batch.remove(&handles.messages, key(room, state.first));
             state.first += 1;
         }
         let seq = state.last;
-        changed.insert(room, state);
+        // The room's name is copied once per batch, not once per append.
+        match changed.get_mut(room) {
+            Some(changed) => *changed = state,
+            None => drop(changed.insert(room.to_owned(), state)),
+        }
         Ok(seq)
     }
 

@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use chat_history::{Appended, Config, Durability, History, HistoryError, Message, Page};
+use chat_history::{Config, Durability, History, HistoryError, Message, Page, Subscriber};
 
 fn open(dir: &std::path::Path, cap: u64) -> History {
     History::open(Config { path: dir.to_path_buf(), cap, durability: Durability::Sync })
@@ -92,21 +92,28 @@ fn concurrent_appends_complete_in_order_with_distinct_numbers() {
     let dir = tempfile::tempdir().expect("tempdir");
     let history = open(dir.path(), 100_000);
     history.create_room("r").expect("created");
-    // Every completion, as (which, seq, append): stored and durable share one log.
+    // Every message the subscriber is handed and every completion, as (which, seq, append),
+    // in one log.
     let log = Arc::new(Mutex::new(Vec::new()));
+    type Log = Arc<Mutex<Vec<(&'static str, u64, i32)>>>;
+    struct Recorder(Log);
+    impl Subscriber for Recorder {
+        fn stored(&self, room: &str, seq: u64, message: &Message) {
+            assert_eq!(room, "r");
+            let i = message.body.parse().expect("a number");
+            self.0.lock().expect("lock").push(("stored", seq, i));
+        }
+    }
+    history.subscribe(Arc::new(Recorder(Arc::clone(&log)))).expect("the first subscriber");
+    assert!(history.subscribe(Arc::new(Recorder(Arc::clone(&log)))).is_err(), "only one");
     for i in 0..5_000 {
-        let (stored_log, durable_log) = (Arc::clone(&log), Arc::clone(&log));
+        let durable_log = Arc::clone(&log);
         history.append(
             "r",
             msg(&i.to_string()),
-            Appended {
-                stored: Box::new(move |r| {
-                    stored_log.lock().expect("lock").push(("stored", r.expect("stored"), i));
-                }),
-                durable: Box::new(move |r| {
-                    durable_log.lock().expect("lock").push(("durable", r.expect("durable"), i));
-                }),
-            },
+            Box::new(move |r| {
+                durable_log.lock().expect("lock").push(("durable", r.expect("durable"), i));
+            }),
         );
     }
     history.flush().expect("flushed");

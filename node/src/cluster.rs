@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use chat_cluster::{Claim, Cluster, ClusterError};
 use chat_core::{ConnId, Core, MemberId, Refusal, RoomName, Seq, SessionToken, UserName};
-use chat_history::{Appended, HistoryError, Message, Page};
-use chat_proto::{ChatMessage, RoomInfo};
+use chat_history::{Completion, HistoryError, Message, Page, Subscriber};
+use chat_proto::RoomInfo;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use tokio::runtime::Handle;
@@ -51,17 +51,19 @@ impl ClusterHistory {
 }
 
 impl HistoryStore for ClusterHistory {
-    fn append(&self, room: &RoomName, message: Message, done: Appended) {
+    fn append(&self, room: &RoomName, message: Message, durable: Completion<Seq>) {
         let (cluster, room, in_flight) =
             (Arc::clone(&self.cluster), room.to_string(), self.in_flight.clone());
         in_flight.send_modify(|n| *n += 1);
         self.runtime.spawn(async move {
             // JetStream acknowledges a publish once a majority of the replicas has it.
-            let result = cluster.log.append(&room, &message).await.map_err(remote);
-            (done.stored)(result.clone());
-            (done.durable)(result);
+            durable(cluster.log.append(&room, &message).await.map_err(remote));
             in_flight.send_modify(|n| *n -= 1);
         });
+    }
+
+    fn subscribe(&self, _subscriber: Arc<dyn Subscriber>) -> Result<(), HistoryError> {
+        Ok(()) // Every node's followers of the stream relay its messages, this one's too.
     }
 
     fn read(
@@ -115,10 +117,6 @@ impl ClusterFanOut {
 }
 
 impl FanOut for ClusterFanOut {
-    fn publish(&self, _room: &RoomName, _message: ChatMessage) {
-        // The room's follower delivers it, on this node as on every other.
-    }
-
     fn follow<'a>(&'a self, room: &'a str) -> Pending<'a, Result<(), HistoryError>> {
         Box::pin(async move {
             let Ok(room) = RoomName::parse(room) else { return Ok(()) };
@@ -202,9 +200,8 @@ async fn deliver(
 }
 
 fn hand_over(core: &Mutex<Core<Outbox>>, room: &RoomName, stored: chat_history::Stored) {
-    let seq = stored.seq;
-    let frame = message_frame(room, stored);
-    for gone in lock(core).committed_in_order(room, seq, frame) {
+    let frame = message_frame(room.as_str(), stored.seq, &stored.message);
+    for gone in lock(core).committed_in_order(room.as_str(), stored.seq, frame) {
         info!(member = gone.member.0, last_seq = gone.last_seq, %room, "dropped a member that fell behind");
     }
 }

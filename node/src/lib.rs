@@ -116,7 +116,13 @@ impl Node {
     /// A history that cannot be opened, a certificate that cannot be read or made, an
     /// address that cannot be bound.
     pub async fn start(config: NodeConfig) -> anyhow::Result<Self> {
-        let max_message_len = (config.max_message_len as usize).min(codec::MAX_MESSAGE_LEN_LIMIT);
+        let max_message_len = config.max_message_len as usize;
+        anyhow::ensure!(
+            max_message_len <= codec::MAX_MESSAGE_LEN_LIMIT,
+            "max_message_len is {max_message_len} bytes, over the {} that the protocol carries; \
+             lower it",
+            codec::MAX_MESSAGE_LEN_LIMIT
+        );
         let cluster = match &config.cluster {
             Some(cluster) => Some(Arc::new(connect_cluster(cluster).await?)),
             None => None,
@@ -147,10 +153,12 @@ impl Node {
                     Arc::new(cluster::ClusterDirectory::new(Arc::clone(cluster), runtime, ttl)),
                 )
             }
-            None => (
-                Arc::new(LocalFanOut(Arc::clone(&core))),
-                Arc::new(LocalDirectory(Arc::clone(&core))),
-            ),
+            None => {
+                // The log is the bus: every stored message reaches the core through here.
+                let fanout = Arc::new(LocalFanOut(Arc::clone(&core)));
+                history.subscribe(Arc::clone(&fanout) as Arc<dyn chat_history::Subscriber>)?;
+                (fanout, Arc::new(LocalDirectory(Arc::clone(&core))))
+            }
         };
         let (tls, ca_cert) = (prepared.tls, prepared.ca_cert);
 

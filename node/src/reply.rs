@@ -3,8 +3,9 @@
 //! about frames in the wrong place. Below `connection` and `room`, which both use it.
 
 use bytes::Bytes;
-use chat_core::{Refusal, RoomName};
-use chat_proto::{ChatMessage, ClientFrame, ErrorFrame, NodeFrame, codec};
+use chat_core::{Refusal, Seq};
+use chat_history::Message;
+use chat_proto::{ClientFrame, ErrorFrame, MessageFrameRef, NodeFrame, codec};
 use tracing::warn;
 
 /// Encodes a node frame. Node frames are built from checked input and always fit.
@@ -20,15 +21,15 @@ pub(crate) fn error_frame(refusal: &Refusal, client_id: Option<u64>) -> ErrorFra
     ErrorFrame { client_id, ..ErrorFrame::new(refusal.code(), refusal.to_string()) }
 }
 
-/// A message of `room` as the history stored it, as the frame its members get.
-pub(crate) fn message_frame(room: &RoomName, stored: chat_history::Stored) -> Bytes {
-    encode(&NodeFrame::Message(ChatMessage {
-        room: room.to_string(),
-        seq: stored.seq,
-        sender: stored.message.sender,
-        timestamp_ms: stored.message.timestamp_ms,
-        body: stored.message.body,
-    }))
+/// A message of `room` as the history stored it, as the frame its members get: encoded
+/// from the record, whose text is copied once, into the frame.
+pub(crate) fn message_frame(room: &str, seq: Seq, message: &Message) -> Bytes {
+    let frame =
+        MessageFrameRef::new(room, seq, &message.sender, message.timestamp_ms, &message.body);
+    codec::encode(&frame, codec::MAX_NODE_FRAME_LEN).unwrap_or_else(|e| {
+        warn!(error = %e, "a message frame did not encode");
+        Bytes::new()
+    })
 }
 
 pub(crate) fn frame_name(frame: &ClientFrame) -> &'static str {

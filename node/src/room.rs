@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chat_core::{MemberId, Refusal, RoomName, Seq};
-use chat_history::{Appended, HistoryError};
+use chat_history::HistoryError;
 use chat_proto::io::{self, FrameReader};
-use chat_proto::{ChatMessage, ClientFrame, ErrorCode, ErrorFrame, Gap, NodeFrame, codec, codes};
+use chat_proto::{ClientFrame, ErrorCode, ErrorFrame, Gap, NodeFrame, codec, codes};
 use quinn::{RecvStream, SendStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{debug, warn};
@@ -172,34 +172,14 @@ fn append(
     queue: mpsc::Sender<Outgoing>,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let mut message = ChatMessage {
-        room: outgoing.room.to_string(),
-        seq: 0,
-        sender: outgoing.sender.to_string(),
-        timestamp_ms: now_ms(),
-        body,
-    };
-    let record = chat_history::Message {
-        sender: message.sender.clone(),
-        timestamp_ms: message.timestamp_ms,
-        body: message.body.clone(),
-    };
-    let (fanout, core, metrics, room) = (
-        Arc::clone(&shared.fanout),
-        Arc::clone(&shared.core),
-        Arc::clone(&shared.metrics),
-        outgoing.room,
-    );
-    let (relay_room, ack_room) = (room.clone(), room.clone());
+    let record =
+        chat_history::Message { sender: outgoing.sender.to_string(), timestamp_ms: now_ms(), body };
+    let (core, metrics, room) =
+        (Arc::clone(&shared.core), Arc::clone(&shared.metrics), outgoing.room);
+    let ack_room = room.clone();
     let handed_over = Instant::now();
-    // Members get the message once it is stored, while its sync runs; its sender gets the
-    // ack once it is durable.
-    let relay = Box::new(move |stored: Result<Seq, HistoryError>| {
-        if let Ok(seq) = stored {
-            message.seq = seq;
-            fanout.publish(&relay_room, message);
-        }
-    });
+    // Members get the message through the fan-out once it is stored, while its sync runs;
+    // its sender gets the ack once it is durable.
     let acknowledge = Box::new(move |durable: Result<Seq, HistoryError>| {
         let reply = match durable {
             Ok(seq) => {
@@ -222,7 +202,7 @@ fn append(
         }
         drop(permit);
     });
-    shared.history.append(&room, record, Appended { stored: relay, durable: acknowledge });
+    shared.history.append(&room, record, acknowledge);
 }
 
 /// The writing half of a room stream.
@@ -303,7 +283,7 @@ impl Writer {
             for stored in page.messages.into_iter().take_while(|s| s.seq <= until) {
                 cursor = Some(stored.seq);
                 self.last_written = stored.seq;
-                frames.push(message_frame(&self.room, stored));
+                frames.push(message_frame(self.room.as_str(), stored.seq, &stored.message));
             }
             self.send.write_chunk(io::concat(&mut frames)).await?;
             if !full_page || cursor.unwrap_or(0) >= until {

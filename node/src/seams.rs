@@ -12,8 +12,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use chat_core::{ConnId, Core, MemberId, Refusal, RoomName, Seq, SessionToken, UserName};
-use chat_history::{Appended, History, HistoryError, Message, Page};
-use chat_proto::{ChatMessage, NodeFrame, RoomInfo};
+use chat_history::{Completion, History, HistoryError, Message, Page, Subscriber};
+use chat_proto::RoomInfo;
 
 use crate::mailbox::Outbox;
 
@@ -22,9 +22,12 @@ pub type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The rooms' message log.
 pub trait HistoryStore: Send + Sync + 'static {
-    /// Appends `message`; `done` hears its sequence number once it is stored (it may be
-    /// relayed), then once it is durable (it may be acknowledged). Must not block.
-    fn append(&self, room: &RoomName, message: Message, done: Appended);
+    /// Appends `message`; `durable` hears its sequence number once it is durable (it may
+    /// be acknowledged). Must not block. Members get it through the fan-out.
+    fn append(&self, room: &RoomName, message: Message, durable: Completion<Seq>);
+    /// Hands every message stored from now on to `subscriber` (the single node's fan-out).
+    /// Cluster mode relays through its followers of the stream instead, and ignores it.
+    fn subscribe(&self, subscriber: Arc<dyn Subscriber>) -> Result<(), HistoryError>;
     /// Retained messages after `after`, at most `limit`. May block: call it from
     /// `spawn_blocking`.
     fn read(&self, room: &RoomName, after: Option<Seq>, limit: usize)
@@ -40,8 +43,11 @@ pub trait HistoryStore: Send + Sync + 'static {
 }
 
 impl HistoryStore for History {
-    fn append(&self, room: &RoomName, message: Message, done: Appended) {
-        History::append(self, room.as_str(), message, done);
+    fn append(&self, room: &RoomName, message: Message, durable: Completion<Seq>) {
+        History::append(self, room.as_str(), message, durable);
+    }
+    fn subscribe(&self, subscriber: Arc<dyn Subscriber>) -> Result<(), HistoryError> {
+        History::subscribe(self, subscriber)
     }
     fn read(
         &self,
@@ -65,30 +71,30 @@ impl HistoryStore for History {
     }
 }
 
-/// Carries a stored message to every member of its room.
+/// Carries every stored message to the members of its room on this node.
 pub trait FanOut: Send + Sync + 'static {
-    /// `message` has been stored under its `seq`. Must not block.
-    fn publish(&self, room: &RoomName, message: ChatMessage);
     /// Makes sure that this node receives `room`'s messages, before a member joins it. A room
     /// that does not exist is left to the core to refuse.
     fn follow<'a>(&'a self, room: &'a str) -> Pending<'a, Result<(), HistoryError>>;
 }
 
-/// The single node's fan-out: straight into the room core, which offers the frame, encoded
-/// once and shared, to each member's queue in sequence order.
+/// The single node's fan-out: the history's subscriber, straight into the room core, which
+/// offers the frame, encoded once (from the history's record) and shared, to each member's
+/// queue in sequence order.
 pub struct LocalFanOut(pub Arc<Mutex<Core<Outbox>>>);
 
-impl FanOut for LocalFanOut {
-    fn publish(&self, room: &RoomName, message: ChatMessage) {
-        let seq = message.seq;
-        let frame = crate::reply::encode(&NodeFrame::Message(message));
+impl Subscriber for LocalFanOut {
+    fn stored(&self, room: &str, seq: Seq, message: &Message) {
+        let frame = crate::reply::message_frame(room, seq, message);
         let evicted =
             self.0.lock().unwrap_or_else(PoisonError::into_inner).committed(room, seq, frame);
         for gone in evicted {
             tracing::info!(member = gone.member.0, last_seq = gone.last_seq, %room, "dropped a member that fell behind");
         }
     }
+}
 
+impl FanOut for LocalFanOut {
     fn follow<'a>(&'a self, _room: &'a str) -> Pending<'a, Result<(), HistoryError>> {
         Box::pin(ready(Ok(()))) // Every room's messages pass through this process anyway.
     }

@@ -85,6 +85,24 @@ mod tests {
     use crate::{ClientFrame, NodeFrame};
 
     #[test]
+    fn a_borrowed_message_frame_encodes_as_the_owned_one() {
+        let body = "é".repeat(300);
+        let owned = NodeFrame::Message(crate::ChatMessage {
+            room: "general".into(),
+            seq: 1 << 40,
+            sender: "ada".into(),
+            timestamp_ms: 1_796_000_000_000,
+            body: body.clone(),
+        });
+        let borrowed =
+            crate::MessageFrameRef::new("general", 1 << 40, "ada", 1_796_000_000_000, &body);
+        let bytes = encode(&borrowed, usize::MAX).expect("encodes");
+        assert_eq!(bytes, encode(&owned, usize::MAX).expect("encodes"));
+        let mut buf = bytes::BytesMut::from(&bytes[..]);
+        assert_eq!(decode::<NodeFrame>(&mut buf, usize::MAX).expect("decodes"), Some(owned));
+    }
+
+    #[test]
     fn round_trip_across_split_reads() {
         let frames = [
             ClientFrame::Hello { name: "ada".into(), resume: Some([7; 16]) },

@@ -134,6 +134,29 @@ pub struct ChatMessage {
     pub body: String,
 }
 
+/// A [`NodeFrame::Message`] made of borrowed parts, which encodes to the very bytes of the
+/// owned frame: the node writes a stored message's frame straight from the history's record,
+/// copying its text once, into the frame.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct MessageFrameRef<'a> {
+    /// `NodeFrame::Message`'s position in the enum: postcard encodes it as the variant's
+    /// varint, as for [`ClientFrame::send_id_from_head`].
+    variant: u32,
+    room: &'a str,
+    seq: Seq,
+    sender: &'a str,
+    timestamp_ms: u64,
+    body: &'a str,
+}
+
+impl<'a> MessageFrameRef<'a> {
+    pub fn new(room: &'a str, seq: Seq, sender: &'a str, timestamp_ms: u64, body: &'a str) -> Self {
+        /// `Message`'s position in [`NodeFrame`].
+        const MESSAGE_VARIANT: u32 = 4;
+        Self { variant: MESSAGE_VARIANT, room, seq, sender, timestamp_ms, body }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorFrame {
     pub code: ErrorCode,

@@ -106,6 +106,17 @@ fn the_node_logs_plainly_and_says_what_stops_it() {
     let said = String::from_utf8_lossy(&second.stderr);
     assert!(said.contains("a node is already running on this data directory"), "{said}");
     assert!(!said.contains("backtrace") && !said.contains('\x1b'), "{said}");
+
+    // A limit over what the protocol carries is refused, not quietly lowered.
+    let other = tempfile::tempdir().expect("tempdir");
+    let too_long = std::process::Command::new(chat_tests::program("chat-node"))
+        .args(["--listen", "127.0.0.1:0", "--max-message-len", "2000000", "--data-dir"])
+        .arg(other.path())
+        .output()
+        .expect("runs");
+    assert_eq!(too_long.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&too_long.stderr);
+    assert!(said.contains("max_message_len is 2000000 bytes, over the"), "{said}");
 }
 
 #[test]

@@ -11,7 +11,10 @@
 //! - `mailbox`: the bounded queue between the room core and a member's stream.
 //! - `connection`: one client connection: the hello on the control stream, then room
 //!   listings and who-is-online, and a task per room stream.
-//! - `room`: one room stream: join, history, live messages, sends and acks.
+//! - `room`: one room stream: the join, then sends checked with the core and handed to the
+//!   history, and their acks.
+//! - `member`: the writing half of a room stream: the history up to the join, then the
+//!   member's queue.
 //! - `reply`: the frames the node answers with (below `connection` and `room`).
 //! - [`Node`]: the endpoint, the accept loop and the orderly shutdown.
 //!
@@ -23,6 +26,7 @@ mod cluster;
 pub mod config;
 mod connection;
 mod mailbox;
+mod member;
 mod metrics;
 mod reply;
 mod room;
@@ -131,75 +135,12 @@ impl Node {
             let (config, cluster) = (config.clone(), cluster.clone());
             tokio::task::spawn_blocking(move || prepare(&config, cluster)).await??
         };
-        let history = prepared.history;
-        let rules = Rules::new(max_message_len, config.max_rooms_per_connection as usize)
-            .with_rate(config.messages_per_second, config.message_burst);
-        let mut core = Core::new(rules);
         let metrics = Arc::new(Metrics::new());
         metrics.rooms.set(prepared.rooms.len() as i64);
-        if cluster.is_none() {
-            // In cluster mode a room enters the core when this node starts following it.
-            for (room, last_seq) in prepared.rooms {
-                core.add_room(room, last_seq);
-            }
-        }
-        let core = Arc::new(Mutex::new(core));
-        let (fanout, directory): (Arc<dyn FanOut>, Arc<dyn Directory>) = match &cluster {
-            Some(cluster) => {
-                let ttl = config.cluster.as_ref().map_or(Duration::ZERO, |c| c.presence_ttl);
-                let runtime = tokio::runtime::Handle::current();
-                (
-                    Arc::new(cluster::ClusterFanOut::new(Arc::clone(cluster), Arc::clone(&core))),
-                    Arc::new(cluster::ClusterDirectory::new(Arc::clone(cluster), runtime, ttl)),
-                )
-            }
-            None => {
-                // The log is the bus: every stored message reaches the core through here.
-                let fanout = Arc::new(LocalFanOut(Arc::clone(&core)));
-                history.subscribe(Arc::clone(&fanout) as Arc<dyn chat_history::Subscriber>)?;
-                (fanout, Arc::new(LocalDirectory(Arc::clone(&core))))
-            }
-        };
-        let (tls, ca_cert) = (prepared.tls, prepared.ca_cert);
-
-        let mut transport = quinn::TransportConfig::default();
-        transport
-            .max_concurrent_bidi_streams(
-                (config.max_rooms_per_connection.min(FIRST_ROOM_STREAMS) + 1).into(),
-            )
-            .max_concurrent_uni_streams(0u8.into())
-            .max_idle_timeout(Some(config.idle_timeout.try_into()?));
-        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
-        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        server_config.transport_config(Arc::new(transport));
-        let socket = std::net::UdpSocket::bind(config.listen)
-            .with_context(|| format!("binding UDP {}", config.listen))?;
-        let secret = node_secret(&config.data_dir)?;
-        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
-            ring::hmac::HMAC_SHA256,
-            &secret,
-        )));
-        let cid_key = u64::from_le_bytes([
-            secret[0], secret[1], secret[2], secret[3], secret[4], secret[5], secret[6], secret[7],
-        ]);
-        endpoint_config.cid_generator(move || {
-            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
-        });
-        let endpoint = quinn::Endpoint::new(
-            endpoint_config,
-            Some(server_config),
-            socket,
-            Arc::new(quinn::TokioRuntime),
-        )?;
-
-        let limits = Limits {
-            max_message_len: max_message_len as u32,
-            max_frame_len: (max_message_len + codec::FRAME_OVERHEAD) as u32,
-            max_rooms_per_connection: config.max_rooms_per_connection,
-            history_cap: config.history_cap,
-            messages_per_second: config.messages_per_second,
-            message_burst: config.message_burst,
-        };
+        let core = Arc::new(Mutex::new(room_core(&config, prepared.rooms, cluster.is_some())));
+        let history = prepared.history;
+        let (fanout, directory) = seams(&config, cluster.as_ref(), &core, history.as_ref())?;
+        let endpoint = endpoint(&config, prepared.tls)?;
         let metrics_listener = match config.metrics_listen {
             Some(addr) => Some(metrics::bind(addr).await?),
             None => None,
@@ -210,7 +151,7 @@ impl Node {
             directory,
             core,
             history,
-            limits,
+            limits: limits(&config),
             connections: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             stopping,
@@ -218,7 +159,7 @@ impl Node {
             metrics,
             config,
         });
-        Ok(Self { endpoint, shared, stop, ca_cert, metrics_listener })
+        Ok(Self { endpoint, shared, stop, ca_cert: prepared.ca_cert, metrics_listener })
     }
 
     /// The address the node listens on (with the real port when 0 was asked for).
@@ -343,6 +284,96 @@ struct Prepared {
     rooms: Vec<(RoomName, chat_core::Seq)>,
     tls: rustls::ServerConfig,
     ca_cert: Option<PathBuf>,
+}
+
+/// The room core with the node's rules. A single node knows its rooms from the start; in
+/// cluster mode a room enters the core when this node starts following it.
+fn room_core(
+    config: &NodeConfig,
+    rooms: Vec<(RoomName, chat_core::Seq)>,
+    cluster: bool,
+) -> Core<Outbox> {
+    let rules =
+        Rules::new(config.max_message_len as usize, config.max_rooms_per_connection as usize)
+            .with_rate(config.messages_per_second, config.message_burst);
+    let mut core = Core::new(rules);
+    if !cluster {
+        for (room, last_seq) in rooms {
+            core.add_room(room, last_seq);
+        }
+    }
+    core
+}
+
+/// The fan-out and the directory, on the core (and on NATS in cluster mode).
+fn seams(
+    config: &NodeConfig,
+    cluster: Option<&Arc<Cluster>>,
+    core: &Arc<Mutex<Core<Outbox>>>,
+    history: &dyn HistoryStore,
+) -> anyhow::Result<(Arc<dyn FanOut>, Arc<dyn Directory>)> {
+    Ok(match cluster {
+        Some(cluster) => {
+            let ttl = config.cluster.as_ref().map_or(Duration::ZERO, |c| c.presence_ttl);
+            let runtime = tokio::runtime::Handle::current();
+            (
+                Arc::new(cluster::ClusterFanOut::new(Arc::clone(cluster), Arc::clone(core))),
+                Arc::new(cluster::ClusterDirectory::new(Arc::clone(cluster), runtime, ttl)),
+            )
+        }
+        None => {
+            // The log is the bus: every stored message reaches the core through here.
+            let fanout = Arc::new(LocalFanOut(Arc::clone(core)));
+            history.subscribe(Arc::clone(&fanout) as Arc<dyn chat_history::Subscriber>)?;
+            (fanout, Arc::new(LocalDirectory(Arc::clone(core))))
+        }
+    })
+}
+
+/// The QUIC endpoint on the configured address. Its connection ids and stateless resets
+/// come from the data dir's secret, so that a restarted node recognises its previous run's.
+fn endpoint(config: &NodeConfig, tls: rustls::ServerConfig) -> anyhow::Result<quinn::Endpoint> {
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(
+            (config.max_rooms_per_connection.min(FIRST_ROOM_STREAMS) + 1).into(),
+        )
+        .max_concurrent_uni_streams(0u8.into())
+        .max_idle_timeout(Some(config.idle_timeout.try_into()?));
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server_config.transport_config(Arc::new(transport));
+    let socket = std::net::UdpSocket::bind(config.listen)
+        .with_context(|| format!("binding UDP {}", config.listen))?;
+    let secret = node_secret(&config.data_dir)?;
+    let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        &secret,
+    )));
+    let cid_key = u64::from_le_bytes([
+        secret[0], secret[1], secret[2], secret[3], secret[4], secret[5], secret[6], secret[7],
+    ]);
+    endpoint_config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    Ok(quinn::Endpoint::new(
+        endpoint_config,
+        Some(server_config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?)
+}
+
+/// The limits the welcome announces.
+fn limits(config: &NodeConfig) -> Limits {
+    Limits {
+        max_message_len: config.max_message_len,
+        max_frame_len: config.max_message_len + codec::FRAME_OVERHEAD as u32,
+        max_rooms_per_connection: config.max_rooms_per_connection,
+        history_cap: config.history_cap,
+        messages_per_second: config.messages_per_second,
+        message_burst: config.message_burst,
+    }
 }
 
 /// Opens the history (or, in cluster mode, wraps NATS), creates the configured rooms and

@@ -59,6 +59,26 @@ pub enum Refusal {
     /// sending it again would show it twice.
     #[error("the room got the message, but {0}")]
     NotSynced(String),
+    /// A frame the stream cannot take where it came: `expected` says what the stream takes
+    /// ("a room stream starts with a join"), `got` names the frame ("a send").
+    #[error("{expected}, not {got}")]
+    UnexpectedFrame { expected: &'static str, got: &'static str },
+    #[error("the control stream must start with a hello")]
+    NoHello,
+    #[error("no join in time")]
+    NoJoinInTime,
+    /// Bytes that are not a frame; `0` says what is wrong with them.
+    #[error("{0}")]
+    Malformed(String),
+    /// The history could not be read or followed for a join; `0` says why.
+    #[error("cannot join room {room:?} now: {detail}")]
+    JoinUnavailable { room: String, detail: String },
+    /// The history failed while a join was replaying it.
+    #[error("the room's history cannot be read now ({0}); join again")]
+    HistoryUnreadable(String),
+    /// A control request whose answer the store (or NATS) could not give.
+    #[error("the node cannot answer now: {0}")]
+    Unanswerable(String),
     /// The directory of names (in cluster mode, shared by every node) did not answer.
     #[error("the node cannot check the name now: {0}")]
     DirectoryUnavailable(String),
@@ -76,7 +96,15 @@ impl Refusal {
             Self::TooManyRooms(_) => ErrorCode::TooManyRooms,
             Self::MessageTooLong { .. } => ErrorCode::MessageTooLong,
             Self::EmptyMessage => ErrorCode::EmptyMessage,
-            Self::NotConnected | Self::NotJoined => ErrorCode::ProtocolViolation,
+            Self::NotConnected
+            | Self::NotJoined
+            | Self::UnexpectedFrame { .. }
+            | Self::NoHello
+            | Self::NoJoinInTime
+            | Self::Malformed(_) => ErrorCode::ProtocolViolation,
+            Self::JoinUnavailable { .. } | Self::HistoryUnreadable(_) | Self::Unanswerable(_) => {
+                ErrorCode::HistoryUnavailable
+            }
             Self::SlowDown { .. } | Self::RateLimited => ErrorCode::SlowDown,
             Self::FrameTooLong { .. } => ErrorCode::MessageTooLong,
             Self::TooSlow { .. } => ErrorCode::TooSlow,
@@ -92,7 +120,11 @@ impl Refusal {
         match self {
             Self::NameTaken(_) => close::NAME_TAKEN,
             Self::RateLimited => close::RATE_LIMITED,
-            Self::NotConnected | Self::NotJoined => close::PROTOCOL_VIOLATION,
+            Self::NotConnected
+            | Self::NotJoined
+            | Self::UnexpectedFrame { .. }
+            | Self::NoHello
+            | Self::Malformed(_) => close::PROTOCOL_VIOLATION,
             _ => close::REFUSED,
         }
     }

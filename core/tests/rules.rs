@@ -262,6 +262,10 @@ fn every_refusal_that_ends_a_connection_has_its_close_code() {
     assert_eq!(Refusal::NameTaken("ada".into()).close_code(), codes::close::NAME_TAKEN);
     assert_eq!(Refusal::DirectoryUnavailable("down".into()).close_code(), codes::close::REFUSED);
     assert_eq!(Refusal::NotConnected.close_code(), codes::close::PROTOCOL_VIOLATION);
+    assert_eq!(Refusal::NoHello.close_code(), codes::close::PROTOCOL_VIOLATION);
+    let wrong = Refusal::UnexpectedFrame { expected: "a room stream takes sends", got: "a join" };
+    assert_eq!(wrong.to_string(), "a room stream takes sends, not a join");
+    assert_eq!(wrong.code(), ErrorCode::ProtocolViolation);
     let oversized = core.oversized(5000);
     assert_eq!(oversized.code(), ErrorCode::MessageTooLong);
     assert_eq!(

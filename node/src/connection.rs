@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use chat_core::{ConnId, Refusal, UserName};
 use chat_proto::io::{FrameReader, write_frame};
-use chat_proto::{ClientFrame, ErrorCode, ErrorFrame, NodeFrame, Welcome, codec, codes};
+use chat_proto::{ClientFrame, ErrorFrame, NodeFrame, Welcome, codec, codes};
 use quinn::{RecvStream, SendStream};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -67,11 +67,9 @@ async fn greet(
     let (name, resume) = match frame {
         Ok(Some(ClientFrame::Hello { name, resume })) => (name, resume),
         _ => {
-            let refusal = ErrorFrame::new(
-                ErrorCode::ProtocolViolation,
-                "the control stream must start with a hello",
-            );
-            refuse(shared, connection, &mut send, refusal, codes::close::PROTOCOL_VIOLATION).await;
+            let refusal = Refusal::NoHello;
+            let code = refusal.close_code();
+            refuse(shared, connection, &mut send, error_frame(&refusal, None), code).await;
             return None;
         }
     };
@@ -149,10 +147,10 @@ async fn run(
                         Ok(Err(refusal)) => error_frame(&refusal, None).into(),
                         Err(e) => unavailable(&e).into(),
                     },
-                    Ok(Some(other)) => NodeFrame::Error(ErrorFrame::new(
-                        ErrorCode::ProtocolViolation,
-                        format!("{} is not a control request", frame_name(&other)),
-                    )),
+                    Ok(Some(other)) => {
+                        let expected = "the control stream takes room listings and who requests";
+                        error_frame(&Refusal::UnexpectedFrame { expected, got: frame_name(&other) }, None).into()
+                    }
                     Ok(None) => {
                         connection.close(codes::close::NORMAL.into(), b"bye");
                         break;
@@ -164,8 +162,9 @@ async fn run(
                     }
                     Err(e) => {
                         warn!(error = %e, "bad control frame");
-                        let refusal = ErrorFrame::new(ErrorCode::ProtocolViolation, e.to_string());
-                        refuse(shared, connection, &mut send, refusal, codes::close::PROTOCOL_VIOLATION).await;
+                        let refusal = Refusal::Malformed(e.to_string());
+                        let code = refusal.close_code();
+                        refuse(shared, connection, &mut send, error_frame(&refusal, None), code).await;
                         break;
                     }
                 };
@@ -204,7 +203,7 @@ async fn drain(mut rooms: JoinSet<()>) {
 
 /// The answer to a request the directory could not serve.
 fn unavailable(e: &chat_history::HistoryError) -> ErrorFrame {
-    ErrorFrame::new(ErrorCode::HistoryUnavailable, format!("the node cannot answer now: {e}"))
+    error_frame(&Refusal::Unanswerable(e.to_string()), None)
 }
 
 /// Sends `error` on the control stream, gives it a moment to arrive, and closes the

@@ -80,11 +80,8 @@ impl Writer {
                 Ok(page) => page,
                 Err(e) => {
                     warn!(room = %self.room, error = %e, "cannot read the history for a join");
-                    let text = format!("the room's history cannot be read now ({e}); join again");
-                    let frame = ErrorFrame {
-                        last_seq: cursor,
-                        ..ErrorFrame::new(ErrorCode::HistoryUnavailable, text)
-                    };
+                    let refusal = Refusal::HistoryUnreadable(e.to_string());
+                    let frame = ErrorFrame { last_seq: cursor, ..error_frame(&refusal, None) };
                     self.send.write_all(&encode(&NodeFrame::Error(frame))).await?;
                     self.send.finish()?;
                     anyhow::bail!("history unavailable: {e}");

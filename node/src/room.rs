@@ -36,9 +36,8 @@ pub(crate) async fn serve(
         Err(error) => return end_with(&shared, &mut send, error).await,
     };
     if let Err(e) = shared.fanout.follow(&room).await {
-        let text = format!("cannot join room {room:?} now: {e}");
-        return end_with(&shared, &mut send, ErrorFrame::new(ErrorCode::HistoryUnavailable, text))
-            .await;
+        let refusal = Refusal::JoinUnavailable { room, detail: e.to_string() };
+        return end_with(&shared, &mut send, error_frame(&refusal, None)).await;
     }
     let member = MemberId(shared.next_id());
     let (queue, queued) = mpsc::channel(shared.config.member_queue);
@@ -86,17 +85,17 @@ async fn read_join(
     shared: &Shared,
     reader: &mut FrameReader<RecvStream>,
 ) -> Result<Option<(String, Option<Seq>)>, ErrorFrame> {
-    let violation = |text: String| ErrorFrame::new(ErrorCode::ProtocolViolation, text);
-    match tokio::time::timeout(shared.config.handshake_timeout, reader.read::<ClientFrame>()).await
-    {
-        Ok(Ok(Some(ClientFrame::Join { room, after }))) => Ok(Some((room, after))),
-        Ok(Ok(None)) => Ok(None),
-        Ok(Ok(Some(other))) => {
-            Err(violation(format!("a room stream starts with a join, not {}", frame_name(&other))))
-        }
-        Ok(Err(e)) => Err(violation(e.to_string())),
-        Err(_) => Err(violation("no join in time".into())),
-    }
+    let refusal = match tokio::time::timeout(shared.config.handshake_timeout, reader.read()).await {
+        Ok(Ok(Some(ClientFrame::Join { room, after }))) => return Ok(Some((room, after))),
+        Ok(Ok(None)) => return Ok(None),
+        Ok(Ok(Some(other))) => Refusal::UnexpectedFrame {
+            expected: "a room stream starts with a join",
+            got: frame_name(&other),
+        },
+        Ok(Err(e)) => Refusal::Malformed(e.to_string()),
+        Err(_) => Refusal::NoJoinInTime,
+    };
+    Err(error_frame(&refusal, None))
 }
 
 /// Reads sends until the client leaves, the member is dropped, the connection keeps sending
@@ -135,8 +134,9 @@ async fn read_sends(
                 }
             }
             Ok(Some(other)) => {
-                let text = format!("a room stream takes sends, not {}", frame_name(&other));
-                (ErrorFrame::new(ErrorCode::ProtocolViolation, text), false)
+                let expected = "a room stream takes sends";
+                let refusal = Refusal::UnexpectedFrame { expected, got: frame_name(&other) };
+                (error_frame(&refusal, None), false)
             }
             Err(e @ codec::FrameError::TooLong { len, .. }) if reader.in_step(&e) => {
                 let client_id = ClientFrame::send_id_from_head(reader.oversized_head());
@@ -144,7 +144,7 @@ async fn read_sends(
             }
             Err(e) => {
                 let fatal = !reader.in_step(&e);
-                (ErrorFrame::new(ErrorCode::ProtocolViolation, e.to_string()), fatal)
+                (error_frame(&Refusal::Malformed(e.to_string()), None), fatal)
             }
         };
         shared.metrics.error_code(error.code);

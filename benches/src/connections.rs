@@ -29,16 +29,10 @@ pub async fn run(count: usize, node_args: &[String]) -> anyhow::Result<()> {
     let cpu_before = server.cpu_seconds()?;
 
     let trust = chat_certs::Trust::CaFile(dir.path().join("certs/ca.pem"));
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(chat_certs::client_config(
-        &trust,
-        codes::ALPN,
-    )?)?;
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(Duration::from_secs(10)));
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(transport));
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-    endpoint.set_default_client_config(config);
+    let endpoint =
+        chat_client::quic_endpoint(&trust, codes::ALPN, "127.0.0.1:0".parse()?, transport)?;
     let addr: std::net::SocketAddr = server.addr.parse()?;
 
     let permits = Arc::new(Semaphore::new(CONCURRENT));

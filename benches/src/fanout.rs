@@ -12,7 +12,6 @@
 //! thousand members took both cores for a third of a second) and the server its first
 //! buffers. Runs measure the steady state, and the node and the floor start equally warm.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -363,10 +362,12 @@ struct Member {
 impl Member {
     /// Connects as `options.name`, says hello and joins `room`.
     async fn join(options: &ConnectOptions, room: &str) -> anyhow::Result<Self> {
-        let tls = chat_certs::client_config(&options.trust, codes::ALPN)?;
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        let endpoint = chat_client::quic_endpoint(
+            &options.trust,
+            codes::ALPN,
+            "127.0.0.1:0".parse()?,
+            quinn::TransportConfig::default(),
+        )?;
         let addr: std::net::SocketAddr = options.server.parse()?;
         let connection = endpoint.connect(addr, "localhost")?.await?;
         let hello = ClientFrame::Hello { name: options.name.clone(), resume: None };

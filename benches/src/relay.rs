@@ -84,11 +84,8 @@ async fn write(mut send: SendStream, mut queued: mpsc::Receiver<Bytes>) -> anyho
 /// A client endpoint that trusts the relay's CA in `dir`.
 pub fn client(dir: &Path) -> anyhow::Result<quinn::Endpoint> {
     let trust = chat_certs::Trust::CaFile(dir.join("ca.pem"));
-    let tls = chat_certs::client_config(&trust, ALPN)?;
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    Ok(endpoint)
+    let transport = quinn::TransportConfig::default();
+    Ok(chat_client::quic_endpoint(&trust, ALPN, "127.0.0.1:0".parse()?, transport)?)
 }
 
 /// Opens a stream to the relay in `role` for `room`.

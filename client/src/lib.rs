@@ -189,23 +189,14 @@ impl Client {
     /// Connects to the one node that `options.server` names.
     async fn connect_to(options: &ConnectOptions) -> Result<Self, ClientError> {
         let (host, addr) = resolve(&options.server).await?;
-        let tls = chat_certs::client_config(&options.trust, codes::ALPN)?;
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let mut transport = quinn::TransportConfig::default();
         transport.keep_alive_interval(Some(KEEP_ALIVE)).max_idle_timeout(Some(
             IDLE_TIMEOUT.try_into().map_err(|_| ClientError::Protocol("idle timeout".into()))?,
         ));
-        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        config.transport_config(Arc::new(transport));
         let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
             .parse()
             .map_err(|_| ClientError::Protocol("bad bind address".into()))?;
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Unreachable {
-            server: options.server.clone(),
-            detail: e.to_string(),
-        })?;
-        endpoint.set_default_client_config(config);
+        let endpoint = quic_endpoint(&options.trust, codes::ALPN, bind, transport)?;
 
         let server = options.server.clone();
         let unreachable =
@@ -352,6 +343,31 @@ impl Drop for Client {
     fn drop(&mut self) {
         self.connection.close(codes::close::NORMAL.into(), b"bye");
     }
+}
+
+/// A QUIC client endpoint on `bind` that trusts `trust` and speaks `alpn`, with `transport`'s
+/// settings: what [`Client::connect`] connects with, and what tools and tests that speak the
+/// protocol by hand (or test another ALPN) build theirs with.
+///
+/// # Errors
+/// The TLS configuration cannot be made (an unreadable CA file), or `bind` cannot be bound.
+pub fn quic_endpoint(
+    trust: &Trust,
+    alpn: &[u8],
+    bind: SocketAddr,
+    transport: quinn::TransportConfig,
+) -> Result<quinn::Endpoint, ClientError> {
+    let tls = chat_certs::client_config(trust, alpn)?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(Arc::new(transport));
+    let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Unreachable {
+        server: format!("(this machine's {bind})"),
+        detail: format!("cannot bind the local UDP socket: {e}"),
+    })?;
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
 }
 
 fn unexpected(frame: NodeFrame) -> ClientError {

@@ -144,11 +144,11 @@ pub async fn raw_connection(
     node: &TestNode,
     alpn: &[u8],
 ) -> Result<(quinn::Connection, quinn::Endpoint), quinn::ConnectionError> {
-    let tls = chat_certs::client_config(&Trust::CaFile(node.ca.clone()), alpn).expect("tls");
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
-    let mut endpoint =
-        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    let trust = Trust::CaFile(node.ca.clone());
+    let bind = "127.0.0.1:0".parse().expect("addr");
+    let endpoint =
+        chat_client::quic_endpoint(&trust, alpn, bind, quinn::TransportConfig::default())
+            .expect("endpoint");
     let connection = endpoint.connect(node.addr, "localhost").expect("connect").await?;
     Ok((connection, endpoint))
 }

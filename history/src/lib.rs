@@ -151,9 +151,19 @@ pub enum HistoryError {
          directory; stop it, or give this node its own --data-dir"
     )]
     InUse(std::path::PathBuf),
-    /// A history kept elsewhere (cluster mode's NATS) did not answer; the text says why.
-    #[error("{0}")]
-    Remote(String),
+    /// A history kept elsewhere (cluster mode's NATS) failed; its own error says why.
+    #[error(transparent)]
+    Remote(Arc<dyn std::error::Error + Send + Sync>),
+    /// The operating system refused something other than a database write: making the
+    /// directory, starting a thread.
+    #[error("the history could not {what}: {source}; check the data directory's permissions")]
+    Io { what: &'static str, source: Arc<std::io::Error> },
+}
+
+impl HistoryError {
+    fn io(what: &'static str, source: std::io::Error) -> Self {
+        Self::Io { what, source: Arc::new(source) }
+    }
 }
 
 impl From<fjall::Error> for HistoryError {
@@ -219,7 +229,7 @@ impl History {
     /// The directory cannot be created or read, or fjall cannot recover it.
     pub fn open(config: Config) -> Result<Self, HistoryError> {
         std::fs::create_dir_all(&config.path)
-            .map_err(|e| HistoryError::Storage(Arc::new(e.into())))?;
+            .map_err(|e| HistoryError::io("create its directory", e))?;
         let handles = Handles::open(&config.path).map_err(|e| match e {
             HistoryError::Storage(inner) if matches!(*inner, fjall::Error::Locked) => {
                 HistoryError::InUse(config.path.clone())

@@ -63,7 +63,7 @@ pub(crate) fn spawn(
     let thread = std::thread::Builder::new()
         .name("history-syncer".into())
         .spawn(move || run(&store, &queue))
-        .map_err(|e| HistoryError::Storage(Arc::new(e.into())))?;
+        .map_err(|e| HistoryError::io("start its syncer thread", e))?;
     Ok((sender, thread))
 }
 

@@ -69,7 +69,7 @@ pub(crate) fn spawn(
     std::thread::Builder::new()
         .name("history-writer".into())
         .spawn(move || Writer { store, rooms, next_reopen: None, syncer }.run(&queue))
-        .map_err(|e| HistoryError::Storage(Arc::new(e.into())))
+        .map_err(|e| HistoryError::io("start its writer thread", e))
 }
 
 struct Writer {

@@ -29,7 +29,7 @@ use crate::reply::message_frame;
 use crate::seams::{Directory, FanOut, HistoryStore, Pending};
 
 fn remote(e: ClusterError) -> HistoryError {
-    HistoryError::Remote(e.to_string())
+    HistoryError::Remote(Arc::new(e))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -4,10 +4,11 @@
 //!   against a `chat-node` process, beside the floor of a bare QUIC relay (`relay.rs`).
 //! - `soak` (`soak.rs`): many clients for many minutes, the node's memory over time.
 //! - `connections` (`connections.rs`): many idle connections, memory per connection.
-//! - `appends`: the history alone, to see group commit at work.
+//! - `appends` (`appends.rs`): the history alone, to see group commit at work.
 //!
 //! `process.rs` starts the server under test as its own process and reads its costs.
 
+mod appends;
 mod connections;
 mod fanout;
 mod plot;
@@ -16,11 +17,8 @@ mod relay;
 mod soak;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Instant;
 
 use anyhow::{Context, bail};
-use chat_history::{Config as HistoryConfig, Durability, History, Message};
 use clap::{Parser, Subcommand};
 
 /// The harness decodes every delivery (several small allocations each), and glibc's
@@ -213,55 +211,12 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Appends { messages, window, size, buffered } => {
-            appends(messages, window, size, buffered)
+            appends::run(messages, window, size, buffered)
         }
         Command::Soak { clients, rooms, minutes, rate, size, report_secs } => {
             soak::run(soak::Soak { clients, rooms, minutes, rate, size, report_secs }).await
         }
     }
-}
-
-fn appends(messages: usize, window: usize, size: usize, buffered: bool) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let durability = durability(buffered);
-    let history =
-        History::open(HistoryConfig { path: dir.path().into(), cap: 10_000, durability })?;
-    history.create_room("bench")?;
-    let in_flight = Arc::new((Mutex::new(0usize), Condvar::new()));
-    let message = Message { sender: "bench".into(), timestamp_ms: 0, body: "x".repeat(size) };
-    let began = Instant::now();
-    for _ in 0..messages {
-        let (count, freed) = &*in_flight;
-        let mut n = freed
-            .wait_while(count.lock().map_err(|_| anyhow::anyhow!("poisoned"))?, |n| *n >= window)
-            .map_err(|_| anyhow::anyhow!("poisoned"))?;
-        *n += 1;
-        drop(n);
-        let done = Arc::clone(&in_flight);
-        history.append(
-            "bench",
-            message.clone(),
-            Box::new(move |stored| {
-                if stored.is_err() {
-                    eprintln!("an append failed: {stored:?}");
-                }
-                let (count, freed) = &*done;
-                if let Ok(mut n) = count.lock() {
-                    *n -= 1;
-                }
-                freed.notify_one();
-            }),
-        );
-    }
-    history.flush()?;
-    let elapsed = began.elapsed().as_secs_f64();
-    println!(
-        "appends: {messages} of {size} B, {window} in flight, {:?} durability: {elapsed:.2} s, {:.0} messages/s",
-        durability,
-        messages as f64 / elapsed
-    );
-    history.close()?;
-    Ok(())
 }
 
 /// What a fan-out run measures beside the single node.
@@ -356,8 +311,4 @@ async fn compare(
         }
     }
     Ok(everything_arrived)
-}
-
-fn durability(buffered: bool) -> Durability {
-    if buffered { Durability::Buffered } else { Durability::Sync }
 }

@@ -1,6 +1,6 @@
 //! `chat-bench`: measures the node as a user runs it.
 //!
-//! - `fanout` (`fanout.rs`): the time from a publisher's send to the receipt at every member,
+//! - `fanout` (`fanout/`): the time from a publisher's send to the receipt at every member,
 //!   against a `chat-node` process, beside the floor of a bare QUIC relay (`relay.rs`).
 //! - `soak` (`soak.rs`): many clients for many minutes, the node's memory over time.
 //! - `connections` (`connections.rs`): many idle connections, memory per connection.

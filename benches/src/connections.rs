@@ -14,7 +14,7 @@ use chat_proto::{ClientFrame, NodeFrame, codec, codes};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::process::{self, ServerProcess};
+use crate::process;
 
 /// Handshakes in progress at once: enough to keep the node busy, few enough that this
 /// process (which does the client half of every handshake) answers each in time.
@@ -22,7 +22,7 @@ const CONCURRENT: usize = 64;
 
 pub async fn run(count: usize, node_args: &[String]) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let server = ServerProcess::node(dir.path(), &["bench".into()], &[], node_args)?;
+    let server = process::node(dir.path(), &["bench".into()], &[], node_args)?;
     process::wait_until_up(&process::node_options(&server.addr, dir.path(), "probe".into()))
         .await?;
     let (before, _) = server.memory_kib()?;

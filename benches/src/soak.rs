@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use chat_client::{Client, ConnectOptions, RoomEvent};
 
-use crate::process::{self, ServerProcess};
+use crate::process;
 
 pub struct Soak {
     pub clients: usize,
@@ -27,7 +27,7 @@ pub struct Soak {
 pub async fn run(soak: Soak) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let rooms: Vec<String> = (0..soak.rooms.max(1)).map(|r| format!("soak{r}")).collect();
-    let node = ServerProcess::node(dir.path(), &rooms, &["--history-cap", "1000"], &[])?;
+    let node = process::node(dir.path(), &rooms, &["--history-cap", "1000"], &[])?;
     let pid = node.pid();
     let options = |name: String| process::node_options(&node.addr, dir.path(), name);
     process::wait_until_up(&options("probe".into())).await?;

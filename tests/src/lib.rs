@@ -2,13 +2,13 @@
 //! temporary directory (in this process or as a `chat-node` process), clients that trust
 //! it, and the paths of the built programs.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use chat_client::{Client, ConnectOptions, Room, RoomEvent, Trust};
+use chat_harness::ServerProcess;
 use chat_node::{Node, NodeConfig, Settings};
 use chat_proto::io::FrameReader;
 use chat_proto::{ClientFrame, NodeFrame, codec, codes};
@@ -153,61 +153,41 @@ pub async fn raw_connection(
     Ok((connection, endpoint))
 }
 
-/// A `chat-node` process on a free loopback port.
+/// A `chat-node` process on a free loopback port, started once it logs that it listens.
 pub struct NodeProcess {
-    pub child: Child,
-    pub addr: String,
+    server: ServerProcess,
     pub ca: String,
-    /// What the node logged before it listened.
-    pub start_log: Vec<String>,
+}
+
+/// Everything of the process: `child`, `addr`, `start_log`, `signal`, its memory.
+impl std::ops::Deref for NodeProcess {
+    type Target = ServerProcess;
+    fn deref(&self) -> &ServerProcess {
+        &self.server
+    }
+}
+
+impl std::ops::DerefMut for NodeProcess {
+    fn deref_mut(&mut self) -> &mut ServerProcess {
+        &mut self.server
+    }
 }
 
 impl NodeProcess {
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
-        // Ask the OS for a free UDP port, then hand it to the node.
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .expect("port")
-            .local_addr()
-            .expect("addr")
-            .port();
-        Self::start_on(data_dir, &format!("127.0.0.1:{port}"), extra)
+        Self::start_on(data_dir, &chat_harness::free_addr().expect("a free port"), extra)
     }
 
     pub fn start_on(data_dir: &Path, addr: &str, extra: &[&str]) -> Self {
-        let addr = addr.to_owned();
-        let mut child = Command::new(program("chat-node"))
-            .args(["--listen", &addr, "--data-dir"])
-            .arg(data_dir)
+        let mut command = ServerProcess::node_command(&program("chat-node"), addr, data_dir);
+        command
             .args(extra)
-            .env("RUST_LOG", std::env::var("CHAT_TEST_NODE_LOG").unwrap_or_else(|_| "info".into()))
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("chat-node starts");
-        // Wait for the "listening" line, which comes after the history and certificate.
-        let stderr = child.stderr.take().expect("stderr");
-        let lines = spawn_line_reader(stderr);
-        let mut log = Vec::new();
-        loop {
-            match lines.recv_timeout(PATIENCE) {
-                Ok(line) if line.contains("listening") => {
-                    log.push(line);
-                    break;
-                }
-                Ok(line) => log.push(line),
-                Err(e) => panic!("the node did not start ({e}); its log:\n{}", log.join("\n")),
-            }
-        }
-        // Keep draining the log so that the node never blocks on a full pipe; the test
-        // harness shows it when the test fails.
-        let name = addr.clone();
-        std::thread::spawn(move || {
-            while let Ok(line) = lines.recv() {
-                eprintln!("[chat-node {name}] {line}");
-            }
-        });
+            .env("RUST_LOG", std::env::var("CHAT_TEST_NODE_LOG").unwrap_or_else(|_| "info".into()));
+        // "listening" comes after the history and the certificate are ready.
+        let server = ServerProcess::start(command, addr.to_owned(), Some(("listening", PATIENCE)))
+            .unwrap_or_else(|e| panic!("{e:#}"));
         let ca = data_dir.join("certs/ca.pem").display().to_string();
-        Self { child, addr, ca, start_log: log }
+        Self { server, ca }
     }
 
     pub fn chat(&self, name: &str, args: &[&str]) -> Command {
@@ -221,45 +201,17 @@ impl NodeProcess {
         ConnectOptions::new(self.addr.clone(), name, Trust::CaFile(self.ca.clone().into()))
     }
 
-    /// The node's peak resident memory so far, in KiB (`VmHWM` in /proc).
+    /// The node's peak resident memory so far, in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("the node's /proc status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM in /proc status")
+        self.memory_kib().expect("the node's /proc status").1
     }
 
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args(["-s", signal, &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        self.server.signal(signal).expect("signalled");
     }
 }
 
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-pub fn spawn_line_reader(out: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
+pub use chat_harness::spawn_line_reader;
 
 /// Waits for `child` to exit, failing the test after [`PATIENCE`].
 pub fn wait_child(child: &mut Child) -> std::process::ExitStatus {

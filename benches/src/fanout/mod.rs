@@ -97,7 +97,7 @@ pub async fn node(scenario: Scenario, node_args: &[String]) -> anyhow::Result<Ou
     let rooms: Vec<String> = (0..scenario.rooms).map(|r| format!("bench{r}")).collect();
     let max_rooms = (scenario.rooms + 1).to_string();
     let flags = ["--max-rooms-per-connection", &max_rooms];
-    let server = ServerProcess::node(dir.path(), &rooms, &flags, node_args)?;
+    let server = process::node(dir.path(), &rooms, &flags, node_args)?;
     let options = |name: String| process::node_options(&server.addr, dir.path(), name);
     process::wait_until_up(&options("probe".into())).await?;
 
@@ -144,7 +144,7 @@ pub async fn node(scenario: Scenario, node_args: &[String]) -> anyhow::Result<Ou
 pub async fn floor(scenario: Scenario) -> anyhow::Result<Outcome> {
     anyhow::ensure!(scenario.rate.is_some(), "the floor has no acks to pace a window: use --rate");
     let dir = tempfile::tempdir()?;
-    let server = ServerProcess::relay(dir.path())?;
+    let server = process::relay(dir.path())?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while !dir.path().join("ca.pem").exists() {
         anyhow::ensure!(Instant::now() < deadline, "the relay did not come up");
@@ -211,7 +211,7 @@ pub async fn cluster(scenario: Scenario, node_args: &[String]) -> anyhow::Result
     let mut nodes = Vec::new();
     for i in 0..2 {
         let data_dir = dir.path().join(format!("node{i}"));
-        nodes.push(ServerProcess::node(&data_dir, &rooms, &flags, node_args)?);
+        nodes.push(process::node(&data_dir, &rooms, &flags, node_args)?);
     }
     let options = |node: usize, name: String| {
         ConnectOptions::new(&nodes[node].addr, name, Trust::CaFile(files.ca_cert.clone()))

@@ -12,6 +12,8 @@
 //! - [`room`]: one room's members and its in-order delivery.
 //! - [`rate`]: the token bucket that limits how fast a connection sends.
 //! - [`core`](Core): everything above behind the events the node feeds it.
+//! - `stream`: a member's room stream as inputs ([`StreamInput`]) and the actions the core
+//!   answers them with ([`StreamAction`]).
 //!
 //! Architecture invariant: this crate never imports tokio, quinn, fjall or the node. Members
 //! are reached through the [`Mailbox`] trait, which the node implements with bounded queues.
@@ -21,12 +23,14 @@ pub mod names;
 pub mod presence;
 pub mod rate;
 pub mod room;
+mod stream;
 
 pub use crate::core::{Connected, Core, Joined, Outgoing, Refusal, RoomSummary};
 pub use chat_proto::{ErrorCode, Seq, SessionToken};
 pub use names::{RoomName, UserName};
 pub use rate::{Rate, RateLimit, Verdict};
 pub use room::{Full, Mailbox};
+pub use stream::{StreamAction, StreamInput};
 
 /// One client connection, as the node numbers them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

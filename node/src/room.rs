@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use chat_core::{MemberId, Refusal, Seq};
+use chat_core::{MemberId, Refusal, Seq, StreamAction, StreamInput};
 use chat_history::HistoryError;
 use chat_proto::io::FrameReader;
 use chat_proto::{ClientFrame, ErrorCode, ErrorFrame, NodeFrame, codec};
@@ -116,36 +116,34 @@ async fn read_sends(
             _ = evicted(&mut eviction) => return Ended::Done,
             () = crate::stopping(&mut stopping) => return Ended::Done,
         };
-        // An error answers one frame; after a frame the reader cannot skip, the stream ends.
-        let (error, fatal) = match frame {
+        let input = match frame {
             Ok(None) => return Ended::Done,
             Ok(Some(ClientFrame::Send { client_id, body })) => {
-                let checked = shared.core().check_send(member, &body, Instant::now());
-                match checked {
-                    Ok(outgoing) => {
-                        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
-                            return Ended::Done;
-                        };
-                        append(shared, member, client_id, outgoing, body, queue.clone(), permit);
-                        continue;
-                    }
-                    Err(refusal @ Refusal::RateLimited) => return Ended::Closing(refusal),
-                    Err(refusal) => (error_frame(&refusal, Some(client_id)), false),
-                }
+                StreamInput::Send { client_id, body }
             }
-            Ok(Some(other)) => {
-                let expected = "a room stream takes sends";
-                let refusal = Refusal::UnexpectedFrame { expected, got: frame_name(&other) };
-                (error_frame(&refusal, None), false)
-            }
+            Ok(Some(other)) => StreamInput::Other { frame: frame_name(&other) },
             Err(e @ codec::FrameError::TooLong { len, .. }) if reader.in_step(&e) => {
                 let client_id = ClientFrame::send_id_from_head(reader.oversized_head());
-                (error_frame(&shared.core().oversized(len), client_id), false)
+                StreamInput::Oversized { len, client_id }
             }
             Err(e) => {
-                let fatal = !reader.in_step(&e);
-                (error_frame(&Refusal::Malformed(e.to_string()), None), fatal)
+                StreamInput::Malformed { detail: e.to_string(), skippable: reader.in_step(&e) }
             }
+        };
+        let action = shared.core().on_stream(member, input, Instant::now());
+        let (error, fatal) = match action {
+            StreamAction::Append { client_id, outgoing, body } => {
+                let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+                    return Ended::Done;
+                };
+                append(shared, member, client_id, outgoing, body, queue.clone(), permit);
+                continue;
+            }
+            StreamAction::Refuse { refusal, client_id } => {
+                (error_frame(&refusal, client_id), false)
+            }
+            StreamAction::RefuseAndEnd(refusal) => (error_frame(&refusal, None), true),
+            StreamAction::Close(refusal) => return Ended::Closing(refusal),
         };
         shared.metrics.error_code(error.code);
         let sent = queue.send(Outgoing::Frame(encode(&NodeFrame::Error(error)))).await;

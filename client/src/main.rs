@@ -36,9 +36,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Send to the --room and exit once the node has stored it: the words given as one
-    /// message, or else standard input as one message (its new lines kept), or with
-    /// --lines each line of standard input as a message of its own, in order
+    /// Send to the --room and exit once the node has stored it (--lines: one message a line)
+    ///
+    /// The words given are one message. With none, all of standard input is one message (its
+    /// new lines kept). With --lines, each line of standard input is a message of its own,
+    /// sent in order.
     Send {
         /// The message; when absent it is read from standard input
         message: Vec<String>,

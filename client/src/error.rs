@@ -74,6 +74,12 @@ impl ClientError {
         }
     }
 
+    /// Whether a send that failed with this error may have been stored all the same: the
+    /// connection went before its answer came.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, Self::ConnectionLost(_) | Self::GoingAway)
+    }
+
     /// The error a node's error frame stands for.
     pub fn from_frame(frame: ErrorFrame) -> Self {
         match frame.code {

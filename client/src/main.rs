@@ -117,7 +117,7 @@ async fn one_shot(
             let room = settings.room()?;
             out.who(room, &client.who(room).await?);
         }
-        Command::Send { message, lines: true } if message.is_empty() => {
+        Command::Send { lines: true, .. } => {
             send_lines(settings.room()?, client, out).await?;
         }
         Command::Send { message, .. } => {
@@ -202,8 +202,7 @@ fn report(
     match acked {
         Ok(seq) => out.ack(room, seq),
         Err(e) => {
-            let maybe = matches!(e, ClientError::ConnectionLost(_));
-            out.not_sent(room, &line, &e, maybe);
+            out.not_sent(room, &line, &e, e.outcome_unknown());
             failed.get_or_insert(e);
         }
     }

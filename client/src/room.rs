@@ -258,8 +258,8 @@ impl RoomSender {
     /// refused, and keeps their order on the stream.
     ///
     /// # Errors
-    /// A body over the node's limit or empty (checked before sending), or the room stream
-    /// is gone.
+    /// A body over the node's limit (checked before sending; the node checks the rest), or
+    /// the room stream is gone.
     pub async fn post(&self, body: impl Into<String>) -> Result<Posted, ClientError> {
         let body = body.into();
         let max = self.limits.max_message_len as usize;
@@ -304,7 +304,8 @@ impl RoomSender {
         let frame = ClientFrame::Send { client_id, body };
         let written = write_frame(&mut *self.stream.lock().await, &frame, usize::MAX).await;
         if let Err(e) = written {
-            self.pending.resolve(client_id, Err(self.lost(e)));
+            self.pending.lock().waiting.remove(&client_id);
+            return Err(self.lost(e));
         }
         let sender = self.clone();
         Ok(

@@ -102,15 +102,15 @@ impl Refusal {
             | Self::NoHello
             | Self::NoJoinInTime
             | Self::Malformed(_) => ErrorCode::ProtocolViolation,
-            Self::JoinUnavailable { .. } | Self::HistoryUnreadable(_) | Self::Unanswerable(_) => {
-                ErrorCode::HistoryUnavailable
-            }
+            Self::JoinUnavailable { .. }
+            | Self::HistoryUnreadable(_)
+            | Self::Unanswerable(_)
+            | Self::DirectoryUnavailable(_)
+            | Self::NotStored(_)
+            | Self::NotSynced(_) => ErrorCode::HistoryUnavailable,
             Self::SlowDown { .. } | Self::RateLimited => ErrorCode::SlowDown,
             Self::FrameTooLong { .. } => ErrorCode::MessageTooLong,
             Self::TooSlow { .. } => ErrorCode::TooSlow,
-            Self::DirectoryUnavailable(_) | Self::NotStored(_) | Self::NotSynced(_) => {
-                ErrorCode::HistoryUnavailable
-            }
         }
     }
 
@@ -311,7 +311,6 @@ impl<B: Mailbox> Core<B> {
                 Verdict::Disconnect => return Err(Refusal::RateLimited),
             }
         }
-        let outgoing = Outgoing { room: room.clone(), sender: connection.name.clone() };
         if body.is_empty() {
             return Err(Refusal::EmptyMessage);
         }
@@ -321,7 +320,7 @@ impl<B: Mailbox> Core<B> {
                 max: self.rules.max_message_len,
             });
         }
-        Ok(outgoing)
+        Ok(Outgoing { room: room.clone(), sender: connection.name.clone() })
     }
 
     /// The answer to a send frame too long to read, `len` bytes: it is skipped.

@@ -1,7 +1,7 @@
 //! The syncer thread: makes committed batches durable while the writer goes on.
 //!
 //! With [`Durability::Sync`](crate::Durability::Sync) the writer commits each batch to the
-//! operating system, runs its `stored` completions and hands the rest of its completions here.
+//! operating system, hands its messages to the subscriber and its completions here.
 //! The syncer takes every batch that queued up while it was busy, syncs once (fdatasync) and
 //! runs their completions in order. A slow sync thus delays acknowledgements only: meanwhile the
 //! next batches are written, numbered and relayed.

@@ -67,9 +67,7 @@ async fn greet(
     let (name, resume) = match frame {
         Ok(Some(ClientFrame::Hello { name, resume })) => (name, resume),
         _ => {
-            let refusal = Refusal::NoHello;
-            let code = refusal.close_code();
-            refuse(shared, connection, &mut send, error_frame(&refusal, None), code).await;
+            refuse(shared, connection, &mut send, &Refusal::NoHello).await;
             return None;
         }
     };
@@ -95,8 +93,7 @@ async fn greet(
         Ok(connected) => connected,
         Err(refusal) => {
             info!(%name, %refusal, "refused hello");
-            let code = refusal.close_code();
-            refuse(shared, connection, &mut send, error_frame(&refusal, None), code).await;
+            refuse(shared, connection, &mut send, &refusal).await;
             return None;
         }
     };
@@ -162,9 +159,7 @@ async fn run(
                     }
                     Err(e) => {
                         warn!(error = %e, "bad control frame");
-                        let refusal = Refusal::Malformed(e.to_string());
-                        let code = refusal.close_code();
-                        refuse(shared, connection, &mut send, error_frame(&refusal, None), code).await;
+                        refuse(shared, connection, &mut send, &Refusal::Malformed(e.to_string())).await;
                         break;
                     }
                 };
@@ -206,25 +201,20 @@ fn unavailable(e: &chat_history::HistoryError) -> ErrorFrame {
     error_frame(&Refusal::Unanswerable(e.to_string()), None)
 }
 
-/// Sends `error` on the control stream, gives it a moment to arrive, and closes the
-/// connection with `code` (whose reason repeats the error, for clients that miss the frame).
+/// Sends `refusal` on the control stream, gives it a moment to arrive, and closes the
+/// connection with its close code (whose reason repeats it, for clients that miss the frame).
 async fn refuse(
     shared: &Shared,
     connection: &quinn::Connection,
     send: &mut SendStream,
-    error: impl Into<NodeFrame>,
-    code: u32,
+    refusal: &Refusal,
 ) {
-    let frame = error.into();
-    let reason = match &frame {
-        NodeFrame::Error(e) => {
-            shared.metrics.error_code(e.code);
-            e.message.clone()
-        }
-        _ => String::new(),
-    };
+    let error = error_frame(refusal, None);
+    shared.metrics.error_code(error.code);
+    let reason = error.message.clone();
+    let frame = NodeFrame::Error(error);
     if write_frame(send, &frame, codec::MAX_NODE_FRAME_LEN).await.is_ok() && send.finish().is_ok() {
         let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
     }
-    connection.close(code.into(), reason.as_bytes());
+    connection.close(refusal.close_code().into(), reason.as_bytes());
 }

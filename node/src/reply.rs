@@ -5,11 +5,12 @@
 use bytes::Bytes;
 use chat_core::{Refusal, Seq};
 use chat_history::Message;
-use chat_proto::{ClientFrame, ErrorFrame, MessageFrameRef, NodeFrame, codec};
+use chat_proto::{ClientFrame, ErrorFrame, MessageFrameRef, codec};
+use serde::Serialize;
 use tracing::warn;
 
 /// Encodes a node frame. Node frames are built from checked input and always fit.
-pub(crate) fn encode(frame: &NodeFrame) -> Bytes {
+pub(crate) fn encode(frame: &impl Serialize) -> Bytes {
     codec::encode(frame, codec::MAX_NODE_FRAME_LEN).unwrap_or_else(|e| {
         warn!(error = %e, "a node frame did not encode");
         Bytes::new()
@@ -24,12 +25,7 @@ pub(crate) fn error_frame(refusal: &Refusal, client_id: Option<u64>) -> ErrorFra
 /// A message of `room` as the history stored it, as the frame its members get: encoded
 /// from the record, whose text is copied once, into the frame.
 pub(crate) fn message_frame(room: &str, seq: Seq, message: &Message) -> Bytes {
-    let frame =
-        MessageFrameRef::new(room, seq, &message.sender, message.timestamp_ms, &message.body);
-    codec::encode(&frame, codec::MAX_NODE_FRAME_LEN).unwrap_or_else(|e| {
-        warn!(error = %e, "a message frame did not encode");
-        Bytes::new()
-    })
+    encode(&MessageFrameRef::new(room, seq, &message.sender, message.timestamp_ms, &message.body))
 }
 
 pub(crate) fn frame_name(frame: &ClientFrame) -> &'static str {

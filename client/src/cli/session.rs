@@ -254,7 +254,7 @@ impl Session {
     /// A line that was not stored, or (after a lost connection) may not have been: kept to
     /// be checked against the history at the rejoin, or reported with its text.
     fn not_sent(&mut self, mut line: Line, error: ClientError) {
-        let cut_off = matches!(error, ClientError::ConnectionLost(_) | ClientError::GoingAway);
+        let cut_off = error.outcome_unknown();
         let echoed = self
             .unacked_echoes
             .iter()

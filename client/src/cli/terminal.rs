@@ -21,7 +21,7 @@ use crossterm::{cursor, execute, queue, style};
 use tokio::sync::mpsc;
 use unicode_width::UnicodeWidthChar;
 
-use super::output::{Sink, printable};
+use super::output::Sink;
 
 /// Lines kept to draw the screen again after a resize: more than any terminal has rows.
 const RECENT_LINES: usize = 500;
@@ -151,15 +151,15 @@ impl Screen {
         }
     }
 
-    /// Prints `line` above the input row.
+    /// Prints `line` above the input row. The line is printable already (`Output` made it
+    /// so): no control character in it but new lines.
     pub(crate) fn print(&mut self, out: &mut impl Write, line: &str) -> io::Result<()> {
-        let line = printable(line);
         queue!(out, cursor::MoveToColumn(0), terminal::Clear(ClearType::CurrentLine))?;
-        write_rows(out, &line)?;
+        write_rows(out, line)?;
         if self.recent.len() == RECENT_LINES {
             self.recent.pop_front();
         }
-        self.recent.push_back(line);
+        self.recent.push_back(line.to_owned());
         self.draw_input(out)
     }
 
@@ -412,6 +412,7 @@ mod tests {
     use std::num::NonZeroU16;
 
     use super::*;
+    use crate::cli::output::printable;
 
     /// A [`Screen`] drawing into a terminal emulator of the same size.
     struct Fixture {
@@ -509,7 +510,7 @@ mod tests {
     fn a_message_cannot_move_the_cursor_or_clear_the_screen() {
         let mut f = Fixture::new(40, 4);
         f.print("kept");
-        f.print("evil\x1b[2J\x1b[H\rgone");
+        f.print(&printable("evil\x1b[2J\x1b[H\rgone"));
         assert_eq!(f.rows()[..2], ["kept", "evil^[[2J^[[H^Mgone"]);
     }
 

@@ -46,6 +46,10 @@ impl Mailbox for Counter {
         self.0.set(self.0.get() + 1);
         Ok(())
     }
+    fn reply(&self, message: Bytes) -> Result<(), Full> {
+        black_box(message);
+        Ok(())
+    }
     fn evict(&self, _last_seq: Seq) {}
 }
 

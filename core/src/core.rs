@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use crate::names::NameError;
 use crate::presence::{Claimed, Presence, Taken};
 use crate::rate::{RateLimit, Verdict};
-use crate::room::{Evicted, Mailbox, Room};
+use crate::room::{Evicted, Full, Mailbox, Room};
 use crate::{ConnId, ErrorCode, MemberId, RoomName, Rules, Seq, SessionToken, UserName};
 use chat_proto::codes::close;
 
@@ -365,8 +365,19 @@ impl<B: Mailbox> Core<B> {
         self.rooms.get(room).map(Room::delivered)
     }
 
-    /// Drops a member whose mailbox could not take a frame meant only for it (an ack).
-    pub fn evict(&mut self, member: MemberId) -> Option<Evicted> {
+    /// Sends `member`, through its `mailbox`, a frame meant only for it (the ack of its send).
+    /// One that does not fit drops the member, as a room message that does not fit would:
+    /// a client that reads too slowly to take its own acks has fallen behind. The mailbox is
+    /// handed in because the ack may come after the member left the room (it still goes out,
+    /// while the stream drains).
+    pub fn reply(&mut self, member: MemberId, mailbox: &B, message: B::Message) -> Option<Evicted> {
+        match mailbox.reply(message) {
+            Ok(()) => None,
+            Err(Full) => self.evict(member),
+        }
+    }
+
+    fn evict(&mut self, member: MemberId) -> Option<Evicted> {
         let (_, room) = self.members.get(&member)?;
         let evicted = self.rooms.get_mut(room)?.evict(member);
         self.forget_member(member);

@@ -12,12 +12,15 @@
 //! - [`room`]: one room's members and its in-order delivery.
 //! - [`rate`]: the token bucket that limits how fast a connection sends.
 //! - [`core`](Core): everything above behind the events the node feeds it.
-//! - `stream`: a member's room stream as inputs ([`StreamInput`]) and the actions the core
-//!   answers them with ([`StreamAction`]).
+//! - [`control`]: a connection's control stream: the hello, then listings and who requests,
+//!   as what was [`Received`] and the [`ControlAction`] to take.
+//! - `stream`: a room stream: its [`opening`] join, then its sends as inputs
+//!   ([`StreamInput`]) and the actions the core answers them with ([`StreamAction`]).
 //!
 //! Architecture invariant: this crate never imports tokio, quinn, fjall or the node. Members
 //! are reached through the [`Mailbox`] trait, which the node implements with bounded queues.
 
+pub mod control;
 mod core;
 pub mod names;
 pub mod presence;
@@ -27,10 +30,11 @@ mod stream;
 
 pub use crate::core::{Connected, Core, Joined, Outgoing, Refusal, RoomSummary};
 pub use chat_proto::{ErrorCode, Seq, SessionToken};
+pub use control::{ControlAction, Received};
 pub use names::{RoomName, UserName};
 pub use rate::{Rate, RateLimit, Verdict};
 pub use room::{Full, Mailbox};
-pub use stream::{StreamAction, StreamInput};
+pub use stream::{Opening, StreamAction, StreamInput, opening};
 
 /// One client connection, as the node numbers them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

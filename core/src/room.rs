@@ -18,6 +18,11 @@ pub trait Mailbox {
     /// # Errors
     /// [`Full`] when the member's queue has no room; the member is then dropped.
     fn offer(&self, seq: Seq, message: &Self::Message) -> Result<(), Full>;
+    /// Queues a frame meant only for this member (the ack of its own send) without waiting.
+    ///
+    /// # Errors
+    /// [`Full`] as for [`offer`](Self::offer); the member is then dropped.
+    fn reply(&self, message: Self::Message) -> Result<(), Full>;
     /// The member has been dropped for falling behind; `last_seq` is the last one offered.
     fn evict(&self, last_seq: Seq);
 }

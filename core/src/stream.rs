@@ -3,8 +3,35 @@
 
 use std::time::Instant;
 
+use chat_proto::ClientFrame;
+
+use crate::control::Received;
 use crate::core::{Core, Outgoing, Refusal};
-use crate::{Mailbox, MemberId};
+use crate::{Mailbox, MemberId, Seq};
+
+/// What a room stream's first frame asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opening {
+    /// Join `room`, with the history after `after`.
+    Join { room: String, after: Option<Seq> },
+    /// Answer with the refusal and end the stream.
+    Refuse(Refusal),
+    /// The client finished the stream before joining: nothing to answer.
+    Ended,
+}
+
+/// A room stream's first frame, which must be a join.
+pub fn opening(received: Received) -> Opening {
+    match received {
+        Received::Frame(ClientFrame::Join { room, after }) => Opening::Join { room, after },
+        Received::Frame(other) => Opening::Refuse(Refusal::UnexpectedFrame {
+            expected: "a room stream starts with a join",
+            got: other.name(),
+        }),
+        Received::Malformed(detail) => Opening::Refuse(Refusal::Malformed(detail)),
+        Received::Ended => Opening::Ended,
+    }
+}
 
 /// What arrived on a member's room stream, as the node's reader saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]

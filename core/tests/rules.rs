@@ -16,6 +16,7 @@ struct Inbox(Rc<RefCell<InboxState>>);
 struct InboxState {
     capacity: usize,
     got: Vec<(Seq, &'static str)>,
+    replies: Vec<&'static str>,
     evicted_after: Option<Seq>,
 }
 
@@ -26,6 +27,9 @@ impl Inbox {
     fn got(&self) -> Vec<(Seq, &'static str)> {
         self.0.borrow().got.clone()
     }
+    fn replies(&self) -> Vec<&'static str> {
+        self.0.borrow().replies.clone()
+    }
     fn evicted_after(&self) -> Option<Seq> {
         self.0.borrow().evicted_after
     }
@@ -35,10 +39,18 @@ impl Mailbox for Inbox {
     type Message = &'static str;
     fn offer(&self, seq: Seq, message: &&'static str) -> Result<(), Full> {
         let mut state = self.0.borrow_mut();
-        if state.got.len() >= state.capacity {
+        if state.got.len() + state.replies.len() >= state.capacity {
             return Err(Full);
         }
         state.got.push((seq, message));
+        Ok(())
+    }
+    fn reply(&self, message: &'static str) -> Result<(), Full> {
+        let mut state = self.0.borrow_mut();
+        if state.got.len() + state.replies.len() >= state.capacity {
+            return Err(Full);
+        }
+        state.replies.push(message);
         Ok(())
     }
     fn evict(&self, last_seq: Seq) {
@@ -204,6 +216,31 @@ fn a_member_that_falls_behind_is_dropped_alone_and_told_where_it_stopped() {
     assert_eq!(core.who("general").expect("room"), vec!["fast"]);
     // Its connection may rejoin the room.
     core.join(ConnId(1), MemberId(3), "general", Inbox::with_capacity(10)).expect("rejoins");
+}
+
+#[test]
+fn a_member_whose_own_ack_does_not_fit_is_dropped_like_one_that_falls_behind() {
+    let mut core = core_with_rooms(&[("general", 0)]);
+    let sender = Inbox::with_capacity(2);
+    core.connect(ConnId(1), "ada", None, [1; 16], Instant::now()).expect("free");
+    core.join(ConnId(1), MemberId(1), "general", sender.clone()).expect("joins");
+
+    core.committed("general", 1, "mine");
+    assert_eq!(core.reply(MemberId(1), &sender, "ack 1"), None, "the ack fits");
+    let dropped = core.reply(MemberId(1), &sender, "ack 2").expect("no room for the ack");
+    assert_eq!((dropped.member, dropped.last_seq), (MemberId(1), 1));
+    assert_eq!(sender.replies(), vec!["ack 1"]);
+    assert_eq!(sender.evicted_after(), Some(1), "told where to resume");
+    assert_eq!(core.who("general").expect("room"), Vec::<String>::new());
+
+    // An ack for a member that has left still goes out while its stream drains, and one
+    // that does not fit then drops nobody.
+    let left = Inbox::with_capacity(1);
+    core.join(ConnId(1), MemberId(2), "general", left.clone()).expect("rejoins");
+    core.leave(MemberId(2));
+    assert_eq!(core.reply(MemberId(2), &left, "ack 3"), None);
+    assert_eq!(core.reply(MemberId(2), &left, "ack 4"), None);
+    assert_eq!((left.replies(), left.evicted_after()), (vec!["ack 3"], None));
 }
 
 #[test]

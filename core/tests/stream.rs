@@ -17,6 +17,9 @@ impl Mailbox for Open {
     fn offer(&self, _seq: Seq, _message: &()) -> Result<(), Full> {
         Ok(())
     }
+    fn reply(&self, _message: ()) -> Result<(), Full> {
+        Ok(())
+    }
     fn evict(&self, _last_seq: Seq) {}
 }
 

@@ -55,6 +55,9 @@ impl Mailbox for SimMailbox {
         inbox.got.push(seq);
         Ok(())
     }
+    fn reply(&self, _message: (String, Seq)) -> Result<(), Full> {
+        Ok(()) // The simulation's sends have no acks.
+    }
     fn evict(&self, last_seq: Seq) {
         let mut inbox = self.0.borrow_mut();
         assert!(inbox.evicted_after.is_none(), "a member is evicted once");

@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 use crate::AbortOnDrop;
 use crate::mailbox::Outbox;
 use crate::reply::message_frame;
-use crate::seams::{Directory, FanOut, HistoryStore, Pending};
+use crate::seams::{Directory, DirectoryError, FanOut, FollowError, HistoryStore, Pending};
 
 fn remote(e: ClusterError) -> HistoryError {
     HistoryError::Remote(Arc::new(e))
@@ -117,7 +117,7 @@ impl ClusterFanOut {
 }
 
 impl FanOut for ClusterFanOut {
-    fn follow<'a>(&'a self, room: &'a str) -> Pending<'a, Result<(), HistoryError>> {
+    fn follow<'a>(&'a self, room: &'a str) -> Pending<'a, Result<(), FollowError>> {
         Box::pin(async move {
             let Ok(room) = RoomName::parse(room) else { return Ok(()) };
             // Held while the follower starts, so that two first joins start one.
@@ -126,13 +126,13 @@ impl FanOut for ClusterFanOut {
                 return Ok(());
             }
             let log = &self.cluster.log;
-            if !log.room_exists(room.as_str()).await.map_err(remote)? {
+            if !log.room_exists(room.as_str()).await? {
                 return Ok(());
             }
             // Members that join from now on read the history up to `last` and get the rest
             // from the follower, which starts right after it.
-            let last = log.last_seq(room.as_str()).await.map_err(remote)?;
-            let messages = log.follow(room.as_str(), last).await.map_err(remote)?;
+            let last = log.last_seq(room.as_str()).await?;
+            let messages = log.follow(room.as_str(), last).await?;
             lock(&self.core).add_room(room.clone(), last);
             debug!(%room, last, "following the room");
             let follower = tokio::spawn(deliver(
@@ -289,10 +289,10 @@ impl Directory for ClusterDirectory {
         name: &'a UserName,
         token: SessionToken,
         resume: Option<SessionToken>,
-    ) -> Pending<'a, Result<bool, HistoryError>> {
+    ) -> Pending<'a, Result<bool, DirectoryError>> {
         Box::pin(async move {
             let claim = self.cluster.directory.claim(&name.key(), token, resume).await;
-            match claim.map_err(remote)? {
+            match claim? {
                 Some(claim) => {
                     lock(&self.claims).insert(conn, claim);
                     Ok(true)
@@ -324,24 +324,24 @@ impl Directory for ClusterDirectory {
     fn who<'a>(
         &'a self,
         room: &'a str,
-    ) -> Pending<'a, Result<Result<Vec<String>, Refusal>, HistoryError>> {
+    ) -> Pending<'a, Result<Result<Vec<String>, Refusal>, DirectoryError>> {
         Box::pin(async move {
             let room = match RoomName::parse(room) {
                 Ok(room) => room,
                 Err(e) => return Ok(Err(Refusal::InvalidRoomName(e))),
             };
-            if !self.cluster.log.room_exists(room.as_str()).await.map_err(remote)? {
+            if !self.cluster.log.room_exists(room.as_str()).await? {
                 return Ok(Err(Refusal::UnknownRoom(room.to_string())));
             }
-            Ok(Ok(self.cluster.directory.who(room.as_str()).await.map_err(remote)?))
+            Ok(Ok(self.cluster.directory.who(room.as_str()).await?))
         })
     }
 
-    fn rooms(&self) -> Pending<'_, Result<Vec<RoomInfo>, HistoryError>> {
+    fn rooms(&self) -> Pending<'_, Result<Vec<RoomInfo>, DirectoryError>> {
         Box::pin(async move {
             let (log, directory) = (&self.cluster.log, &self.cluster.directory);
-            let counts = directory.member_counts().await.map_err(remote)?;
-            let rooms = log.rooms_with_last_seq().await.map_err(remote)?;
+            let counts = directory.member_counts().await?;
+            let rooms = log.rooms_with_last_seq().await?;
             Ok(rooms
                 .into_iter()
                 .map(|(name, last_seq)| {

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chat_core::control::{self, ControlAction, Hello, Received};
 use chat_core::{ConnId, Refusal, UserName};
 use chat_proto::io::{FrameReader, write_frame};
 use chat_proto::{ClientFrame, ErrorFrame, NodeFrame, Welcome, codec, codes};
@@ -16,7 +17,8 @@ use quinn::{RecvStream, SendStream};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::reply::{error_frame, frame_name};
+use crate::reply::error_frame;
+use crate::seams::DirectoryError;
 use crate::{Conn, Shared, room};
 
 /// Serves one connection from handshake to close.
@@ -55,19 +57,19 @@ async fn greet(
     let hello = async {
         let (send, recv) = connection.accept_bi().await.ok()?;
         let mut reader = FrameReader::new(recv, shared.limits.max_frame_len as usize);
-        let frame = reader.read::<ClientFrame>().await;
-        Some((send, reader, frame))
+        let received = Received::from_read(reader.read().await);
+        Some((send, reader, received))
     };
     let timeout = shared.config.handshake_timeout;
-    let Ok(Some((mut send, reader, frame))) = tokio::time::timeout(timeout, hello).await else {
+    let Ok(Some((mut send, reader, received))) = tokio::time::timeout(timeout, hello).await else {
         shared.metrics.error("hello_timeout");
         connection.close(codes::close::HELLO_TIMEOUT.into(), b"no hello in time");
         return None;
     };
-    let (name, resume) = match frame {
-        Ok(Some(ClientFrame::Hello { name, resume })) => (name, resume),
-        _ => {
-            refuse(shared, connection, &mut send, &Refusal::NoHello).await;
+    let Hello { name, resume } = match control::greeting(received) {
+        Ok(hello) => hello,
+        Err(refusal) => {
+            refuse(shared, connection, &mut send, &refusal).await;
             return None;
         }
     };
@@ -133,33 +135,30 @@ async fn run(
     let mut allowed_rooms = most_rooms.min(crate::FIRST_ROOM_STREAMS);
     loop {
         tokio::select! {
-            frame = reader.read::<ClientFrame>() => {
-                let reply = match frame {
-                    Ok(Some(ClientFrame::ListRooms)) => match shared.directory.rooms().await {
+            read = reader.read::<ClientFrame>() => {
+                if let Err(codec::FrameError::Io(e)) = &read {
+                    // The connection ended under the read: nothing to answer.
+                    debug!(error = %e, "control stream ended");
+                    break;
+                }
+                let reply = match control::request(Received::from_read(read)) {
+                    ControlAction::ListRooms => match shared.directory.rooms().await {
                         Ok(rooms) => NodeFrame::Rooms { rooms },
                         Err(e) => unavailable(&e).into(),
                     },
-                    Ok(Some(ClientFrame::Who { room })) => match shared.directory.who(&room).await {
+                    ControlAction::Who { room } => match shared.directory.who(&room).await {
                         Ok(Ok(names)) => NodeFrame::Members { room, names },
                         Ok(Err(refusal)) => error_frame(&refusal, None).into(),
                         Err(e) => unavailable(&e).into(),
                     },
-                    Ok(Some(other)) => {
-                        let expected = "the control stream takes room listings and who requests";
-                        error_frame(&Refusal::UnexpectedFrame { expected, got: frame_name(&other) }, None).into()
+                    ControlAction::Refuse(refusal) => error_frame(&refusal, None).into(),
+                    ControlAction::Close(refusal) => {
+                        warn!(%refusal, "bad control frame");
+                        refuse(shared, connection, &mut send, &refusal).await;
+                        break;
                     }
-                    Ok(None) => {
+                    ControlAction::Bye => {
                         connection.close(codes::close::NORMAL.into(), b"bye");
-                        break;
-                    }
-                    Err(codec::FrameError::Io(e)) => {
-                        // The connection ended under the read: nothing to answer.
-                        debug!(error = %e, "control stream ended");
-                        break;
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "bad control frame");
-                        refuse(shared, connection, &mut send, &Refusal::Malformed(e.to_string())).await;
                         break;
                     }
                 };
@@ -197,7 +196,7 @@ async fn drain(mut rooms: JoinSet<()>) {
 }
 
 /// The answer to a request the directory could not serve.
-fn unavailable(e: &chat_history::HistoryError) -> ErrorFrame {
+fn unavailable(e: &DirectoryError) -> ErrorFrame {
     error_frame(&Refusal::Unanswerable(e.to_string()), None)
 }
 

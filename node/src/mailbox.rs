@@ -5,6 +5,8 @@
 //! dropped from the room instead of slowing everyone else down, and the writer learns, through
 //! the eviction signal, to tell the client where it stopped.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use chat_core::{Full, Mailbox, Seq};
 use tokio::sync::{mpsc, watch};
@@ -18,10 +20,11 @@ pub enum Outgoing {
     Frame(Bytes),
 }
 
-/// The core's handle on one member.
+/// The core's handle on one member; a clone goes with each of its sends to queue the ack.
+#[derive(Clone)]
 pub struct Outbox {
     pub queue: mpsc::Sender<Outgoing>,
-    pub evicted: watch::Sender<Option<Seq>>,
+    pub evicted: Arc<watch::Sender<Option<Seq>>>,
 }
 
 impl Mailbox for Outbox {
@@ -29,6 +32,10 @@ impl Mailbox for Outbox {
 
     fn offer(&self, seq: Seq, frame: &Bytes) -> Result<(), Full> {
         self.queue.try_send(Outgoing::Message(seq, frame.clone())).map_err(|_| Full)
+    }
+
+    fn reply(&self, frame: Bytes) -> Result<(), Full> {
+        self.queue.try_send(Outgoing::Frame(frame)).map_err(|_| Full)
     }
 
     fn evict(&self, last_seq: Seq) {

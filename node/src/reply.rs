@@ -1,11 +1,11 @@
 //! The frames the node answers with, built in one place for every stream: a refusal as an
-//! error frame, a stored message as a `Message` frame, and a frame's name for the sentences
-//! about frames in the wrong place. Below `connection` and `room`, which both use it.
+//! error frame, a stored message as a `Message` frame. Below `connection` and `room`, which
+//! both use it.
 
 use bytes::Bytes;
 use chat_core::{Refusal, Seq};
 use chat_history::Message;
-use chat_proto::{ClientFrame, ErrorFrame, MessageFrameRef, codec};
+use chat_proto::{ErrorFrame, MessageFrameRef, codec};
 use serde::Serialize;
 use tracing::warn;
 
@@ -26,14 +26,4 @@ pub(crate) fn error_frame(refusal: &Refusal, client_id: Option<u64>) -> ErrorFra
 /// from the record, whose text is copied once, into the frame.
 pub(crate) fn message_frame(room: &str, seq: Seq, message: &Message) -> Bytes {
     encode(&MessageFrameRef::new(room, seq, &message.sender, message.timestamp_ms, &message.body))
-}
-
-pub(crate) fn frame_name(frame: &ClientFrame) -> &'static str {
-    match frame {
-        ClientFrame::Hello { .. } => "a hello",
-        ClientFrame::ListRooms => "a room listing",
-        ClientFrame::Who { .. } => "a who request",
-        ClientFrame::Join { .. } => "a join",
-        ClientFrame::Send { .. } => "a send",
-    }
 }

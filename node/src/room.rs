@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use chat_core::{MemberId, Refusal, Seq, StreamAction, StreamInput};
+use chat_core::{MemberId, Opening, Received, Refusal, Seq, StreamAction, StreamInput};
 use chat_history::HistoryError;
 use chat_proto::io::FrameReader;
 use chat_proto::{ClientFrame, ErrorCode, ErrorFrame, NodeFrame, codec};
@@ -20,7 +20,7 @@ use tracing::{debug, warn};
 
 use crate::mailbox::{Outbox, Outgoing};
 use crate::member::{Writer, evicted};
-use crate::reply::{encode, error_frame, frame_name};
+use crate::reply::{encode, error_frame};
 use crate::{Conn, Shared, now_ms};
 
 pub(crate) async fn serve(
@@ -42,8 +42,8 @@ pub(crate) async fn serve(
     let member = MemberId(shared.next_id());
     let (queue, queued) = mpsc::channel(shared.config.member_queue);
     let (evicted, eviction) = watch::channel(None);
-    let joined =
-        shared.core().join(conn.id, member, &room, Outbox { queue: queue.clone(), evicted });
+    let outbox = Outbox { queue, evicted: Arc::new(evicted) };
+    let joined = shared.core().join(conn.id, member, &room, outbox.clone());
     let joined = match joined {
         Ok(joined) => joined,
         Err(refusal) => {
@@ -56,11 +56,11 @@ pub(crate) async fn serve(
     debug!(room = %joined.room, member = member.0, ?after, "joined");
     let writer = Writer::new(Arc::clone(&shared), joined.room.clone(), send);
     let writing = tokio::spawn(writer.run(after, joined.history_until, queued, eviction.clone()));
-    let ended = read_sends(&shared, member, &mut reader, &queue, eviction).await;
+    let ended = read_sends(&shared, member, &mut reader, &outbox, eviction).await;
     shared.core().leave(member);
     shared.directory.left(member);
     shared.metrics.members.dec();
-    drop(queue);
+    drop(outbox);
     let _ = writing.await;
     if let Ended::Closing(refusal) = ended {
         // Only now, so that the client has its acks and "slow down" errors first.
@@ -85,17 +85,16 @@ async fn read_join(
     shared: &Shared,
     reader: &mut FrameReader<RecvStream>,
 ) -> Result<Option<(String, Option<Seq>)>, ErrorFrame> {
-    let refusal = match tokio::time::timeout(shared.config.handshake_timeout, reader.read()).await {
-        Ok(Ok(Some(ClientFrame::Join { room, after }))) => return Ok(Some((room, after))),
-        Ok(Ok(None)) => return Ok(None),
-        Ok(Ok(Some(other))) => Refusal::UnexpectedFrame {
-            expected: "a room stream starts with a join",
-            got: frame_name(&other),
-        },
-        Ok(Err(e)) => Refusal::Malformed(e.to_string()),
-        Err(_) => Refusal::NoJoinInTime,
+    let timeout = shared.config.handshake_timeout;
+    let opening = match tokio::time::timeout(timeout, reader.read()).await {
+        Ok(read) => chat_core::opening(Received::from_read(read)),
+        Err(_) => Opening::Refuse(Refusal::NoJoinInTime),
     };
-    Err(error_frame(&refusal, None))
+    match opening {
+        Opening::Join { room, after } => Ok(Some((room, after))),
+        Opening::Ended => Ok(None),
+        Opening::Refuse(refusal) => Err(error_frame(&refusal, None)),
+    }
 }
 
 /// Reads sends until the client leaves, the member is dropped, the connection keeps sending
@@ -104,7 +103,7 @@ async fn read_sends(
     shared: &Arc<Shared>,
     member: MemberId,
     reader: &mut FrameReader<RecvStream>,
-    queue: &mpsc::Sender<Outgoing>,
+    outbox: &Outbox,
     mut eviction: watch::Receiver<Option<Seq>>,
 ) -> Ended {
     let in_flight =
@@ -121,7 +120,7 @@ async fn read_sends(
             Ok(Some(ClientFrame::Send { client_id, body })) => {
                 StreamInput::Send { client_id, body }
             }
-            Ok(Some(other)) => StreamInput::Other { frame: frame_name(&other) },
+            Ok(Some(other)) => StreamInput::Other { frame: other.name() },
             Err(e @ codec::FrameError::TooLong { len, .. }) if reader.in_step(&e) => {
                 let client_id = ClientFrame::send_id_from_head(reader.oversized_head());
                 StreamInput::Oversized { len, client_id }
@@ -136,7 +135,7 @@ async fn read_sends(
                 let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
                     return Ended::Done;
                 };
-                append(shared, member, client_id, outgoing, body, queue.clone(), permit);
+                append(shared, member, client_id, outgoing, body, outbox.clone(), permit);
                 continue;
             }
             StreamAction::Refuse { refusal, client_id } => {
@@ -146,7 +145,7 @@ async fn read_sends(
             StreamAction::Close(refusal) => return Ended::Closing(refusal),
         };
         shared.metrics.error_code(error.code);
-        let sent = queue.send(Outgoing::Frame(encode(&NodeFrame::Error(error)))).await;
+        let sent = outbox.queue.send(Outgoing::Frame(encode(&NodeFrame::Error(error)))).await;
         if sent.is_err() || fatal {
             return Ended::Done;
         }
@@ -160,7 +159,7 @@ fn append(
     client_id: u64,
     outgoing: chat_core::Outgoing,
     body: String,
-    queue: mpsc::Sender<Outgoing>,
+    outbox: Outbox,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let record =
@@ -188,8 +187,17 @@ fn append(
                 NodeFrame::Error(error_frame(&refusal, Some(client_id)))
             }
         };
-        if queue.try_send(Outgoing::Frame(encode(&reply))).is_err() {
-            core.lock().unwrap_or_else(std::sync::PoisonError::into_inner).evict(member);
+        let frame = encode(&reply);
+        let dropped = core
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .reply(member, &outbox, frame);
+        if let Some(gone) = dropped {
+            debug!(
+                member = gone.member.0,
+                last_seq = gone.last_seq,
+                "dropped a member whose ack did not fit"
+            );
         }
         drop(permit);
     });

@@ -11,6 +11,7 @@ use std::future::{Future, ready};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use chat_cluster::ClusterError;
 use chat_core::{ConnId, Core, MemberId, Refusal, RoomName, Seq, SessionToken, UserName};
 use chat_history::{Completion, History, HistoryError, Message, Page, Subscriber};
 use chat_proto::RoomInfo;
@@ -19,6 +20,18 @@ use crate::mailbox::Outbox;
 
 /// A seam's answer that may have to wait for the network.
 pub type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why this node could not start receiving a room's messages. Only a fan-out kept elsewhere
+/// (cluster mode's NATS) fails; the single node's never does.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct FollowError(#[from] ClusterError);
+
+/// Why the directory could not answer. Only a directory kept elsewhere (cluster mode's NATS)
+/// fails; the single node's is the room core and always answers.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct DirectoryError(#[from] ClusterError);
 
 /// The rooms' message log.
 pub trait HistoryStore: Send + Sync + 'static {
@@ -75,7 +88,7 @@ impl HistoryStore for History {
 pub trait FanOut: Send + Sync + 'static {
     /// Makes sure that this node receives `room`'s messages, before a member joins it. A room
     /// that does not exist is left to the core to refuse.
-    fn follow<'a>(&'a self, room: &'a str) -> Pending<'a, Result<(), HistoryError>>;
+    fn follow<'a>(&'a self, room: &'a str) -> Pending<'a, Result<(), FollowError>>;
 }
 
 /// The single node's fan-out: the history's subscriber, straight into the room core, which
@@ -95,7 +108,7 @@ impl Subscriber for LocalFanOut {
 }
 
 impl FanOut for LocalFanOut {
-    fn follow<'a>(&'a self, _room: &'a str) -> Pending<'a, Result<(), HistoryError>> {
+    fn follow<'a>(&'a self, _room: &'a str) -> Pending<'a, Result<(), FollowError>> {
         Box::pin(ready(Ok(()))) // Every room's messages pass through this process anyway.
     }
 }
@@ -111,7 +124,7 @@ pub trait Directory: Send + Sync + 'static {
         name: &'a UserName,
         token: SessionToken,
         resume: Option<SessionToken>,
-    ) -> Pending<'a, Result<bool, HistoryError>>;
+    ) -> Pending<'a, Result<bool, DirectoryError>>;
     /// `conn` is gone: free its name. Must not block.
     fn release(&self, conn: ConnId);
     /// `member` of `conn`, named `name`, joined `room`. Must not block.
@@ -122,9 +135,9 @@ pub trait Directory: Send + Sync + 'static {
     fn who<'a>(
         &'a self,
         room: &'a str,
-    ) -> Pending<'a, Result<Result<Vec<String>, Refusal>, HistoryError>>;
+    ) -> Pending<'a, Result<Result<Vec<String>, Refusal>, DirectoryError>>;
     /// Every room with its newest sequence number and its members.
-    fn rooms(&self) -> Pending<'_, Result<Vec<RoomInfo>, HistoryError>>;
+    fn rooms(&self) -> Pending<'_, Result<Vec<RoomInfo>, DirectoryError>>;
     /// Renews this node's claims; returns the connections whose names were taken over by
     /// the same user's session on another node. `None` when nothing needs renewing.
     fn refresh(&self) -> Option<Pending<'_, Vec<ConnId>>>;
@@ -146,7 +159,7 @@ impl Directory for LocalDirectory {
         _name: &'a UserName,
         _token: SessionToken,
         _resume: Option<SessionToken>,
-    ) -> Pending<'a, Result<bool, HistoryError>> {
+    ) -> Pending<'a, Result<bool, DirectoryError>> {
         Box::pin(ready(Ok(true))) // `Core::connect` decides.
     }
     fn release(&self, _conn: ConnId) {}
@@ -155,10 +168,10 @@ impl Directory for LocalDirectory {
     fn who<'a>(
         &'a self,
         room: &'a str,
-    ) -> Pending<'a, Result<Result<Vec<String>, Refusal>, HistoryError>> {
+    ) -> Pending<'a, Result<Result<Vec<String>, Refusal>, DirectoryError>> {
         Box::pin(ready(Ok(self.core().who(room))))
     }
-    fn rooms(&self) -> Pending<'_, Result<Vec<RoomInfo>, HistoryError>> {
+    fn rooms(&self) -> Pending<'_, Result<Vec<RoomInfo>, DirectoryError>> {
         let rooms = self
             .core()
             .rooms()

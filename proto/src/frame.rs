@@ -41,6 +41,17 @@ pub enum ClientFrame {
 }
 
 impl ClientFrame {
+    /// What the frame is, as the sentences about a frame in the wrong place name it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Hello { .. } => "a hello",
+            Self::ListRooms => "a room listing",
+            Self::Who { .. } => "a who request",
+            Self::Join { .. } => "a join",
+            Self::Send { .. } => "a send",
+        }
+    }
+
     /// The client id of a [`ClientFrame::Send`] from the first bytes of its encoding, for
     /// answering a send too long to be read whole.
     pub fn send_id_from_head(head: &[u8]) -> Option<u64> {

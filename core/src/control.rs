@@ -1,0 +1,80 @@
+//! A connection's control stream as events and actions: the frames the node read from it,
+//! and what the core says to do about each. The node reads, asks, and carries the answer
+//! out, asking the directory (a name claim, a listing) where the answer says so.
+
+use chat_proto::codec::FrameError;
+use chat_proto::{ClientFrame, SessionToken};
+
+use crate::Refusal;
+
+/// What the node's reader got from a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    Frame(ClientFrame),
+    /// Bytes that are not a frame; the text says what is wrong with them.
+    Malformed(String),
+    /// The client finished the stream.
+    Ended,
+}
+
+impl Received {
+    /// What a reader's result says arrived.
+    pub fn from_read(read: Result<Option<ClientFrame>, FrameError>) -> Self {
+        match read {
+            Ok(Some(frame)) => Self::Frame(frame),
+            Ok(None) => Self::Ended,
+            Err(e) => Self::Malformed(e.to_string()),
+        }
+    }
+}
+
+/// A hello: the name to go online with, and the token of the session it resumes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub name: String,
+    pub resume: Option<SessionToken>,
+}
+
+/// What the node must do about a frame on the control stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlAction {
+    /// Answer with the rooms and their members.
+    ListRooms,
+    /// Answer with who is in `room`.
+    Who { room: String },
+    /// Answer with the refusal and read on.
+    Refuse(Refusal),
+    /// Answer with the refusal and close the connection with its close code.
+    Close(Refusal),
+    /// The client is done: close the connection as a normal end.
+    Bye,
+}
+
+/// The control stream's first frame, which must be a hello. The node then claims the name
+/// (in cluster mode in the shared directory first) and hands it to
+/// [`Core::connect`](crate::Core::connect), which welcomes or refuses it.
+///
+/// # Errors
+/// Anything but a hello: the connection is refused with [`Refusal::NoHello`].
+pub fn greeting(received: Received) -> Result<Hello, Refusal> {
+    match received {
+        Received::Frame(ClientFrame::Hello { name, resume }) => Ok(Hello { name, resume }),
+        _ => Err(Refusal::NoHello),
+    }
+}
+
+/// A frame on the control stream after the welcome.
+pub fn request(received: Received) -> ControlAction {
+    match received {
+        Received::Frame(ClientFrame::ListRooms) => ControlAction::ListRooms,
+        Received::Frame(ClientFrame::Who { room }) => ControlAction::Who { room },
+        Received::Frame(other) => ControlAction::Refuse(Refusal::UnexpectedFrame {
+            expected: "the control stream takes room listings and who requests",
+            got: other.name(),
+        }),
+        // The reader cannot find the next frame: the stream, and with it the connection,
+        // cannot go on.
+        Received::Malformed(detail) => ControlAction::Close(Refusal::Malformed(detail)),
+        Received::Ended => ControlAction::Bye,
+    }
+}

@@ -10,12 +10,15 @@
 //! `Database::persist`, which holds the journal's lock for the whole sync, so that every commit
 //! would wait for it. fdatasync flushes a file whichever handle asks, and fjall syncs a journal
 //! fully before it starts the next one, so syncing the newest journal after a batch was
-//! committed covers the batch. Should fjall ever keep its journals elsewhere, the syncer falls
-//! back to `persist`.
+//! committed covers the batch. The handle stays open from one sync to the next: fjall names a
+//! new journal with the next number (`n.jnl`, then `n+1.jnl`) and creates it before writing
+//! to it, so a sync after a batch was committed checks that `n+1.jnl` does not exist (one
+//! `stat`) and looks for the newest journal again only if it does. Should fjall ever keep its
+//! journals elsewhere, the syncer falls back to `persist`.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Weak, mpsc};
 
 use fjall::PersistMode;
 
@@ -69,6 +72,7 @@ pub(crate) fn spawn(
 
 fn run(store: &Store, queue: &mpsc::Receiver<Committed>) {
     let mut batches = Vec::new();
+    let mut journal = None;
     while let Ok(first) = queue.recv() {
         batches.push(first);
         batches.extend(queue.try_iter().take(MAX_UNSYNCED_BATCHES));
@@ -82,7 +86,7 @@ fn run(store: &Store, queue: &mpsc::Receiver<Committed>) {
         let failed: Vec<(Arc<Handles>, HistoryError)> = openings
             .into_iter()
             .filter_map(|handles| {
-                let error = sync(store, &handles).err()?;
+                let error = sync(store, &handles, &mut journal).err()?;
                 Some((handles, HistoryError::NotSynced(Arc::new(error))))
             })
             .collect();
@@ -105,19 +109,54 @@ fn run(store: &Store, queue: &mpsc::Receiver<Committed>) {
     }
 }
 
+/// The journal the last sync went to, kept open for the next.
+struct Journal {
+    /// The opening of the database it belongs to.
+    opening: Weak<Handles>,
+    number: u64,
+    file: File,
+}
+
+impl Journal {
+    /// Whether it is still the one `handles` appends to: fjall has not started the next.
+    fn is_active(&self, dir: &Path, handles: &Arc<Handles>) -> bool {
+        self.opening.upgrade().is_some_and(|opening| Arc::ptr_eq(&opening, handles))
+            && matches!(dir.join(journal_name(self.number + 1)).try_exists(), Ok(false))
+    }
+}
+
 /// Syncs what was committed through `handles`: its journal through a handle of our own while
 /// it is the open database, else (closed after a failed write) through fjall.
-fn sync(store: &Store, handles: &Arc<Handles>) -> Result<(), fjall::Error> {
-    if store.handles().is_ok_and(|open| Arc::ptr_eq(&open, handles))
-        && let Ok(Some(journal)) = active_journal(&store.path)
-    {
-        return Ok(File::open(journal)?.sync_data()?);
+fn sync(
+    store: &Store,
+    handles: &Arc<Handles>,
+    journal: &mut Option<Journal>,
+) -> Result<(), fjall::Error> {
+    if store.handles().is_ok_and(|open| Arc::ptr_eq(&open, handles)) {
+        if !journal.as_ref().is_some_and(|j| j.is_active(&store.path, handles)) {
+            *journal = match active_journal(&store.path) {
+                Ok(Some((number, path))) => Some(Journal {
+                    opening: Arc::downgrade(handles),
+                    number,
+                    file: File::open(path)?,
+                }),
+                _ => None,
+            };
+        }
+        if let Some(journal) = journal {
+            return Ok(journal.file.sync_data()?);
+        }
     }
     handles.db.persist(PersistMode::SyncData)
 }
 
-/// The journal fjall appends to: the highest-numbered `<n>.jnl` in the database's directory.
-pub(crate) fn active_journal(dir: &Path) -> std::io::Result<Option<PathBuf>> {
+fn journal_name(number: u64) -> String {
+    format!("{number}.jnl")
+}
+
+/// The journal fjall appends to, with its number: the highest-numbered `<n>.jnl` in the
+/// database's directory.
+pub(crate) fn active_journal(dir: &Path) -> std::io::Result<Option<(u64, PathBuf)>> {
     let mut newest: Option<(u64, PathBuf)> = None;
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
@@ -130,7 +169,7 @@ pub(crate) fn active_journal(dir: &Path) -> std::io::Result<Option<PathBuf>> {
             newest = Some((number, path));
         }
     }
-    Ok(newest.map(|(_, path)| path))
+    Ok(newest)
 }
 
 #[cfg(test)]
@@ -149,7 +188,7 @@ mod tests {
         history.create_room("a").expect("created");
         let message = Message { sender: "ada".into(), timestamp_ms: 1, body: "hi".into() };
         history.append_blocking("a", message).expect("stored");
-        let journal = active_journal(dir.path()).expect("listed").expect("a journal");
+        let (_, journal) = active_journal(dir.path()).expect("listed").expect("a journal");
         assert!(journal.starts_with(dir.path()), "{journal:?}");
         assert!(journal.metadata().expect("exists").len() > 0);
     }
@@ -202,7 +241,7 @@ mod tests {
             std::fs::write(dir.path().join(name), b"").expect("written");
         }
         let newest = active_journal(dir.path()).expect("listed");
-        assert_eq!(newest, Some(dir.path().join("10.jnl")));
+        assert_eq!(newest, Some((10, dir.path().join(journal_name(10)))));
         let empty = tempfile::tempdir().expect("tempdir");
         assert_eq!(active_journal(empty.path()).expect("listed"), None);
     }

@@ -37,8 +37,11 @@
 //! message whose write was reported failed may still be there if the disk took it after all,
 //! and an acknowledged message is never lost.
 
+mod page;
 mod syncer;
 mod writer;
+
+pub use page::{Anchor, HistoryPage, PageLimit, weight};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock, mpsc};
@@ -344,6 +347,67 @@ impl History {
             }
         }
         Ok(Page { messages, gap, last_seq: state.last })
+    }
+
+    /// A page of `room`'s retained messages at `anchor`, within `limit`, oldest first. The
+    /// numbering is dense, so each side of the anchor is one range read, the older one
+    /// backwards from the anchor.
+    ///
+    /// # Errors
+    /// An unknown room, or a failed read.
+    pub fn page(
+        &self,
+        room: &str,
+        anchor: Anchor,
+        limit: PageLimit,
+    ) -> Result<HistoryPage, HistoryError> {
+        let state = self.room(room)?.ok_or_else(|| HistoryError::UnknownRoom(room.to_owned()))?;
+        let (first, last) = (state.first, state.last);
+        let handles = self.store.handles()?;
+        // Retained messages `from..=to`, at most `count` of them, nearest the anchor first.
+        let read =
+            |from: Seq, to: Seq, backwards: bool, count: usize, budget: &mut page::Budget| {
+                let mut messages = Vec::new();
+                if from > to || count == 0 {
+                    return Ok::<_, HistoryError>(messages);
+                }
+                let range = handles.messages.range(writer::key(room, from)..=writer::key(room, to));
+                let items: Box<dyn Iterator<Item = fjall::Guard>> =
+                    if backwards { Box::new(range.rev()) } else { Box::new(range) };
+                for item in items.take(count) {
+                    let (key, value) = item.into_inner()?;
+                    let message: Message = postcard::from_bytes(&value)?;
+                    if !budget.take(&message) {
+                        break;
+                    }
+                    messages.push(Stored { seq: writer::seq_of(&key), message });
+                }
+                if backwards {
+                    messages.reverse();
+                }
+                Ok(messages)
+            };
+        let mut budget = page::Budget::new(limit.bytes);
+        let messages = match anchor {
+            Anchor::Latest => read(first, last, true, limit.messages, &mut budget)?,
+            Anchor::Before(seq) => {
+                read(first, seq.saturating_sub(1).min(last), true, limit.messages, &mut budget)?
+            }
+            Anchor::After(seq) => {
+                read(seq.saturating_add(1).max(first), last, false, limit.messages, &mut budget)?
+            }
+            Anchor::Around(seq) => {
+                let mut older_budget = budget.split_half();
+                let older_count = limit.messages / 2;
+                let below = seq.saturating_sub(1).min(last);
+                let mut messages = read(first, below, true, older_count, &mut older_budget)?;
+                budget.join(older_budget);
+                let newer_count = limit.messages - messages.len();
+                messages.extend(read(seq.max(first), last, false, newer_count, &mut budget)?);
+                messages
+            }
+        };
+        Ok(page::finish(anchor, messages, first, last))
     }
 
     /// The numbering of one room, `None` if it does not exist.

@@ -106,6 +106,10 @@ async fn greet(
         stale.close(codes::close::SESSION_REPLACED.into(), b"this session was resumed elsewhere");
     }
     shared.connections().insert(id, connection.clone());
+    // Now its room streams, and the window for them (see `endpoint`), before the welcome
+    // so that the client has them when it joins.
+    connection.set_max_concurrent_bi_streams((first_room_streams(shared) + 1).into());
+    connection.set_receive_window(shared.windows.welcomed.into());
     let welcome = NodeFrame::Welcome(Welcome {
         name: connected.name.to_string(),
         token,
@@ -132,7 +136,7 @@ async fn run(
     let mut rooms = JoinSet::new();
     let mut stopping = shared.stopping.clone();
     let most_rooms = shared.limits.max_rooms_per_connection;
-    let mut allowed_rooms = most_rooms.min(crate::FIRST_ROOM_STREAMS);
+    let mut allowed_rooms = first_room_streams(shared);
     loop {
         tokio::select! {
             read = reader.read::<ClientFrame>() => {
@@ -183,6 +187,11 @@ async fn run(
         }
     }
     rooms
+}
+
+/// The room streams a connection may open at first.
+fn first_room_streams(shared: &Shared) -> u32 {
+    shared.limits.max_rooms_per_connection.min(crate::FIRST_ROOM_STREAMS)
 }
 
 /// Lets the room tasks finish writing what they have (acks in flight during a shutdown).

@@ -63,6 +63,33 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// `max_rooms_per_connection` from the start cost 5 KiB per idle connection.
 const FIRST_ROOM_STREAMS: u32 = 4;
 
+/// How much a connection may send the node before the node reads it: per stream and in all,
+/// once it has said hello, and in all before (a hello's worth: see `endpoint`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReceiveWindows {
+    pub(crate) stream: u32,
+    pub(crate) welcomed: u32,
+    pub(crate) before_hello: u32,
+}
+
+impl ReceiveWindows {
+    /// A stream's reader stops while its sends in flight wait for the history; the window
+    /// holds that many frames at the length limit, so that a sender that keeps to the rules
+    /// never waits for flow control, and at most quinn's default otherwise.
+    fn new(config: &NodeConfig) -> Self {
+        const QUINN_DEFAULT: u64 = 1_250_000;
+        let frame = u64::from(config.max_message_len) + codec::FRAME_OVERHEAD as u64;
+        let in_flight = chat_core::sends_in_flight(config.member_queue) as u64;
+        let stream = (frame * in_flight).clamp(2 * frame, QUINN_DEFAULT.max(2 * frame));
+        let narrow = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+        Self {
+            stream: narrow(stream),
+            welcomed: narrow(2 * stream),
+            before_hello: narrow(2 * frame),
+        }
+    }
+}
+
 /// A connection that has said hello, as its room streams see it.
 pub(crate) struct Conn {
     pub id: ConnId,
@@ -80,6 +107,7 @@ pub(crate) struct Shared {
     directory: Arc<dyn Directory>,
     config: NodeConfig,
     limits: Limits,
+    windows: ReceiveWindows,
     /// Open connections by id, so that a session taken over can be closed.
     connections: Mutex<HashMap<ConnId, quinn::Connection>>,
     next_id: AtomicU64,
@@ -152,6 +180,7 @@ impl Node {
             core,
             history,
             limits: limits(&config),
+            windows: ReceiveWindows::new(&config),
             connections: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             stopping,
@@ -333,12 +362,17 @@ fn seams(
 /// The QUIC endpoint on the configured address. Its connection ids and stateless resets
 /// come from the data dir's secret, so that a restarted node recognises its previous run's.
 fn endpoint(config: &NodeConfig, tls: rustls::ServerConfig) -> anyhow::Result<quinn::Endpoint> {
+    let windows = ReceiveWindows::new(config);
     let mut transport = quinn::TransportConfig::default();
+    // Until its welcome a connection may open its control stream only, and have a hello's
+    // worth unread (`connection::run` then allows room streams and the full window), so one
+    // that never says hello holds next to nothing. No datagrams: the protocol has none.
     transport
-        .max_concurrent_bidi_streams(
-            (config.max_rooms_per_connection.min(FIRST_ROOM_STREAMS) + 1).into(),
-        )
+        .max_concurrent_bidi_streams(1u8.into())
         .max_concurrent_uni_streams(0u8.into())
+        .receive_window(windows.before_hello.into())
+        .stream_receive_window(windows.stream.into())
+        .datagram_receive_buffer_size(None)
         .max_idle_timeout(Some(config.idle_timeout.try_into()?));
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));

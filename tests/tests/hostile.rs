@@ -229,6 +229,32 @@ async fn a_connection_that_never_says_hello_is_closed() {
     node.stop().await;
 }
 
+/// Before its hello a connection can open its control stream and nothing else, so streams
+/// the node would not read yet cannot park data in it; the welcome opens the room streams.
+/// Datagrams, which the protocol does not use, are refused from the start.
+#[tokio::test]
+async fn before_its_hello_a_connection_can_open_no_room_stream_and_send_no_datagram() {
+    let node = TestNode::start(|_| {}).await;
+    let (connection, _endpoint) = raw_connection(&node, codes::ALPN).await.expect("handshake");
+    assert_eq!(connection.max_datagram_size(), None, "the node takes no datagrams");
+    let (mut send, recv) = connection.open_bi().await.expect("the control stream");
+    // quinn opens a stream at once when the node's limit allows it, and waits otherwise.
+    let early = tokio::time::timeout(Duration::from_millis(300), connection.open_bi()).await;
+    assert!(early.is_err(), "a second stream opened before the hello");
+
+    let frame = ClientFrame::Hello { name: "ada".into(), resume: None };
+    send.write_all(&encoded(&frame)).await.expect("hello");
+    let mut reader = FrameReader::new(recv, codec::MAX_NODE_FRAME_LEN);
+    assert!(matches!(next_frame(&mut reader).await, Some(NodeFrame::Welcome(_))));
+    let opened = tokio::time::timeout(PATIENCE, connection.open_bi()).await.expect("in time");
+    let (mut room, room_recv) = opened.expect("a room stream after the welcome");
+    let join = ClientFrame::Join { room: "general".into(), after: None };
+    room.write_all(&encoded(&join)).await.expect("join");
+    let mut room_reader = FrameReader::new(room_recv, codec::MAX_NODE_FRAME_LEN);
+    assert!(matches!(next_frame(&mut room_reader).await, Some(NodeFrame::Joined { .. })));
+    node.stop().await;
+}
+
 /// A member that stops reading while 99 others receive 10,000 messages: the 99 get every
 /// one, the slow member is dropped from the room with the last seq it got and resumes from
 /// there, and the node's memory stays bounded.

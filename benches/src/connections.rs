@@ -93,7 +93,8 @@ async fn open(
         request(&connection, &ClientFrame::Hello { name: format!("user{i}"), resume: None })
             .await?;
     let room =
-        request(&connection, &ClientFrame::Join { room: "bench".into(), after: None }).await?;
+        request(&connection, &ClientFrame::Join { room: "bench".into(), after: None, limit: 0 })
+            .await?;
     Ok((connection, [control, room]))
 }
 

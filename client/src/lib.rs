@@ -39,10 +39,10 @@ use quinn::{RecvStream, SendStream};
 use tokio::sync::Mutex;
 
 pub use chat_certs::Trust;
-pub use chat_proto::{ChatMessage, ErrorCode, ErrorFrame, Gap, Seq};
+pub use chat_proto::{Anchor, ChatMessage, ErrorCode, ErrorFrame, Gap, PageEnds, Seq};
 pub use error::ClientError;
 use pace::Pace;
-pub use room::{Posted, Room, RoomEvent, RoomSender, SLOW_DOWN_RETRIES};
+pub use room::{JOIN_PAGE, Page, Posted, Room, RoomEvent, RoomSender, SLOW_DOWN_RETRIES};
 
 /// How long a connection attempt may take before the server counts as unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

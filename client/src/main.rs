@@ -15,7 +15,7 @@ mod cli {
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use chat_client::{Client, ClientError, RoomEvent};
+use chat_client::{Anchor, Client, ClientError};
 use clap::{Parser, Subcommand};
 use cli::config::{Flags, NoTrust, Settings};
 use cli::output::Output;
@@ -49,11 +49,21 @@ enum Command {
         #[arg(long, conflicts_with = "message")]
         lines: bool,
     },
-    /// Print the history of the --room and exit
+    /// Print a page of the --room's history and exit: the newest messages, or those
+    /// before or after a sequence number
     History {
-        /// Only messages after this sequence number
-        #[arg(long)]
+        /// The messages after this sequence number
+        #[arg(long, conflicts_with = "before")]
         after: Option<u64>,
+        /// The messages before this sequence number
+        #[arg(long)]
+        before: Option<u64>,
+        /// At most this many (the node caps it at its page size)
+        #[arg(long, default_value_t = chat_client::JOIN_PAGE)]
+        limit: u32,
+        /// Every retained message (after --after, if given), page after page
+        #[arg(long, conflicts_with_all = ["before", "limit"])]
+        all: bool,
     },
     /// List the node's rooms
     Rooms,
@@ -132,24 +142,29 @@ async fn one_shot(
             let seq = joined.sender().send(body).await?;
             out.ack(joined.name(), seq);
         }
-        Command::History { after } => {
+        Command::History { after, before, limit, all } => {
             let room = settings.room()?;
-            let mut joined = client.join(room, after).await?;
-            out.joined(joined.name(), joined.history_until(), joined.gap(), false);
-            let until = joined.history_until();
-            if after.unwrap_or(0) < until {
-                while let Some(event) = joined.next().await {
-                    match event {
-                        RoomEvent::Message { message, history: true } => {
-                            out.message(&message, true);
-                            if message.seq >= until {
-                                break;
-                            }
-                        }
-                        RoomEvent::Message { .. } => break,
-                        RoomEvent::Error(error) => {
-                            return Err(ClientError::from_frame(error).into());
-                        }
+            // After the newest possible number: no history, just the stream for the requests.
+            let joined = client.join(room, Some(u64::MAX)).await?;
+            let sender = joined.sender();
+            let mut anchor = match (after, before) {
+                (Some(after), _) => Anchor::After(after),
+                (None, Some(before)) => Anchor::Before(before),
+                (None, None) if all => Anchor::After(0),
+                (None, None) => Anchor::Latest,
+            };
+            loop {
+                let page = sender.history(anchor, if all { u32::MAX } else { limit }).await?;
+                for message in &page.messages {
+                    out.message(message, true);
+                }
+                match page.messages.last() {
+                    Some(newest) if all && page.ends.more_after => {
+                        anchor = Anchor::After(newest.seq)
+                    }
+                    _ => {
+                        out.history_end(joined.name(), page.ends);
+                        break;
                     }
                 }
             }

@@ -10,14 +10,15 @@
 //! when they queue up. The node stores a stream's sends in the order it reads them, so what
 //! one program posts is stored as it posted it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use chat_proto::io::{FrameReader, concat, write_frame};
 use chat_proto::{
-    ChatMessage, ClientFrame, ErrorCode, ErrorFrame, Gap, Limits, NodeFrame, Seq, codec,
+    Anchor, ChatMessage, ClientFrame, ErrorCode, ErrorFrame, Gap, Limits, NodeFrame, PageEnds, Seq,
+    codec,
 };
 use quinn::{RecvStream, SendStream};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
@@ -34,14 +35,44 @@ const WRITE_BATCH: usize = 64;
 /// How often a send that the node found too fast is sent again.
 pub const SLOW_DOWN_RETRIES: usize = 3;
 
+/// The history messages a fresh join asks for: a screenful.
+pub const JOIN_PAGE: u32 = 50;
+
+/// Live messages held back while a resume catches up on what it missed, before the client
+/// gives the stream up (and rejoins after what it has).
+const HELD_WHILE_CATCHING_UP: usize = 4096;
+
 /// What happens in a joined room.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RoomEvent {
     /// A message. `history` is true for those that were in the room before the join.
     Message { message: ChatMessage, history: bool },
+    /// The join's history is all there: live messages follow. It says whether older
+    /// messages are retained ([`RoomSender::history`] pages back) and where they start.
+    HistoryEnd(PageEnds),
     /// The node ended the membership with this error (for example [`ErrorCode::TooSlow`],
     /// whose `last_seq` says where to rejoin).
     Error(ErrorFrame),
+}
+
+/// A page of history, the answer to [`RoomSender::history`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// Oldest first.
+    pub messages: Vec<ChatMessage>,
+    pub ends: PageEnds,
+}
+
+type PageReply = oneshot::Sender<Result<Page, ClientError>>;
+
+/// History requests waiting for their page, by request id.
+#[derive(Clone, Default)]
+struct PendingPages(Arc<Mutex<HashMap<u64, PageReply>>>);
+
+impl PendingPages {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, PageReply>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 type Reply = oneshot::Sender<Result<Seq, ClientError>>;
@@ -123,6 +154,7 @@ pub struct RoomSender {
     posts: mpsc::Sender<Post>,
     stream: Arc<tokio::sync::Mutex<SendStream>>,
     pending: Pending,
+    pages: PendingPages,
     next_id: Arc<AtomicU64>,
     limits: Limits,
     pace: Pace,
@@ -156,7 +188,13 @@ impl Room {
         recv: RecvStream,
     ) -> Result<Self, ClientError> {
         let (connection, options) = (&client.connection, &client.options);
-        let join = ClientFrame::Join { room: room.to_owned(), after };
+        // A fresh join shows a screenful; a resume asks for everything it missed, which
+        // the reader fetches page by page if it is more than the node's page.
+        let limit = match after {
+            None => JOIN_PAGE.min(client.limits.max_history_page),
+            Some(_) => client.limits.max_history_page,
+        };
+        let join = ClientFrame::Join { room: room.to_owned(), after, limit };
         write_frame(&mut send, &join, codec::MAX_NODE_FRAME_LEN)
             .await
             .map_err(|e| ClientError::lost(connection, e, options))?;
@@ -178,16 +216,6 @@ impl Room {
         // synced (a power cut) and numbers new ones from its end again: follow it.
         let last_seen = Arc::new(AtomicU64::new(after.unwrap_or(0).min(history_until)));
         let options = Arc::new(options.clone());
-        tokio::spawn(read_room(
-            reader,
-            history_until,
-            events_tx,
-            pending.clone(),
-            Arc::clone(&last_seen),
-            name.clone(),
-            connection.clone(),
-            Arc::clone(&options),
-        ));
         let stream = Arc::new(tokio::sync::Mutex::new(send));
         let (posts, queued) = mpsc::channel(POST_QUEUE);
         let sender = RoomSender {
@@ -195,12 +223,22 @@ impl Room {
             posts,
             stream,
             pending,
+            pages: PendingPages::default(),
             next_id: Arc::new(AtomicU64::new(1)),
             limits: client.limits,
             pace: client.pace.clone(),
             connection: connection.clone(),
             options,
         };
+        let room_reader = RoomReader {
+            history_until,
+            events: events_tx,
+            last_seen: Arc::clone(&last_seen),
+            sender: sender.clone(),
+            catching_up: None,
+            held: VecDeque::new(),
+        };
+        tokio::spawn(room_reader.run(reader));
         tokio::spawn(sender.clone().write_posts(queued));
         Ok(Self { name, history_until, gap, events, sender, last_seen })
     }
@@ -313,6 +351,37 @@ impl RoomSender {
         )
     }
 
+    /// A page of the room's history at `anchor`, at most `limit` messages (the node caps
+    /// it at its page size and in bytes).
+    ///
+    /// # Errors
+    /// The history cannot be read now, or the stream or connection is gone.
+    pub async fn history(&self, anchor: Anchor, limit: u32) -> Result<Page, ClientError> {
+        let (reply, answer) = oneshot::channel();
+        let request_id = self.request_page(anchor, limit, Some(reply)).await?;
+        let page = answer.await.unwrap_or_else(|_| Err(self.lost("the room stream ended")));
+        self.pages.lock().remove(&request_id);
+        page
+    }
+
+    /// Writes a history request; its page goes to `reply`, or to the room's reader for
+    /// `None`.
+    async fn request_page(
+        &self,
+        anchor: Anchor,
+        limit: u32,
+        reply: Option<PageReply>,
+    ) -> Result<u64, ClientError> {
+        let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Some(reply) = reply {
+            self.pages.lock().insert(request_id, reply);
+        }
+        let frame = ClientFrame::History { request_id, anchor, limit };
+        let written = write_frame(&mut *self.stream.lock().await, &frame, usize::MAX).await;
+        written.map_err(|e| self.lost(e))?;
+        Ok(request_id)
+    }
+
     /// The room this sender posts to.
     pub fn room(&self) -> &str {
         &self.room
@@ -406,50 +475,133 @@ impl Posted {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn read_room(
-    mut reader: FrameReader<RecvStream>,
+/// The task that reads a room stream.
+struct RoomReader {
     history_until: Seq,
     events: mpsc::Sender<RoomEvent>,
-    pending: Pending,
     last_seen: Arc<AtomicU64>,
-    room: String,
-    connection: quinn::Connection,
-    options: Arc<ConnectOptions>,
-) {
-    // Set when the node drops this member for reading too slowly: where to rejoin.
-    let mut too_slow = None;
-    loop {
-        match reader.read::<NodeFrame>().await {
-            Ok(Some(NodeFrame::Message(message))) => {
-                last_seen.fetch_max(message.seq, Ordering::Relaxed);
-                let history = message.seq <= history_until;
-                // A program may keep only the sender; then the messages go unread but the
-                // acks still arrive.
-                let _ = events.send(RoomEvent::Message { message, history }).await;
-            }
-            Ok(Some(NodeFrame::Ack { client_id, seq })) => pending.resolve(client_id, Ok(seq)),
-            Ok(Some(NodeFrame::Error(error))) => match error.client_id {
-                Some(client_id) => {
-                    pending.resolve(client_id, Err(ClientError::from_frame(error)));
-                }
-                // About the stream itself; if it is fatal the node ends the stream next.
-                None => {
-                    if error.code == ErrorCode::TooSlow {
-                        too_slow = error.last_seq;
+    sender: RoomSender,
+    /// While a resume fetches what it missed past the join's page: the request in flight,
+    /// and the join's `HistoryEnd` to hand on once it is done.
+    catching_up: Option<(u64, PageEnds)>,
+    /// Live messages that arrived meanwhile.
+    held: VecDeque<ChatMessage>,
+}
+
+impl RoomReader {
+    async fn run(mut self, mut reader: FrameReader<RecvStream>) {
+        // Set when the node drops this member for reading too slowly: where to rejoin.
+        let mut too_slow = None;
+        loop {
+            let frame = match reader.read::<NodeFrame>().await {
+                Ok(Some(frame)) => frame,
+                Ok(None) | Err(_) => break,
+            };
+            match frame {
+                NodeFrame::Message(message) if self.catching_up.is_some() => {
+                    if self.held.len() == HELD_WHILE_CATCHING_UP {
+                        tracing::warn!("too many live messages while catching up; leaving");
+                        break;
                     }
-                    let _ = events.send(RoomEvent::Error(error)).await;
+                    self.held.push_back(message);
                 }
-            },
-            Ok(Some(other)) => {
-                tracing::warn!(?other, "unexpected frame on a room stream; leaving it");
-                break;
+                NodeFrame::Message(message) => self.deliver(message).await,
+                NodeFrame::HistoryEnd(ends) if ends.more_after => {
+                    if self.catch_up(ends).await.is_err() {
+                        break;
+                    }
+                }
+                NodeFrame::HistoryEnd(ends) => {
+                    let _ = self.events.send(RoomEvent::HistoryEnd(ends)).await;
+                }
+                NodeFrame::Page { request_id, messages, ends }
+                    if self.catching_up.is_some_and(|(id, _)| id == request_id) =>
+                {
+                    let had = self.last_seen.load(Ordering::Relaxed);
+                    for message in messages.into_iter().take_while(|m| m.seq <= self.history_until)
+                    {
+                        self.deliver(message).await;
+                    }
+                    let (_, join_ends) = self.catching_up.take().unwrap_or((0, ends));
+                    let got = self.last_seen.load(Ordering::Relaxed);
+                    if ends.more_after && got > had && got < self.history_until {
+                        if self.catch_up(join_ends).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    let ends = PageEnds { more_after: false, ..join_ends };
+                    let _ = self.events.send(RoomEvent::HistoryEnd(ends)).await;
+                    while let Some(message) = self.held.pop_front() {
+                        self.deliver(message).await;
+                    }
+                }
+                NodeFrame::Page { request_id, messages, ends } => {
+                    if let Some(reply) = self.sender.pages.lock().remove(&request_id) {
+                        let _ = reply.send(Ok(Page { messages, ends }));
+                    }
+                }
+                NodeFrame::Ack { client_id, seq } => {
+                    self.sender.pending.resolve(client_id, Ok(seq))
+                }
+                NodeFrame::Error(error) => match error.client_id {
+                    Some(client_id) => {
+                        self.sender.pending.resolve(client_id, Err(ClientError::from_frame(error)));
+                    }
+                    // About the stream itself; if it is fatal the node ends the stream next.
+                    None => {
+                        if error.code == ErrorCode::TooSlow {
+                            too_slow = error.last_seq;
+                        }
+                        if let Some(reply) = self.first_page_request() {
+                            // A history request the node could not answer.
+                            let _ = reply.send(Err(ClientError::from_frame(error)));
+                            continue;
+                        }
+                        let _ = self.events.send(RoomEvent::Error(error)).await;
+                    }
+                },
+                other => {
+                    tracing::warn!(?other, "unexpected frame on a room stream; leaving it");
+                    break;
+                }
             }
-            Ok(None) | Err(_) => break,
         }
+        let (room, sender) = (self.sender.room.clone(), self.sender.clone());
+        self.sender.pages.lock().clear();
+        self.sender.pending.close(move || match too_slow {
+            Some(last_seq) => ClientError::TooSlow { room: room.clone(), last_seq },
+            None => sender.lost("the room stream ended before the ack"),
+        });
     }
-    pending.close(move || match too_slow {
-        Some(last_seq) => ClientError::TooSlow { room: room.clone(), last_seq },
-        None => ClientError::lost(&connection, "the room stream ended before the ack", &options),
-    });
+
+    /// Hands a message on, once: the stream brings a room's messages in order, so one at or
+    /// below the newest seen is one a catching-up page brought again.
+    async fn deliver(&self, message: ChatMessage) {
+        if message.seq <= self.last_seen.load(Ordering::Relaxed) {
+            return;
+        }
+        self.last_seen.store(message.seq, Ordering::Relaxed);
+        let history = message.seq <= self.history_until;
+        // A program may keep only the sender; then the messages go unread but the acks
+        // still arrive.
+        let _ = self.events.send(RoomEvent::Message { message, history }).await;
+    }
+
+    /// Asks for the next page of what a resume missed, after the newest message it has.
+    async fn catch_up(&mut self, join_ends: PageEnds) -> Result<(), ClientError> {
+        let after = self.last_seen.load(Ordering::Relaxed);
+        let limit = self.sender.limits.max_history_page;
+        let request_id = self.sender.request_page(Anchor::After(after), limit, None).await?;
+        self.catching_up = Some((request_id, join_ends));
+        Ok(())
+    }
+
+    /// An error frame without a client id answers the oldest history request waiting, if any
+    /// (the node answers a stream's requests in order).
+    fn first_page_request(&self) -> Option<PageReply> {
+        let mut pages = self.sender.pages.lock();
+        let oldest = pages.keys().min().copied()?;
+        pages.remove(&oldest)
+    }
 }

@@ -188,6 +188,11 @@ impl<B: Mailbox> Core<B> {
         }
     }
 
+    /// The rules this core enforces.
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
     /// Makes a room known, whose history ends at `last_seq`. Known rooms stay as they are.
     pub fn add_room(&mut self, room: RoomName, last_seq: Seq) {
         self.rooms.entry(room).or_insert_with(|| Room::new(last_seq));

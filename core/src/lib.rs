@@ -53,12 +53,33 @@ pub struct Rules {
     pub max_rooms_per_connection: usize,
     /// How fast one connection may send; `None` for no limit.
     pub rate: Option<Rate>,
+    /// Most messages in a page of history.
+    pub max_history_page: usize,
 }
+
+/// Most bytes of text (senders and bodies) in a page of history; a page holds at least one
+/// message whatever its length. With the node's frame limit of 4 MiB, a page of one message
+/// at the 1 MiB length limit fits.
+pub const PAGE_BYTES: usize = 256 << 10;
+
+/// The history messages a join sends by default: a screenful.
+pub const JOIN_PAGE: u32 = 50;
 
 impl Rules {
     /// The limits with no send rate limit.
     pub fn new(max_message_len: usize, max_rooms_per_connection: usize) -> Self {
-        Self { max_message_len, max_rooms_per_connection, rate: None }
+        Self { max_message_len, max_rooms_per_connection, rate: None, max_history_page: 500 }
+    }
+
+    /// These rules with pages of history of at most `messages`.
+    #[must_use]
+    pub fn with_history_page(self, messages: usize) -> Self {
+        Self { max_history_page: messages.max(1), ..self }
+    }
+
+    /// The messages a page asked for with `limit` may hold.
+    pub fn page_len(&self, limit: u32) -> usize {
+        (limit as usize).min(self.max_history_page)
     }
 
     /// These rules with a send rate of `messages_per_second` in bursts of `burst`; a rate

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use chat_proto::ClientFrame;
+use chat_proto::{Anchor, ClientFrame};
 
 use crate::control::Received;
 use crate::core::{Core, Outgoing, Refusal};
@@ -12,8 +12,8 @@ use crate::{Mailbox, MemberId, Seq};
 /// What a room stream's first frame asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Opening {
-    /// Join `room`, with the history after `after`.
-    Join { room: String, after: Option<Seq> },
+    /// Join `room`, with at most `limit` messages of history: after `after`, or the newest.
+    Join { room: String, after: Option<Seq>, limit: u32 },
     /// Answer with the refusal and end the stream.
     Refuse(Refusal),
     /// The client finished the stream before joining: nothing to answer.
@@ -23,7 +23,9 @@ pub enum Opening {
 /// A room stream's first frame, which must be a join.
 pub fn opening(received: Received) -> Opening {
     match received {
-        Received::Frame(ClientFrame::Join { room, after }) => Opening::Join { room, after },
+        Received::Frame(ClientFrame::Join { room, after, limit }) => {
+            Opening::Join { room, after, limit }
+        }
         Received::Frame(other) => Opening::Refuse(Refusal::UnexpectedFrame {
             expected: "a room stream starts with a join",
             got: other.name(),
@@ -38,6 +40,8 @@ pub fn opening(received: Received) -> Opening {
 pub enum StreamInput {
     /// A send.
     Send { client_id: u64, body: String },
+    /// A history request.
+    History { request_id: u64, anchor: Anchor, limit: u32 },
     /// A frame of another kind; `frame` names it ("a join").
     Other { frame: &'static str },
     /// A frame over the length limit, skipped unread; its client id if its first bytes
@@ -54,6 +58,9 @@ pub enum StreamAction {
     /// Hand the message to the history (once a place among the stream's sends in flight is
     /// free); its ack answers `client_id`.
     Append { client_id: u64, outgoing: Outgoing, body: String },
+    /// Read a page of the room's history at `anchor`, of at most `messages` messages and
+    /// [`PAGE_BYTES`](crate::PAGE_BYTES), and answer `request_id` with it.
+    Page { request_id: u64, anchor: Anchor, messages: usize },
     /// Answer with the refusal (about `client_id` if given) and read on.
     Refuse { refusal: Refusal, client_id: Option<u64> },
     /// Answer with the refusal and end the stream: the reader cannot find the next frame.
@@ -77,6 +84,9 @@ impl<B: Mailbox> Core<B> {
                 Err(refusal @ Refusal::RateLimited) => StreamAction::Close(refusal),
                 Err(refusal) => StreamAction::Refuse { refusal, client_id: Some(client_id) },
             },
+            StreamInput::History { request_id, anchor, limit } => {
+                StreamAction::Page { request_id, anchor, messages: self.rules().page_len(limit) }
+            }
             StreamInput::Other { frame } => StreamAction::Refuse {
                 refusal: Refusal::UnexpectedFrame {
                     expected: "a room stream takes sends",

@@ -19,7 +19,7 @@ fn the_control_stream_must_open_with_a_hello() {
     );
     for first in [
         frame(ClientFrame::ListRooms),
-        frame(ClientFrame::Join { room: "general".into(), after: None }),
+        frame(ClientFrame::Join { room: "general".into(), after: None, limit: 50 }),
         Received::Malformed("undecodable frame".into()),
         Received::Ended,
     ] {
@@ -58,8 +58,8 @@ fn after_the_welcome_the_control_stream_answers_listings_and_who_and_nothing_els
 #[test]
 fn a_room_stream_must_open_with_a_join() {
     assert_eq!(
-        opening(frame(ClientFrame::Join { room: "general".into(), after: Some(9) })),
-        Opening::Join { room: "general".into(), after: Some(9) }
+        opening(frame(ClientFrame::Join { room: "general".into(), after: Some(9), limit: 50 })),
+        Opening::Join { room: "general".into(), after: Some(9), limit: 50 }
     );
     assert_eq!(opening(Received::Ended), Opening::Ended);
     let Opening::Refuse(refusal) = opening(frame(ClientFrame::ListRooms)) else {

@@ -2,7 +2,9 @@
 //! on random bytes, and the room core over 200 seeded long runs.
 
 use bytes::BytesMut;
-use chat_proto::{ChatMessage, ClientFrame, ErrorCode, ErrorFrame, Gap, NodeFrame, codec};
+use chat_proto::{
+    Anchor, ChatMessage, ClientFrame, ErrorCode, ErrorFrame, Gap, NodeFrame, PageEnds, codec,
+};
 use proptest::prelude::*;
 
 fn client_frame() -> impl Strategy<Value = ClientFrame> {
@@ -11,11 +13,29 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
             .prop_map(|(name, resume)| ClientFrame::Hello { name, resume }),
         Just(ClientFrame::ListRooms),
         ".{0,40}".prop_map(|room| ClientFrame::Who { room }),
-        (".{0,40}", any::<Option<u64>>())
-            .prop_map(|(room, after)| ClientFrame::Join { room, after }),
+        (".{0,40}", any::<Option<u64>>(), any::<u32>())
+            .prop_map(|(room, after, limit)| ClientFrame::Join { room, after, limit }),
         (any::<u64>(), ".{0,300}")
             .prop_map(|(client_id, body)| ClientFrame::Send { client_id, body }),
+        (any::<u64>(), anchor(), any::<u32>()).prop_map(|(request_id, anchor, limit)| {
+            ClientFrame::History { request_id, anchor, limit }
+        }),
     ]
+}
+
+fn anchor() -> impl Strategy<Value = Anchor> {
+    prop_oneof![
+        Just(Anchor::Latest),
+        any::<u64>().prop_map(Anchor::Before),
+        any::<u64>().prop_map(Anchor::After),
+        any::<u64>().prop_map(Anchor::Around),
+    ]
+}
+
+fn page_ends() -> impl Strategy<Value = PageEnds> {
+    (any::<bool>(), any::<bool>(), any::<u64>()).prop_map(|(more_before, more_after, first_seq)| {
+        PageEnds { more_before, more_after, first_seq }
+    })
 }
 
 fn node_frame() -> impl Strategy<Value = NodeFrame> {
@@ -43,6 +63,14 @@ fn node_frame() -> impl Strategy<Value = NodeFrame> {
         ),
         (".{0,40}", prop::collection::vec(".{0,20}", 0..10))
             .prop_map(|(room, names)| NodeFrame::Members { room, names }),
+        page_ends().prop_map(NodeFrame::HistoryEnd),
+        (any::<u64>(), page_ends(), ".{0,40}", any::<u64>(), ".{0,100}").prop_map(
+            |(request_id, ends, room, seq, body)| {
+                let message =
+                    ChatMessage { room, seq, sender: "ada".into(), timestamp_ms: 1, body };
+                NodeFrame::Page { request_id, messages: vec![message], ends }
+            }
+        ),
     ]
 }
 

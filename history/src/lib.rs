@@ -41,7 +41,7 @@ mod page;
 mod syncer;
 mod writer;
 
-pub use page::{Anchor, HistoryPage, PageLimit, weight};
+pub use page::{Anchor, HistoryPage, PageLimit, assemble, weight};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock, mpsc};
@@ -407,7 +407,12 @@ impl History {
                 messages
             }
         };
-        Ok(page::finish(anchor, messages, first, last))
+        let mut page = page::finish(anchor, messages, first, last);
+        if let Anchor::After(after) = anchor {
+            let after = after.min(last);
+            page.gap = (after + 1 < first).then(|| (after + 1, first - 1));
+        }
+        Ok(page)
     }
 
     /// The numbering of one room, `None` if it does not exist.

@@ -40,6 +40,9 @@ pub struct HistoryPage {
     pub first_seq: Seq,
     /// The room's newest sequence number when the page was read.
     pub last_seq: Seq,
+    /// For a page after a sequence number: the numbers `first..=last` after it that have
+    /// been trimmed away. Only a store that numbers each room densely can tell.
+    pub gap: Option<(Seq, Seq)>,
 }
 
 /// What a message costs a page: its text.
@@ -84,6 +87,31 @@ impl Budget {
     }
 }
 
+/// A page from the two sides of its anchor as a store gathered them, each oldest first and
+/// each at most as long as the page may be (`older` ends nearest the anchor, `newer` starts
+/// there), trimmed to `limit`'s bytes from the far ends: for a store whose numbering has
+/// gaps (cluster mode's), which cannot read backwards by number.
+pub fn assemble(
+    anchor: Anchor,
+    mut older: Vec<Stored>,
+    newer: Vec<Stored>,
+    first: Seq,
+    last: Seq,
+    limit: PageLimit,
+) -> HistoryPage {
+    let mut budget = Budget::new(limit.bytes);
+    let mut older_budget = match anchor {
+        Anchor::Around(_) => budget.split_half(),
+        _ => std::mem::replace(&mut budget, Budget::new(0)),
+    };
+    let keep = older.iter().rev().take_while(|s| older_budget.take(&s.message)).count();
+    older.drain(..older.len() - keep);
+    budget.join(older_budget);
+    let mut messages = older;
+    messages.extend(newer.into_iter().take_while(|s| budget.take(&s.message)));
+    finish(anchor, messages, first, last)
+}
+
 /// The flags of a page of `messages` (oldest first) taken at `anchor` from a room that
 /// retains `first..=last`.
 pub(crate) fn finish(anchor: Anchor, messages: Vec<Stored>, first: Seq, last: Seq) -> HistoryPage {
@@ -101,5 +129,5 @@ pub(crate) fn finish(anchor: Anchor, messages: Vec<Stored>, first: Seq, last: Se
         }
     };
     let first_seq = if retained { first } else { last.saturating_add(1) };
-    HistoryPage { messages, more_before, more_after, first_seq, last_seq: last }
+    HistoryPage { messages, more_before, more_after, first_seq, last_seq: last, gap: None }
 }

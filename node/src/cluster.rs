@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use chat_cluster::{Claim, Cluster, ClusterError};
 use chat_core::{ConnId, Core, MemberId, Refusal, RoomName, Seq, SessionToken, UserName};
-use chat_history::{Completion, HistoryError, Message, Page, Subscriber};
+use chat_history::{Anchor, Completion, HistoryError, HistoryPage, Message, PageLimit, Subscriber};
 use chat_proto::RoomInfo;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
@@ -66,20 +66,67 @@ impl HistoryStore for ClusterHistory {
         Ok(()) // Every node's followers of the stream relay its messages, this one's too.
     }
 
-    fn read(
+    /// The stream numbers every room's messages together, so a room's numbers have gaps and
+    /// the side before an anchor is found by reading the room forward from its oldest
+    /// message, keeping the newest (a reverse read by subject is for the cluster issue).
+    fn page(
         &self,
         room: &RoomName,
-        after: Option<Seq>,
-        limit: usize,
-    ) -> Result<Page, HistoryError> {
-        let messages = self
-            .runtime
-            .block_on(self.cluster.log.read(room.as_str(), after, limit))
-            .map_err(remote)?;
-        let last_seq = messages.last().map_or(after.unwrap_or(0), |m| m.seq);
-        // The numbering has gaps by design, so trimmed messages cannot be told apart from
-        // other rooms' numbers: no gap is reported.
-        Ok(Page { messages, gap: None, last_seq })
+        anchor: Anchor,
+        limit: PageLimit,
+    ) -> Result<HistoryPage, HistoryError> {
+        const SCAN: usize = 512;
+        let (log, room) = (&self.cluster.log, room.as_str());
+        let scan = async {
+            let last = log.last_seq(room).await?;
+            let (older_edge, older_len) = match anchor {
+                Anchor::Latest => (last.saturating_add(1), limit.messages),
+                Anchor::Before(seq) => (seq, limit.messages),
+                Anchor::Around(seq) => (seq, limit.messages / 2),
+                Anchor::After(_) => (0, 0),
+            };
+            let mut first = None;
+            let mut older = std::collections::VecDeque::with_capacity(older_len);
+            let mut after = None;
+            'scan: loop {
+                if older_len == 0 {
+                    break;
+                }
+                let batch = log.read(room, after, SCAN).await?;
+                let full = batch.len() == SCAN;
+                for stored in batch {
+                    if after.is_some_and(|after| stored.seq <= after) {
+                        continue; // A consumer that started over: seen already.
+                    }
+                    first.get_or_insert(stored.seq);
+                    if stored.seq >= older_edge {
+                        break 'scan;
+                    }
+                    after = Some(stored.seq);
+                    if older.len() == older_len {
+                        older.pop_front();
+                    }
+                    older.push_back(stored);
+                }
+                if !full {
+                    break;
+                }
+            }
+            let newer = match anchor {
+                Anchor::After(seq) => log.read(room, Some(seq), limit.messages).await?,
+                Anchor::Around(seq) => {
+                    let len = limit.messages - older.len();
+                    log.read(room, Some(seq.saturating_sub(1)), len).await?
+                }
+                Anchor::Latest | Anchor::Before(_) => Vec::new(),
+            };
+            if first.is_none() {
+                first = log.read(room, None, 1).await?.first().map(|s| s.seq);
+            }
+            let first = first.unwrap_or(last.saturating_add(1));
+            Ok(chat_history::assemble(anchor, older.into(), newer, first, last, limit))
+        };
+        self.runtime.block_on(scan).map_err(remote)
     }
 
     fn rooms(&self) -> Result<Vec<(String, Seq)>, HistoryError> {

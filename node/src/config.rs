@@ -60,6 +60,10 @@ pub struct Settings {
     /// [default: 1024]
     #[arg(long, env = "CHAT_MEMBER_QUEUE")]
     pub member_queue: Option<usize>,
+    /// Most messages in one page of history, a join's or a history request's
+    /// [default: 500]
+    #[arg(long, env = "CHAT_MAX_HISTORY_PAGE")]
+    pub max_history_page: Option<u32>,
     /// Seconds of silence after which a connection is dropped; at least 5, since clients
     /// send a keep-alive every 3 seconds [default: 30]
     #[arg(long, env = "CHAT_IDLE_TIMEOUT_SECS")]
@@ -154,6 +158,7 @@ pub struct NodeConfig {
     pub max_connections_per_ip: usize,
     pub max_rooms_per_connection: u32,
     pub member_queue: usize,
+    pub max_history_page: u32,
     pub idle_timeout: Duration,
     pub handshake_timeout: Duration,
     /// Sends per second per connection; 0 for no limit.
@@ -199,6 +204,7 @@ impl Settings {
                 .max_rooms_per_connection
                 .or(lower.max_rooms_per_connection),
             member_queue: self.member_queue.or(lower.member_queue),
+            max_history_page: self.max_history_page.or(lower.max_history_page),
             idle_timeout_secs: self.idle_timeout_secs.or(lower.idle_timeout_secs),
             max_connections_per_ip: self.max_connections_per_ip.or(lower.max_connections_per_ip),
             handshake_timeout_secs: self.handshake_timeout_secs.or(lower.handshake_timeout_secs),
@@ -223,6 +229,7 @@ impl Settings {
             max_connections: self.max_connections.unwrap_or(10_000).max(1),
             max_rooms_per_connection: self.max_rooms_per_connection.unwrap_or(64).max(1),
             member_queue: self.member_queue.unwrap_or(1024).max(1),
+            max_history_page: self.max_history_page.unwrap_or(500).max(1),
             idle_timeout: Duration::from_secs(
                 self.idle_timeout_secs.unwrap_or(30).max(MIN_IDLE_TIMEOUT_SECS),
             ),

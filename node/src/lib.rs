@@ -324,7 +324,8 @@ fn room_core(
 ) -> Core<Outbox> {
     let rules =
         Rules::new(config.max_message_len as usize, config.max_rooms_per_connection as usize)
-            .with_rate(config.messages_per_second, config.message_burst);
+            .with_rate(config.messages_per_second, config.message_burst)
+            .with_history_page(config.max_history_page as usize);
     let mut core = Core::new(rules);
     if !cluster {
         for (room, last_seq) in rooms {
@@ -407,6 +408,7 @@ fn limits(config: &NodeConfig) -> Limits {
         history_cap: config.history_cap,
         messages_per_second: config.messages_per_second,
         message_burst: config.message_burst,
+        max_history_page: config.max_history_page,
     }
 }
 

@@ -1,12 +1,13 @@
-//! The writing half of a room stream: the `Joined` frame, the history up to the point where
-//! the member joined (read in pages), then the member's queue (live messages, acks and
+//! The writing half of a room stream: the `Joined` frame, a page of the history up to the
+//! point where the member joined and `HistoryEnd`, then the member's queue (live messages, acks and
 //! errors) several frames per write, until the member leaves or is dropped as too slow.
 
 use std::sync::Arc;
 
 use chat_core::{Refusal, RoomName, Seq};
+use chat_history::{Anchor, PageLimit};
 use chat_proto::io;
-use chat_proto::{ErrorCode, ErrorFrame, Gap, NodeFrame, codes};
+use chat_proto::{ErrorCode, ErrorFrame, Gap, NodeFrame, PageEnds, codes};
 use quinn::SendStream;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
@@ -15,8 +16,6 @@ use crate::Shared;
 use crate::mailbox::Outgoing;
 use crate::reply::{encode, error_frame, message_frame};
 
-/// History messages read from the store per batch when replaying.
-const HISTORY_PAGE: usize = 512;
 /// How long a finished stream waits for the client to acknowledge its last bytes.
 const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Frames written to the stream in one call.
@@ -39,12 +38,13 @@ impl Writer {
     pub(crate) async fn run(
         mut self,
         after: Option<Seq>,
+        limit: usize,
         history_until: Seq,
         queued: mpsc::Receiver<Outgoing>,
         eviction: watch::Receiver<Option<Seq>>,
     ) {
         let result = async {
-            self.history(after, history_until).await?;
+            self.history(after, limit, history_until).await?;
             self.live(queued, eviction).await
         };
         match result.await {
@@ -59,55 +59,51 @@ impl Writer {
         }
     }
 
-    /// Writes `Joined`, then the retained messages after `after` up to `until`.
-    async fn history(&mut self, after: Option<Seq>, until: Seq) -> anyhow::Result<()> {
-        if after.unwrap_or(0) >= until {
-            // Nothing to replay: an empty room, a sender-only join, or a rejoin that missed
-            // nothing.
-            let joined =
-                NodeFrame::Joined { room: self.room.to_string(), last_seq: until, gap: None };
-            self.send.write_all(&encode(&joined)).await?;
-            return Ok(());
+    /// Writes `Joined`, a page of history up to `until` (the first `limit` messages after
+    /// `after`, or the newest `limit`) and `HistoryEnd`, in one write.
+    async fn history(
+        &mut self,
+        after: Option<Seq>,
+        limit: usize,
+        until: Seq,
+    ) -> anyhow::Result<()> {
+        let anchor = match after {
+            Some(after) => Anchor::After(after),
+            None => Anchor::Before(until.saturating_add(1)),
+        };
+        let limit = PageLimit { messages: limit, bytes: chat_core::PAGE_BYTES };
+        let (history, room) = (Arc::clone(&self.shared.history), self.room.clone());
+        let page = tokio::task::spawn_blocking(move || history.page(&room, anchor, limit)).await?;
+        let page = match page {
+            Ok(page) => page,
+            Err(e) => {
+                warn!(room = %self.room, error = %e, "cannot read the history for a join");
+                let refusal = Refusal::HistoryUnreadable(e.to_string());
+                let frame = ErrorFrame { last_seq: after, ..error_frame(&refusal, None) };
+                self.send.write_all(&encode(&NodeFrame::Error(frame))).await?;
+                self.send.finish()?;
+                anyhow::bail!("history unavailable: {e}");
+            }
+        };
+        let gap = page.gap.map(|(first, last)| Gap { first, last });
+        let joined = NodeFrame::Joined { room: self.room.to_string(), last_seq: until, gap };
+        let mut frames = Vec::with_capacity(page.messages.len() + 2);
+        frames.push(encode(&joined));
+        // Later messages come through the member's queue.
+        let mut newest = after.unwrap_or(0);
+        for stored in page.messages.iter().take_while(|s| s.seq <= until) {
+            newest = stored.seq;
+            frames.push(message_frame(self.room.as_str(), stored.seq, &stored.message));
         }
-        let mut cursor = after;
-        let mut first = true;
-        loop {
-            let (history, room) = (Arc::clone(&self.shared.history), self.room.clone());
-            let page =
-                tokio::task::spawn_blocking(move || history.read(&room, cursor, HISTORY_PAGE))
-                    .await?;
-            let page = match page {
-                Ok(page) => page,
-                Err(e) => {
-                    warn!(room = %self.room, error = %e, "cannot read the history for a join");
-                    let refusal = Refusal::HistoryUnreadable(e.to_string());
-                    let frame = ErrorFrame { last_seq: cursor, ..error_frame(&refusal, None) };
-                    self.send.write_all(&encode(&NodeFrame::Error(frame))).await?;
-                    self.send.finish()?;
-                    anyhow::bail!("history unavailable: {e}");
-                }
-            };
-            let mut frames = Vec::with_capacity(page.messages.len() + 1);
-            if first {
-                let gap = page.gap.map(|(first, last)| Gap { first, last });
-                frames.push(encode(&NodeFrame::Joined {
-                    room: self.room.to_string(),
-                    last_seq: until,
-                    gap,
-                }));
-                first = false;
-            }
-            let full_page = page.messages.len() == HISTORY_PAGE;
-            for stored in page.messages.into_iter().take_while(|s| s.seq <= until) {
-                cursor = Some(stored.seq);
-                self.last_written = stored.seq;
-                frames.push(message_frame(self.room.as_str(), stored.seq, &stored.message));
-            }
-            self.send.write_chunk(io::concat(&mut frames)).await?;
-            if !full_page || cursor.unwrap_or(0) >= until {
-                return Ok(());
-            }
-        }
+        self.last_written = self.last_written.max(newest);
+        let ends = PageEnds {
+            more_before: page.more_before,
+            more_after: page.more_after && newest < until,
+            first_seq: page.first_seq,
+        };
+        frames.push(encode(&NodeFrame::HistoryEnd(ends)));
+        self.send.write_chunk(io::concat(&mut frames)).await?;
+        Ok(())
     }
 
     /// Drains the member's queue until every sender is gone, or the member is dropped.

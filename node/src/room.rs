@@ -10,10 +10,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use chat_core::{MemberId, Opening, Received, Refusal, Seq, StreamAction, StreamInput};
+use chat_core::{MemberId, Opening, Received, Refusal, RoomName, Seq, StreamAction, StreamInput};
 use chat_history::HistoryError;
+use chat_history::PageLimit;
 use chat_proto::io::FrameReader;
-use chat_proto::{ClientFrame, ErrorCode, ErrorFrame, NodeFrame, codec};
+use chat_proto::{
+    Anchor, ChatMessage, ClientFrame, ErrorCode, ErrorFrame, NodeFrame, PageEnds, codec,
+};
 use quinn::{RecvStream, SendStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{debug, warn};
@@ -30,7 +33,7 @@ pub(crate) async fn serve(
     recv: RecvStream,
 ) {
     let mut reader = FrameReader::new(recv, shared.limits.max_frame_len as usize);
-    let (room, after) = match read_join(&shared, &mut reader).await {
+    let (room, after, limit) = match read_join(&shared, &mut reader).await {
         Ok(Some(join)) => join,
         Ok(None) => return,
         Err(error) => return end_with(&shared, &mut send, error).await,
@@ -55,8 +58,10 @@ pub(crate) async fn serve(
     shared.directory.entered(member, &joined.room, &conn.name);
     debug!(room = %joined.room, member = member.0, ?after, "joined");
     let writer = Writer::new(Arc::clone(&shared), joined.room.clone(), send);
-    let writing = tokio::spawn(writer.run(after, joined.history_until, queued, eviction.clone()));
-    let ended = read_sends(&shared, member, &mut reader, &outbox, eviction).await;
+    let page_len = shared.core().rules().page_len(limit);
+    let writing =
+        tokio::spawn(writer.run(after, page_len, joined.history_until, queued, eviction.clone()));
+    let ended = read_sends(&shared, member, &joined.room, &mut reader, &outbox, eviction).await;
     shared.core().leave(member);
     shared.directory.left(member);
     shared.metrics.members.dec();
@@ -84,14 +89,14 @@ enum Ended {
 async fn read_join(
     shared: &Shared,
     reader: &mut FrameReader<RecvStream>,
-) -> Result<Option<(String, Option<Seq>)>, ErrorFrame> {
+) -> Result<Option<(String, Option<Seq>, u32)>, ErrorFrame> {
     let timeout = shared.config.handshake_timeout;
     let opening = match tokio::time::timeout(timeout, reader.read()).await {
         Ok(read) => chat_core::opening(Received::from_read(read)),
         Err(_) => Opening::Refuse(Refusal::NoJoinInTime),
     };
     match opening {
-        Opening::Join { room, after } => Ok(Some((room, after))),
+        Opening::Join { room, after, limit } => Ok(Some((room, after, limit))),
         Opening::Ended => Ok(None),
         Opening::Refuse(refusal) => Err(error_frame(&refusal, None)),
     }
@@ -102,6 +107,7 @@ async fn read_join(
 async fn read_sends(
     shared: &Arc<Shared>,
     member: MemberId,
+    room: &RoomName,
     reader: &mut FrameReader<RecvStream>,
     outbox: &Outbox,
     mut eviction: watch::Receiver<Option<Seq>>,
@@ -119,6 +125,9 @@ async fn read_sends(
             Ok(None) => return Ended::Done,
             Ok(Some(ClientFrame::Send { client_id, body })) => {
                 StreamInput::Send { client_id, body }
+            }
+            Ok(Some(ClientFrame::History { request_id, anchor, limit })) => {
+                StreamInput::History { request_id, anchor, limit }
             }
             Ok(Some(other)) => StreamInput::Other { frame: other.name() },
             Err(e @ codec::FrameError::TooLong { len, .. }) if reader.in_step(&e) => {
@@ -138,6 +147,16 @@ async fn read_sends(
                 append(shared, member, client_id, outgoing, body, outbox.clone(), permit);
                 continue;
             }
+            StreamAction::Page { request_id, anchor, messages } => {
+                let frame = match read_page(shared, room, request_id, anchor, messages).await {
+                    Ok(page) => page,
+                    Err(refusal) => NodeFrame::Error(error_frame(&refusal, None)),
+                };
+                if outbox.queue.send(Outgoing::Frame(encode(&frame))).await.is_err() {
+                    return Ended::Done;
+                }
+                continue;
+            }
             StreamAction::Refuse { refusal, client_id } => {
                 (error_frame(&refusal, client_id), false)
             }
@@ -150,6 +169,47 @@ async fn read_sends(
             return Ended::Done;
         }
     }
+}
+
+/// A page of `room`'s history for a history request.
+async fn read_page(
+    shared: &Shared,
+    room: &RoomName,
+    request_id: u64,
+    anchor: Anchor,
+    messages: usize,
+) -> Result<NodeFrame, Refusal> {
+    let anchor = match anchor {
+        Anchor::Latest => chat_history::Anchor::Latest,
+        Anchor::Before(seq) => chat_history::Anchor::Before(seq),
+        Anchor::After(seq) => chat_history::Anchor::After(seq),
+        Anchor::Around(seq) => chat_history::Anchor::Around(seq),
+    };
+    let limit = PageLimit { messages, bytes: chat_core::PAGE_BYTES };
+    let (history, name) = (Arc::clone(&shared.history), room.clone());
+    let read = tokio::task::spawn_blocking(move || history.page(&name, anchor, limit)).await;
+    let page = match read {
+        Ok(Ok(page)) => page,
+        Ok(Err(e)) => return Err(Refusal::HistoryUnreadable(e.to_string())),
+        Err(e) => return Err(Refusal::HistoryUnreadable(e.to_string())),
+    };
+    let messages = page
+        .messages
+        .into_iter()
+        .map(|stored| ChatMessage {
+            room: room.to_string(),
+            seq: stored.seq,
+            sender: stored.message.sender,
+            timestamp_ms: stored.message.timestamp_ms,
+            body: stored.message.body,
+        })
+        .collect();
+    let ends = PageEnds {
+        more_before: page.more_before,
+        more_after: page.more_after,
+        first_seq: page.first_seq,
+    };
+    Ok(NodeFrame::Page { request_id, messages, ends })
 }
 
 /// Hands a send the core accepted to the history; its completion queues the ack.

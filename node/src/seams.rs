@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use chat_cluster::ClusterError;
 use chat_core::{ConnId, Core, MemberId, Refusal, RoomName, Seq, SessionToken, UserName};
-use chat_history::{Completion, History, HistoryError, Message, Page, Subscriber};
+use chat_history::{
+    Anchor, Completion, History, HistoryError, HistoryPage, Message, PageLimit, Subscriber,
+};
 use chat_proto::RoomInfo;
 
 use crate::mailbox::Outbox;
@@ -41,10 +43,13 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// Hands every message stored from now on to `subscriber` (the single node's fan-out).
     /// Cluster mode relays through its followers of the stream instead, and ignores it.
     fn subscribe(&self, subscriber: Arc<dyn Subscriber>) -> Result<(), HistoryError>;
-    /// Retained messages after `after`, at most `limit`. May block: call it from
-    /// `spawn_blocking`.
-    fn read(&self, room: &RoomName, after: Option<Seq>, limit: usize)
-    -> Result<Page, HistoryError>;
+    /// A page of retained messages at `anchor`. May block: call it from `spawn_blocking`.
+    fn page(
+        &self,
+        room: &RoomName,
+        anchor: Anchor,
+        limit: PageLimit,
+    ) -> Result<HistoryPage, HistoryError>;
     /// Every room with its newest sequence number.
     fn rooms(&self) -> Result<Vec<(String, Seq)>, HistoryError>;
     /// Creates a room if it is missing; returns whether it was created.
@@ -62,13 +67,13 @@ impl HistoryStore for History {
     fn subscribe(&self, subscriber: Arc<dyn Subscriber>) -> Result<(), HistoryError> {
         History::subscribe(self, subscriber)
     }
-    fn read(
+    fn page(
         &self,
         room: &RoomName,
-        after: Option<Seq>,
-        limit: usize,
-    ) -> Result<Page, HistoryError> {
-        History::read(self, room.as_str(), after, limit)
+        anchor: Anchor,
+        limit: PageLimit,
+    ) -> Result<HistoryPage, HistoryError> {
+        History::page(self, room.as_str(), anchor, limit)
     }
     fn rooms(&self) -> Result<Vec<(String, Seq)>, HistoryError> {
         Ok(History::rooms(self)?.into_iter().map(|(name, state)| (name, state.last)).collect())

@@ -106,7 +106,7 @@ mod tests {
     fn round_trip_across_split_reads() {
         let frames = [
             ClientFrame::Hello { name: "ada".into(), resume: Some([7; 16]) },
-            ClientFrame::Join { room: "general".into(), after: Some(41) },
+            ClientFrame::Join { room: "general".into(), after: Some(41), limit: 50 },
             ClientFrame::Send { client_id: 9, body: "héllo".into() },
         ];
         let mut wire = BytesMut::new();
@@ -147,8 +147,8 @@ mod tests {
             ClientFrame::send_id_from_head(&bytes[PREFIX_LEN..PREFIX_LEN + 16]),
             Some(300_000)
         );
-        let join =
-            encode(&ClientFrame::Join { room: "r".into(), after: None }, 100).expect("encodes");
+        let join = encode(&ClientFrame::Join { room: "r".into(), after: None, limit: 50 }, 100)
+            .expect("encodes");
         assert_eq!(ClientFrame::send_id_from_head(&join[PREFIX_LEN..]), None);
     }
 

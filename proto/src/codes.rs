@@ -5,7 +5,7 @@
 
 /// The ALPN protocol name; its suffix is the protocol version. A client speaking another
 /// version fails the TLS handshake instead of misreading frames.
-pub const ALPN: &[u8] = b"chat/1";
+pub const ALPN: &[u8] = b"chat/2";
 
 /// Application error codes used to close a whole connection.
 pub mod close {

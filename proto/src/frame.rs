@@ -31,13 +31,46 @@ pub enum ClientFrame {
     /// First frame on a room stream.
     Join {
         room: String,
-        /// The last sequence number the client has seen; only later messages are sent.
-        /// `None` sends the whole retained history.
+        /// The last sequence number the client has seen: the history after it is sent,
+        /// oldest first. `None` sends the newest messages instead.
         after: Option<Seq>,
+        /// At most this many history messages (the node caps it at
+        /// [`Limits::max_history_page`]); [`NodeFrame::HistoryEnd`] then says whether there
+        /// are more.
+        limit: u32,
     },
     /// Room stream: post a message. The node answers with [`NodeFrame::Ack`] carrying the
     /// same `client_id`, or with [`NodeFrame::Error`] naming it.
     Send { client_id: u64, body: String },
+    /// Room stream: a page of the room's history at `anchor`, at most `limit` messages (the
+    /// node caps it at [`Limits::max_history_page`], and in bytes). Answered by
+    /// [`NodeFrame::Page`] with the same `request_id`.
+    History { request_id: u64, anchor: Anchor, limit: u32 },
+}
+
+/// Where a page of history is taken from, as in IRCv3 `CHATHISTORY`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Anchor {
+    /// The newest messages.
+    Latest,
+    /// The newest messages older than this sequence number.
+    Before(Seq),
+    /// The oldest messages newer than this sequence number.
+    After(Seq),
+    /// Half the page older than this sequence number, the rest from it on.
+    Around(Seq),
+}
+
+/// Where a page of history sits in what the room retains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageEnds {
+    /// Retained messages older than the page exist: page back with [`Anchor::Before`].
+    pub more_before: bool,
+    /// Messages newer than the page and older than the live ones exist (a join that missed
+    /// more than a page, a page before the newest): page on with [`Anchor::After`].
+    pub more_after: bool,
+    /// The oldest retained message's number: the history starts there.
+    pub first_seq: Seq,
 }
 
 impl ClientFrame {
@@ -49,6 +82,7 @@ impl ClientFrame {
             Self::Who { .. } => "a who request",
             Self::Join { .. } => "a join",
             Self::Send { .. } => "a send",
+            Self::History { .. } => "a history request",
         }
     }
 
@@ -88,6 +122,11 @@ pub enum NodeFrame {
     /// Something went wrong. With a `client_id`, one send failed and the stream goes on;
     /// otherwise the request or stream it answers has ended.
     Error(ErrorFrame),
+    /// After a join's history, before the live messages: the history asked for is all
+    /// there, and where it sits.
+    HistoryEnd(PageEnds),
+    /// The answer to [`ClientFrame::History`]: its messages, oldest first.
+    Page { request_id: u64, messages: Vec<ChatMessage>, ends: PageEnds },
 }
 
 /// The node's answer to a hello.
@@ -116,6 +155,8 @@ pub struct Limits {
     pub messages_per_second: u32,
     /// Sends one connection may make at once after a quiet spell.
     pub message_burst: u32,
+    /// Most messages in one page of history (a join's, or a history request's).
+    pub max_history_page: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

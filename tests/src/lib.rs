@@ -92,11 +92,15 @@ impl TestNode {
     }
 }
 
-/// The next message event in `room`, failing the test after [`PATIENCE`].
+/// The next message event in `room` (past the end-of-history mark), failing the test after
+/// [`PATIENCE`].
 pub async fn next_message(room: &mut Room) -> (chat_client::ChatMessage, bool) {
-    match tokio::time::timeout(PATIENCE, room.next()).await {
-        Ok(Some(RoomEvent::Message { message, history })) => (message, history),
-        other => panic!("expected a message in {}, got {other:?}", room.name()),
+    loop {
+        match tokio::time::timeout(PATIENCE, room.next()).await {
+            Ok(Some(RoomEvent::Message { message, history })) => return (message, history),
+            Ok(Some(RoomEvent::HistoryEnd(_))) => {}
+            other => panic!("expected a message in {}, got {other:?}", room.name()),
+        }
     }
 }
 
@@ -255,6 +259,19 @@ pub async fn next_frame(reader: &mut FrameReader<quinn::RecvStream>) -> Option<N
         .await
         .expect("in time")
         .expect("a frame")
+}
+
+/// Reads a join's answer on a raw room stream: `Joined`, its page of history and
+/// `HistoryEnd`, failing the test on anything else.
+pub async fn expect_joined(reader: &mut FrameReader<quinn::RecvStream>) {
+    assert!(matches!(next_frame(reader).await, Some(NodeFrame::Joined { .. })));
+    loop {
+        match next_frame(reader).await {
+            Some(NodeFrame::Message(_)) => {}
+            Some(NodeFrame::HistoryEnd(_)) => return,
+            other => panic!("expected the join's history and its end, got {other:?}"),
+        }
+    }
 }
 
 /// An interactive `chat --json` in room general, fed through a pipe, once it has joined.

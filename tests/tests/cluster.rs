@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use chat_client::{Client, ClientError, ConnectOptions, Room, RoomEvent, Trust};
+use chat_client::{Anchor, Client, ClientError, ConnectOptions, Room, RoomEvent, Trust};
 use chat_cluster::local::LocalNats;
 use chat_tests::{NodeProcess, PATIENCE, nats_cluster, next_message, take_messages};
 
@@ -117,12 +117,20 @@ async fn clients_on_two_nodes_see_one_room_in_one_order_with_its_history() {
     // History on join, from either node.
     for node in [0, 1] {
         let late = chat.connect(&format!("late{node}"), node).await;
-        let mut room = late.join("general", None).await.expect("joins");
+        let mut room = late.join("general", Some(0)).await.expect("joins");
         let history = take_messages(&mut room, 100).await;
         assert_eq!(history, ada_seen, "the history on node {node}");
         // And after a given seq, only what came later.
         let mut tail = late.join("general", Some(seqs[89])).await.err();
         assert!(tail.take().is_some(), "a second stream in the same room is refused");
+        // A fresh join gets the newest page, and pages back from there.
+        let fresh = chat.connect(&format!("fresh{node}"), node).await;
+        let mut room = fresh.join("general", None).await.expect("joins");
+        assert_eq!(take_messages(&mut room, 50).await, ada_seen[50..].to_vec(), "node {node}");
+        let page = room.sender().history(Anchor::Before(seqs[50]), 30).await.expect("a page");
+        let older: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+        assert_eq!(older, seqs[20..50].to_vec(), "the page before, on node {node}");
+        assert!(page.ends.more_before && page.ends.more_after);
     }
     let rejoin = chat.connect("carol", 1).await;
     let mut room = rejoin.join("general", Some(seqs[89])).await.expect("joins");
@@ -274,11 +282,14 @@ async fn killing_the_stream_leader_loses_no_acknowledged_message() {
     // Every acknowledged message is in the history, from either node, under its seq.
     for node in [0, 1] {
         let reader = chat.connect(&format!("reader{node}"), node).await;
-        let mut room = reader.join("general", None).await.expect("joins");
+        let mut room = reader.join("general", Some(0)).await.expect("joins");
         let mut stored = BTreeMap::new();
         let deadline = Instant::now() + PATIENCE;
         while stored.len() < acked.len() {
             let next = tokio::time::timeout_at(deadline.into(), room.next()).await;
+            if let Ok(Some(RoomEvent::HistoryEnd(_))) = next {
+                continue;
+            }
             let Ok(Some(RoomEvent::Message { message, .. })) = next else {
                 let missing: Vec<u64> =
                     acked.keys().filter(|seq| !stored.contains_key(*seq)).copied().collect();

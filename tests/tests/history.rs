@@ -134,7 +134,7 @@ async fn a_shutdown_acknowledges_every_message_it_stored() {
 
     let node = TestNode::start_in(dir.path(), |_| {}).await;
     let reader = node.connect("reader").await;
-    let mut room = reader.join("general", None).await.expect("joins");
+    let mut room = reader.join("general", Some(0)).await.expect("joins");
     let stored: std::collections::BTreeSet<u64> = {
         let n = room.history_until() as usize;
         take_messages(&mut room, n).await.into_iter().map(|m| m.0).collect()

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use chat_client::{Client, ClientError, ErrorCode, RoomEvent};
 use chat_proto::io::FrameReader;
 use chat_proto::{ClientFrame, NodeFrame, codec, codes};
-use chat_tests::{PATIENCE, TestNode, encoded, hello, next_frame, next_message, raw_connection};
+use chat_tests::{
+    PATIENCE, TestNode, encoded, expect_joined, hello, next_frame, next_message, raw_connection,
+};
 
 /// A bystander's check: a send is acknowledged and comes back as the room's next message.
 async fn bystander_is_fine(room: &mut chat_client::Room) {
@@ -134,7 +136,8 @@ async fn ten_thousand_streams_at_once_each_get_an_answer() {
     let greeted = hello(&node, "hydra").await;
 
     // Every stream joins general; the node lets 65 be open at once and answers each.
-    let join = encoded(&ClientFrame::Join { room: "general".into(), after: Some(u64::MAX) });
+    let join =
+        encoded(&ClientFrame::Join { room: "general".into(), after: Some(u64::MAX), limit: 50 });
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..10_000 {
         let (connection, join) = (greeted.connection.clone(), join.clone());
@@ -199,14 +202,15 @@ async fn random_bytes_and_truncated_frames_get_errors_and_harm_no_one() {
 
     // A frame cut short by the end of its stream, after a hello and on a room stream.
     let greeted = hello(&node, "ada").await;
-    let mut bytes = encoded(&ClientFrame::Join { room: "general".into(), after: Some(u64::MAX) });
+    let mut bytes =
+        encoded(&ClientFrame::Join { room: "general".into(), after: Some(u64::MAX), limit: 50 });
     let send_frame = encoded(&ClientFrame::Send { client_id: 1, body: "cut short".into() });
     bytes.extend_from_slice(&send_frame[..send_frame.len() - 3]);
     let (mut send, recv) = greeted.connection.open_bi().await.expect("stream");
     send.write_all(&bytes).await.expect("written");
     send.finish().expect("finished");
     let mut reader = FrameReader::new(recv, codec::MAX_NODE_FRAME_LEN);
-    assert!(matches!(next_frame(&mut reader).await, Some(NodeFrame::Joined { .. })));
+    expect_joined(&mut reader).await;
     match next_frame(&mut reader).await {
         Some(NodeFrame::Error(e)) => assert_eq!(e.code, ErrorCode::ProtocolViolation),
         other => panic!("expected an error for the cut frame, got {other:?}"),
@@ -248,10 +252,10 @@ async fn before_its_hello_a_connection_can_open_no_room_stream_and_send_no_datag
     assert!(matches!(next_frame(&mut reader).await, Some(NodeFrame::Welcome(_))));
     let opened = tokio::time::timeout(PATIENCE, connection.open_bi()).await.expect("in time");
     let (mut room, room_recv) = opened.expect("a room stream after the welcome");
-    let join = ClientFrame::Join { room: "general".into(), after: None };
+    let join = ClientFrame::Join { room: "general".into(), after: None, limit: 50 };
     room.write_all(&encoded(&join)).await.expect("join");
     let mut room_reader = FrameReader::new(room_recv, codec::MAX_NODE_FRAME_LEN);
-    assert!(matches!(next_frame(&mut room_reader).await, Some(NodeFrame::Joined { .. })));
+    expect_joined(&mut room_reader).await;
     node.stop().await;
 }
 
@@ -333,6 +337,7 @@ fn a_member_that_stops_reading_loses_only_its_room() {
         let resume_after = loop {
             match tokio::time::timeout(PATIENCE, stalled.next()).await.expect("in time") {
                 Some(RoomEvent::Message { message, .. }) => last_seen = message.seq,
+                Some(RoomEvent::HistoryEnd(_)) => {}
                 Some(RoomEvent::Error(e)) if e.code == ErrorCode::TooSlow => {
                     break e.last_seq.expect("the last seq it got");
                 }

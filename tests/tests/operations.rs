@@ -159,7 +159,7 @@ async fn a_full_disk_refuses_sends_clearly_and_the_node_carries_on_once_space_is
     // Everything acknowledged is there after a restart, in order, each number once.
     let node = TestNode::start_in(&data_dir, |_| {}).await;
     let reader = node.connect("reader").await;
-    let mut room = reader.join("general", None).await.expect("joins");
+    let mut room = reader.join("general", Some(0)).await.expect("joins");
     let mut seqs = Vec::new();
     let mut bodies = Vec::new();
     while seqs.len() < room.history_until() as usize {

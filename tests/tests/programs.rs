@@ -255,7 +255,7 @@ async fn send_until_killed(
 /// The whole history of room general, as (seq, body).
 async fn read_history(node: &NodeProcess, name: &str) -> Vec<(u64, String)> {
     let client = chat_client::Client::connect(node.options(name)).await.expect("connects");
-    let mut room = client.join("general", None).await.expect("joins");
+    let mut room = client.join("general", Some(0)).await.expect("joins");
     let mut stored = Vec::new();
     let mut last = 0;
     while last < room.history_until() {

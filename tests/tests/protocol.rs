@@ -3,7 +3,9 @@
 
 use chat_proto::io::FrameReader;
 use chat_proto::{ClientFrame, ErrorCode, NodeFrame, codec, codes};
-use chat_tests::{TestNode, encoded, hello, next_frame, next_message, raw_connection};
+use chat_tests::{
+    TestNode, encoded, expect_joined, hello, next_frame, next_message, raw_connection,
+};
 
 /// A room stream on which `bytes` are written raw.
 async fn room_stream(
@@ -65,13 +67,14 @@ async fn mistakes_get_typed_errors_and_a_bystander_notices_nothing() {
 
     // A join, then a second join, an unknown frame tag and garbage on the same stream: an
     // error each, and the stream still carries a send.
-    let mut bytes = encoded(&ClientFrame::Join { room: "random".into(), after: Some(u64::MAX) });
-    bytes.extend(encoded(&ClientFrame::Join { room: "general".into(), after: None }));
+    let mut bytes =
+        encoded(&ClientFrame::Join { room: "random".into(), after: Some(u64::MAX), limit: 50 });
+    bytes.extend(encoded(&ClientFrame::Join { room: "general".into(), after: None, limit: 50 }));
     bytes.extend([0, 0, 0, 1, 0x7f]); // variant 127: no such frame
     bytes.extend([0, 0, 0, 2, 0x04, 0xff]); // a send cut short inside its fields
     bytes.extend(encoded(&ClientFrame::Send { client_id: 7, body: "after all that".into() }));
     let (_send, mut reader) = room_stream(ada, &bytes).await;
-    assert!(matches!(next_frame(&mut reader).await, Some(NodeFrame::Joined { .. })));
+    expect_joined(&mut reader).await;
     for _ in 0..3 {
         assert_eq!(error_code(next_frame(&mut reader).await), ErrorCode::ProtocolViolation);
     }
@@ -87,15 +90,17 @@ async fn mistakes_get_typed_errors_and_a_bystander_notices_nothing() {
 
     // A length prefix of 4 GiB: refused before anything is allocated; the stream ends, the
     // connection does not.
-    let mut bytes = encoded(&ClientFrame::Join { room: "general".into(), after: Some(u64::MAX) });
+    let mut bytes =
+        encoded(&ClientFrame::Join { room: "general".into(), after: Some(u64::MAX), limit: 50 });
     bytes.extend(u32::MAX.to_be_bytes());
     let (_send, mut reader) = room_stream(ada, &bytes).await;
-    assert!(matches!(next_frame(&mut reader).await, Some(NodeFrame::Joined { .. })));
+    expect_joined(&mut reader).await;
     assert_eq!(error_code(next_frame(&mut reader).await), ErrorCode::ProtocolViolation);
     assert_eq!(reader.read::<NodeFrame>().await.expect("clean end"), None);
-    let rejoin = encoded(&ClientFrame::Join { room: "general".into(), after: Some(u64::MAX) });
+    let rejoin =
+        encoded(&ClientFrame::Join { room: "general".into(), after: Some(u64::MAX), limit: 50 });
     let (_send, mut reader) = room_stream(ada, &rejoin).await;
-    assert!(matches!(next_frame(&mut reader).await, Some(NodeFrame::Joined { .. })));
+    expect_joined(&mut reader).await;
 
     bystander_is_fine(&mut bobs).await;
     node.stop().await;

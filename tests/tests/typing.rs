@@ -23,8 +23,10 @@ fn numbered_lines(count: usize, prefix: &str) -> (tempfile::NamedTempFile, Vec<S
 
 /// The bodies of the room's history from `sender`, in the history's order.
 fn history_from(node: &NodeProcess, room: &str, sender: &str) -> Vec<String> {
-    let history =
-        node.chat("reader", &["--room", room, "--json", "history"]).output().expect("runs");
+    let history = node
+        .chat("reader", &["--room", room, "--json", "history", "--all"])
+        .output()
+        .expect("runs");
     assert!(history.status.success(), "{}", String::from_utf8_lossy(&history.stderr));
     let events = events_of(&history.stdout, "history");
     let seqs: Vec<u64> = events.iter().filter_map(|e| e["seq"].as_u64()).collect();
@@ -139,7 +141,7 @@ fn send_lines_sends_each_line_in_order_and_send_sends_all_of_stdin_as_one() {
 }
 
 #[test]
-fn piped_input_waits_for_the_whole_history_before_exiting() {
+fn piped_input_waits_for_the_joins_history_page_before_exiting() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = NodeProcess::start(dir.path(), &["--messages-per-second", "0"]);
     let (before, _) = numbered_lines(700, "old");
@@ -161,7 +163,11 @@ fn piped_input_waits_for_the_whole_history_before_exiting() {
         assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
         let history: Vec<u64> =
             events_of(&run.stdout, "history").iter().filter_map(|e| e["seq"].as_u64()).collect();
-        assert!(history.iter().copied().eq(1..=history_len), "all history before the exit");
+        let newest = history_len - 49..=history_len;
+        assert!(history.iter().copied().eq(newest), "the newest page before the exit");
+        let ended = events_of(&run.stdout, "history_end");
+        assert_eq!(ended.len(), 1, "and the line that ends it");
+        assert_eq!(ended[0]["more_before"], true);
     }
     assert!(history_from(&node, "general", "late") == lines);
 }

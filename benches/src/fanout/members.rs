@@ -68,7 +68,7 @@ impl Member {
         let connection = endpoint.connect(addr, "localhost")?.await?;
         let hello = ClientFrame::Hello { name: options.name.clone(), resume: None };
         let (control_send, control) = request(&connection, &hello).await?;
-        let join = ClientFrame::Join { room: room.to_owned(), after: None };
+        let join = ClientFrame::Join { room: room.to_owned(), after: None, limit: 0 };
         let (room_send, room) = request(&connection, &join).await?;
         Ok(Self {
             _endpoint: endpoint,

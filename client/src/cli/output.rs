@@ -8,7 +8,7 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use chat_client::{ChatMessage, ClientError, Gap, Seq};
+use chat_client::{ChatMessage, ClientError, Gap, PageEnds, Seq};
 use chat_proto::RoomInfo;
 use serde_json::json;
 
@@ -71,6 +71,20 @@ impl Output {
                     "-- {room}: messages #{}..#{} are no longer in the history and were missed",
                     gap.first, gap.last
                 )
+            },
+        );
+    }
+
+    /// The line between a room's history and its live messages.
+    pub fn history_end(&self, room: &str, ends: PageEnds) {
+        self.emit(
+            json!({"event": "history_end", "room": room, "more_before": ends.more_before, "first_seq": ends.first_seq}),
+            || {
+                if ends.more_before {
+                    format!("-- {room}: end of history; /history shows earlier messages")
+                } else {
+                    format!("-- {room}: end of history")
+                }
             },
         );
     }

@@ -18,7 +18,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use chat_client::{Client, ClientError, ErrorCode, Posted, RoomEvent, RoomSender, Seq};
+use chat_client::{Anchor, Client, ClientError, ErrorCode, Posted, RoomEvent, RoomSender, Seq};
 use futures_util::future::OptionFuture;
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
@@ -61,6 +61,8 @@ struct Joined {
     history_until: Seq,
     /// The node ended the stream: nothing more will be printed from it.
     ended: bool,
+    /// The join's history is all printed, with the line that ends it.
+    history_ended: bool,
 }
 
 pub struct Session {
@@ -69,6 +71,8 @@ pub struct Session {
     rooms: BTreeMap<String, Joined>,
     /// The newest sequence number printed per room, kept across reconnects.
     last_seen: BTreeMap<String, Seq>,
+    /// The oldest one printed per room: `/history` pages back from it.
+    oldest_seen: BTreeMap<String, Seq>,
     /// The user's own messages acknowledged and not yet printed, by room and number.
     unseen_acks: BTreeSet<(String, Seq)>,
     /// The user's own messages printed before their ack came (the node relays a message
@@ -106,6 +110,7 @@ impl Session {
             out,
             rooms: BTreeMap::new(),
             last_seen: BTreeMap::new(),
+            oldest_seen: BTreeMap::new(),
             unseen_acks: BTreeSet::new(),
             unacked_echoes: Vec::new(),
             current: None,
@@ -194,7 +199,7 @@ impl Session {
             && self.reconnecting.is_none()
             && self.rooms.iter().all(|(name, joined)| {
                 joined.ended
-                    || (self.last_seen.get(name).copied().unwrap_or(0) >= joined.history_until
+                    || (joined.history_ended
                         && !self.unseen_acks.iter().any(|(room, _)| room == name))
             })
     }
@@ -306,6 +311,27 @@ impl Session {
         }
     }
 
+    /// `/history`: the `limit` messages of `room` before the oldest one printed.
+    async fn page_back(&mut self, room: &str, limit: u32) {
+        let Some(joined) = self.rooms.get(room) else { return };
+        let anchor = match self.oldest_seen.get(room) {
+            Some(&oldest) => Anchor::Before(oldest),
+            None => Anchor::Before(joined.history_until.saturating_add(1)),
+        };
+        match joined.sender.history(anchor, limit).await {
+            Ok(page) => {
+                if let Some(first) = page.messages.first() {
+                    self.oldest_seen.insert(room.to_owned(), first.seq);
+                }
+                for message in &page.messages {
+                    self.out.message(message, true);
+                }
+                self.out.history_end(room, page.ends);
+            }
+            Err(e) => self.out.error(Some(room), &e),
+        }
+    }
+
     /// At a forced quit: the lines that will not be sent, each with its text.
     fn report_unsent(&mut self) {
         let unsent = std::mem::take(&mut self.outbox).into_iter();
@@ -352,9 +378,17 @@ impl Session {
                 },
                 None => self.out.usage("/who ROOM, or /join a room first"),
             },
+            "/history" => match (&self.current, arg.parse::<u32>()) {
+                (Some(room), Ok(limit)) => self.page_back(&room.clone(), limit).await,
+                (Some(room), Err(_)) if arg.is_empty() => {
+                    self.page_back(&room.clone(), chat_client::JOIN_PAGE).await;
+                }
+                (None, _) => self.out.usage("/history [N], in a room: /join one first"),
+                (Some(_), Err(_)) => self.out.usage("/history [N]: N is how many messages"),
+            },
             "/help" => self.out.info(
-                "commands: /join ROOM, /leave [ROOM], /switch ROOM, /rooms, /who [ROOM], /quit; \
-                 anything else is sent to the room named in the prompt",
+                "commands: /join ROOM, /leave [ROOM], /switch ROOM, /rooms, /who [ROOM], \
+                 /history [N], /quit; anything else is sent to the room named in the prompt",
             ),
             _ if command.starts_with('/') => {
                 self.out.usage(&format!("unknown command {command}; /help lists them"));
@@ -409,7 +443,14 @@ impl Session {
         });
         self.last_seen.entry(name.clone()).or_insert(after.unwrap_or(0));
         self.joins += 1;
-        let joined = Joined { id: self.joins, sender, forward, history_until, ended: false };
+        let joined = Joined {
+            id: self.joins,
+            sender,
+            forward,
+            history_until,
+            ended: false,
+            history_ended: false,
+        };
         self.rooms.insert(name.clone(), joined);
         if target {
             self.current = Some(name);
@@ -436,6 +477,8 @@ impl Session {
             Some(RoomEvent::Message { message, history }) => {
                 let seen = self.last_seen.entry(room.clone()).or_default();
                 *seen = (*seen).max(message.seq);
+                let oldest = self.oldest_seen.entry(room.clone()).or_insert(message.seq);
+                *oldest = (*oldest).min(message.seq);
                 let acked = self.unseen_acks.remove(&(room.clone(), message.seq));
                 if !acked && message.sender == self.client.name() {
                     if history {
@@ -446,6 +489,12 @@ impl Session {
                     }
                 }
                 self.out.message(&message, history);
+            }
+            Some(RoomEvent::HistoryEnd(ends)) => {
+                self.out.history_end(&room, ends);
+                if let Some(joined) = self.rooms.get_mut(&room) {
+                    joined.history_ended = true;
+                }
             }
             Some(RoomEvent::Error(error)) if error.code == ErrorCode::TooSlow => {
                 let after = error.last_seq.or_else(|| self.last_seen.get(&room).copied());

@@ -5,7 +5,9 @@
 use chat_proto::codec::FrameError;
 use chat_proto::{ClientFrame, SessionToken};
 
-use crate::Refusal;
+use std::time::Instant;
+
+use crate::{ConnId, Core, Mailbox, Refusal};
 
 /// What the node's reader got from a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +62,22 @@ pub fn greeting(received: Received) -> Result<Hello, Refusal> {
     match received {
         Received::Frame(ClientFrame::Hello { name, resume }) => Ok(Hello { name, resume }),
         _ => Err(Refusal::NoHello),
+    }
+}
+
+impl<B: Mailbox> Core<B> {
+    /// A frame on `conn`'s control stream after the welcome, at `now`: [`request`], with
+    /// listings and who requests taken from the connection's request budget.
+    pub fn on_control(&mut self, conn: ConnId, received: Received, now: Instant) -> ControlAction {
+        let action = request(received);
+        if !matches!(action, ControlAction::ListRooms | ControlAction::Who { .. }) {
+            return action;
+        }
+        match self.check_request(conn, now) {
+            Ok(()) => action,
+            Err(refusal @ Refusal::RateLimited) => ControlAction::Close(refusal),
+            Err(refusal) => ControlAction::Refuse(refusal),
+        }
     }
 }
 

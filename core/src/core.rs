@@ -39,7 +39,13 @@ pub enum Refusal {
         retry_after.as_millis().max(1)
     )]
     SlowDown { per_second: u64, retry_after: Duration },
-    /// The connection kept sending after being told to slow down: it is closed.
+    #[error(
+        "you are making requests (joins, history pages, room lists, who) faster than the node \
+         allows ({per_second} a second); this one was not answered: wait {} ms and ask again",
+        retry_after.as_millis().max(1)
+    )]
+    RequestsTooFast { per_second: u64, retry_after: Duration },
+    /// The connection kept sending (or asking) after being told to slow down: it is closed.
     #[error("you kept sending after being told to slow down")]
     RateLimited,
     /// A frame too long to read was skipped.
@@ -108,7 +114,9 @@ impl Refusal {
             | Self::DirectoryUnavailable(_)
             | Self::NotStored(_)
             | Self::NotSynced(_) => ErrorCode::HistoryUnavailable,
-            Self::SlowDown { .. } | Self::RateLimited => ErrorCode::SlowDown,
+            Self::SlowDown { .. } | Self::RequestsTooFast { .. } | Self::RateLimited => {
+                ErrorCode::SlowDown
+            }
             Self::FrameTooLong { .. } => ErrorCode::MessageTooLong,
             Self::TooSlow { .. } => ErrorCode::TooSlow,
         }
@@ -166,6 +174,8 @@ struct Connection {
     rooms: HashMap<RoomName, MemberId>,
     /// The send rate limit shared by all its rooms; `None` when unlimited.
     rate: Option<RateLimit>,
+    /// The request budget, likewise.
+    requests: Option<RateLimit>,
 }
 
 /// The state of one node's chat, with no I/O. See the crate documentation.
@@ -225,7 +235,8 @@ impl<B: Mailbox> Core<B> {
             }
         };
         let rate = self.rules.rate.map(|rate| RateLimit::new(rate, now));
-        let connection = Connection { name: name.clone(), rooms: HashMap::new(), rate };
+        let requests = self.rules.requests.map(|rate| RateLimit::new(rate, now));
+        let connection = Connection { name: name.clone(), rooms: HashMap::new(), rate, requests };
         self.connections.insert(conn, connection);
         Ok(Connected { name, replaced })
     }
@@ -326,6 +337,34 @@ impl<B: Mailbox> Core<B> {
             });
         }
         Ok(Outgoing { room: room.clone(), sender: connection.name.clone() })
+    }
+
+    /// Takes one request of `conn` at `now` from its budget.
+    ///
+    /// # Errors
+    /// Over the budget ([`Refusal::RequestsTooFast`], or [`Refusal::RateLimited`] when the
+    /// connection keeps on regardless and is to be closed), or an unknown connection.
+    pub fn check_request(&mut self, conn: ConnId, now: Instant) -> Result<(), Refusal> {
+        let connection = self.connections.get_mut(&conn).ok_or(Refusal::NotConnected)?;
+        let Some(budget) = &mut connection.requests else { return Ok(()) };
+        match budget.check(now) {
+            Verdict::Allow => Ok(()),
+            Verdict::SlowDown { retry_after } => {
+                let per_second = self.rules.requests.map_or(0.0, |r| r.per_second);
+                Err(Refusal::RequestsTooFast { per_second: per_second.round() as u64, retry_after })
+            }
+            Verdict::Disconnect => Err(Refusal::RateLimited),
+        }
+    }
+
+    /// A request of `member`'s connection; see [`check_request`](Self::check_request).
+    pub(crate) fn check_member_request(
+        &mut self,
+        member: MemberId,
+        now: Instant,
+    ) -> Result<(), Refusal> {
+        let (conn, _) = self.members.get(&member).ok_or(Refusal::NotJoined)?;
+        self.check_request(*conn, now)
     }
 
     /// The answer to a send frame too long to read, `len` bytes: it is skipped.

@@ -53,6 +53,9 @@ pub struct Rules {
     pub max_rooms_per_connection: usize,
     /// How fast one connection may send; `None` for no limit.
     pub rate: Option<Rate>,
+    /// How fast one connection may make requests (joins, history pages, room lists, who);
+    /// `None` for no limit.
+    pub requests: Option<Rate>,
     /// Most messages in a page of history.
     pub max_history_page: usize,
 }
@@ -68,7 +71,19 @@ pub const JOIN_PAGE: u32 = 50;
 impl Rules {
     /// The limits with no send rate limit.
     pub fn new(max_message_len: usize, max_rooms_per_connection: usize) -> Self {
-        Self { max_message_len, max_rooms_per_connection, rate: None, max_history_page: 500 }
+        Self {
+            max_message_len,
+            max_rooms_per_connection,
+            rate: None,
+            requests: None,
+            max_history_page: 500,
+        }
+    }
+
+    /// These rules with requests at `per_second` in bursts of `burst`; 0 means no limit.
+    #[must_use]
+    pub fn with_request_rate(self, per_second: u32, burst: u32) -> Self {
+        Self { requests: Rate::per_connection(per_second, burst), ..self }
     }
 
     /// These rules with pages of history of at most `messages`.

@@ -85,7 +85,14 @@ impl<B: Mailbox> Core<B> {
                 Err(refusal) => StreamAction::Refuse { refusal, client_id: Some(client_id) },
             },
             StreamInput::History { request_id, anchor, limit } => {
-                StreamAction::Page { request_id, anchor, messages: self.rules().page_len(limit) }
+                match self.check_member_request(member, now) {
+                    Ok(()) => {
+                        let messages = self.rules().page_len(limit);
+                        StreamAction::Page { request_id, anchor, messages }
+                    }
+                    Err(refusal @ Refusal::RateLimited) => StreamAction::Close(refusal),
+                    Err(refusal) => StreamAction::Refuse { refusal, client_id: None },
+                }
             }
             StreamInput::Other { frame } => StreamAction::Refuse {
                 refusal: Refusal::UnexpectedFrame {

@@ -58,8 +58,13 @@ impl Mailbox for Inbox {
     }
 }
 
-const RULES: Rules =
-    Rules { max_message_len: 10, max_rooms_per_connection: 2, rate: None, max_history_page: 500 };
+const RULES: Rules = Rules {
+    max_message_len: 10,
+    max_rooms_per_connection: 2,
+    rate: None,
+    requests: None,
+    max_history_page: 500,
+};
 
 fn core_with_rooms(rooms: &[(&str, Seq)]) -> Core<Inbox> {
     let mut core = Core::new(RULES);

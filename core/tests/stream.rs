@@ -4,10 +4,12 @@
 
 use std::time::{Duration, Instant};
 
+use chat_core::control::{ControlAction, Received};
 use chat_core::{
     ConnId, Core, ErrorCode, Full, Mailbox, MemberId, Refusal, RoomName, Rules, Seq, StreamAction,
     StreamInput,
 };
+use chat_proto::{Anchor, ClientFrame};
 
 /// A mailbox that takes everything; these tests look at the actions, not at deliveries.
 struct Open;
@@ -112,4 +114,49 @@ fn a_stream_whose_member_was_dropped_is_told_so() {
         core.on_stream(MemberId(1), send(1, "late"), now),
         StreamAction::Refuse { refusal: Refusal::NotJoined, client_id: Some(1) }
     );
+}
+
+#[test]
+fn requests_share_one_budget_per_connection_refused_then_closed() {
+    let start = Instant::now();
+    let mut core = Core::new(Rules::new(10, 2).with_request_rate(10, 3));
+    core.add_room(RoomName::parse("general").expect("valid"), 5);
+    core.connect(ConnId(1), "ada", None, [1; 16], start).expect("free");
+    core.join(ConnId(1), MemberId(1), "general", Open).expect("joins");
+    let who = || Received::Frame(ClientFrame::Who { room: "general".into() });
+    let history = StreamInput::History { request_id: 7, anchor: Anchor::Latest, limit: 10_000 };
+
+    // Two listings and a page: the burst of three.
+    assert_eq!(
+        core.on_control(ConnId(1), who(), start),
+        ControlAction::Who { room: "general".into() }
+    );
+    assert_eq!(
+        core.on_control(ConnId(1), Received::Frame(ClientFrame::ListRooms), start),
+        ControlAction::ListRooms
+    );
+    assert_eq!(
+        core.on_stream(MemberId(1), history.clone(), start),
+        StreamAction::Page { request_id: 7, anchor: Anchor::Latest, messages: 500 },
+        "the page asked for is capped"
+    );
+    // Then "slow down", on either stream, with how long to wait.
+    let slow_down =
+        Refusal::RequestsTooFast { per_second: 10, retry_after: Duration::from_millis(100) };
+    assert_eq!(core.on_control(ConnId(1), who(), start), ControlAction::Refuse(slow_down.clone()));
+    assert_eq!(
+        core.on_stream(MemberId(1), history.clone(), start),
+        StreamAction::Refuse { refusal: slow_down.clone(), client_id: None }
+    );
+    assert_eq!(slow_down.code(), ErrorCode::SlowDown);
+    // A burst's worth of refusals in a row: closed.
+    assert_eq!(
+        core.on_control(ConnId(1), who(), start),
+        ControlAction::Close(Refusal::RateLimited)
+    );
+    // A connection that waits is answered again.
+    let later = start + Duration::from_secs(1);
+    core.connect(ConnId(2), "bob", None, [2; 16], start).expect("free");
+    assert!(core.check_request(ConnId(2), start).is_ok());
+    assert!(core.check_request(ConnId(1), later).is_ok(), "the bucket refilled");
 }

@@ -78,6 +78,13 @@ pub struct Settings {
     /// Messages one connection may send at once after a quiet spell [default: 200]
     #[arg(long, env = "CHAT_MESSAGE_BURST")]
     pub message_burst: Option<u32>,
+    /// Requests (joins, history pages, room lists, who) per second one connection may keep
+    /// up; 0 for no limit [default: 50]
+    #[arg(long, env = "CHAT_REQUESTS_PER_SECOND")]
+    pub requests_per_second: Option<u32>,
+    /// Requests one connection may make at once after a quiet spell [default: 200]
+    #[arg(long, env = "CHAT_REQUEST_BURST")]
+    pub request_burst: Option<u32>,
     /// Address of the Prometheus `/metrics` endpoint (plain HTTP; keep it on loopback or a
     /// private network) [default: off]
     #[arg(long, env = "CHAT_METRICS_LISTEN")]
@@ -164,6 +171,8 @@ pub struct NodeConfig {
     /// Sends per second per connection; 0 for no limit.
     pub messages_per_second: u32,
     pub message_burst: u32,
+    pub requests_per_second: u32,
+    pub request_burst: u32,
     /// Where `/metrics` is served; `None` serves none.
     pub metrics_listen: Option<SocketAddr>,
     /// NATS and how the chat's data is kept there; `None` for a single node.
@@ -210,6 +219,8 @@ impl Settings {
             handshake_timeout_secs: self.handshake_timeout_secs.or(lower.handshake_timeout_secs),
             messages_per_second: self.messages_per_second.or(lower.messages_per_second),
             message_burst: self.message_burst.or(lower.message_burst),
+            requests_per_second: self.requests_per_second.or(lower.requests_per_second),
+            request_burst: self.request_burst.or(lower.request_burst),
             metrics_listen: self.metrics_listen.or(lower.metrics_listen),
             cluster: self.cluster.or(lower.cluster),
         }
@@ -239,6 +250,8 @@ impl Settings {
             ),
             messages_per_second: self.messages_per_second.unwrap_or(100),
             message_burst: self.message_burst.unwrap_or(200).max(1),
+            requests_per_second: self.requests_per_second.unwrap_or(50),
+            request_burst: self.request_burst.unwrap_or(200).max(1),
             metrics_listen: self.metrics_listen,
             cluster: self.cluster.resolve(history_cap),
         }

@@ -145,7 +145,8 @@ async fn run(
                     debug!(error = %e, "control stream ended");
                     break;
                 }
-                let reply = match control::request(Received::from_read(read)) {
+                let action = shared.core().on_control(conn.id, Received::from_read(read), Instant::now());
+                let reply = match action {
                     ControlAction::ListRooms => match shared.directory.rooms().await {
                         Ok(rooms) => NodeFrame::Rooms { rooms },
                         Err(e) => unavailable(&e).into(),
@@ -157,7 +158,7 @@ async fn run(
                     },
                     ControlAction::Refuse(refusal) => error_frame(&refusal, None).into(),
                     ControlAction::Close(refusal) => {
-                        warn!(%refusal, "bad control frame");
+                        warn!(%refusal, "closed a connection on its control stream");
                         refuse(shared, connection, &mut send, &refusal).await;
                         break;
                     }

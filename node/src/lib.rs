@@ -325,6 +325,7 @@ fn room_core(
     let rules =
         Rules::new(config.max_message_len as usize, config.max_rooms_per_connection as usize)
             .with_rate(config.messages_per_second, config.message_burst)
+            .with_request_rate(config.requests_per_second, config.request_burst)
             .with_history_page(config.max_history_page as usize);
     let mut core = Core::new(rules);
     if !cluster {

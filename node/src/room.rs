@@ -38,6 +38,14 @@ pub(crate) async fn serve(
         Ok(None) => return,
         Err(error) => return end_with(&shared, &mut send, error).await,
     };
+    let budget = shared.core().check_request(conn.id, Instant::now());
+    if let Err(refusal) = budget {
+        end_with(&shared, &mut send, error_frame(&refusal, None)).await;
+        if refusal == Refusal::RateLimited {
+            close_rate_limited(&shared, &conn, &refusal);
+        }
+        return;
+    }
     if let Err(e) = shared.fanout.follow(&room).await {
         let refusal = Refusal::JoinUnavailable { room, detail: e.to_string() };
         return end_with(&shared, &mut send, error_frame(&refusal, None)).await;
@@ -69,10 +77,14 @@ pub(crate) async fn serve(
     let _ = writing.await;
     if let Ended::Closing(refusal) = ended {
         // Only now, so that the client has its acks and "slow down" errors first.
-        warn!(%refusal, "closed a connection that kept sending over its rate limit");
-        shared.metrics.error("rate_limited");
-        conn.connection.close(refusal.close_code().into(), refusal.to_string().as_bytes());
+        close_rate_limited(&shared, &conn, &refusal);
     }
+}
+
+fn close_rate_limited(shared: &Shared, conn: &Conn, refusal: &Refusal) {
+    warn!(%refusal, "closed a connection that kept on over its rate limit");
+    shared.metrics.error("rate_limited");
+    conn.connection.close(refusal.close_code().into(), refusal.to_string().as_bytes());
 }
 
 /// Why a room stream stopped reading.

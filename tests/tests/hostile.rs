@@ -93,6 +93,45 @@ async fn a_flood_of_sends_is_told_to_slow_down_then_closed() {
 }
 
 #[tokio::test]
+async fn a_flood_of_requests_is_told_to_slow_down_then_closed() {
+    let node = TestNode::start(|config| {
+        config.requests_per_second = 10;
+        config.request_burst = 5;
+    })
+    .await;
+    let bob = node.connect("bob").await;
+    let mut bobs = bob.join("general", None).await.expect("joins");
+    let flooder = node.connect("flooder").await;
+    let room = flooder.join("general", None).await.expect("a join is a request too");
+
+    // Who and history requests share the budget: some are answered, then "slow down".
+    let (mut answered, mut slowed) = (0, 0);
+    for i in 0..200 {
+        let asked = if i % 2 == 0 {
+            flooder.who("general").await.map(drop)
+        } else {
+            room.sender().history(chat_client::Anchor::Latest, 10).await.map(drop)
+        };
+        match asked {
+            Ok(()) => answered += 1,
+            // The last word before the close.
+            Err(ClientError::SlowDown(text)) if text.contains("kept sending") => break,
+            Err(ClientError::SlowDown(text)) => {
+                assert!(text.contains("requests") && text.contains("10 a second"), "{text}");
+                slowed += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    assert!(answered >= 4, "the burst is answered ({answered}, the join took one)");
+    assert!(slowed >= 1, "then told to slow down");
+    let closed = tokio::time::timeout(PATIENCE, flooder.closed()).await.expect("closed");
+    assert!(matches!(closed, ClientError::RateLimited), "{closed:?}");
+    bystander_is_fine(&mut bobs).await;
+    node.stop().await;
+}
+
+#[tokio::test]
 async fn the_client_keeps_to_the_rate_by_itself() {
     let node = TestNode::start(|config| {
         config.messages_per_second = 20;
@@ -130,7 +169,8 @@ async fn connections_are_limited_per_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_streams_at_once_each_get_an_answer() {
-    let node = TestNode::start(|_| {}).await;
+    // The stream limit is under test here, not the request budget (tested below).
+    let node = TestNode::start(|config| config.requests_per_second = 0).await;
     let bob = node.connect("bob").await;
     let mut bobs = bob.join("general", None).await.expect("joins");
     let greeted = hello(&node, "hydra").await;

@@ -41,7 +41,7 @@ use tokio::sync::Mutex;
 pub use chat_certs::Trust;
 pub use chat_proto::{Anchor, ChatMessage, ErrorCode, ErrorFrame, Gap, PageEnds, Seq};
 pub use error::ClientError;
-use pace::Pace;
+use pace::{Pace, RequestPace};
 pub use room::{JOIN_PAGE, Page, Posted, Room, RoomEvent, RoomSender, SLOW_DOWN_RETRIES};
 
 /// How long a connection attempt may take before the server counts as unreachable.
@@ -85,6 +85,7 @@ pub struct Client {
     limits: Limits,
     /// The node's send rate limit, kept here too so that sends wait instead of being refused.
     pace: Pace,
+    requests: RequestPace,
     /// The options with `server` naming the one node this connection went to.
     options: ConnectOptions,
     /// Every server the client was given, and which of them this connection went to.
@@ -175,6 +176,7 @@ impl Client {
             token: welcome.token,
             limits: welcome.limits,
             pace: Pace::new(welcome.limits),
+            requests: RequestPace::new(welcome.limits),
             options: options.clone(),
             servers: options.server.clone(),
             server_index: 0,
@@ -238,6 +240,7 @@ impl Client {
     }
 
     async fn request(&self, frame: ClientFrame) -> Result<NodeFrame, ClientError> {
+        self.requests.turn().await;
         let mut control = self.control.lock().await;
         let (send, reader) = &mut *control;
         write_frame(send, &frame, codec::MAX_NODE_FRAME_LEN)
@@ -259,6 +262,7 @@ impl Client {
     /// # Errors
     /// An unknown room, a room joined already, too many rooms, or the connection is lost.
     pub async fn join(&self, room: &str, after: Option<Seq>) -> Result<Room, ClientError> {
+        self.requests.turn().await;
         let (send, recv) = self
             .connection
             .open_bi()

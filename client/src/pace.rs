@@ -37,12 +37,7 @@ impl Pace {
             let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
             return Self { bucket: None, in_flight };
         };
-        let margin = node_rate.burst.div_ceil(4);
-        let rate = chat_core::Rate {
-            per_second: node_rate.per_second * RATE_SHARE,
-            burst: (node_rate.burst - margin).max(1),
-        };
-        let bucket = chat_core::RateLimit::new(rate, Instant::now());
+        let (bucket, margin) = below(node_rate);
         Self {
             bucket: Some(Arc::new(Mutex::new(bucket))),
             in_flight: Arc::new(tokio::sync::Semaphore::new(margin as usize)),
@@ -62,5 +57,41 @@ impl Pace {
     /// Whether the node limits the rate, so that a send it found too fast is sent again.
     pub(crate) fn paced(&self) -> bool {
         self.bucket.is_some()
+    }
+}
+
+/// A bucket a margin below the node's `rate`, and the margin (a quarter of its burst).
+fn below(rate: chat_core::Rate) -> (chat_core::RateLimit, u32) {
+    let margin = rate.burst.div_ceil(4);
+    let rate = chat_core::Rate {
+        per_second: rate.per_second * RATE_SHARE,
+        burst: (rate.burst - margin).max(1),
+    };
+    (chat_core::RateLimit::new(rate, Instant::now()), margin)
+}
+
+/// How a connection keeps to the node's request budget (joins, history pages, room lists,
+/// who), with the same margin as [`Pace`]: each request waits for its turn, so that a
+/// client catching up on a long history is not told to slow down.
+#[derive(Clone)]
+pub(crate) struct RequestPace(Option<Arc<Mutex<chat_core::RateLimit>>>);
+
+impl RequestPace {
+    pub(crate) fn new(limits: Limits) -> Self {
+        let rate =
+            chat_core::Rate::per_connection(limits.requests_per_second, limits.request_burst);
+        Self(rate.map(|rate| Arc::new(Mutex::new(below(rate).0))))
+    }
+
+    /// Waits until one more request fits.
+    pub(crate) async fn turn(&self) {
+        let Some(bucket) = &self.0 else { return };
+        loop {
+            let taken = bucket.lock().unwrap_or_else(PoisonError::into_inner).take(Instant::now());
+            match taken {
+                Ok(()) => return,
+                Err(wait) => tokio::time::sleep(wait).await,
+            }
+        }
     }
 }

@@ -23,7 +23,7 @@ use chat_proto::{
 use quinn::{RecvStream, SendStream};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
-use crate::{Client, ClientError, ConnectOptions, Pace};
+use crate::{Client, ClientError, ConnectOptions, Pace, RequestPace};
 
 /// Events buffered for a room before the reader pauses.
 const EVENT_BUFFER: usize = 1024;
@@ -158,6 +158,7 @@ pub struct RoomSender {
     next_id: Arc<AtomicU64>,
     limits: Limits,
     pace: Pace,
+    requests: RequestPace,
     connection: quinn::Connection,
     options: Arc<ConnectOptions>,
 }
@@ -227,6 +228,7 @@ impl Room {
             next_id: Arc::new(AtomicU64::new(1)),
             limits: client.limits,
             pace: client.pace.clone(),
+            requests: client.requests.clone(),
             connection: connection.clone(),
             options,
         };
@@ -372,6 +374,7 @@ impl RoomSender {
         limit: u32,
         reply: Option<PageReply>,
     ) -> Result<u64, ClientError> {
+        self.requests.turn().await;
         let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         if let Some(reply) = reply {
             self.pages.lock().insert(request_id, reply);

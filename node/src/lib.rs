@@ -410,6 +410,8 @@ fn limits(config: &NodeConfig) -> Limits {
         messages_per_second: config.messages_per_second,
         message_burst: config.message_burst,
         max_history_page: config.max_history_page,
+        requests_per_second: config.requests_per_second,
+        request_burst: config.request_burst,
     }
 }
 

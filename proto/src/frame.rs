@@ -157,6 +157,11 @@ pub struct Limits {
     pub message_burst: u32,
     /// Most messages in one page of history (a join's, or a history request's).
     pub max_history_page: u32,
+    /// Requests (joins, history pages, room lists, who) per second one connection may keep
+    /// up (0: no limit); faster ones are refused with [`ErrorCode::SlowDown`].
+    pub requests_per_second: u32,
+    /// Requests one connection may make at once after a quiet spell.
+    pub request_burst: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

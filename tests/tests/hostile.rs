@@ -101,32 +101,41 @@ async fn a_flood_of_requests_is_told_to_slow_down_then_closed() {
     .await;
     let bob = node.connect("bob").await;
     let mut bobs = bob.join("general", None).await.expect("joins");
-    let flooder = node.connect("flooder").await;
-    let room = flooder.join("general", None).await.expect("a join is a request too");
 
-    // Who and history requests share the budget: some are answered, then "slow down".
+    // The client library waits its turn; by hand, 100 who requests in one write.
+    let (connection, _endpoint) = raw_connection(&node, codes::ALPN).await.expect("handshake");
+    let (mut send, recv) = connection.open_bi().await.expect("control stream");
+    let mut bytes = encoded(&ClientFrame::Hello { name: "flooder".into(), resume: None });
+    for _ in 0..100 {
+        bytes.extend(encoded(&ClientFrame::Who { room: "general".into() }));
+    }
+    send.write_all(&bytes).await.expect("written");
+    let mut reader = FrameReader::new(recv, codec::MAX_NODE_FRAME_LEN);
+    assert!(matches!(next_frame(&mut reader).await, Some(NodeFrame::Welcome(_))));
     let (mut answered, mut slowed) = (0, 0);
-    for i in 0..200 {
-        let asked = if i % 2 == 0 {
-            flooder.who("general").await.map(drop)
-        } else {
-            room.sender().history(chat_client::Anchor::Latest, 10).await.map(drop)
-        };
-        match asked {
-            Ok(()) => answered += 1,
-            // The last word before the close.
-            Err(ClientError::SlowDown(text)) if text.contains("kept sending") => break,
-            Err(ClientError::SlowDown(text)) => {
-                assert!(text.contains("requests") && text.contains("10 a second"), "{text}");
+    loop {
+        match reader.read::<NodeFrame>().await {
+            Ok(Some(NodeFrame::Members { .. })) => answered += 1,
+            Ok(Some(NodeFrame::Error(e))) if e.message.contains("requests") => {
+                assert_eq!(e.code, ErrorCode::SlowDown);
+                assert!(e.message.contains("10 a second"), "{}", e.message);
                 slowed += 1;
             }
-            Err(_) => break,
+            Ok(Some(NodeFrame::Error(e))) => {
+                assert!(e.message.contains("kept sending"), "the last word: {}", e.message);
+            }
+            Ok(Some(other)) => panic!("expected answers and refusals, got {other:?}"),
+            Ok(None) | Err(_) => break,
         }
     }
-    assert!(answered >= 4, "the burst is answered ({answered}, the join took one)");
-    assert!(slowed >= 1, "then told to slow down");
-    let closed = tokio::time::timeout(PATIENCE, flooder.closed()).await.expect("closed");
-    assert!(matches!(closed, ClientError::RateLimited), "{closed:?}");
+    assert!(answered >= 5, "the burst is answered ({answered})");
+    assert!(slowed >= 1, "then told to slow down ({slowed})");
+    let closed = tokio::time::timeout(PATIENCE, connection.closed()).await.expect("closed");
+    assert!(
+        matches!(&closed, quinn::ConnectionError::ApplicationClosed(c)
+            if c.error_code.into_inner() == u64::from(codes::close::RATE_LIMITED)),
+        "{closed:?}"
+    );
     bystander_is_fine(&mut bobs).await;
     node.stop().await;
 }

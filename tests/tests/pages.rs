@@ -1,6 +1,7 @@
 //! History in pages over real connections: a fresh join gets the newest page and the end
 //! of history, requests page back, forward and around, a limit is capped, and a resume that
-//! missed more than a page still gets everything it missed, once, in order.
+//! missed more than a page still gets everything it missed, once, in order, the client
+//! keeping below the node's request budget meanwhile.
 
 use chat_client::{Anchor, Client, PageEnds, RoomEvent};
 use chat_tests::{PATIENCE, TestNode, next_message};
@@ -12,6 +13,10 @@ async fn node_with_a_long_history() -> (TestNode, Client) {
     let node = TestNode::start(|config| {
         config.messages_per_second = 0;
         config.history_cap = MESSAGES;
+        // Tight enough that paging through the room without pacing would be refused: the
+        // client library keeps below it by itself.
+        config.requests_per_second = 10;
+        config.request_burst = 5;
     })
     .await;
     let ada = node.connect("ada").await;

@@ -98,6 +98,21 @@ impl LocalNats {
     /// holds its log.
     pub fn start(size: usize, install_dir: &Path) -> io::Result<Self> {
         let program = nats_server(install_dir)?;
+        // The route ports are free when picked, but another process may take one before its
+        // server binds it (it then exits, "address already in use"): pick again.
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(&program, size) {
+                Err(e) if attempt < 3 => {
+                    tracing::warn!(error = %e, "a NATS cluster did not start; trying again with other ports");
+                    attempt += 1;
+                }
+                started => return started,
+            }
+        }
+    }
+
+    fn start_once(program: &Path, size: usize) -> io::Result<Self> {
         let dir = tempfile::tempdir()?;
         let held = (0..size)
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
@@ -110,7 +125,7 @@ impl LocalNats {
         let mut servers = Vec::new();
         for (i, route) in routes.iter().enumerate() {
             let name = format!("n{}", i + 1);
-            servers.push(NatsServer::start(&program, dir.path(), &name, route, &routes)?);
+            servers.push(NatsServer::start(program, dir.path(), &name, route, &routes)?);
         }
         for server in &servers {
             server.wait_healthy()?;

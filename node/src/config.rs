@@ -68,6 +68,10 @@ pub struct Settings {
     /// send a keep-alive every 3 seconds [default: 30]
     #[arg(long, env = "CHAT_IDLE_TIMEOUT_SECS")]
     pub idle_timeout_secs: Option<u64>,
+    /// Seconds a write to a room stream may make no progress (the client reads nothing)
+    /// before the stream is reset [default: 30]
+    #[arg(long, env = "CHAT_WRITE_TIMEOUT_SECS")]
+    pub write_timeout_secs: Option<u64>,
     /// Seconds a new connection has for the TLS handshake and its hello, and a new room
     /// stream for its join [default: 10]
     #[arg(long, env = "CHAT_HANDSHAKE_TIMEOUT_SECS")]
@@ -167,6 +171,7 @@ pub struct NodeConfig {
     pub member_queue: usize,
     pub max_history_page: u32,
     pub idle_timeout: Duration,
+    pub write_timeout: Duration,
     pub handshake_timeout: Duration,
     /// Sends per second per connection; 0 for no limit.
     pub messages_per_second: u32,
@@ -215,6 +220,7 @@ impl Settings {
             member_queue: self.member_queue.or(lower.member_queue),
             max_history_page: self.max_history_page.or(lower.max_history_page),
             idle_timeout_secs: self.idle_timeout_secs.or(lower.idle_timeout_secs),
+            write_timeout_secs: self.write_timeout_secs.or(lower.write_timeout_secs),
             max_connections_per_ip: self.max_connections_per_ip.or(lower.max_connections_per_ip),
             handshake_timeout_secs: self.handshake_timeout_secs.or(lower.handshake_timeout_secs),
             messages_per_second: self.messages_per_second.or(lower.messages_per_second),
@@ -245,6 +251,7 @@ impl Settings {
                 self.idle_timeout_secs.unwrap_or(30).max(MIN_IDLE_TIMEOUT_SECS),
             ),
             max_connections_per_ip: self.max_connections_per_ip.unwrap_or(100).max(1),
+            write_timeout: Duration::from_secs(self.write_timeout_secs.unwrap_or(30).max(1)),
             handshake_timeout: Duration::from_secs(
                 self.handshake_timeout_secs.unwrap_or(10).max(1),
             ),

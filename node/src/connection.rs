@@ -94,7 +94,7 @@ async fn greet(
     let connected = match connected {
         Ok(connected) => connected,
         Err(refusal) => {
-            info!(%name, %refusal, "refused hello");
+            info!(?name, %refusal, "refused hello"); // The name as the client sent it, escaped.
             refuse(shared, connection, &mut send, &refusal).await;
             return None;
         }

@@ -80,7 +80,7 @@ impl Writer {
                 warn!(room = %self.room, error = %e, "cannot read the history for a join");
                 let refusal = Refusal::HistoryUnreadable(e.to_string());
                 let frame = ErrorFrame { last_seq: after, ..error_frame(&refusal, None) };
-                self.send.write_all(&encode(&NodeFrame::Error(frame))).await?;
+                self.write(encode(&NodeFrame::Error(frame))).await?;
                 self.send.finish()?;
                 anyhow::bail!("history unavailable: {e}");
             }
@@ -102,8 +102,7 @@ impl Writer {
             first_seq: page.first_seq,
         };
         frames.push(encode(&NodeFrame::HistoryEnd(ends)));
-        self.send.write_chunk(io::concat(&mut frames)).await?;
-        Ok(())
+        self.write(io::concat(&mut frames)).await
     }
 
     /// Drains the member's queue until every sender is gone, or the member is dropped.
@@ -123,9 +122,9 @@ impl Writer {
                     self.shared.metrics.error_code(ErrorCode::TooSlow);
                     let dropped = Refusal::TooSlow { room: self.room.to_string(), last_seq: self.last_written };
                     let frame = ErrorFrame { last_seq: Some(self.last_written), ..error_frame(&dropped, None) };
-                    self.send.write_all(&encode(&NodeFrame::Error(frame))).await?;
+                    self.write(encode(&NodeFrame::Error(frame))).await?;
                     self.send.finish()?;
-                    let _ = self.send.stopped().await;
+                    let _ = tokio::time::timeout(FLUSH_TIMEOUT, self.send.stopped()).await;
                     let _ = self.send.reset(codes::reset::TOO_SLOW.into());
                     anyhow::bail!("member dropped as too slow");
                 }
@@ -145,8 +144,25 @@ impl Writer {
                         });
                     }
                     self.shared.metrics.deliveries.inc_by(messages);
-                    self.send.write_chunk(io::concat(&mut chunks)).await?;
+                    self.write(io::concat(&mut chunks)).await?;
                 }
+            }
+        }
+    }
+}
+
+impl Writer {
+    /// Writes `bytes`, or resets the stream if the client lets the write make no progress
+    /// for `write_timeout` (it does not read): a stalled stream holds its buffers and task
+    /// for that long at most.
+    async fn write(&mut self, bytes: bytes::Bytes) -> anyhow::Result<()> {
+        let timeout = self.shared.config.write_timeout;
+        match tokio::time::timeout(timeout, self.send.write_chunk(bytes)).await {
+            Ok(written) => Ok(written?),
+            Err(_) => {
+                self.shared.metrics.error("write_timeout");
+                let _ = self.send.reset(codes::reset::TOO_SLOW.into());
+                anyhow::bail!("the client read nothing for {timeout:?}; the stream was reset")
             }
         }
     }

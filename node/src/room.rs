@@ -58,7 +58,7 @@ pub(crate) async fn serve(
     let joined = match joined {
         Ok(joined) => joined,
         Err(refusal) => {
-            debug!(%room, %refusal, "join refused");
+            debug!(?room, %refusal, "join refused");
             return end_with(&shared, &mut send, error_frame(&refusal, None)).await;
         }
     };

@@ -29,6 +29,9 @@ pub const HEAD_LEN: usize = 16;
 /// Most bytes of one oversized frame a reader discards to stay in step.
 pub const MAX_SKIP: usize = 16 << 20;
 
+/// The least a reader grows its buffer by for a frame still arriving.
+const GROWTH: usize = 8 << 10;
+
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(inner: R, max_len: usize) -> Self {
         Self {
@@ -68,8 +71,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     Err(e) => return Err(e),
                 }
                 if let Ok(Some(len)) = codec::peek_len(&self.buf, self.max_len) {
-                    // The prefix passed the limit check: reserving the body is now safe.
-                    self.buf.reserve(codec::PREFIX_LEN + len - self.buf.len());
+                    // Room for the rest of the frame, grown with what arrives (at most
+                    // doubling what is buffered): a peer that announces a long frame and
+                    // sends little of it makes the reader hold little.
+                    let rest = codec::PREFIX_LEN + len - self.buf.len();
+                    self.buf.reserve(rest.min(self.buf.len().max(GROWTH)));
                 }
             }
             if self.inner.read_buf(&mut self.buf).await? == 0 {
@@ -80,6 +86,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 };
             }
         }
+    }
+
+    /// The stream it reads, for what a frame reader does not do (a QUIC stream's reset).
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
     }
 
     /// The first bytes (up to [`HEAD_LEN`]) of the last frame refused as too long.
@@ -128,8 +139,31 @@ pub fn concat(batch: &mut Vec<Bytes>) -> Bytes {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::ClientFrame;
+
+    /// A frame announced at the 1 MiB limit of which 10 bytes arrive: the reader holds
+    /// kilobytes, not the megabyte; the whole frame, once it comes, is read.
+    #[tokio::test]
+    async fn a_frame_still_arriving_is_buffered_as_it_arrives() {
+        let (mut peer, ours) = tokio::io::duplex(64 << 10);
+        let mut reader = FrameReader::new(ours, 1 << 20);
+        let body = "x".repeat((1 << 20) - 64);
+        let frame = codec::encode(&ClientFrame::Send { client_id: 1, body: body.clone() }, 1 << 20)
+            .expect("encodes");
+        peer.write_all(&frame[..14]).await.expect("written");
+        let pending =
+            tokio::time::timeout(Duration::from_millis(20), reader.read::<ClientFrame>()).await;
+        assert!(pending.is_err(), "the frame is not all there");
+        assert!(reader.buf.capacity() <= 64 << 10, "holds {} bytes", reader.buf.capacity());
+
+        let writing = tokio::spawn(async move { peer.write_all(&frame[14..]).await });
+        let read = reader.read::<ClientFrame>().await.expect("reads");
+        assert_eq!(read, Some(ClientFrame::Send { client_id: 1, body }));
+        writing.await.expect("task").expect("written");
+    }
 
     #[test]
     fn concat_joins_a_batch_in_order_and_leaves_it_empty() {

@@ -148,11 +148,21 @@ pub async fn raw_connection(
     node: &TestNode,
     alpn: &[u8],
 ) -> Result<(quinn::Connection, quinn::Endpoint), quinn::ConnectionError> {
+    raw_connection_with(node, alpn, quinn::TransportConfig::default()).await
+}
+
+/// [`raw_connection`] with the client's own transport settings.
+///
+/// # Errors
+/// The handshake failed.
+pub async fn raw_connection_with(
+    node: &TestNode,
+    alpn: &[u8],
+    transport: quinn::TransportConfig,
+) -> Result<(quinn::Connection, quinn::Endpoint), quinn::ConnectionError> {
     let trust = Trust::CaFile(node.ca.clone());
     let bind = "127.0.0.1:0".parse().expect("addr");
-    let endpoint =
-        chat_client::quic_endpoint(&trust, alpn, bind, quinn::TransportConfig::default())
-            .expect("endpoint");
+    let endpoint = chat_client::quic_endpoint(&trust, alpn, bind, transport).expect("endpoint");
     let connection = endpoint.connect(node.addr, "localhost").expect("connect").await?;
     Ok((connection, endpoint))
 }

@@ -11,6 +11,7 @@ use chat_proto::io::FrameReader;
 use chat_proto::{ClientFrame, NodeFrame, codec, codes};
 use chat_tests::{
     PATIENCE, TestNode, encoded, expect_joined, hello, next_frame, next_message, raw_connection,
+    raw_connection_with,
 };
 
 /// A bystander's check: a send is acknowledged and comes back as the room's next message.
@@ -305,6 +306,51 @@ async fn before_its_hello_a_connection_can_open_no_room_stream_and_send_no_datag
     room.write_all(&encoded(&join)).await.expect("join");
     let mut room_reader = FrameReader::new(room_recv, codec::MAX_NODE_FRAME_LEN);
     expect_joined(&mut room_reader).await;
+    node.stop().await;
+}
+
+/// A client that stops reading a room stream it has let fill: the node's write to it makes no
+/// progress, and after `write_timeout` the node resets the stream instead of holding it, its
+/// buffers and its task until the client reads again (its queue never filled, so it was never
+/// dropped as too slow).
+#[tokio::test]
+async fn a_write_that_makes_no_progress_is_given_up_and_the_stream_reset() {
+    let node = TestNode::start(|config| {
+        config.messages_per_second = 0;
+        config.write_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let bob = node.connect("bob").await;
+    let mut bobs = bob.join("general", None).await.expect("joins");
+    let mut transport = quinn::TransportConfig::default();
+    transport.stream_receive_window(16_384u32.into());
+    let (connection, _endpoint) =
+        raw_connection_with(&node, codes::ALPN, transport).await.expect("handshake");
+    let (mut control, control_recv) = connection.open_bi().await.expect("control stream");
+    let hello = ClientFrame::Hello { name: "stalled".into(), resume: None };
+    control.write_all(&encoded(&hello)).await.expect("hello");
+    let mut control_reader = FrameReader::new(control_recv, codec::MAX_NODE_FRAME_LEN);
+    assert!(matches!(next_frame(&mut control_reader).await, Some(NodeFrame::Welcome(_))));
+    let (mut room, room_recv) = connection.open_bi().await.expect("room stream");
+    let join = ClientFrame::Join { room: "general".into(), after: Some(u64::MAX), limit: 0 };
+    room.write_all(&encoded(&join)).await.expect("join");
+    let mut room_reader = FrameReader::new(room_recv, codec::MAX_NODE_FRAME_LEN);
+    expect_joined(&mut room_reader).await;
+
+    // 100 KB for a stream that takes 16 KiB, and far fewer frames than its queue holds.
+    let ada = node.connect("ada").await;
+    let adas = ada.join("general", Some(u64::MAX)).await.expect("joins").sender();
+    let padding = "x".repeat(240);
+    for i in 0..400 {
+        adas.send(format!("{i} {padding}")).await.expect("acked");
+    }
+    let reset = tokio::time::timeout(PATIENCE, room_reader.get_mut().received_reset()).await;
+    let reset = reset.expect("the node gave the write up in time").expect("a reset");
+    assert_eq!(reset, Some(codes::reset::TOO_SLOW.into()));
+    for i in 0..400 {
+        assert!(next_message(&mut bobs).await.0.body.starts_with(&format!("{i} ")));
+    }
+    bystander_is_fine(&mut bobs).await;
     node.stop().await;
 }
 

@@ -232,11 +232,21 @@ impl Room {
             connection: connection.clone(),
             options,
         };
+        // The reader holds the stream weakly: dropping the room and its senders still
+        // finishes the stream (and so leaves the room).
         let room_reader = RoomReader {
             history_until,
             events: events_tx,
             last_seen: Arc::clone(&last_seen),
-            sender: sender.clone(),
+            pending: sender.pending.clone(),
+            pages: sender.pages.clone(),
+            stream: Arc::downgrade(&sender.stream),
+            next_id: Arc::clone(&sender.next_id),
+            requests: sender.requests.clone(),
+            max_page: client.limits.max_history_page,
+            room: name.clone(),
+            connection: connection.clone(),
+            options: Arc::clone(&sender.options),
             catching_up: None,
             held: VecDeque::new(),
         };
@@ -360,29 +370,16 @@ impl RoomSender {
     /// The history cannot be read now, or the stream or connection is gone.
     pub async fn history(&self, anchor: Anchor, limit: u32) -> Result<Page, ClientError> {
         let (reply, answer) = oneshot::channel();
-        let request_id = self.request_page(anchor, limit, Some(reply)).await?;
-        let page = answer.await.unwrap_or_else(|_| Err(self.lost("the room stream ended")));
-        self.pages.lock().remove(&request_id);
-        page
-    }
-
-    /// Writes a history request; its page goes to `reply`, or to the room's reader for
-    /// `None`.
-    async fn request_page(
-        &self,
-        anchor: Anchor,
-        limit: u32,
-        reply: Option<PageReply>,
-    ) -> Result<u64, ClientError> {
         self.requests.turn().await;
         let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if let Some(reply) = reply {
-            self.pages.lock().insert(request_id, reply);
-        }
-        let frame = ClientFrame::History { request_id, anchor, limit };
-        let written = write_frame(&mut *self.stream.lock().await, &frame, usize::MAX).await;
-        written.map_err(|e| self.lost(e))?;
-        Ok(request_id)
+        self.pages.lock().insert(request_id, reply);
+        let written = write_history_request(&self.stream, request_id, anchor, limit).await;
+        let page = match written {
+            Ok(()) => answer.await.unwrap_or_else(|_| Err(self.lost("the room stream ended"))),
+            Err(e) => Err(self.lost(e)),
+        };
+        self.pages.lock().remove(&request_id);
+        page
     }
 
     /// The room this sender posts to.
@@ -397,7 +394,10 @@ impl RoomSender {
     /// The room's writer task: takes posts in order, waits for each one's turn under the
     /// node's rate and for a place among the unacknowledged sends, and writes them, as many
     /// as are ready in one write.
-    async fn write_posts(self, mut queued: mpsc::Receiver<Post>) {
+    async fn write_posts(mut self, mut queued: mpsc::Receiver<Post>) {
+        // Not a sender of its own queue: once the program drops the room and every sender,
+        // the queue ends, and with it this task and the stream, which leaves the room.
+        self.posts = mpsc::channel(1).0;
         let mut posts = Vec::with_capacity(WRITE_BATCH);
         let mut frames: Vec<Bytes> = Vec::with_capacity(WRITE_BATCH);
         while queued.recv_many(&mut posts, WRITE_BATCH).await > 0 {
@@ -478,12 +478,31 @@ impl Posted {
     }
 }
 
+/// Writes a history request for `request_id` on the room stream.
+async fn write_history_request(
+    stream: &tokio::sync::Mutex<SendStream>,
+    request_id: u64,
+    anchor: Anchor,
+    limit: u32,
+) -> Result<(), chat_proto::FrameError> {
+    let frame = ClientFrame::History { request_id, anchor, limit };
+    write_frame(&mut *stream.lock().await, &frame, usize::MAX).await
+}
+
 /// The task that reads a room stream.
 struct RoomReader {
     history_until: Seq,
     events: mpsc::Sender<RoomEvent>,
     last_seen: Arc<AtomicU64>,
-    sender: RoomSender,
+    pending: Pending,
+    pages: PendingPages,
+    stream: std::sync::Weak<tokio::sync::Mutex<SendStream>>,
+    next_id: Arc<AtomicU64>,
+    requests: RequestPace,
+    max_page: u32,
+    room: String,
+    connection: quinn::Connection,
+    options: Arc<ConnectOptions>,
     /// While a resume fetches what it missed past the join's page: the request in flight,
     /// and the join's `HistoryEnd` to hand on once it is done.
     catching_up: Option<(u64, PageEnds)>,
@@ -540,16 +559,14 @@ impl RoomReader {
                     }
                 }
                 NodeFrame::Page { request_id, messages, ends } => {
-                    if let Some(reply) = self.sender.pages.lock().remove(&request_id) {
+                    if let Some(reply) = self.pages.lock().remove(&request_id) {
                         let _ = reply.send(Ok(Page { messages, ends }));
                     }
                 }
-                NodeFrame::Ack { client_id, seq } => {
-                    self.sender.pending.resolve(client_id, Ok(seq))
-                }
+                NodeFrame::Ack { client_id, seq } => self.pending.resolve(client_id, Ok(seq)),
                 NodeFrame::Error(error) => match error.client_id {
                     Some(client_id) => {
-                        self.sender.pending.resolve(client_id, Err(ClientError::from_frame(error)));
+                        self.pending.resolve(client_id, Err(ClientError::from_frame(error)));
                     }
                     // About the stream itself; if it is fatal the node ends the stream next.
                     None => {
@@ -570,11 +587,13 @@ impl RoomReader {
                 }
             }
         }
-        let (room, sender) = (self.sender.room.clone(), self.sender.clone());
-        self.sender.pages.lock().clear();
-        self.sender.pending.close(move || match too_slow {
+        let (room, connection, options) = (self.room, self.connection, self.options);
+        self.pages.lock().clear();
+        self.pending.close(move || match too_slow {
             Some(last_seq) => ClientError::TooSlow { room: room.clone(), last_seq },
-            None => sender.lost("the room stream ended before the ack"),
+            None => {
+                ClientError::lost(&connection, "the room stream ended before the ack", &options)
+            }
         });
     }
 
@@ -592,10 +611,14 @@ impl RoomReader {
     }
 
     /// Asks for the next page of what a resume missed, after the newest message it has.
-    async fn catch_up(&mut self, join_ends: PageEnds) -> Result<(), ClientError> {
+    async fn catch_up(&mut self, join_ends: PageEnds) -> Result<(), ()> {
         let after = self.last_seen.load(Ordering::Relaxed);
-        let limit = self.sender.limits.max_history_page;
-        let request_id = self.sender.request_page(Anchor::After(after), limit, None).await?;
+        self.requests.turn().await;
+        let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let stream = self.stream.upgrade().ok_or(())?;
+        write_history_request(&stream, request_id, Anchor::After(after), self.max_page)
+            .await
+            .map_err(drop)?;
         self.catching_up = Some((request_id, join_ends));
         Ok(())
     }
@@ -603,7 +626,7 @@ impl RoomReader {
     /// An error frame without a client id answers the oldest history request waiting, if any
     /// (the node answers a stream's requests in order).
     fn first_page_request(&self) -> Option<PageReply> {
-        let mut pages = self.sender.pages.lock();
+        let mut pages = self.pages.lock();
         let oldest = pages.keys().min().copied()?;
         pages.remove(&oldest)
     }

@@ -150,6 +150,20 @@ async fn rooms_and_who_list_what_is_there() {
     assert_eq!(rooms[0].members, 2);
     assert_eq!(bob.who("general").await.expect("who"), ["Ada", "bob"]);
     assert!(bob.who("random").await.expect("who").is_empty());
+
+    // Dropping a room and every sender of it leaves it; a sender kept keeps it joined.
+    let sender = _room.sender();
+    drop(_room);
+    let adas_random = ada.join("random", None).await.expect("joins");
+    assert_eq!(bob.who("random").await.expect("who"), ["Ada"]);
+    drop(adas_random);
+    let deadline = std::time::Instant::now() + chat_tests::PATIENCE;
+    while !bob.who("random").await.expect("who").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "a dropped room was never left");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(bob.who("general").await.expect("who"), ["Ada", "bob"]);
+    assert!(sender.send("still in").await.is_ok());
     node.stop().await;
 }
 

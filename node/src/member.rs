@@ -90,15 +90,15 @@ impl Writer {
         let mut frames = Vec::with_capacity(page.messages.len() + 2);
         frames.push(encode(&joined));
         // Later messages come through the member's queue.
-        let mut newest = after.unwrap_or(0);
         for stored in page.messages.iter().take_while(|s| s.seq <= until) {
-            newest = stored.seq;
+            self.last_written = stored.seq;
             frames.push(message_frame(self.room.as_str(), stored.seq, &stored.message));
         }
-        self.last_written = self.last_written.max(newest);
+        // Where the history sent reaches: its newest message, or where the client was.
+        let reached = self.last_written.max(after.unwrap_or(0));
         let ends = PageEnds {
             more_before: page.more_before,
-            more_after: page.more_after && newest < until,
+            more_after: page.more_after && reached < until,
             first_seq: page.first_seq,
         };
         frames.push(encode(&NodeFrame::HistoryEnd(ends)));

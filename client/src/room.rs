@@ -565,18 +565,23 @@ impl RoomReader {
                 }
                 NodeFrame::Ack { client_id, seq } => self.pending.resolve(client_id, Ok(seq)),
                 NodeFrame::Error(error) => match error.client_id {
-                    Some(client_id) => {
-                        self.pending.resolve(client_id, Err(ClientError::from_frame(error)));
+                    Some(id) if self.catching_up.is_some_and(|(catching, _)| catching == id) => {
+                        // What was missed cannot be fetched now: say so, and go on live.
+                        let Some((_, join_ends)) = self.catching_up.take() else { continue };
+                        let _ = self.events.send(RoomEvent::Error(error)).await;
+                        let _ = self.events.send(RoomEvent::HistoryEnd(join_ends)).await;
+                        while let Some(message) = self.held.pop_front() {
+                            self.deliver(message).await;
+                        }
                     }
+                    Some(id) => match self.pages.lock().remove(&id) {
+                        Some(reply) => drop(reply.send(Err(ClientError::from_frame(error)))),
+                        None => self.pending.resolve(id, Err(ClientError::from_frame(error))),
+                    },
                     // About the stream itself; if it is fatal the node ends the stream next.
                     None => {
                         if error.code == ErrorCode::TooSlow {
                             too_slow = error.last_seq;
-                        }
-                        if let Some(reply) = self.first_page_request() {
-                            // A history request the node could not answer.
-                            let _ = reply.send(Err(ClientError::from_frame(error)));
-                            continue;
                         }
                         let _ = self.events.send(RoomEvent::Error(error)).await;
                     }
@@ -621,13 +626,5 @@ impl RoomReader {
             .map_err(drop)?;
         self.catching_up = Some((request_id, join_ends));
         Ok(())
-    }
-
-    /// An error frame without a client id answers the oldest history request waiting, if any
-    /// (the node answers a stream's requests in order).
-    fn first_page_request(&self) -> Option<PageReply> {
-        let mut pages = self.pages.lock();
-        let oldest = pages.keys().min().copied()?;
-        pages.remove(&oldest)
     }
 }

@@ -65,9 +65,6 @@ pub struct Rules {
 /// at the 1 MiB length limit fits.
 pub const PAGE_BYTES: usize = 256 << 10;
 
-/// The history messages a join sends by default: a screenful.
-pub const JOIN_PAGE: u32 = 50;
-
 impl Rules {
     /// The limits with no send rate limit.
     pub fn new(max_message_len: usize, max_rooms_per_connection: usize) -> Self {

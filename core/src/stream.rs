@@ -91,7 +91,7 @@ impl<B: Mailbox> Core<B> {
                         StreamAction::Page { request_id, anchor, messages }
                     }
                     Err(refusal @ Refusal::RateLimited) => StreamAction::Close(refusal),
-                    Err(refusal) => StreamAction::Refuse { refusal, client_id: None },
+                    Err(refusal) => StreamAction::Refuse { refusal, client_id: Some(request_id) },
                 }
             }
             StreamInput::Other { frame } => StreamAction::Refuse {

@@ -146,7 +146,7 @@ fn requests_share_one_budget_per_connection_refused_then_closed() {
     assert_eq!(core.on_control(ConnId(1), who(), start), ControlAction::Refuse(slow_down.clone()));
     assert_eq!(
         core.on_stream(MemberId(1), history.clone(), start),
-        StreamAction::Refuse { refusal: slow_down.clone(), client_id: None }
+        StreamAction::Refuse { refusal: slow_down.clone(), client_id: Some(7) }
     );
     assert_eq!(slow_down.code(), ErrorCode::SlowDown);
     // A burst's worth of refusals in a row: closed.

@@ -1,8 +1,9 @@
 //! The message history: a per-room append-only log on the embedded LSM engine fjall.
 //!
 //! Three operations serve the node: [`History::append`] a message to a room (the history
-//! assigns the next sequence number and trims the room to its cap), [`History::read`] a
-//! room's retained messages after a sequence number, and [`History::rooms`] to list the rooms
+//! assigns the next sequence number and trims the room to its cap), [`History::page`] a
+//! page of a room's retained messages (the newest, or before, after or around a sequence
+//! number), and [`History::rooms`] to list the rooms
 //! (with [`History::create_room`] and [`History::delete_room`] to change them).
 //!
 //! # Layout on disk
@@ -106,17 +107,6 @@ pub struct RoomState {
     pub last: Seq,
     /// A deleted room keeps its numbering so that recreating it never reuses a number.
     pub deleted: bool,
-}
-
-/// What [`History::read`] returns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Page {
-    /// Retained messages after the requested sequence number, in order.
-    pub messages: Vec<Stored>,
-    /// Sequence numbers `first..=last` were asked for but have been trimmed away.
-    pub gap: Option<(Seq, Seq)>,
-    /// The room's newest sequence number when the page was read.
-    pub last_seq: Seq,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -323,30 +313,6 @@ impl History {
 
     fn writer_alive(&self) -> bool {
         self.thread.lock().map(|t| t.as_ref().is_some_and(|t| !t.is_finished())).unwrap_or(false)
-    }
-
-    /// The retained messages of `room` after `after` (all of them for `None`), at most
-    /// `limit`, in order, and the gap if `after` is older than the oldest retained message.
-    ///
-    /// # Errors
-    /// An unknown room, or a failed read.
-    pub fn read(&self, room: &str, after: Option<Seq>, limit: usize) -> Result<Page, HistoryError> {
-        let state = self.room(room)?.ok_or_else(|| HistoryError::UnknownRoom(room.to_owned()))?;
-        let after = after.unwrap_or(0).min(state.last);
-        let gap = (after + 1 < state.first).then(|| (after + 1, state.first - 1));
-        let start = (after + 1).max(state.first);
-        let mut messages = Vec::new();
-        if start <= state.last {
-            let range = writer::key(room, start)..=writer::key(room, state.last);
-            for item in self.store.handles()?.messages.range(range).take(limit) {
-                let (key, value) = item.into_inner()?;
-                messages.push(Stored {
-                    seq: writer::seq_of(&key),
-                    message: postcard::from_bytes(&value)?,
-                });
-            }
-        }
-        Ok(Page { messages, gap, last_seq: state.last })
     }
 
     /// A page of `room`'s retained messages at `anchor`, within `limit`, oldest first. The

@@ -2,7 +2,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use chat_history::{Config, Durability, History, HistoryError, Message, Page, Subscriber};
+use chat_history::{
+    Anchor, Config, Durability, History, HistoryError, HistoryPage, Message, PageLimit, Subscriber,
+};
 
 fn open(dir: &std::path::Path, cap: u64) -> History {
     History::open(Config { path: dir.to_path_buf(), cap, durability: Durability::Sync })
@@ -13,7 +15,18 @@ fn msg(body: &str) -> Message {
     Message { sender: "ada".into(), timestamp_ms: 1, body: body.into() }
 }
 
-fn bodies(page: &Page) -> Vec<(u64, String)> {
+/// The retained messages of `room` after `after` (from the first for `None`), at most `limit`.
+fn read(
+    history: &History,
+    room: &str,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<HistoryPage, HistoryError> {
+    let limit = PageLimit { messages: limit, bytes: usize::MAX };
+    history.page(room, Anchor::After(after.unwrap_or(0)), limit)
+}
+
+fn bodies(page: &HistoryPage) -> Vec<(u64, String)> {
     page.messages.iter().map(|s| (s.seq, s.message.body.clone())).collect()
 }
 
@@ -29,10 +42,10 @@ fn appends_are_numbered_per_room_and_read_back_in_order() {
     }
     assert_eq!(history.append_blocking("ab", msg("ab1")).expect("stored"), 1);
 
-    let page = history.read("a", None, 100).expect("reads");
+    let page = read(&history, "a", None, 100).expect("reads");
     assert_eq!(bodies(&page), vec![(1, "a1".into()), (2, "a2".into()), (3, "a3".into())]);
     assert_eq!((page.gap, page.last_seq), (None, 3));
-    let after = history.read("a", Some(1), 1).expect("reads");
+    let after = read(&history, "a", Some(1), 1).expect("reads");
     assert_eq!(bodies(&after), vec![(2, "a2".into())], "after and limit are honoured");
     let names: Vec<String> = history.rooms().expect("lists").into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, ["a", "ab"]);
@@ -45,7 +58,7 @@ fn an_unknown_room_is_refused_by_name() {
     assert!(
         matches!(history.append_blocking("nope", msg("x")), Err(HistoryError::UnknownRoom(r)) if r == "nope")
     );
-    assert!(matches!(history.read("nope", None, 10), Err(HistoryError::UnknownRoom(_))));
+    assert!(matches!(read(&history, "nope", None, 10), Err(HistoryError::UnknownRoom(_))));
 }
 
 #[test]
@@ -56,14 +69,14 @@ fn the_cap_trims_the_oldest_and_a_read_from_before_it_reports_the_gap() {
     for i in 1..=5 {
         history.append_blocking("r", msg(&i.to_string())).expect("stored");
     }
-    let all = history.read("r", None, 100).expect("reads");
+    let all = read(&history, "r", None, 100).expect("reads");
     assert_eq!(bodies(&all), vec![(3, "3".into()), (4, "4".into()), (5, "5".into())]);
     assert_eq!(all.gap, Some((1, 2)), "a reader from the start missed 1 and 2");
-    let from_one = history.read("r", Some(1), 100).expect("reads");
+    let from_one = read(&history, "r", Some(1), 100).expect("reads");
     assert_eq!(from_one.gap, Some((2, 2)));
-    let from_two = history.read("r", Some(2), 100).expect("reads");
+    let from_two = read(&history, "r", Some(2), 100).expect("reads");
     assert_eq!((from_two.gap, from_two.messages.len()), (None, 3));
-    let up_to_date = history.read("r", Some(5), 100).expect("reads");
+    let up_to_date = read(&history, "r", Some(5), 100).expect("reads");
     assert!(up_to_date.messages.is_empty() && up_to_date.gap.is_none());
 }
 
@@ -75,14 +88,14 @@ fn a_reopened_history_keeps_its_messages_and_never_reuses_a_number() {
         history.create_room("r").expect("created");
         let seq = history.append_blocking("r", msg(&format!("round {round}"))).expect("stored");
         assert_eq!(seq, round + 1);
-        assert_eq!(history.read("r", None, 100).expect("reads").messages.len() as u64, round + 1);
+        assert_eq!(read(&history, "r", None, 100).expect("reads").messages.len() as u64, round + 1);
         if round == 1 {
             history.close().expect("closes");
         } // Rounds 0 and 2 just drop the handle, as a crash would.
     }
     let history = open(dir.path(), 100);
     assert!(history.delete_room("r").expect("deleted"));
-    assert!(history.read("r", None, 10).is_err());
+    assert!(read(&history, "r", None, 10).is_err());
     history.create_room("r").expect("recreated");
     assert_eq!(history.append_blocking("r", msg("new")).expect("stored"), 4, "numbering goes on");
 }

@@ -88,28 +88,27 @@ impl HistoryStore for ClusterHistory {
             let mut first = None;
             let mut older = std::collections::VecDeque::with_capacity(older_len);
             let mut after = None;
-            'scan: loop {
-                if older_len == 0 {
-                    break;
-                }
-                let batch = log.read(room, after, SCAN).await?;
-                let full = batch.len() == SCAN;
-                for stored in batch {
-                    if after.is_some_and(|after| stored.seq <= after) {
-                        continue; // A consumer that started over: seen already.
+            if older_len > 0 {
+                'scan: loop {
+                    let batch = log.read(room, after, SCAN).await?;
+                    let full = batch.len() == SCAN;
+                    for stored in batch {
+                        if after.is_some_and(|after| stored.seq <= after) {
+                            continue; // A consumer that started over: seen already.
+                        }
+                        first.get_or_insert(stored.seq);
+                        if stored.seq >= older_edge {
+                            break 'scan;
+                        }
+                        after = Some(stored.seq);
+                        if older.len() == older_len {
+                            older.pop_front();
+                        }
+                        older.push_back(stored);
                     }
-                    first.get_or_insert(stored.seq);
-                    if stored.seq >= older_edge {
-                        break 'scan;
+                    if !full {
+                        break;
                     }
-                    after = Some(stored.seq);
-                    if older.len() == older_len {
-                        older.pop_front();
-                    }
-                    older.push_back(stored);
-                }
-                if !full {
-                    break;
                 }
             }
             let newer = match anchor {

@@ -162,7 +162,7 @@ async fn read_sends(
             StreamAction::Page { request_id, anchor, messages } => {
                 let frame = match read_page(shared, room, request_id, anchor, messages).await {
                     Ok(page) => page,
-                    Err(refusal) => NodeFrame::Error(error_frame(&refusal, None)),
+                    Err(refusal) => NodeFrame::Error(error_frame(&refusal, Some(request_id))),
                 };
                 if outbox.queue.send(Outgoing::Frame(encode(&frame))).await.is_err() {
                     return Ended::Done;

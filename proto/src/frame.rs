@@ -219,7 +219,8 @@ pub struct ErrorFrame {
     pub code: ErrorCode,
     /// A sentence for a person: what went wrong and what to do.
     pub message: String,
-    /// The send this error answers, if it answers one.
+    /// The send or history request this error answers, if it answers one (a stream's sends
+    /// and requests share one numbering).
     pub client_id: Option<u64>,
     /// For [`ErrorCode::TooSlow`]: the last sequence number delivered on this stream.
     pub last_seq: Option<Seq>,

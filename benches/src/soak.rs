@@ -152,7 +152,7 @@ impl Member {
                     Some(RoomEvent::Message { .. }) => {
                         self.delivered.fetch_add(1, Ordering::Relaxed);
                     }
-                    Some(RoomEvent::HistoryEnd(_) | RoomEvent::Error(_)) => {}
+                    Some(_) => {}
                     None => return,
                 },
                 _ = tick.tick(), if self.rate > 0.0 => {

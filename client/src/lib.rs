@@ -39,7 +39,7 @@ use quinn::{RecvStream, SendStream};
 use tokio::sync::Mutex;
 
 pub use chat_certs::Trust;
-pub use chat_proto::{Anchor, ChatMessage, ErrorCode, ErrorFrame, Gap, PageEnds, Seq};
+pub use chat_proto::{Anchor, ChatMessage, ErrorCode, ErrorFrame, Gap, LeftReason, PageEnds, Seq};
 pub use error::ClientError;
 use pace::{Pace, RequestPace};
 pub use room::{JOIN_PAGE, Page, Posted, Room, RoomEvent, RoomSender, SLOW_DOWN_RETRIES};

@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use bytes::Bytes;
 use chat_proto::io::{FrameReader, concat, write_frame};
 use chat_proto::{
-    Anchor, ChatMessage, ClientFrame, ErrorCode, ErrorFrame, Gap, Limits, NodeFrame, PageEnds, Seq,
-    codec,
+    Anchor, ChatMessage, ClientFrame, ErrorCode, ErrorFrame, Gap, LeftReason, Limits, NodeFrame,
+    PageEnds, Seq, codec,
 };
 use quinn::{RecvStream, SendStream};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
@@ -50,6 +50,11 @@ pub enum RoomEvent {
     /// The join's history is all there: live messages follow. It says whether older
     /// messages are retained ([`RoomSender::history`] pages back) and where they start.
     HistoryEnd(PageEnds),
+    /// Someone else joined the room (the node tells in rooms of at most
+    /// [`Limits::presence_limit`](chat_proto::Limits) members).
+    Arrived { name: String },
+    /// Someone left the room, and why.
+    Left { name: String, reason: LeftReason },
     /// The node ended the membership with this error (for example [`ErrorCode::TooSlow`],
     /// whose `last_seq` says where to rejoin).
     Error(ErrorFrame),
@@ -285,9 +290,12 @@ impl Room {
         self.sender.clone()
     }
 
-    /// Leaves the room: finishes this side of the stream; the node ends the other.
-    pub async fn leave(self) {
+    /// Leaves the room: finishes this side of the stream and waits until the node has ended
+    /// the other (so the room has heard of it), or the connection is gone. Events not yet
+    /// read are dropped.
+    pub async fn leave(mut self) {
         let _ = self.sender.stream.lock().await.finish();
+        while self.events.recv().await.is_some() {}
     }
 }
 
@@ -506,8 +514,8 @@ struct RoomReader {
     /// While a resume fetches what it missed past the join's page: the request in flight,
     /// and the join's `HistoryEnd` to hand on once it is done.
     catching_up: Option<(u64, PageEnds)>,
-    /// Live messages that arrived meanwhile.
-    held: VecDeque<ChatMessage>,
+    /// Live messages, arrivals and departures that came meanwhile.
+    held: VecDeque<RoomEvent>,
 }
 
 impl RoomReader {
@@ -521,13 +529,21 @@ impl RoomReader {
             };
             match frame {
                 NodeFrame::Message(message) if self.catching_up.is_some() => {
-                    if self.held.len() == HELD_WHILE_CATCHING_UP {
-                        tracing::warn!("too many live messages while catching up; leaving");
+                    if !self.hold(RoomEvent::Message { message, history: false }) {
                         break;
                     }
-                    self.held.push_back(message);
                 }
                 NodeFrame::Message(message) => self.deliver(message).await,
+                NodeFrame::Arrived { name } => {
+                    if !self.tell(RoomEvent::Arrived { name }).await {
+                        break;
+                    }
+                }
+                NodeFrame::Left { name, reason } => {
+                    if !self.tell(RoomEvent::Left { name, reason }).await {
+                        break;
+                    }
+                }
                 NodeFrame::HistoryEnd(ends) if ends.more_after => {
                     if self.catch_up(ends).await.is_err() {
                         break;
@@ -554,9 +570,7 @@ impl RoomReader {
                     }
                     let ends = PageEnds { more_after: false, ..join_ends };
                     let _ = self.events.send(RoomEvent::HistoryEnd(ends)).await;
-                    while let Some(message) = self.held.pop_front() {
-                        self.deliver(message).await;
-                    }
+                    self.release_held().await;
                 }
                 NodeFrame::Page { request_id, messages, ends } => {
                     if let Some(reply) = self.pages.lock().remove(&request_id) {
@@ -570,9 +584,7 @@ impl RoomReader {
                         let Some((_, join_ends)) = self.catching_up.take() else { continue };
                         let _ = self.events.send(RoomEvent::Error(error)).await;
                         let _ = self.events.send(RoomEvent::HistoryEnd(join_ends)).await;
-                        while let Some(message) = self.held.pop_front() {
-                            self.deliver(message).await;
-                        }
+                        self.release_held().await;
                     }
                     Some(id) => match self.pages.lock().remove(&id) {
                         Some(reply) => drop(reply.send(Err(ClientError::from_frame(error)))),
@@ -613,6 +625,36 @@ impl RoomReader {
         // A program may keep only the sender; then the messages go unread but the acks
         // still arrive.
         let _ = self.events.send(RoomEvent::Message { message, history }).await;
+    }
+
+    /// Hands on an arrival or departure, or holds it while catching up; false if too many
+    /// are held.
+    async fn tell(&mut self, event: RoomEvent) -> bool {
+        if self.catching_up.is_some() {
+            return self.hold(event);
+        }
+        let _ = self.events.send(event).await;
+        true
+    }
+
+    /// Keeps a live event until catching up is done; false if too many are held already.
+    fn hold(&mut self, event: RoomEvent) -> bool {
+        if self.held.len() == HELD_WHILE_CATCHING_UP {
+            tracing::warn!("too many live messages while catching up; leaving");
+            return false;
+        }
+        self.held.push_back(event);
+        true
+    }
+
+    /// Hands on, in order, what came while catching up.
+    async fn release_held(&mut self) {
+        while let Some(event) = self.held.pop_front() {
+            match event {
+                RoomEvent::Message { message, .. } => self.deliver(message).await,
+                other => drop(self.events.send(other).await),
+            }
+        }
     }
 
     /// Asks for the next page of what a resume missed, after the newest message it has.

@@ -6,6 +6,7 @@
 //!   gaps (the rooms share the numbering). The stream is replicated, keeps
 //!   `max_messages_per_subject` = the history cap, and doubles as the fan-out bus: every node
 //!   follows the rooms its own clients are in with an ordered consumer.
+//! - [`notices`]: arrivals and departures, published to every node on core NATS.
 //! - [`presence`]: key-value buckets for the names online (claimed with an atomic create),
 //!   who is in which room, and which rooms exist. Entries expire unless their node refreshes
 //!   them, so a dead node's names come free on their own.
@@ -16,6 +17,7 @@
 #[cfg(feature = "local")]
 pub mod local;
 pub mod log;
+pub mod notices;
 pub mod presence;
 mod subjects;
 
@@ -24,6 +26,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 
 pub use log::Log;
+pub use notices::{Notice, Notices};
 pub use presence::{Claim, Directory, Lost};
 
 /// How to reach NATS and how to keep the chat's data there.
@@ -70,6 +73,7 @@ impl ClusterError {
 pub struct Cluster {
     pub log: Log,
     pub directory: Directory,
+    pub notices: Notices,
     client: async_nats::Client,
     /// Counts the connections made to NATS.
     connections: tokio::sync::watch::Receiver<u64>,
@@ -124,7 +128,8 @@ impl Cluster {
         let js = jetstream::new(client.clone());
         let log = Log::open(&js, config).await?;
         let directory = Directory::open(&js, config).await?;
-        Ok(Self { log, directory, client, connections })
+        let notices = Notices::new(client.clone());
+        Ok(Self { log, directory, notices, client, connections })
     }
 
     /// Changes whenever the connection to NATS is made again (after a server was lost).

@@ -9,6 +9,7 @@ use crate::rate::{RateLimit, Verdict};
 use crate::room::{Evicted, Full, Mailbox, Room};
 use crate::{ConnId, ErrorCode, MemberId, RoomName, Rules, Seq, SessionToken, UserName};
 use chat_proto::codes::close;
+use chat_proto::{LeftReason, NodeFrame};
 
 /// Why the core refused an event. Its text is meant for the user at the other end.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -178,6 +179,9 @@ struct Connection {
     requests: Option<RateLimit>,
 }
 
+/// Where this node's arrivals and departures go for the other nodes.
+type SharePresence = dyn FnMut(&RoomName, &NodeFrame) + Send;
+
 /// The state of one node's chat, with no I/O. See the crate documentation.
 pub struct Core<B: Mailbox> {
     rules: Rules,
@@ -185,6 +189,10 @@ pub struct Core<B: Mailbox> {
     connections: HashMap<ConnId, Connection>,
     rooms: BTreeMap<RoomName, Room<B>>,
     members: HashMap<MemberId, (ConnId, RoomName)>,
+    /// Whether arrivals and departures are announced: not while the node stops.
+    announcing: bool,
+    /// Hears this node's members' arrivals and departures, for the other nodes (cluster mode).
+    sharing: Option<Box<SharePresence>>,
 }
 
 impl<B: Mailbox> Core<B> {
@@ -195,6 +203,8 @@ impl<B: Mailbox> Core<B> {
             connections: HashMap::new(),
             rooms: BTreeMap::new(),
             members: HashMap::new(),
+            announcing: true,
+            sharing: None,
         }
     }
 
@@ -230,7 +240,8 @@ impl<B: Mailbox> Core<B> {
         let replaced = match claimed {
             Claimed::Fresh => None,
             Claimed::TookOver(old) => {
-                self.drop_memberships(old);
+                // The user's old connection was lost, which is why it reconnected.
+                self.drop_memberships(old, LeftReason::Disconnected);
                 Some(old)
             }
         };
@@ -241,22 +252,43 @@ impl<B: Mailbox> Core<B> {
         Ok(Connected { name, replaced })
     }
 
-    /// The connection is gone: it leaves every room and frees its name.
-    pub fn disconnect(&mut self, conn: ConnId) {
-        if let Some(connection) = self.drop_memberships(conn) {
+    /// The connection is gone, for `reason`: it leaves every room and frees its name.
+    pub fn disconnect(&mut self, conn: ConnId, reason: LeftReason) {
+        if let Some(connection) = self.drop_memberships(conn, reason) {
             self.presence.release(&connection.name, conn);
         }
     }
 
-    fn drop_memberships(&mut self, conn: ConnId) -> Option<Connection> {
+    fn drop_memberships(&mut self, conn: ConnId, reason: LeftReason) -> Option<Connection> {
         let connection = self.connections.remove(&conn)?;
-        for (room, member) in &connection.rooms {
-            self.members.remove(member);
-            if let Some(room) = self.rooms.get_mut(room) {
-                room.leave(*member);
-            }
+        for &member in connection.rooms.values() {
+            self.leave(member, reason);
         }
         Some(connection)
+    }
+
+    /// Hands `share` every arrival and departure of this node's members from now on, so that
+    /// other nodes can tell theirs (whatever the room's size here: each node counts its own).
+    pub fn share_presence(&mut self, share: impl FnMut(&RoomName, &NodeFrame) + Send + 'static) {
+        self.sharing = Some(Box::new(share));
+    }
+
+    /// Another node's member `name` arrived in `room` (`left: None`) or left it: this node's
+    /// members there hear it as they would a member of their own.
+    pub fn heard(&mut self, room: &str, name: &str, left: Option<LeftReason>) {
+        let (Ok(room), Ok(name)) = (RoomName::parse(room), UserName::parse(name)) else { return };
+        let name = name.to_string();
+        let frame = match left {
+            None => NodeFrame::Arrived { name },
+            Some(reason) => NodeFrame::Left { name, reason },
+        };
+        self.tell(&room, None, frame, false);
+    }
+
+    /// The node is stopping and every member leaves at once: nobody is told of departures
+    /// from now on.
+    pub fn stop_announcing(&mut self) {
+        self.announcing = false;
     }
 
     /// `conn` opens a stream, `member`, in `room`, whose messages go to `mailbox`.
@@ -282,19 +314,53 @@ impl<B: Mailbox> Core<B> {
             return Err(Refusal::TooManyRooms(connection.rooms.len()));
         }
         let history_until = state.join(member, connection.name.clone(), mailbox);
+        let arrived = NodeFrame::Arrived { name: connection.name.to_string() };
         connection.rooms.insert(room.clone(), member);
         self.members.insert(member, (conn, room.clone()));
+        self.announce(&room, Some(member), arrived);
         Ok(Joined { room, history_until })
     }
 
-    /// The member's stream is closed: it leaves the room.
-    pub fn leave(&mut self, member: MemberId) {
-        if let Some((conn, room)) = self.members.remove(&member) {
-            if let Some(connection) = self.connections.get_mut(&conn) {
-                connection.rooms.remove(&room);
+    /// The member's stream is closed, for `reason`: it leaves the room.
+    pub fn leave(&mut self, member: MemberId, reason: LeftReason) {
+        let Some((conn, room)) = self.members.remove(&member) else { return };
+        if let Some(connection) = self.connections.get_mut(&conn) {
+            connection.rooms.remove(&room);
+        }
+        if let Some(name) = self.rooms.get_mut(&room).and_then(|state| state.leave(member)) {
+            self.announce(&room, None, NodeFrame::Left { name: name.to_string(), reason });
+        }
+    }
+
+    /// Tells the members of `room` but `except` (and the other nodes) that a member of this
+    /// node arrived or left.
+    fn announce(&mut self, room: &RoomName, except: Option<MemberId>, frame: NodeFrame) {
+        self.tell(room, except, frame, true);
+    }
+
+    /// Tells the members of `room` but `except` of an arrival or a departure, while the room
+    /// has at most [`Rules::presence_limit`] members here, counting the one who came or went
+    /// (above that, everyone's every join would be sent to everyone: `Who` tells instead).
+    /// Members whose queues cannot take it are dropped, and their departure told in turn.
+    /// `ours`: the member was this node's, so the other nodes hear of it too.
+    fn tell(&mut self, room: &RoomName, except: Option<MemberId>, frame: NodeFrame, ours: bool) {
+        if !self.announcing {
+            return;
+        }
+        let mut frames = vec![(except, frame, ours)];
+        while let Some((except, frame, ours)) = frames.pop() {
+            if let (true, Some(share)) = (ours, &mut self.sharing) {
+                share(room, &frame);
             }
-            if let Some(room) = self.rooms.get_mut(&room) {
-                room.leave(member);
+            let Some(state) = self.rooms.get_mut(room) else { return };
+            let gone = usize::from(ours && matches!(frame, NodeFrame::Left { .. }));
+            if state.member_count() + gone > self.rules.presence_limit {
+                continue;
+            }
+            for dropped in state.announce(except, &B::encode(&frame)) {
+                self.forget_member(dropped.member);
+                let name = dropped.name.to_string();
+                frames.push((None, NodeFrame::Left { name, reason: LeftReason::Dropped }, true));
             }
         }
     }
@@ -399,9 +465,20 @@ impl<B: Mailbox> Core<B> {
         };
         let evicted = deliver(state);
         for gone in &evicted {
-            self.forget_member(gone.member);
+            self.dropped(gone);
         }
         evicted
+    }
+
+    /// `gone` was dropped from its room for falling behind: the core forgets it and the
+    /// room hears it left.
+    fn dropped(&mut self, gone: &Evicted) {
+        if let Some((_, room)) = self.members.get(&gone.member) {
+            let room = room.clone();
+            self.forget_member(gone.member);
+            let name = gone.name.to_string();
+            self.announce(&room, None, NodeFrame::Left { name, reason: LeftReason::Dropped });
+        }
     }
 
     /// The newest sequence number handed to the members of `room`.
@@ -423,9 +500,9 @@ impl<B: Mailbox> Core<B> {
 
     fn evict(&mut self, member: MemberId) -> Option<Evicted> {
         let (_, room) = self.members.get(&member)?;
-        let evicted = self.rooms.get_mut(room)?.evict(member);
-        self.forget_member(member);
-        evicted
+        let evicted = self.rooms.get_mut(room)?.evict(member)?;
+        self.dropped(&evicted);
+        Some(evicted)
     }
 
     fn forget_member(&mut self, member: MemberId) {

@@ -8,11 +8,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use chat_proto::NodeFrame;
+
 use crate::{MemberId, Seq, UserName};
 
 /// Where a member's messages go: in the node, a bounded queue that a stream writer drains.
 pub trait Mailbox {
-    type Message;
+    /// A frame as the members' queues hold it, made once and shared by every member.
+    type Message: Clone;
+    /// Makes the message for a frame the core itself announces (an arrival, a departure).
+    fn encode(frame: &NodeFrame) -> Self::Message;
     /// Queues a message without waiting.
     ///
     /// # Errors
@@ -32,9 +37,10 @@ pub trait Mailbox {
 pub struct Full;
 
 /// A member that was dropped because its mailbox was full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Evicted {
     pub member: MemberId,
+    pub name: UserName,
     pub last_seq: Seq,
 }
 
@@ -69,15 +75,30 @@ impl<B: Mailbox> Room<B> {
         last_offered
     }
 
-    pub fn leave(&mut self, member: MemberId) -> bool {
-        self.members.remove(&member).is_some()
+    /// Removes a member; returns its name if it was in the room.
+    pub fn leave(&mut self, member: MemberId) -> Option<UserName> {
+        self.members.remove(&member).map(|gone| gone.name)
     }
 
     /// Drops a member for falling behind, telling its mailbox.
     pub fn evict(&mut self, member: MemberId) -> Option<Evicted> {
         let gone = self.members.remove(&member)?;
         gone.mailbox.evict(gone.last_offered);
-        Some(Evicted { member, last_seq: gone.last_offered })
+        Some(Evicted { member, name: gone.name, last_seq: gone.last_offered })
+    }
+
+    /// Queues `frame` (no room message) for every member but `except`. Returns the members
+    /// dropped because their mailboxes were full.
+    pub fn announce(&mut self, except: Option<MemberId>, frame: &B::Message) -> Vec<Evicted> {
+        let full: Vec<MemberId> = self
+            .members
+            .iter()
+            .filter(|&(&id, member)| {
+                Some(id) != except && member.mailbox.reply(frame.clone()).is_err()
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        full.into_iter().filter_map(|id| self.evict(id)).collect()
     }
 
     /// A message the history has stored under `seq`. Returns the members dropped because
@@ -121,7 +142,11 @@ impl<B: Mailbox> Room<B> {
             if member.mailbox.offer(seq, message).is_ok() {
                 member.last_offered = seq;
             } else {
-                evicted.push(Evicted { member: id, last_seq: member.last_offered });
+                evicted.push(Evicted {
+                    member: id,
+                    name: member.name.clone(),
+                    last_seq: member.last_offered,
+                });
             }
         }
         for gone in evicted.iter() {

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use chat_core::{ConnId, Core, ErrorCode, Full, Mailbox, MemberId, Refusal, RoomName, Rules, Seq};
-use chat_proto::codes;
+use chat_proto::{LeftReason, NodeFrame, codes};
 
 /// A mailbox that records what it is offered, holding at most `capacity` messages.
 #[derive(Clone, Default)]
@@ -17,6 +17,8 @@ struct InboxState {
     capacity: usize,
     got: Vec<(Seq, &'static str)>,
     replies: Vec<&'static str>,
+    /// Messages (`seq body`) and replies together, in the order queued.
+    log: Vec<String>,
     evicted_after: Option<Seq>,
 }
 
@@ -37,12 +39,21 @@ impl Inbox {
 
 impl Mailbox for Inbox {
     type Message = &'static str;
+    fn encode(frame: &NodeFrame) -> &'static str {
+        let told = match frame {
+            NodeFrame::Arrived { name } => format!("{name} arrived"),
+            NodeFrame::Left { name, reason } => format!("{name} {}", reason.as_str()),
+            other => panic!("the core announces only arrivals and departures, not {other:?}"),
+        };
+        Box::leak(told.into_boxed_str()) // A test's few lines.
+    }
     fn offer(&self, seq: Seq, message: &&'static str) -> Result<(), Full> {
         let mut state = self.0.borrow_mut();
         if state.got.len() + state.replies.len() >= state.capacity {
             return Err(Full);
         }
         state.got.push((seq, message));
+        state.log.push(format!("{seq} {message}"));
         Ok(())
     }
     fn reply(&self, message: &'static str) -> Result<(), Full> {
@@ -51,6 +62,7 @@ impl Mailbox for Inbox {
             return Err(Full);
         }
         state.replies.push(message);
+        state.log.push(message.to_owned());
         Ok(())
     }
     fn evict(&self, last_seq: Seq) {
@@ -64,6 +76,7 @@ const RULES: Rules = Rules {
     rate: None,
     requests: None,
     max_history_page: 500,
+    presence_limit: 3,
 };
 
 fn core_with_rooms(rooms: &[(&str, Seq)]) -> Core<Inbox> {
@@ -85,7 +98,7 @@ fn a_name_online_is_refused_case_insensitively_until_it_leaves() {
     let refusal = core.connect(ConnId(2), "ada", None, [2; 16], Instant::now()).expect_err("taken");
     assert_eq!(refusal.code(), ErrorCode::NameTaken);
     assert!(refusal.to_string().contains("already online"));
-    core.disconnect(ConnId(1));
+    core.disconnect(ConnId(1), LeftReason::Disconnected);
     core.connect(ConnId(2), "ada", None, [2; 16], Instant::now()).expect("free again");
 }
 
@@ -104,7 +117,7 @@ fn a_session_token_takes_the_name_and_its_rooms_from_a_stale_connection() {
     core.committed("general", 1, "hi");
     assert!(stale.got().is_empty(), "the replaced connection still gets messages");
     // The stale connection's own disconnect, arriving late, must not free the name.
-    core.disconnect(ConnId(1));
+    core.disconnect(ConnId(1), LeftReason::Disconnected);
     assert!(core.connect(ConnId(3), "ada", None, [3; 16], Instant::now()).is_err());
 }
 
@@ -144,7 +157,7 @@ fn a_connection_joins_a_room_once_and_at_most_the_limit() {
         core.join(ConnId(1), MemberId(4), "c", Inbox::default()).expect_err("third").code(),
         ErrorCode::TooManyRooms
     );
-    core.leave(MemberId(1));
+    core.leave(MemberId(1), LeftReason::Left);
     core.join(ConnId(1), MemberId(4), "c", Inbox::default()).expect("a place is free again");
 }
 
@@ -160,7 +173,7 @@ fn sends_are_checked_for_length_emptiness_and_membership() {
         Err(Refusal::MessageTooLong { len: 11, max: 10 })
     );
     assert_eq!(core.check_send(MemberId(1), "", Instant::now()), Err(Refusal::EmptyMessage));
-    core.leave(MemberId(1));
+    core.leave(MemberId(1), LeftReason::Left);
     assert_eq!(core.check_send(MemberId(1), "hi", Instant::now()), Err(Refusal::NotJoined));
 }
 
@@ -203,7 +216,7 @@ fn a_log_with_gaps_in_its_numbering_is_delivered_as_it_comes_without_repeats() {
 #[test]
 fn a_member_that_falls_behind_is_dropped_alone_and_told_where_it_stopped() {
     let mut core = core_with_rooms(&[("general", 0)]);
-    let slow = Inbox::with_capacity(2);
+    let slow = Inbox::with_capacity(3); // fast's arrival, then two messages.
     let fast = Inbox::with_capacity(100);
     core.connect(ConnId(1), "slow", None, [1; 16], Instant::now()).expect("free");
     core.connect(ConnId(2), "fast", None, [2; 16], Instant::now()).expect("free");
@@ -219,6 +232,7 @@ fn a_member_that_falls_behind_is_dropped_alone_and_told_where_it_stopped() {
     assert_eq!((evicted[0].member, evicted[0].last_seq), (MemberId(1), 2));
     assert_eq!(slow.evicted_after(), Some(2));
     assert_eq!(fast.got().len(), 4);
+    assert_eq!(fast.replies(), vec!["slow dropped by the node"], "the room hears it left");
     assert_eq!(core.who("general").expect("room"), vec!["fast"]);
     // Its connection may rejoin the room.
     core.join(ConnId(1), MemberId(3), "general", Inbox::with_capacity(10)).expect("rejoins");
@@ -243,7 +257,7 @@ fn a_member_whose_own_ack_does_not_fit_is_dropped_like_one_that_falls_behind() {
     // that does not fit then drops nobody.
     let left = Inbox::with_capacity(1);
     core.join(ConnId(1), MemberId(2), "general", left.clone()).expect("rejoins");
-    core.leave(MemberId(2));
+    core.leave(MemberId(2), LeftReason::Left);
     assert_eq!(core.reply(MemberId(2), &left, "ack 3"), None);
     assert_eq!(core.reply(MemberId(2), &left, "ack 4"), None);
     assert_eq!((left.replies(), left.evicted_after()), (vec!["ack 3"], None));
@@ -315,4 +329,92 @@ fn every_refusal_that_ends_a_connection_has_its_close_code() {
         oversized.to_string(),
         "a frame of 5000 bytes is over the limit of 10 bytes for a message; it was not sent"
     );
+}
+
+/// What `inbox` got, messages and notices together in the order queued.
+fn told(inbox: &Inbox) -> Vec<String> {
+    inbox.0.borrow().log.clone()
+}
+
+#[test]
+fn members_hear_arrivals_and_departures_once_in_order_with_the_messages() {
+    let mut core = core_with_rooms(&[("general", 0)]);
+    let ada = Inbox::with_capacity(100);
+    for (conn, name) in [(1, "ada"), (2, "bob"), (3, "cy")] {
+        core.connect(ConnId(conn), name, None, [conn as u8; 16], Instant::now()).expect("free");
+    }
+    core.join(ConnId(1), MemberId(1), "general", ada.clone()).expect("joins");
+    core.join(ConnId(2), MemberId(2), "general", Inbox::with_capacity(100)).expect("joins");
+    core.committed("general", 1, "hi");
+    core.join(ConnId(3), MemberId(3), "general", Inbox::with_capacity(100)).expect("joins");
+    core.leave(MemberId(2), LeftReason::Left);
+    core.committed("general", 2, "bye");
+    core.disconnect(ConnId(3), LeftReason::TimedOut);
+    // Leaving a room one has left already, or a connection that is gone, tells nobody.
+    core.leave(MemberId(2), LeftReason::Left);
+    core.disconnect(ConnId(3), LeftReason::Disconnected);
+    assert_eq!(
+        told(&ada),
+        ["bob arrived", "1 hi", "cy arrived", "bob left", "2 bye", "cy timed out"],
+        "nobody hears of their own arrival"
+    );
+}
+
+#[test]
+fn a_session_taken_over_is_heard_as_a_disconnect_and_the_new_one_arrives() {
+    let mut core = core_with_rooms(&[("general", 0)]);
+    let bob = Inbox::with_capacity(100);
+    core.connect(ConnId(1), "ada", None, [1; 16], Instant::now()).expect("free");
+    core.connect(ConnId(2), "bob", None, [2; 16], Instant::now()).expect("free");
+    core.join(ConnId(2), MemberId(2), "general", bob.clone()).expect("joins");
+    core.join(ConnId(1), MemberId(1), "general", Inbox::with_capacity(100)).expect("joins");
+    core.connect(ConnId(3), "ada", Some([1; 16]), [3; 16], Instant::now()).expect("resumes");
+    core.join(ConnId(3), MemberId(3), "general", Inbox::with_capacity(100)).expect("rejoins");
+    assert_eq!(told(&bob), ["ada arrived", "ada disconnected", "ada arrived"]);
+}
+
+#[test]
+fn rooms_above_the_presence_limit_hear_no_arrivals_or_departures() {
+    // RULES announces in rooms of at most 3 members.
+    let mut core = core_with_rooms(&[("general", 0)]);
+    let ada = Inbox::with_capacity(100);
+    for (conn, name) in [(1, "ada"), (2, "bob"), (3, "cy"), (4, "dee")] {
+        core.connect(ConnId(conn), name, None, [conn as u8; 16], Instant::now()).expect("free");
+    }
+    core.join(ConnId(1), MemberId(1), "general", ada.clone()).expect("joins");
+    for conn in 2..=4 {
+        core.join(ConnId(conn), MemberId(conn), "general", Inbox::with_capacity(100))
+            .expect("joins");
+    }
+    core.leave(MemberId(4), LeftReason::Left); // The room had 4 members: not told.
+    core.leave(MemberId(3), LeftReason::Left);
+    assert_eq!(told(&ada), ["bob arrived", "cy arrived", "cy left"]);
+}
+
+#[test]
+fn a_member_that_cannot_take_an_arrival_is_dropped_and_the_others_hear_it_left() {
+    let mut core = core_with_rooms(&[("general", 0)]);
+    let (ada, full) = (Inbox::with_capacity(100), Inbox::with_capacity(0));
+    for (conn, name) in [(1, "ada"), (2, "bob"), (3, "cy")] {
+        core.connect(ConnId(conn), name, None, [conn as u8; 16], Instant::now()).expect("free");
+    }
+    core.join(ConnId(1), MemberId(1), "general", ada.clone()).expect("joins");
+    core.join(ConnId(2), MemberId(2), "general", full.clone()).expect("joins");
+    core.join(ConnId(3), MemberId(3), "general", Inbox::with_capacity(100)).expect("joins");
+    assert_eq!(told(&ada), ["bob arrived", "cy arrived", "bob dropped by the node"]);
+    assert_eq!(full.evicted_after(), Some(0));
+    assert_eq!(core.who("general").expect("room"), ["ada", "cy"]);
+}
+
+#[test]
+fn a_stopping_node_announces_nothing() {
+    let mut core = core_with_rooms(&[("general", 0)]);
+    let ada = Inbox::with_capacity(100);
+    core.connect(ConnId(1), "ada", None, [1; 16], Instant::now()).expect("free");
+    core.connect(ConnId(2), "bob", None, [2; 16], Instant::now()).expect("free");
+    core.join(ConnId(1), MemberId(1), "general", ada.clone()).expect("joins");
+    core.join(ConnId(2), MemberId(2), "general", Inbox::with_capacity(100)).expect("joins");
+    core.stop_announcing();
+    core.disconnect(ConnId(2), LeftReason::Disconnected);
+    assert_eq!(told(&ada), ["bob arrived"]);
 }

@@ -9,13 +9,14 @@ use chat_core::{
     ConnId, Core, ErrorCode, Full, Mailbox, MemberId, Refusal, RoomName, Rules, Seq, StreamAction,
     StreamInput,
 };
-use chat_proto::{Anchor, ClientFrame};
+use chat_proto::{Anchor, ClientFrame, LeftReason, NodeFrame};
 
 /// A mailbox that takes everything; these tests look at the actions, not at deliveries.
 struct Open;
 
 impl Mailbox for Open {
     type Message = ();
+    fn encode(_frame: &NodeFrame) {}
     fn offer(&self, _seq: Seq, _message: &()) -> Result<(), Full> {
         Ok(())
     }
@@ -109,7 +110,7 @@ fn bad_frames_are_answered_and_the_stream_ends_only_when_it_cannot_go_on() {
 fn a_stream_whose_member_was_dropped_is_told_so() {
     let now = Instant::now();
     let mut core = ada_in_general(now);
-    core.leave(MemberId(1));
+    core.leave(MemberId(1), LeftReason::Left);
     assert_eq!(
         core.on_stream(MemberId(1), send(1, "late"), now),
         StreamAction::Refuse { refusal: Refusal::NotJoined, client_id: Some(1) }

@@ -3,7 +3,8 @@
 //! the history, a commit reaching the core out of order, readers catching up). After every
 //! event the mailboxes are checked against the model: every member gets a gap-free run of
 //! numbers from its join point, an evicted member stops exactly where it was told, names
-//! are unique, and the core counts the members the model does.
+//! are unique, the core counts the members the model does, and nobody hears of the same
+//! arrival or departure twice in a row.
 //!
 //! The same driver runs under libFuzzer (coverage-guided bytes), proptest (random bytes, in
 //! CI) and over the saved corpus (in CI).
@@ -13,6 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
 use chat_core::{ConnId, Core, Full, Mailbox, MemberId, RoomName, Rules, Seq};
+use chat_proto::{LeftReason, NodeFrame};
 
 /// The input, read a byte per choice; it ends the run when it runs out.
 struct Choices<'a> {
@@ -37,6 +39,8 @@ struct Inbox {
     capacity: usize,
     queued: usize,
     got: Vec<Seq>,
+    /// Arrivals (`+name`) and departures (`-name`), in the order told.
+    notices: Vec<String>,
     evicted_after: Option<Seq>,
 }
 
@@ -45,6 +49,13 @@ struct SimMailbox(Rc<RefCell<Inbox>>);
 
 impl Mailbox for SimMailbox {
     type Message = (String, Seq);
+    fn encode(frame: &NodeFrame) -> (String, Seq) {
+        match frame {
+            NodeFrame::Arrived { name } => (format!("+{}", name.to_ascii_lowercase()), 0),
+            NodeFrame::Left { name, .. } => (format!("-{}", name.to_ascii_lowercase()), 0),
+            other => panic!("the core announces only arrivals and departures, not {other:?}"),
+        }
+    }
     fn offer(&self, seq: Seq, message: &(String, Seq)) -> Result<(), Full> {
         let mut inbox = self.0.borrow_mut();
         assert_eq!(message.1, seq, "a message is offered under its own number");
@@ -55,8 +66,10 @@ impl Mailbox for SimMailbox {
         inbox.got.push(seq);
         Ok(())
     }
-    fn reply(&self, _message: (String, Seq)) -> Result<(), Full> {
-        Ok(()) // The simulation's sends have no acks.
+    fn reply(&self, message: (String, Seq)) -> Result<(), Full> {
+        // The simulation's sends have no acks: what comes here is an arrival or departure.
+        self.0.borrow_mut().notices.push(message.0);
+        Ok(())
     }
     fn evict(&self, last_seq: Seq) {
         let mut inbox = self.0.borrow_mut();
@@ -112,7 +125,7 @@ pub fn run(data: &[u8]) {
             }
             1 if !online.is_empty() => {
                 let conn = *online.keys().nth(rng.below(online.len())).expect("some");
-                core.disconnect(ConnId(conn));
+                core.disconnect(ConnId(conn), LeftReason::Disconnected);
                 online.remove(&conn);
                 members.retain(|id, _| id >> 32 != conn);
             }
@@ -148,7 +161,7 @@ pub fn run(data: &[u8]) {
             }
             4 if !members.is_empty() => {
                 let id = *members.keys().nth(rng.below(members.len())).expect("some");
-                core.leave(MemberId(id));
+                core.leave(MemberId(id), LeftReason::Left);
                 members.remove(&id);
             }
             5 => {
@@ -200,6 +213,13 @@ fn check(core: &Core<SimMailbox>, members: &BTreeMap<u64, Member>, delivered: &H
                 assert_eq!(last, evicted_after, "evicted member {id}");
             }
             None => assert_eq!(last, delivered[member.room.as_str()], "member {id} is behind"),
+        }
+        let mut last_told: HashMap<&str, char> = HashMap::new();
+        for notice in &inbox.notices {
+            let (kind, name) = notice.split_at(1);
+            let kind = kind.chars().next().expect("a kind");
+            let before = last_told.insert(name, kind);
+            assert_ne!(before, Some(kind), "member {id} was told {notice} twice in a row");
         }
     }
     let online_members: usize = members.values().filter(|m| m.active).count();

@@ -13,10 +13,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use chat_cluster::{Claim, Cluster, ClusterError};
+use chat_cluster::{Claim, Cluster, ClusterError, Notice};
 use chat_core::{ConnId, Core, MemberId, Refusal, RoomName, Seq, SessionToken, UserName};
 use chat_history::{Anchor, Completion, HistoryError, HistoryPage, Message, PageLimit, Subscriber};
-use chat_proto::RoomInfo;
+use chat_proto::{NodeFrame, RoomInfo};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use tokio::runtime::Handle;
@@ -148,17 +148,49 @@ impl HistoryStore for ClusterHistory {
     }
 }
 
-/// Fan-out through the stream: a follower per room this node's clients are in.
+/// Fan-out through the stream: a follower per room this node's clients are in, which also
+/// hears the other nodes' arrivals and departures there.
 pub(crate) struct ClusterFanOut {
     cluster: Arc<Cluster>,
     core: Arc<Mutex<Core<Outbox>>>,
     /// The rooms followed, with their followers (which stop when the node drops this).
     followed: tokio::sync::Mutex<HashMap<RoomName, AbortOnDrop>>,
+    _publisher: AbortOnDrop,
 }
+
+/// This node's arrivals and departures waiting to be published. A burst beyond it (a node
+/// whose NATS is gone) loses notices, not memory.
+const NOTICES_QUEUED: usize = 4096;
 
 impl ClusterFanOut {
     pub(crate) fn new(cluster: Arc<Cluster>, core: Arc<Mutex<Core<Outbox>>>) -> Self {
-        Self { cluster, core, followed: tokio::sync::Mutex::new(HashMap::new()) }
+        let (queue, mut queued) = mpsc::channel::<(RoomName, Notice)>(NOTICES_QUEUED);
+        lock(&core).share_presence(move |room, frame| {
+            let notice = match frame {
+                NodeFrame::Arrived { name } => Notice { name: name.clone(), left: None },
+                NodeFrame::Left { name, reason } => {
+                    Notice { name: name.clone(), left: Some(*reason) }
+                }
+                _ => return,
+            };
+            if queue.try_send((room.clone(), notice)).is_err() {
+                debug!(%room, "an arrival or departure was not published: too many waiting");
+            }
+        });
+        let publishing = Arc::clone(&cluster);
+        let publisher = tokio::spawn(async move {
+            while let Some((room, notice)) = queued.recv().await {
+                if let Err(e) = publishing.notices.publish(room.as_str(), notice).await {
+                    debug!(%room, error = %e, "an arrival or departure was not published");
+                }
+            }
+        });
+        Self {
+            cluster,
+            core,
+            followed: tokio::sync::Mutex::new(HashMap::new()),
+            _publisher: AbortOnDrop(publisher),
+        }
     }
 }
 
@@ -179,6 +211,7 @@ impl FanOut for ClusterFanOut {
             // from the follower, which starts right after it.
             let last = log.last_seq(room.as_str()).await?;
             let messages = log.follow(room.as_str(), last).await?;
+            let notices = self.cluster.notices.hear(room.as_str()).await?;
             lock(&self.core).add_room(room.clone(), last);
             debug!(%room, last, "following the room");
             let follower = tokio::spawn(deliver(
@@ -186,6 +219,7 @@ impl FanOut for ClusterFanOut {
                 Arc::clone(&self.core),
                 room.clone(),
                 messages,
+                notices,
             ));
             followed.insert(room, AbortOnDrop(follower));
             Ok(())
@@ -197,7 +231,8 @@ impl FanOut for ClusterFanOut {
 /// quiet too.
 const QUIET_CHECK: Duration = Duration::from_secs(10);
 
-/// Hands every message of `room` to the core, in order, for as long as the node runs.
+/// Hands every message of `room` to the core, in order, for as long as the node runs, and
+/// what the other nodes tell of their members arriving and leaving.
 ///
 /// The ordered consumer mends most breaks by itself. Two it may miss are mended here by
 /// following again after the last message delivered: a new connection to NATS (whose
@@ -208,6 +243,7 @@ async fn deliver(
     core: Arc<Mutex<Core<Outbox>>>,
     room: RoomName,
     mut messages: BoxStream<'static, Result<chat_history::Stored, ClusterError>>,
+    mut notices: BoxStream<'static, Notice>,
 ) {
     let mut connections = cluster.connections();
     connections.borrow_and_update();
@@ -224,6 +260,10 @@ async fn deliver(
                 }
                 None => "the consumer ended",
             },
+            Some(notice) = notices.next() => {
+                lock(&core).heard(room.as_str(), &notice.name, notice.left);
+                continue;
+            }
             _ = connections.changed() => "NATS reconnected",
             () = tokio::time::sleep(QUIET_CHECK) => {
                 let delivered = lock(&core).delivered(&room).unwrap_or(0);

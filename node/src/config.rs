@@ -64,6 +64,10 @@ pub struct Settings {
     /// [default: 500]
     #[arg(long, env = "CHAT_MAX_HISTORY_PAGE")]
     pub max_history_page: Option<u32>,
+    /// Rooms with more members than this get no arrivals and departures (each would go to
+    /// every member); `Who` still tells [default: 500]
+    #[arg(long, env = "CHAT_PRESENCE_LIMIT")]
+    pub presence_limit: Option<u32>,
     /// Seconds of silence after which a connection is dropped; at least 5, since clients
     /// send a keep-alive every 3 seconds [default: 30]
     #[arg(long, env = "CHAT_IDLE_TIMEOUT_SECS")]
@@ -170,6 +174,7 @@ pub struct NodeConfig {
     pub max_rooms_per_connection: u32,
     pub member_queue: usize,
     pub max_history_page: u32,
+    pub presence_limit: u32,
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
     pub handshake_timeout: Duration,
@@ -219,6 +224,7 @@ impl Settings {
                 .or(lower.max_rooms_per_connection),
             member_queue: self.member_queue.or(lower.member_queue),
             max_history_page: self.max_history_page.or(lower.max_history_page),
+            presence_limit: self.presence_limit.or(lower.presence_limit),
             idle_timeout_secs: self.idle_timeout_secs.or(lower.idle_timeout_secs),
             write_timeout_secs: self.write_timeout_secs.or(lower.write_timeout_secs),
             max_connections_per_ip: self.max_connections_per_ip.or(lower.max_connections_per_ip),
@@ -247,6 +253,7 @@ impl Settings {
             max_rooms_per_connection: self.max_rooms_per_connection.unwrap_or(64).max(1),
             member_queue: self.member_queue.unwrap_or(1024).max(1),
             max_history_page: self.max_history_page.unwrap_or(500).max(1),
+            presence_limit: self.presence_limit.unwrap_or(chat_core::PRESENCE_LIMIT as u32),
             idle_timeout: Duration::from_secs(
                 self.idle_timeout_secs.unwrap_or(30).max(MIN_IDLE_TIMEOUT_SECS),
             ),

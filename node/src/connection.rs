@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use chat_core::control::{self, ControlAction, Hello, Received};
 use chat_core::{ConnId, Refusal, UserName};
 use chat_proto::io::{FrameReader, write_frame};
-use chat_proto::{ClientFrame, ErrorFrame, NodeFrame, Welcome, codec, codes};
+use chat_proto::{ClientFrame, ErrorFrame, LeftReason, NodeFrame, Welcome, codec, codes};
 use quinn::{RecvStream, SendStream};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -35,7 +35,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming) {
         let Some((send, reader, name)) = greet(&shared, id, &connection).await else { return };
         let conn = Arc::new(Conn { id, connection: connection.clone(), name });
         let rooms = run(&shared, &conn, send, reader).await;
-        shared.core().disconnect(id);
+        shared.core().disconnect(id, departure(&connection));
         shared.directory.release(id);
         shared.connections().remove(&id);
         drain(rooms).await;
@@ -116,7 +116,7 @@ async fn greet(
         limits: shared.limits,
     });
     if write_frame(&mut send, &welcome, codec::MAX_NODE_FRAME_LEN).await.is_err() {
-        shared.core().disconnect(id);
+        shared.core().disconnect(id, departure(connection));
         shared.directory.release(id);
         return None;
     }
@@ -163,6 +163,9 @@ async fn run(
                         break;
                     }
                     ControlAction::Bye => {
+                        // Before the close, so that its rooms hear the user quit, not that
+                        // the node dropped it.
+                        shared.core().disconnect(conn.id, LeftReason::Disconnected);
                         connection.close(codes::close::NORMAL.into(), b"bye");
                         break;
                     }
@@ -188,6 +191,18 @@ async fn run(
         }
     }
     rooms
+}
+
+/// Why a member of `connection` is leaving its rooms, as the rooms are told: the connection
+/// timed out, was closed by the node, was closed or lost by the client, or is still open
+/// (the client closed the room's stream).
+pub(crate) fn departure(connection: &quinn::Connection) -> LeftReason {
+    match connection.close_reason() {
+        None => LeftReason::Left,
+        Some(quinn::ConnectionError::TimedOut) => LeftReason::TimedOut,
+        Some(quinn::ConnectionError::LocallyClosed) => LeftReason::Dropped,
+        Some(_) => LeftReason::Disconnected,
+    }
 }
 
 /// The room streams a connection may open at first.

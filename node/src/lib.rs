@@ -255,6 +255,7 @@ impl Node {
 
         info!("shutting down: no new connections; finishing the acks in flight");
         endpoint.set_server_config(None);
+        shared.core().stop_announcing();
         stop.send_replace(true);
         let history = Arc::clone(&shared.history);
         let flushed = tokio::task::spawn_blocking(move || history.flush()).await?;
@@ -326,7 +327,8 @@ fn room_core(
         Rules::new(config.max_message_len as usize, config.max_rooms_per_connection as usize)
             .with_rate(config.messages_per_second, config.message_burst)
             .with_request_rate(config.requests_per_second, config.request_burst)
-            .with_history_page(config.max_history_page as usize);
+            .with_history_page(config.max_history_page as usize)
+            .with_presence_limit(config.presence_limit as usize);
     let mut core = Core::new(rules);
     if !cluster {
         for (room, last_seq) in rooms {
@@ -412,6 +414,7 @@ fn limits(config: &NodeConfig) -> Limits {
         max_history_page: config.max_history_page,
         requests_per_second: config.requests_per_second,
         request_burst: config.request_burst,
+        presence_limit: config.presence_limit,
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use chat_core::{Full, Mailbox, Seq};
+use chat_proto::NodeFrame;
 use tokio::sync::{mpsc, watch};
 
 /// One frame on its way to a member's room stream.
@@ -29,6 +30,10 @@ pub struct Outbox {
 
 impl Mailbox for Outbox {
     type Message = Bytes;
+
+    fn encode(frame: &NodeFrame) -> Bytes {
+        crate::reply::encode(frame)
+    }
 
     fn offer(&self, seq: Seq, frame: &Bytes) -> Result<(), Full> {
         self.queue.try_send(Outgoing::Message(seq, frame.clone())).map_err(|_| Full)

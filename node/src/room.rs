@@ -15,12 +15,13 @@ use chat_history::HistoryError;
 use chat_history::PageLimit;
 use chat_proto::io::FrameReader;
 use chat_proto::{
-    Anchor, ChatMessage, ClientFrame, ErrorCode, ErrorFrame, NodeFrame, PageEnds, codec,
+    Anchor, ChatMessage, ClientFrame, ErrorCode, ErrorFrame, LeftReason, NodeFrame, PageEnds, codec,
 };
 use quinn::{RecvStream, SendStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{debug, warn};
 
+use crate::connection::departure;
 use crate::mailbox::{Outbox, Outgoing};
 use crate::member::{Writer, evicted};
 use crate::reply::{encode, error_frame};
@@ -69,8 +70,13 @@ pub(crate) async fn serve(
     let page_len = shared.core().rules().page_len(limit);
     let writing =
         tokio::spawn(writer.run(after, page_len, joined.history_until, queued, eviction.clone()));
-    let ended = read_sends(&shared, member, &joined.room, &mut reader, &outbox, eviction).await;
-    shared.core().leave(member);
+    let ended = read_sends(&shared, &conn, member, &joined.room, &mut reader, &outbox, eviction);
+    let ended = ended.await;
+    let reason = match &ended {
+        Ended::Left(reason) => *reason,
+        Ended::Closing(_) => LeftReason::Dropped,
+    };
+    shared.core().leave(member, reason);
     shared.directory.left(member);
     shared.metrics.members.dec();
     drop(outbox);
@@ -90,8 +96,9 @@ fn close_rate_limited(shared: &Shared, conn: &Conn, refusal: &Refusal) {
 /// Why a room stream stopped reading.
 #[derive(Debug, PartialEq, Eq)]
 enum Ended {
-    /// The client left, the member was dropped, the stream broke or the node stops.
-    Done,
+    /// The client left, the member was dropped, the stream broke or the node stops; the
+    /// room hears the reason (unless the core dropped the member itself, or the node stops).
+    Left(LeftReason),
     /// The core refused a send in a way that ends the connection (it kept sending after
     /// being told to slow down): close it.
     Closing(Refusal),
@@ -118,6 +125,7 @@ async fn read_join(
 /// over its rate limit or the node stops.
 async fn read_sends(
     shared: &Arc<Shared>,
+    conn: &Conn,
     member: MemberId,
     room: &RoomName,
     reader: &mut FrameReader<RecvStream>,
@@ -130,11 +138,13 @@ async fn read_sends(
     loop {
         let frame = tokio::select! {
             frame = reader.read::<ClientFrame>() => frame,
-            _ = evicted(&mut eviction) => return Ended::Done,
-            () = crate::stopping(&mut stopping) => return Ended::Done,
+            _ = evicted(&mut eviction) => return Ended::Left(LeftReason::Dropped),
+            () = crate::stopping(&mut stopping) => return Ended::Left(LeftReason::Disconnected),
         };
         let input = match frame {
-            Ok(None) => return Ended::Done,
+            Ok(None) => return Ended::Left(LeftReason::Left),
+            // The stream was reset, or the connection ended under it: nothing to answer.
+            Err(codec::FrameError::Io(_)) => return Ended::Left(departure(&conn.connection)),
             Ok(Some(ClientFrame::Send { client_id, body })) => {
                 StreamInput::Send { client_id, body }
             }
@@ -154,7 +164,7 @@ async fn read_sends(
         let (error, fatal) = match action {
             StreamAction::Append { client_id, outgoing, body } => {
                 let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
-                    return Ended::Done;
+                    return Ended::Left(LeftReason::Left);
                 };
                 append(shared, member, client_id, outgoing, body, outbox.clone(), permit);
                 continue;
@@ -165,7 +175,7 @@ async fn read_sends(
                     Err(refusal) => NodeFrame::Error(error_frame(&refusal, Some(request_id))),
                 };
                 if outbox.queue.send(Outgoing::Frame(encode(&frame))).await.is_err() {
-                    return Ended::Done;
+                    return Ended::Left(LeftReason::Left);
                 }
                 continue;
             }
@@ -178,7 +188,7 @@ async fn read_sends(
         shared.metrics.error_code(error.code);
         let sent = outbox.queue.send(Outgoing::Frame(encode(&NodeFrame::Error(error)))).await;
         if sent.is_err() || fatal {
-            return Ended::Done;
+            return Ended::Left(LeftReason::Dropped);
         }
     }
 }

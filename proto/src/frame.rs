@@ -127,6 +127,37 @@ pub enum NodeFrame {
     HistoryEnd(PageEnds),
     /// The answer to [`ClientFrame::History`]: its messages, oldest first.
     Page { request_id: u64, messages: Vec<ChatMessage>, ends: PageEnds },
+    /// Room stream: someone else joined the room. Sent in order with the live messages, in
+    /// rooms of at most [`Limits::presence_limit`] members.
+    Arrived { name: String },
+    /// Room stream: someone left the room, and why; as [`NodeFrame::Arrived`].
+    Left { name: String, reason: LeftReason },
+}
+
+/// Why a member left a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum LeftReason {
+    /// Left the room (closed the room's stream).
+    Left,
+    /// Closed the connection, or lost it.
+    Disconnected,
+    /// The connection stopped answering and timed out.
+    TimedOut,
+    /// The node dropped the member: it fell too far behind, or broke the rules.
+    Dropped,
+}
+
+impl LeftReason {
+    /// The reason as a few words for a person: "ada left (timed out)".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Left => "left",
+            Self::Disconnected => "disconnected",
+            Self::TimedOut => "timed out",
+            Self::Dropped => "dropped by the node",
+        }
+    }
 }
 
 /// The node's answer to a hello.
@@ -162,6 +193,9 @@ pub struct Limits {
     pub requests_per_second: u32,
     /// Requests one connection may make at once after a quiet spell.
     pub request_burst: u32,
+    /// Rooms with more members than this (on one node) get no [`NodeFrame::Arrived`] and
+    /// [`NodeFrame::Left`]: ask with [`ClientFrame::Who`] instead.
+    pub presence_limit: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

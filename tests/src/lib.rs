@@ -92,13 +92,15 @@ impl TestNode {
     }
 }
 
-/// The next message event in `room` (past the end-of-history mark), failing the test after
-/// [`PATIENCE`].
+/// The next message event in `room` (past the end-of-history mark, arrivals and
+/// departures), failing the test after [`PATIENCE`].
 pub async fn next_message(room: &mut Room) -> (chat_client::ChatMessage, bool) {
     loop {
         match tokio::time::timeout(PATIENCE, room.next()).await {
             Ok(Some(RoomEvent::Message { message, history })) => return (message, history),
-            Ok(Some(RoomEvent::HistoryEnd(_))) => {}
+            Ok(Some(
+                RoomEvent::HistoryEnd(_) | RoomEvent::Arrived { .. } | RoomEvent::Left { .. },
+            )) => {}
             other => panic!("expected a message in {}, got {other:?}", room.name()),
         }
     }

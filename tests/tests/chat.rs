@@ -117,8 +117,8 @@ async fn two_rooms_on_one_connection_are_independent() {
         while let Some(event) = stalled.next().await {
             match event {
                 RoomEvent::Message { message, .. } => last = message.seq,
-                RoomEvent::HistoryEnd(_) => {}
                 RoomEvent::Error(error) => return Some(error),
+                _ => {}
             }
         }
         None

@@ -148,6 +148,22 @@ async fn clients_on_two_nodes_see_one_room_in_one_order_with_its_history() {
     assert_eq!(general.last_seq, *seqs.last().expect("messages"));
     assert!(matches!(ada.who("nowhere").await, Err(ClientError::UnknownRoom(_))));
     assert!(matches!(bob.join("nowhere", None).await, Err(ClientError::UnknownRoom(_))));
+
+    // Arrivals and departures on the other node are heard too, each once.
+    let dave = chat.connect("dave", 1).await;
+    dave.join("general", None).await.expect("joins").leave().await;
+    let mut told = Vec::new();
+    while told.last().is_none_or(|last: &String| !last.starts_with("dave left")) {
+        let event = tokio::time::timeout(PATIENCE, ada_room.next()).await.expect("in time");
+        match event.expect("ada's room goes on") {
+            RoomEvent::Arrived { name } if name == "dave" => told.push("dave arrived".into()),
+            RoomEvent::Left { name, reason } if name == "dave" => {
+                told.push(format!("dave left ({})", reason.as_str()));
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(told, ["dave arrived", "dave left (left)"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

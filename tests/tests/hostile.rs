@@ -432,7 +432,7 @@ fn a_member_that_stops_reading_loses_only_its_room() {
         let resume_after = loop {
             match tokio::time::timeout(PATIENCE, stalled.next()).await.expect("in time") {
                 Some(RoomEvent::Message { message, .. }) => last_seen = message.seq,
-                Some(RoomEvent::HistoryEnd(_)) => {}
+                Some(RoomEvent::HistoryEnd(_) | RoomEvent::Arrived { .. }) => {}
                 Some(RoomEvent::Error(e)) if e.code == ErrorCode::TooSlow => {
                     break e.last_seq.expect("the last seq it got");
                 }

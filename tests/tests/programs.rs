@@ -316,7 +316,9 @@ impl Random {
 fn a_vanished_client_frees_its_name_after_the_idle_timeout() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = NodeProcess::start(dir.path(), &["--idle-timeout-secs", "5"]);
+    let (_bob, bob_events) = joined_chat(&node, "bob");
     let (mut ada, _events) = joined_chat(&node, "ada");
+    wait_for(&bob_events, "ada's arrival", |e| e["event"] == "arrived" && e["name"] == "ada");
     // SIGKILL: the process sends no goodbye; the node only notices the silence.
     let _ = ada.kill();
     let _ = ada.wait();
@@ -331,4 +333,6 @@ fn a_vanished_client_frees_its_name_after_the_idle_timeout() {
         assert!(std::time::Instant::now() < deadline, "the name was never freed");
         std::thread::sleep(Duration::from_millis(250));
     }
+    let gone = wait_for(&bob_events, "ada's departure", |e| e["event"] == "departed");
+    assert_eq!((gone["name"].as_str(), gone["reason"].as_str()), (Some("ada"), Some("timed_out")));
 }

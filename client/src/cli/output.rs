@@ -8,7 +8,7 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use chat_client::{ChatMessage, ClientError, Gap, PageEnds, Seq};
+use chat_client::{ChatMessage, ClientError, Gap, LeftReason, PageEnds, Seq};
 use chat_proto::RoomInfo;
 use serde_json::json;
 
@@ -111,6 +111,29 @@ impl Output {
                 )
             },
         );
+    }
+
+    /// Someone else joined `room`.
+    pub fn arrived(&self, room: &str, name: &str) {
+        self.emit(json!({"event": "arrived", "room": room, "name": name}), || {
+            format!("-- {room}: {name} joined")
+        });
+    }
+
+    /// Someone else left `room`.
+    pub fn departed(&self, room: &str, name: &str, reason: LeftReason) {
+        let code = match reason {
+            LeftReason::Left => "left",
+            LeftReason::Disconnected => "disconnected",
+            LeftReason::TimedOut => "timed_out",
+            _ => "dropped",
+        };
+        self.emit(json!({"event": "departed", "room": room, "name": name, "reason": code}), || {
+            match reason {
+                LeftReason::Left => format!("-- {room}: {name} left"),
+                other => format!("-- {room}: {name} left ({})", other.as_str()),
+            }
+        });
     }
 
     pub fn ack(&self, room: &str, seq: Seq) {

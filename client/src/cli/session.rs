@@ -496,6 +496,8 @@ impl Session {
                     joined.history_ended = true;
                 }
             }
+            Some(RoomEvent::Arrived { name }) => self.out.arrived(&room, &name),
+            Some(RoomEvent::Left { name, reason }) => self.out.departed(&room, &name, reason),
             Some(RoomEvent::Error(error)) if error.code == ErrorCode::TooSlow => {
                 let after = error.last_seq.or_else(|| self.last_seen.get(&room).copied());
                 self.out.info(&format!("{room}: {}; rejoining", error.message));

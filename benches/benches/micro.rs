@@ -78,8 +78,13 @@ fn core_fanout(c: &mut Criterion) {
 fn history_append(c: &mut Criterion) {
     for durability in [Durability::Sync, Durability::Buffered] {
         let dir = tempfile::tempdir().expect("tempdir");
-        let history = History::open(Config { path: dir.path().into(), cap: 10_000, durability })
-            .expect("opens");
+        let history = History::open(Config {
+            path: dir.path().into(),
+            cap: 10_000,
+            cap_by_prefix: Vec::new(),
+            durability,
+        })
+        .expect("opens");
         history.create_room("general").expect("room");
         let message = Message { sender: "ada".into(), timestamp_ms: 0, body: "x".repeat(100) };
         c.bench_function(&format!("history: one append, waited for, {durability:?}"), |b| {

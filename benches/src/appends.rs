@@ -9,8 +9,12 @@ use chat_history::{Config as HistoryConfig, Durability, History, Message};
 pub fn run(messages: usize, window: usize, size: usize, buffered: bool) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let durability = durability(buffered);
-    let history =
-        History::open(HistoryConfig { path: dir.path().into(), cap: 10_000, durability })?;
+    let history = History::open(HistoryConfig {
+        path: dir.path().into(),
+        cap: 10_000,
+        cap_by_prefix: Vec::new(),
+        durability,
+    })?;
     history.create_room("bench")?;
     let in_flight = Arc::new((Mutex::new(0usize), Condvar::new()));
     let message = Message { sender: "bench".into(), timestamp_ms: 0, body: "x".repeat(size) };

@@ -18,7 +18,8 @@
 //! ```
 //!
 //! # Layout
-//! - [`Client`]: one QUIC connection: the hello, room listings, who-is-online, joins.
+//! - [`Client`]: one QUIC connection: the hello, room listings, who-is-online, joins, and
+//!   the direct messages the node pushes for conversations not joined.
 //! - `pace`: how a connection keeps below the node's send rate.
 //! - [`Room`]: one joined room: its events (history, then live messages) and a
 //!   [`RoomSender`] whose sends resolve to the sequence number the node acknowledged.
@@ -29,14 +30,15 @@ mod error;
 mod pace;
 mod room;
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use chat_proto::io::{FrameReader, write_frame};
 use chat_proto::{ClientFrame, Limits, NodeFrame, RoomInfo, SessionToken, codec, codes};
 use quinn::{RecvStream, SendStream};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 pub use chat_certs::Trust;
 pub use chat_proto::{Anchor, ChatMessage, ErrorCode, ErrorFrame, Gap, LeftReason, PageEnds, Seq};
@@ -75,11 +77,49 @@ impl ConnectOptions {
     }
 }
 
+/// Control requests waiting for their answer, oldest first.
+type Replies = Arc<std::sync::Mutex<VecDeque<oneshot::Sender<NodeFrame>>>>;
+
+/// Direct messages pushed and not yet taken with [`Client::next_direct`]; more are dropped
+/// (they stay in the conversation's history).
+const DIRECTS_HELD: usize = 1024;
+
+/// Reads the control stream: answers go to the requests waiting, in order; a message is a
+/// direct message the node pushed. Ends with the stream, failing the requests left.
+async fn read_control(
+    mut reader: FrameReader<RecvStream>,
+    replies: Replies,
+    directs: mpsc::Sender<ChatMessage>,
+) {
+    while let Ok(Some(frame)) = reader.read::<NodeFrame>().await {
+        match frame {
+            NodeFrame::Message(message) => {
+                if directs.try_send(message).is_err() {
+                    tracing::debug!("a pushed direct message was dropped: none are being read");
+                }
+            }
+            answer => {
+                let waiting = replies.lock().unwrap_or_else(PoisonError::into_inner).pop_front();
+                if let Some(reply) = waiting {
+                    let _ = reply.send(answer);
+                }
+            }
+        }
+    }
+    replies.lock().unwrap_or_else(PoisonError::into_inner).clear();
+}
+
 /// A connection to a node, online under a name.
 pub struct Client {
     endpoint: quinn::Endpoint,
     connection: quinn::Connection,
-    control: Mutex<(SendStream, FrameReader<RecvStream>)>,
+    /// Requests are written here, each leaving its reply's place in `replies` in the same
+    /// step, so that the control reader hands the answers out in order.
+    control: Mutex<SendStream>,
+    replies: Replies,
+    /// Direct messages pushed on the control stream.
+    directs: Mutex<mpsc::Receiver<ChatMessage>>,
+    control_reader: tokio::task::JoinHandle<()>,
     name: String,
     token: SessionToken,
     limits: Limits,
@@ -168,10 +208,16 @@ impl Client {
             Ok(None) => return Err(ClientError::lost(&connection, "no welcome", options)),
             Err(e) => return Err(ClientError::lost(&connection, e, options)),
         };
+        let replies = Replies::default();
+        let (directs_in, directs) = mpsc::channel(DIRECTS_HELD);
+        let control_reader = tokio::spawn(read_control(reader, Arc::clone(&replies), directs_in));
         Ok(Self {
             endpoint,
             connection,
-            control: Mutex::new((send, reader)),
+            control: Mutex::new(send),
+            replies,
+            directs: Mutex::new(directs),
+            control_reader,
             name: welcome.name,
             token: welcome.token,
             limits: welcome.limits,
@@ -239,20 +285,28 @@ impl Client {
         }
     }
 
+    /// The next direct message the node pushed: one in a conversation this client has not
+    /// joined (those it has joined arrive in their room). `None` once the connection is gone.
+    pub async fn next_direct(&self) -> Option<ChatMessage> {
+        self.directs.lock().await.recv().await
+    }
+
     async fn request(&self, frame: ClientFrame) -> Result<NodeFrame, ClientError> {
         self.requests.turn().await;
-        let mut control = self.control.lock().await;
-        let (send, reader) = &mut *control;
-        write_frame(send, &frame, codec::MAX_NODE_FRAME_LEN)
-            .await
-            .map_err(|e| ClientError::lost(&self.connection, e, &self.options))?;
-        match reader.read::<NodeFrame>().await {
-            Ok(Some(NodeFrame::Error(error))) => Err(ClientError::from_frame(error)),
-            Ok(Some(reply)) => Ok(reply),
-            Ok(None) => {
+        let (reply, answer) = oneshot::channel();
+        {
+            let mut send = self.control.lock().await;
+            self.replies.lock().unwrap_or_else(PoisonError::into_inner).push_back(reply);
+            write_frame(&mut *send, &frame, codec::MAX_NODE_FRAME_LEN)
+                .await
+                .map_err(|e| ClientError::lost(&self.connection, e, &self.options))?;
+        }
+        match answer.await {
+            Ok(NodeFrame::Error(error)) => Err(ClientError::from_frame(error)),
+            Ok(reply) => Ok(reply),
+            Err(_) => {
                 Err(ClientError::lost(&self.connection, "control stream ended", &self.options))
             }
-            Err(e) => Err(ClientError::lost(&self.connection, e, &self.options)),
         }
     }
 
@@ -288,6 +342,7 @@ impl Drop for Client {
     /// Dropping the client ends its connection (and with it every room stream), so that
     /// no task keeps a forgotten connection alive.
     fn drop(&mut self) {
+        self.control_reader.abort();
         self.connection.close(codes::close::NORMAL.into(), b"bye");
     }
 }

@@ -244,6 +244,7 @@ async fn interactive(settings: &Settings, client: Client, out: Output) -> anyhow
             return Err(e.into());
         }
     }
+    session.list_conversations().await;
     let result = session.run(input).await;
     drop(terminal);
     Ok(result?)

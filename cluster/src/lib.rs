@@ -26,7 +26,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 
 pub use log::Log;
-pub use notices::{Notice, Notices};
+pub use notices::{Direct, Notice, Notices};
 pub use presence::{Claim, Directory, Lost};
 
 /// How to reach NATS and how to keep the chat's data there.
@@ -39,6 +39,8 @@ pub struct ClusterConfig {
     pub replicas: usize,
     /// Messages each room retains.
     pub history_cap: u64,
+    /// Messages each direct conversation retains.
+    pub direct_history_cap: u64,
     /// Age after which messages are dropped, whatever the cap; `None` keeps them.
     pub max_age: Option<Duration>,
     /// How long a name, or a membership, outlives the last refresh of its node.

@@ -1,5 +1,6 @@
-//! The replicated message log: one JetStream stream over a subject per room, and the bucket
-//! of the rooms that exist.
+//! The replicated message log: one JetStream stream over a subject per room, a second over
+//! one per direct conversation (whose cap is their own), and the bucket of the rooms that
+//! exist.
 //!
 //! Every node appends to the same stream, so the stream's leader gives each message its
 //! number. A node's clients see those numbers as their room's sequence numbers: increasing
@@ -13,11 +14,13 @@ use bytes::Bytes;
 use chat_history::{Message, Stored};
 use futures_util::{StreamExt, TryStreamExt, stream::BoxStream};
 
-use crate::subjects::{self, ROOMS_WILDCARD, room_subject};
+use crate::subjects::{self, DIRECT_WILDCARD, ROOMS_WILDCARD, room_subject};
 use crate::{ClusterConfig, ClusterError};
 
 /// The stream holding every room's messages.
 pub const STREAM: &str = "CHAT";
+/// The stream holding every direct conversation's messages.
+pub const DIRECT_STREAM: &str = "CHAT_DIRECT";
 /// The bucket naming the rooms that exist.
 pub const ROOMS_BUCKET: &str = "chat_rooms";
 
@@ -27,7 +30,33 @@ pub struct Log {
     writer: u64,
     appended: AtomicU64,
     stream: stream::Stream,
+    direct: stream::Stream,
     rooms: kv::Store,
+}
+
+/// Creates the stream `name` over `subjects`, or brings an existing one to this node's cap
+/// and age.
+async fn open_stream(
+    js: &jetstream::Context,
+    config: &ClusterConfig,
+    name: &str,
+    subjects: &str,
+    cap: u64,
+) -> Result<stream::Stream, ClusterError> {
+    let what = format!("the message stream {name}");
+    let stream_config = stream::Config {
+        name: name.into(),
+        description: Some(format!("chat messages, one subject per room ({subjects})")),
+        subjects: vec![subjects.into()],
+        storage: stream::StorageType::File,
+        num_replicas: config.replicas,
+        max_messages_per_subject: i64::try_from(cap).unwrap_or(i64::MAX),
+        max_age: config.max_age.unwrap_or(Duration::ZERO),
+        discard: stream::DiscardPolicy::Old,
+        ..Default::default()
+    };
+    js.create_or_update_stream(stream_config).await.map_err(|e| ClusterError::setup(&what, e))?;
+    js.get_stream(name).await.map_err(|e| ClusterError::setup(&what, e))
 }
 
 impl Log {
@@ -35,25 +64,10 @@ impl Log {
         js: &jetstream::Context,
         config: &ClusterConfig,
     ) -> Result<Self, ClusterError> {
-        let stream_config = stream::Config {
-            name: STREAM.into(),
-            description: Some("chat messages, one subject per room".into()),
-            subjects: vec![ROOMS_WILDCARD.into()],
-            storage: stream::StorageType::File,
-            num_replicas: config.replicas,
-            max_messages_per_subject: i64::try_from(config.history_cap).unwrap_or(i64::MAX),
-            max_age: config.max_age.unwrap_or(Duration::ZERO),
-            discard: stream::DiscardPolicy::Old,
-            ..Default::default()
-        };
-        // Create, or bring an existing stream to this node's cap and age.
-        js.create_or_update_stream(stream_config)
-            .await
-            .map_err(|e| ClusterError::setup("the message stream", e))?;
-        let stream = js
-            .get_stream(STREAM)
-            .await
-            .map_err(|e| ClusterError::setup("the message stream", e))?;
+        let stream = open_stream(js, config, STREAM, ROOMS_WILDCARD, config.history_cap).await?;
+        let direct =
+            open_stream(js, config, DIRECT_STREAM, DIRECT_WILDCARD, config.direct_history_cap)
+                .await?;
         let rooms = js
             .create_or_update_key_value(kv::Config {
                 bucket: ROOMS_BUCKET.into(),
@@ -70,6 +84,7 @@ impl Log {
             writer: crate::random_id(),
             appended: AtomicU64::new(0),
             stream,
+            direct,
             rooms,
         })
     }
@@ -108,7 +123,7 @@ impl Log {
     pub async fn last_seq(&self, room: &str) -> Result<u64, ClusterError> {
         let subject = room_subject(room);
         crate::patiently(|| async {
-            match self.stream.get_last_raw_message_by_subject(&subject).await {
+            match self.stream_for(room).get_last_raw_message_by_subject(&subject).await {
                 Ok(message) => Ok(message.sequence),
                 Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
                 Err(e) => Err(ClusterError::unavailable(e)),
@@ -159,7 +174,7 @@ impl Log {
     ) -> Result<BoxStream<'static, Result<Stored, ClusterError>>, ClusterError> {
         let messages = crate::patiently(|| async {
             let consumer = self
-                .stream
+                .stream_for(room)
                 .create_consumer(consumer::push::OrderedConfig {
                     deliver_subject: self.js.client().new_inbox(),
                     filter_subject: room_subject(room),
@@ -189,7 +204,7 @@ impl Log {
             }
             None => consumer::DeliverPolicy::All,
         };
-        self.stream
+        self.stream_for(room)
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: room_subject(room),
                 deliver_policy,
@@ -197,6 +212,11 @@ impl Log {
             })
             .await
             .map_err(ClusterError::unavailable)
+    }
+
+    /// The stream holding `room`'s messages.
+    fn stream_for(&self, room: &str) -> &stream::Stream {
+        if room.starts_with('@') { &self.direct } else { &self.stream }
     }
 
     /// Every room that exists.

@@ -1,25 +1,36 @@
 //! Room and user names as NATS subject tokens and key-value keys.
 //!
 //! Names hold letters, digits, `-`, `_` and `.` (see `chat_core::names`). A `.` separates
-//! subject tokens, so it is written as `=`, which names never hold: the mapping is reversible
-//! and keeps names readable in `nats` tools.
+//! subject tokens, so it is written as `=`, which names never hold; a direct conversation's
+//! `@` and `+` (`@ada+bob`), which key-value keys cannot hold, are both written `/`
+//! (`/ada/bob`): a leading `/` is the `@`, the next the `+`. The mapping is reversible and
+//! keeps names readable in `nats` tools.
 
 /// The subjects of every room's messages.
 pub const ROOMS_WILDCARD: &str = "chat.room.>";
+/// The subjects of every direct conversation's messages.
+pub const DIRECT_WILDCARD: &str = "chat.dm.>";
 
-/// The subject of one room's messages.
+/// The subject of one room's (or direct conversation's) messages.
 pub fn room_subject(room: &str) -> String {
-    format!("chat.room.{}", token(room))
+    match room.starts_with('@') {
+        true => format!("chat.dm.{}", token(room)),
+        false => format!("chat.room.{}", token(room)),
+    }
 }
 
 /// A name as one subject token or key part.
 pub fn token(name: &str) -> String {
-    name.replace('.', "=")
+    name.replace('.', "=").replace(['@', '+'], "/")
 }
 
 /// The name a [`token`] was made from.
 pub fn name(token: &str) -> String {
-    token.replace('=', ".")
+    let name = token.replace('=', ".");
+    match name.strip_prefix('/') {
+        Some(pair) => format!("@{}", pair.replacen('/', "+", 1)),
+        None => name,
+    }
 }
 
 #[cfg(test)]
@@ -32,5 +43,8 @@ mod tests {
         assert!(!encoded.contains('.'));
         assert_eq!(name(&encoded), "team.ops-1_x");
         assert_eq!(room_subject("a.b"), "chat.room.a=b");
+        assert_eq!(token("@ada.l+bob"), "/ada=l/bob");
+        assert_eq!(name(&token("@ada.l+bob")), "@ada.l+bob");
+        assert_eq!(room_subject("@ada+bob"), "chat.dm./ada/bob");
     }
 }

@@ -74,9 +74,17 @@ impl<B: Mailbox> Core<B> {
             return action;
         }
         match self.check_request(conn, now) {
-            Ok(()) => action,
-            Err(refusal @ Refusal::RateLimited) => ControlAction::Close(refusal),
-            Err(refusal) => ControlAction::Refuse(refusal),
+            Ok(()) => {}
+            Err(refusal @ Refusal::RateLimited) => return ControlAction::Close(refusal),
+            Err(refusal) => return ControlAction::Refuse(refusal),
+        }
+        match action {
+            // Who is in a conversation is for its two users to ask; `@bob` means one's own.
+            ControlAction::Who { room } => match self.admit(conn, &room) {
+                Ok(admitted) => ControlAction::Who { room: admitted.room.to_string() },
+                Err(refusal) => ControlAction::Refuse(refusal),
+            },
+            other => other,
         }
     }
 }

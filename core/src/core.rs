@@ -22,6 +22,11 @@ pub enum Refusal {
     InvalidRoomName(NameError),
     #[error("there is no room named {0:?}; list the rooms with /rooms or `chat rooms`")]
     UnknownRoom(String),
+    #[error(
+        "{room} is the direct conversation of {} and {}; only they can join it",
+        room.direct_pair().map_or("", |p| p.0), room.direct_pair().map_or("", |p| p.1)
+    )]
+    NotInConversation { room: RoomName },
     #[error("this connection is in room {0:?} already")]
     AlreadyJoined(String),
     #[error("this connection is in {0} rooms already, the most the node allows; leave one first")]
@@ -99,6 +104,7 @@ impl Refusal {
             Self::InvalidName(_) => ErrorCode::InvalidName,
             Self::InvalidRoomName(_) => ErrorCode::InvalidRoomName,
             Self::UnknownRoom(_) => ErrorCode::UnknownRoom,
+            Self::NotInConversation { .. } => ErrorCode::NotAllowed,
             Self::AlreadyJoined(_) => ErrorCode::AlreadyJoined,
             Self::TooManyRooms(_) => ErrorCode::TooManyRooms,
             Self::MessageTooLong { .. } => ErrorCode::MessageTooLong,
@@ -147,6 +153,15 @@ pub struct Connected {
     pub replaced: Option<ConnId>,
 }
 
+/// The room a join or a who request means, and whether the core knows it yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    pub room: RoomName,
+    /// False for a direct conversation not yet created, which the node creates (in the
+    /// history, and with [`Core::add_room`]) before the join.
+    pub known: bool,
+}
+
 /// A join that was accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Joined {
@@ -169,30 +184,48 @@ pub struct RoomSummary {
     pub members: usize,
 }
 
-#[derive(Debug)]
-struct Connection {
+struct Connection<B> {
     name: UserName,
     rooms: HashMap<RoomName, MemberId>,
     /// The send rate limit shared by all its rooms; `None` when unlimited.
     rate: Option<RateLimit>,
     /// The request budget, likewise.
     requests: Option<RateLimit>,
+    /// Where direct messages of conversations it is not in are pushed.
+    inbox: Option<B>,
+    /// The newest direct message pushed, per conversation.
+    pushed: HashMap<RoomName, Seq>,
 }
 
-/// Where this node's arrivals and departures go for the other nodes.
-type SharePresence = dyn FnMut(&RoomName, &NodeFrame) + Send;
+/// What the core hands the other nodes (cluster mode), through
+/// [`Core::share_with_other_nodes`].
+#[derive(Debug)]
+pub enum Share<'a, M> {
+    /// A member of this node arrived in `room` or left it.
+    Presence { room: &'a RoomName, frame: &'a NodeFrame },
+    /// A direct message for `to` (a user key), who is not online here.
+    Direct { to: &'a str, room: &'a RoomName, seq: Seq, message: &'a M },
+}
+
+/// Where the core hands what other nodes must hear.
+type ShareWith<M> = dyn FnMut(Share<'_, M>) + Send;
+
+/// Conversations per connection whose pushed direct messages are remembered (so that one
+/// heard twice, from this node's follower and from another node, is pushed once).
+const PUSHED_ROOMS: usize = 256;
 
 /// The state of one node's chat, with no I/O. See the crate documentation.
 pub struct Core<B: Mailbox> {
     rules: Rules,
     presence: Presence,
-    connections: HashMap<ConnId, Connection>,
+    connections: HashMap<ConnId, Connection<B>>,
     rooms: BTreeMap<RoomName, Room<B>>,
     members: HashMap<MemberId, (ConnId, RoomName)>,
     /// Whether arrivals and departures are announced: not while the node stops.
     announcing: bool,
-    /// Hears this node's members' arrivals and departures, for the other nodes (cluster mode).
-    sharing: Option<Box<SharePresence>>,
+    /// Hears this node's members' arrivals and departures and the direct messages for users
+    /// not online here, for the other nodes (cluster mode).
+    sharing: Option<Box<ShareWith<B::Message>>>,
 }
 
 impl<B: Mailbox> Core<B> {
@@ -247,7 +280,14 @@ impl<B: Mailbox> Core<B> {
         };
         let rate = self.rules.rate.map(|rate| RateLimit::new(rate, now));
         let requests = self.rules.requests.map(|rate| RateLimit::new(rate, now));
-        let connection = Connection { name: name.clone(), rooms: HashMap::new(), rate, requests };
+        let connection = Connection {
+            name: name.clone(),
+            rooms: HashMap::new(),
+            rate,
+            requests,
+            inbox: None,
+            pushed: HashMap::new(),
+        };
         self.connections.insert(conn, connection);
         Ok(Connected { name, replaced })
     }
@@ -259,7 +299,7 @@ impl<B: Mailbox> Core<B> {
         }
     }
 
-    fn drop_memberships(&mut self, conn: ConnId, reason: LeftReason) -> Option<Connection> {
+    fn drop_memberships(&mut self, conn: ConnId, reason: LeftReason) -> Option<Connection<B>> {
         let connection = self.connections.remove(&conn)?;
         for &member in connection.rooms.values() {
             self.leave(member, reason);
@@ -268,8 +308,12 @@ impl<B: Mailbox> Core<B> {
     }
 
     /// Hands `share` every arrival and departure of this node's members from now on, so that
-    /// other nodes can tell theirs (whatever the room's size here: each node counts its own).
-    pub fn share_presence(&mut self, share: impl FnMut(&RoomName, &NodeFrame) + Send + 'static) {
+    /// other nodes can tell theirs (whatever the room's size here: each node counts its own),
+    /// and every direct message for a user not online here.
+    pub fn share_with_other_nodes(
+        &mut self,
+        share: impl FnMut(Share<'_, B::Message>) + Send + 'static,
+    ) {
         self.sharing = Some(Box::new(share));
     }
 
@@ -302,7 +346,7 @@ impl<B: Mailbox> Core<B> {
         room: &str,
         mailbox: B,
     ) -> Result<Joined, Refusal> {
-        let room = RoomName::parse(room).map_err(Refusal::InvalidRoomName)?;
+        let room = self.admit(conn, room)?.room;
         let connection = self.connections.get_mut(&conn).ok_or(Refusal::NotConnected)?;
         let Some(state) = self.rooms.get_mut(&room) else {
             return Err(Refusal::UnknownRoom(room.as_str().to_owned()));
@@ -319,6 +363,71 @@ impl<B: Mailbox> Core<B> {
         self.members.insert(member, (conn, room.clone()));
         self.announce(&room, Some(member), arrived);
         Ok(Joined { room, history_until })
+    }
+
+    /// The room `conn` means by `room` (`@bob` is its user's conversation with bob), if its
+    /// user may be in it.
+    ///
+    /// # Errors
+    /// An invalid name, a conversation of two others, an unknown connection.
+    pub fn admit(&self, conn: ConnId, room: &str) -> Result<Admitted, Refusal> {
+        let connection = self.connections.get(&conn).ok_or(Refusal::NotConnected)?;
+        let room = RoomName::resolve(room, &connection.name).map_err(Refusal::InvalidRoomName)?;
+        if !room.admits(&connection.name) {
+            return Err(Refusal::NotInConversation { room });
+        }
+        Ok(Admitted { known: self.rooms.contains_key(&room), room })
+    }
+
+    /// Where `conn`'s pushed frames go (the control stream's queue): the direct messages of
+    /// conversations it has not joined.
+    pub fn attach_inbox(&mut self, conn: ConnId, inbox: B) {
+        if let Some(connection) = self.connections.get_mut(&conn) {
+            connection.inbox = Some(inbox);
+        }
+    }
+
+    /// A message stored in `room`: if it is a direct conversation, each of its two users
+    /// online here but not in it gets it in their inbox, and those online elsewhere are
+    /// shared with the other nodes.
+    fn push_direct(&mut self, room: &RoomName, seq: Seq, message: &B::Message) {
+        let Some((a, b)) = room.direct_pair() else { return };
+        let (a, b) = (a.to_owned(), b.to_owned());
+        for user in [a, b] {
+            if !self.push_to(&user, room, seq, message)
+                && let Some(share) = &mut self.sharing
+            {
+                share(Share::Direct { to: &user, room, seq, message });
+            }
+        }
+    }
+
+    /// Pushes a direct message to `user` if online here and not in `room`, once per seq;
+    /// returns whether `user` is online here.
+    fn push_to(&mut self, user: &str, room: &RoomName, seq: Seq, message: &B::Message) -> bool {
+        let Some(conn) = self.presence.holder(user) else { return false };
+        let Some(connection) = self.connections.get_mut(&conn) else { return false };
+        let Some(inbox) = &connection.inbox else { return true };
+        let pushed = connection.pushed.get(room).copied().unwrap_or(0);
+        if connection.rooms.contains_key(room) || seq <= pushed {
+            return true;
+        }
+        if connection.pushed.len() >= PUSHED_ROOMS {
+            connection.pushed.clear(); // At worst one message is pushed twice.
+        }
+        connection.pushed.insert(room.clone(), seq);
+        // A client that lets its control stream fill misses the push, not the message: the
+        // conversation is listed, and joining it shows its history.
+        let _ = inbox.offer(seq, message);
+        true
+    }
+
+    /// A direct message in `room` that another node stored for `user`, as
+    /// [`push_direct`](Self::push_direct) would push it here.
+    pub fn heard_direct(&mut self, user: &str, room: &str, seq: Seq, message: &B::Message) {
+        if let Ok(room) = RoomName::parse(room) {
+            self.push_to(&user.to_ascii_lowercase(), &room, seq, message);
+        }
     }
 
     /// The member's stream is closed, for `reason`: it leaves the room.
@@ -350,7 +459,7 @@ impl<B: Mailbox> Core<B> {
         let mut frames = vec![(except, frame, ours)];
         while let Some((except, frame, ours)) = frames.pop() {
             if let (true, Some(share)) = (ours, &mut self.sharing) {
-                share(room, &frame);
+                share(Share::Presence { room, frame: &frame });
             }
             let Some(state) = self.rooms.get_mut(room) else { return };
             let gone = usize::from(ours && matches!(frame, NodeFrame::Left { .. }));
@@ -441,7 +550,7 @@ impl<B: Mailbox> Core<B> {
     /// The history has stored `message` under `seq` in `room`: hand it to the members in
     /// order. Returns the members dropped for having full mailboxes.
     pub fn committed(&mut self, room: &str, seq: Seq, message: B::Message) -> Vec<Evicted> {
-        self.deliver(room, |state| state.committed(seq, message))
+        self.deliver(room, seq, message, |state, message| state.committed(seq, message))
     }
 
     /// Like [`committed`](Self::committed), for a log that delivers each room's messages in
@@ -452,18 +561,27 @@ impl<B: Mailbox> Core<B> {
         seq: Seq,
         message: B::Message,
     ) -> Vec<Evicted> {
-        self.deliver(room, |state| state.committed_in_order(seq, message))
+        self.deliver(room, seq, message, |state, message| state.committed_in_order(seq, message))
     }
 
     fn deliver(
         &mut self,
         room: &str,
-        deliver: impl FnOnce(&mut Room<B>) -> Vec<Evicted>,
+        seq: Seq,
+        message: B::Message,
+        deliver: impl FnOnce(&mut Room<B>, B::Message) -> Vec<Evicted>,
     ) -> Vec<Evicted> {
+        let direct = match room.starts_with(crate::names::DIRECT_PREFIX) {
+            true => self.rooms.get_key_value(room).map(|(name, _)| (name.clone(), message.clone())),
+            false => None,
+        };
         let Some(state) = self.rooms.get_mut(room) else {
             return Vec::new();
         };
-        let evicted = deliver(state);
+        let evicted = deliver(state, message);
+        if let Some((name, message)) = direct {
+            self.push_direct(&name, seq, &message);
+        }
         for gone in &evicted {
             self.dropped(gone);
         }

@@ -28,7 +28,7 @@ pub mod rate;
 pub mod room;
 mod stream;
 
-pub use crate::core::{Connected, Core, Joined, Outgoing, Refusal, RoomSummary};
+pub use crate::core::{Admitted, Connected, Core, Joined, Outgoing, Refusal, RoomSummary, Share};
 pub use chat_proto::{ErrorCode, LeftReason, Seq, SessionToken};
 pub use control::{ControlAction, Received};
 pub use names::{RoomName, UserName};

@@ -66,6 +66,11 @@ impl Presence {
         }
     }
 
+    /// The connection holding the name whose key (lower case) is `key`.
+    pub fn holder(&self, key: &str) -> Option<ConnId> {
+        self.claims.get(key).map(|claim| claim.conn)
+    }
+
     pub fn is_online(&self, name: &UserName) -> bool {
         self.claims.contains_key(&name.key())
     }

@@ -5,8 +5,12 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use chat_core::{ConnId, Core, ErrorCode, Full, Mailbox, MemberId, Refusal, RoomName, Rules, Seq};
-use chat_proto::{LeftReason, NodeFrame, codes};
+use chat_core::control::{ControlAction, Received};
+use chat_core::{
+    ConnId, Core, ErrorCode, Full, Mailbox, MemberId, Refusal, RoomName, Rules, Seq, Share,
+    UserName,
+};
+use chat_proto::{ClientFrame, LeftReason, NodeFrame, codes};
 
 /// A mailbox that records what it is offered, holding at most `capacity` messages.
 #[derive(Clone, Default)]
@@ -417,4 +421,82 @@ fn a_stopping_node_announces_nothing() {
     core.stop_announcing();
     core.disconnect(ConnId(2), LeftReason::Disconnected);
     assert_eq!(told(&ada), ["bob arrived"]);
+}
+
+#[test]
+fn a_direct_conversation_is_for_its_two_users_and_pushed_to_the_one_not_in_it() {
+    let mut core = core_with_rooms(&[("general", 0)]);
+    let now = Instant::now();
+    for (conn, name) in [(1, "ada"), (2, "Bob"), (3, "cy")] {
+        core.connect(ConnId(conn), name, None, [conn as u8; 16], now).expect("free");
+    }
+    let bobs_inbox = Inbox::with_capacity(10);
+    core.attach_inbox(ConnId(2), bobs_inbox.clone());
+
+    // `@bob` is ada's conversation with bob, which does not exist until the node makes it.
+    let admitted = core.admit(ConnId(1), "@bob").expect("ada may");
+    assert_eq!((admitted.room.as_str(), admitted.known), ("@ada+bob", false));
+    assert_eq!(
+        core.join(ConnId(1), MemberId(1), "@bob", Inbox::with_capacity(10)),
+        Err(Refusal::UnknownRoom("@ada+bob".into()))
+    );
+    core.add_room(admitted.room.clone(), 0);
+    core.join(ConnId(1), MemberId(1), "@bob", Inbox::with_capacity(10)).expect("joins");
+
+    // Nobody else may join it, or ask who is in it.
+    let refused = core.join(ConnId(3), MemberId(3), "@ada+bob", Inbox::default());
+    let refusal = refused.expect_err("cy is not in it");
+    assert_eq!(refusal.code(), ErrorCode::NotAllowed);
+    assert_eq!(
+        refusal.to_string(),
+        "@ada+bob is the direct conversation of ada and bob; only they can join it"
+    );
+    let who = ClientFrame::Who { room: "@ada+bob".into() };
+    assert!(matches!(
+        core.on_control(ConnId(3), Received::Frame(who.clone()), now),
+        ControlAction::Refuse(Refusal::NotInConversation { .. })
+    ));
+    assert_eq!(
+        core.on_control(ConnId(2), Received::Frame(ClientFrame::Who { room: "@ADA".into() }), now),
+        ControlAction::Who { room: "@ada+bob".into() }
+    );
+
+    // Bob is online but not in it: its messages are pushed to him, once each.
+    core.committed("@ada+bob", 1, "hi bob");
+    core.heard_direct("bob", "@ada+bob", 1, &"hi bob");
+    assert_eq!(bobs_inbox.got(), [(1, "hi bob")]);
+    // Once he is in it, it comes through the room instead.
+    core.join(ConnId(2), MemberId(2), "@ada", Inbox::with_capacity(10)).expect("joins");
+    core.committed("@ada+bob", 2, "there you are");
+    assert_eq!(bobs_inbox.got().len(), 1);
+
+    // Listings show every room, and one's own conversations once they hold a message.
+    let (ada, cy) = (UserName::parse("ada").expect("valid"), UserName::parse("cy").expect("valid"));
+    let direct = room("@ada+bob");
+    assert!(direct.listed_for(&ada, 2) && !direct.listed_for(&cy, 2));
+    assert!(!direct.listed_for(&ada, 0), "an empty conversation is not listed");
+    assert!(room("general").listed_for(&cy, 0));
+}
+
+#[test]
+fn a_direct_message_for_a_user_online_elsewhere_is_shared_with_the_other_nodes() {
+    use std::sync::{Arc, Mutex};
+    let mut core = core_with_rooms(&[("@ada+bob", 0)]);
+    let shared: Arc<Mutex<Vec<String>>> = Arc::default();
+    let told = Arc::clone(&shared);
+    core.share_with_other_nodes(move |share| {
+        let line = match share {
+            Share::Direct { to, room, seq, message } => format!("{to} {room} {seq} {message}"),
+            Share::Presence { room, frame } => format!("{room} {frame:?}"),
+        };
+        told.lock().expect("lock").push(line);
+    });
+    core.connect(ConnId(1), "ada", None, [1; 16], Instant::now()).expect("free");
+    core.join(ConnId(1), MemberId(1), "@bob", Inbox::with_capacity(10)).expect("joins");
+    core.committed("@ada+bob", 1, "hi");
+    assert_eq!(
+        *shared.lock().expect("lock"),
+        ["@ada+bob Arrived { name: \"ada\" }", "bob @ada+bob 1 hi"],
+        "ada is here and in it; bob is not here"
+    );
 }

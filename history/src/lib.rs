@@ -81,6 +81,9 @@ pub struct Config {
     pub path: PathBuf,
     /// Messages a room retains; older ones are trimmed in the batch that adds a new one.
     pub cap: u64,
+    /// Rooms whose names start with one of these prefixes retain as many as it says instead
+    /// (the first that matches).
+    pub cap_by_prefix: Vec<(String, u64)>,
     pub durability: Durability,
 }
 
@@ -190,11 +193,21 @@ pub struct History {
 pub(crate) struct Store {
     path: PathBuf,
     cap: u64,
+    cap_by_prefix: Vec<(String, u64)>,
     durability: Durability,
     /// The open database; `None` from a failed write until the writer reopens it.
     open: RwLock<Option<Arc<Handles>>>,
     /// Handed every stored message; set once.
     subscriber: OnceLock<Arc<dyn Subscriber>>,
+}
+
+impl Store {
+    /// The messages `room` retains.
+    pub(crate) fn cap_of(&self, room: &str) -> u64 {
+        let special =
+            self.cap_by_prefix.iter().find(|(prefix, _)| room.starts_with(prefix.as_str()));
+        special.map_or(self.cap, |(_, cap)| *cap)
+    }
 }
 
 /// The fjall handles of one opening of the database.
@@ -231,6 +244,11 @@ impl History {
         })?;
         let store = Arc::new(Store {
             cap: config.cap.max(1),
+            cap_by_prefix: config
+                .cap_by_prefix
+                .into_iter()
+                .map(|(prefix, cap)| (prefix, cap.max(1)))
+                .collect(),
             durability: config.durability,
             open: RwLock::new(Some(Arc::new(handles))),
             subscriber: OnceLock::new(),

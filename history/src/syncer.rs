@@ -182,8 +182,12 @@ mod tests {
     #[test]
     fn the_active_journal_is_where_the_syncer_looks() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config =
-            Config { path: dir.path().to_path_buf(), cap: 10, durability: Durability::Sync };
+        let config = Config {
+            path: dir.path().to_path_buf(),
+            cap: 10,
+            cap_by_prefix: Vec::new(),
+            durability: Durability::Sync,
+        };
         let history = History::open(config).expect("opens");
         history.create_room("a").expect("created");
         let message = Message { sender: "ada".into(), timestamp_ms: 1, body: "hi".into() };
@@ -198,8 +202,12 @@ mod tests {
     #[test]
     fn the_syncer_follows_fjall_to_a_new_journal() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config =
-            Config { path: dir.path().to_path_buf(), cap: 1 << 20, durability: Durability::Sync };
+        let config = Config {
+            path: dir.path().to_path_buf(),
+            cap: 1 << 20,
+            cap_by_prefix: Vec::new(),
+            durability: Durability::Sync,
+        };
         let history = History::open(config).expect("opens");
         history.create_room("a").expect("created");
         let first = active_journal(dir.path()).expect("listed").expect("a journal");

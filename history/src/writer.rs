@@ -254,7 +254,8 @@ impl Writer {
         let value = postcard::to_allocvec(message)?;
         state.last += 1;
         batch.insert(&handles.messages, key(room, state.last), value);
-        while state.last + 1 - state.first > self.store.cap {
+        let cap = self.store.cap_of(room);
+        while state.last + 1 - state.first > cap {
             batch.remove(&handles.messages, key(room, state.first));
             state.first += 1;
         }

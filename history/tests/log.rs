@@ -7,8 +7,13 @@ use chat_history::{
 };
 
 fn open(dir: &std::path::Path, cap: u64) -> History {
-    History::open(Config { path: dir.to_path_buf(), cap, durability: Durability::Sync })
-        .expect("history opens")
+    History::open(Config {
+        path: dir.to_path_buf(),
+        cap,
+        cap_by_prefix: Vec::new(),
+        durability: Durability::Sync,
+    })
+    .expect("history opens")
 }
 
 fn msg(body: &str) -> Message {
@@ -143,4 +148,24 @@ fn concurrent_appends_complete_in_order_with_distinct_numbers() {
     }
     history.close().expect("closes");
     assert!(matches!(history.append_blocking("r", msg("late")), Err(HistoryError::Closed)));
+}
+
+#[test]
+fn rooms_named_with_a_prefix_keep_their_own_cap() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Config {
+        path: dir.path().to_path_buf(),
+        cap: 5,
+        cap_by_prefix: vec![("@".into(), 2)],
+        durability: Durability::Sync,
+    };
+    let history = History::open(config).expect("history opens");
+    for room in ["general", "@ada+bob"] {
+        history.create_room(room).expect("created");
+        for i in 1..=6 {
+            history.append_blocking(room, msg(&format!("m{i}"))).expect("stored");
+        }
+    }
+    let kept = |room| bodies(&read(&history, room, None, 100).expect("read")).len();
+    assert_eq!((kept("general"), kept("@ada+bob")), (5, 2));
 }

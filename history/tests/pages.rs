@@ -4,8 +4,13 @@
 use chat_history::{Anchor, Config, Durability, History, HistoryPage, Message, PageLimit};
 
 fn open(dir: &std::path::Path, cap: u64) -> History {
-    History::open(Config { path: dir.to_path_buf(), cap, durability: Durability::Buffered })
-        .expect("history opens")
+    History::open(Config {
+        path: dir.to_path_buf(),
+        cap,
+        cap_by_prefix: Vec::new(),
+        durability: Durability::Buffered,
+    })
+    .expect("history opens")
 }
 
 /// Appends `count` messages "m1", "m2", ... to `room` and waits until all are stored.

@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use chat_cluster::{Claim, Cluster, ClusterError, Notice};
-use chat_core::{ConnId, Core, MemberId, Refusal, RoomName, Seq, SessionToken, UserName};
+use chat_cluster::{Claim, Cluster, ClusterError, Direct, Notice};
+use chat_core::{ConnId, Core, MemberId, Refusal, RoomName, Seq, SessionToken, Share, UserName};
 use chat_history::{Anchor, Completion, HistoryError, HistoryPage, Message, PageLimit, Subscriber};
 use chat_proto::{NodeFrame, RoomInfo};
 use futures_util::StreamExt;
@@ -155,42 +155,81 @@ pub(crate) struct ClusterFanOut {
     core: Arc<Mutex<Core<Outbox>>>,
     /// The rooms followed, with their followers (which stop when the node drops this).
     followed: tokio::sync::Mutex<HashMap<RoomName, AbortOnDrop>>,
-    _publisher: AbortOnDrop,
+    /// Publishes this node's notices; hears the direct messages for its users.
+    _tasks: [AbortOnDrop; 2],
 }
 
-/// This node's arrivals and departures waiting to be published. A burst beyond it (a node
-/// whose NATS is gone) loses notices, not memory.
+/// What this node tells the others and has not published yet. A burst beyond it (a node
+/// whose NATS is gone) loses notices, not memory: a lost arrival is still in `Who`, a lost
+/// direct message still in the history.
 const NOTICES_QUEUED: usize = 4096;
+
+/// A notice on its way to the other nodes.
+enum Telling {
+    Presence(RoomName, Notice),
+    Direct(Direct),
+}
 
 impl ClusterFanOut {
     pub(crate) fn new(cluster: Arc<Cluster>, core: Arc<Mutex<Core<Outbox>>>) -> Self {
-        let (queue, mut queued) = mpsc::channel::<(RoomName, Notice)>(NOTICES_QUEUED);
-        lock(&core).share_presence(move |room, frame| {
-            let notice = match frame {
-                NodeFrame::Arrived { name } => Notice { name: name.clone(), left: None },
-                NodeFrame::Left { name, reason } => {
-                    Notice { name: name.clone(), left: Some(*reason) }
+        let (queue, mut queued) = mpsc::channel::<Telling>(NOTICES_QUEUED);
+        lock(&core).share_with_other_nodes(move |share| {
+            let telling = match share {
+                Share::Presence { room, frame: NodeFrame::Arrived { name } } => {
+                    Telling::Presence(room.clone(), Notice { name: name.clone(), left: None })
                 }
-                _ => return,
+                Share::Presence { room, frame: NodeFrame::Left { name, reason } } => {
+                    let notice = Notice { name: name.clone(), left: Some(*reason) };
+                    Telling::Presence(room.clone(), notice)
+                }
+                Share::Presence { .. } => return,
+                Share::Direct { to, room, seq, message } => Telling::Direct(Direct {
+                    to: to.to_owned(),
+                    room: room.to_string(),
+                    seq,
+                    frame: message.to_vec(),
+                }),
             };
-            if queue.try_send((room.clone(), notice)).is_err() {
-                debug!(%room, "an arrival or departure was not published: too many waiting");
+            if queue.try_send(telling).is_err() {
+                debug!("a notice for the other nodes was dropped: too many waiting");
             }
         });
         let publishing = Arc::clone(&cluster);
         let publisher = tokio::spawn(async move {
-            while let Some((room, notice)) = queued.recv().await {
-                if let Err(e) = publishing.notices.publish(room.as_str(), notice).await {
-                    debug!(%room, error = %e, "an arrival or departure was not published");
+            while let Some(telling) = queued.recv().await {
+                let published = match telling {
+                    Telling::Presence(room, notice) => {
+                        publishing.notices.publish(room.as_str(), notice).await
+                    }
+                    Telling::Direct(direct) => publishing.notices.publish_direct(direct).await,
+                };
+                if let Err(e) = published {
+                    debug!(error = %e, "a notice for the other nodes was not published");
                 }
             }
         });
+        let hearer = tokio::spawn(hear_direct(Arc::clone(&cluster), Arc::clone(&core)));
         Self {
             cluster,
             core,
             followed: tokio::sync::Mutex::new(HashMap::new()),
-            _publisher: AbortOnDrop(publisher),
+            _tasks: [AbortOnDrop(publisher), AbortOnDrop(hearer)],
         }
+    }
+}
+
+/// Pushes the direct messages other nodes stored for this node's users.
+async fn hear_direct(cluster: Arc<Cluster>, core: Arc<Mutex<Core<Outbox>>>) {
+    let mut heard = loop {
+        match cluster.notices.hear_direct().await {
+            Ok(heard) => break heard,
+            Err(e) => warn!(error = %e, "cannot hear direct messages from other nodes yet"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    while let Some(direct) = heard.next().await {
+        let frame = bytes::Bytes::from(direct.frame);
+        lock(&core).heard_direct(&direct.to, &direct.room, direct.seq, &frame);
     }
 }
 
@@ -423,13 +462,19 @@ impl Directory for ClusterDirectory {
         })
     }
 
-    fn rooms(&self) -> Pending<'_, Result<Vec<RoomInfo>, DirectoryError>> {
+    fn rooms<'a>(
+        &'a self,
+        user: &'a UserName,
+    ) -> Pending<'a, Result<Vec<RoomInfo>, DirectoryError>> {
         Box::pin(async move {
             let (log, directory) = (&self.cluster.log, &self.cluster.directory);
             let counts = directory.member_counts().await?;
             let rooms = log.rooms_with_last_seq().await?;
             Ok(rooms
                 .into_iter()
+                .filter(|(name, last_seq)| {
+                    RoomName::parse(name).is_ok_and(|room| room.listed_for(user, *last_seq))
+                })
                 .map(|(name, last_seq)| {
                     let members = counts.get(&name).copied().unwrap_or(0) as u32;
                     RoomInfo { name, last_seq, members }

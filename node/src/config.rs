@@ -33,6 +33,9 @@ pub struct Settings {
     /// Messages each room retains; older ones are trimmed [default: 10000]
     #[arg(long, env = "CHAT_HISTORY_CAP")]
     pub history_cap: Option<u64>,
+    /// Messages each direct conversation retains [default: 10000]
+    #[arg(long, env = "CHAT_DIRECT_HISTORY_CAP")]
+    pub direct_history_cap: Option<u64>,
     /// `sync` (fsync before every ack, the default) or `buffered` (survives a killed
     /// process, not a power cut)
     #[arg(long, env = "CHAT_DURABILITY", value_parser = parse_durability)]
@@ -134,12 +137,13 @@ impl ClusterSettings {
         }
     }
 
-    fn resolve(self, history_cap: u64) -> Option<ClusterConfig> {
+    fn resolve(self, history_cap: u64, direct_history_cap: u64) -> Option<ClusterConfig> {
         let urls = self.nats.filter(|urls| !urls.is_empty())?;
         Some(ClusterConfig {
             urls,
             replicas: self.replicas.unwrap_or(1).max(1),
             history_cap,
+            direct_history_cap,
             max_age: match self.max_age_days.unwrap_or(0) {
                 0 => None,
                 days => Some(Duration::from_secs(days.saturating_mul(86_400))),
@@ -165,6 +169,7 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     pub max_message_len: u32,
     pub history_cap: u64,
+    pub direct_history_cap: u64,
     pub durability: Durability,
     pub rooms: Vec<String>,
     /// Certificate chain and key; `None` makes (or reuses) a local CA in the data dir.
@@ -214,6 +219,7 @@ impl Settings {
             data_dir: self.data_dir.or(lower.data_dir),
             max_message_len: self.max_message_len.or(lower.max_message_len),
             history_cap: self.history_cap.or(lower.history_cap),
+            direct_history_cap: self.direct_history_cap.or(lower.direct_history_cap),
             durability: self.durability.or(lower.durability),
             rooms: self.rooms.or(lower.rooms),
             cert: self.cert.or(lower.cert),
@@ -241,11 +247,13 @@ impl Settings {
     /// Fills in the defaults.
     pub fn resolve(self) -> NodeConfig {
         let history_cap = self.history_cap.unwrap_or(10_000).max(1);
+        let direct_history_cap = self.direct_history_cap.unwrap_or(10_000).max(1);
         NodeConfig {
             listen: self.listen.unwrap_or(SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))),
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("chat-data")),
             max_message_len: self.max_message_len.unwrap_or(4096).max(1),
             history_cap,
+            direct_history_cap,
             durability: self.durability.unwrap_or_default(),
             rooms: self.rooms.unwrap_or_else(|| vec!["general".into()]),
             tls: self.cert.zip(self.key),
@@ -267,7 +275,7 @@ impl Settings {
             requests_per_second: self.requests_per_second.unwrap_or(50),
             request_burst: self.request_burst.unwrap_or(200).max(1),
             metrics_listen: self.metrics_listen,
-            cluster: self.cluster.resolve(history_cap),
+            cluster: self.cluster.resolve(history_cap, direct_history_cap),
         }
     }
 }

@@ -14,9 +14,11 @@ use chat_core::{ConnId, Refusal, UserName};
 use chat_proto::io::{FrameReader, write_frame};
 use chat_proto::{ClientFrame, ErrorFrame, LeftReason, NodeFrame, Welcome, codec, codes};
 use quinn::{RecvStream, SendStream};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::mailbox::{Outbox, Outgoing};
 use crate::reply::error_frame;
 use crate::seams::DirectoryError;
 use crate::{Conn, Shared, room};
@@ -32,9 +34,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming) {
             Ok(Err(e)) => return debug!(error = %e, "handshake failed"),
             Err(_) => return debug!("handshake timed out"),
         };
-        let Some((send, reader, name)) = greet(&shared, id, &connection).await else { return };
+        let Some(greeted) = greet(&shared, id, &connection).await else { return };
+        let Greeted { send, reader, name, pushed } = greeted;
         let conn = Arc::new(Conn { id, connection: connection.clone(), name });
-        let rooms = run(&shared, &conn, send, reader).await;
+        let rooms = run(&shared, &conn, send, reader, pushed).await;
         shared.core().disconnect(id, departure(&connection));
         shared.directory.release(id);
         shared.connections().remove(&id);
@@ -48,12 +51,19 @@ pub(crate) async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming) {
     .await;
 }
 
+/// Direct messages waiting to be pushed on a connection's control stream.
+const INBOX: usize = 256;
+
+/// A connection welcomed: its control stream, its user, and its inbox's frames.
+struct Greeted {
+    send: SendStream,
+    reader: FrameReader<RecvStream>,
+    name: UserName,
+    pushed: mpsc::Receiver<Outgoing>,
+}
+
 /// Waits for the hello and answers it. `None` when the connection was refused or lost.
-async fn greet(
-    shared: &Shared,
-    id: ConnId,
-    connection: &quinn::Connection,
-) -> Option<(SendStream, FrameReader<RecvStream>, UserName)> {
+async fn greet(shared: &Shared, id: ConnId, connection: &quinn::Connection) -> Option<Greeted> {
     let hello = async {
         let (send, recv) = connection.accept_bi().await.ok()?;
         let mut reader = FrameReader::new(recv, shared.limits.max_frame_len as usize);
@@ -99,6 +109,10 @@ async fn greet(
             return None;
         }
     };
+    // Pushed frames wait for the welcome: the loop that writes them starts after it.
+    let (inbox, pushed) = mpsc::channel(INBOX);
+    let evicted = Arc::new(watch::Sender::new(None)); // A full inbox misses a push only.
+    shared.core().attach_inbox(id, Outbox { queue: inbox, evicted });
     if let Some(old) = connected.replaced
         && let Some(stale) = shared.connections().remove(&old)
     {
@@ -121,7 +135,7 @@ async fn greet(
         return None;
     }
     info!(name = %connected.name, "online");
-    Some((send, reader, connected.name))
+    Some(Greeted { send, reader, name: connected.name, pushed })
 }
 
 /// Answers the control stream and accepts room streams until the connection ends or the
@@ -131,6 +145,7 @@ async fn run(
     conn: &Arc<Conn>,
     mut send: SendStream,
     mut reader: FrameReader<RecvStream>,
+    mut pushed: mpsc::Receiver<Outgoing>,
 ) -> JoinSet<()> {
     let connection = &conn.connection;
     let mut rooms = JoinSet::new();
@@ -147,7 +162,7 @@ async fn run(
                 }
                 let action = shared.core().on_control(conn.id, Received::from_read(read), Instant::now());
                 let reply = match action {
-                    ControlAction::ListRooms => match shared.directory.rooms().await {
+                    ControlAction::ListRooms => match shared.directory.rooms(&conn.name).await {
                         Ok(rooms) => NodeFrame::Rooms { rooms },
                         Err(e) => unavailable(&e).into(),
                     },
@@ -175,6 +190,20 @@ async fn run(
                 }
                 if write_frame(&mut send, &reply, codec::MAX_NODE_FRAME_LEN).await.is_err() {
                     break;
+                }
+            }
+            Some(Outgoing::Message(_, frame) | Outgoing::Frame(frame)) = pushed.recv() => {
+                // A direct message of a conversation the user is not in. A client that
+                // reads nothing of its control stream is closed, not waited for.
+                let timeout = shared.config.write_timeout;
+                match tokio::time::timeout(timeout, send.write_chunk(frame)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        shared.metrics.error("write_timeout");
+                        connection.close(codes::close::PROTOCOL_VIOLATION.into(), b"the control stream was not read");
+                        break;
+                    }
                 }
             }
             stream = connection.accept_bi() => {

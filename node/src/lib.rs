@@ -42,6 +42,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chat_cluster::Cluster;
+use chat_core::names::DIRECT_PREFIX;
 use chat_core::{ConnId, Core, RoomName, Rules};
 use chat_history::History;
 use chat_proto::{Limits, codec, codes};
@@ -409,6 +410,7 @@ fn limits(config: &NodeConfig) -> Limits {
         max_frame_len: config.max_message_len + codec::FRAME_OVERHEAD as u32,
         max_rooms_per_connection: config.max_rooms_per_connection,
         history_cap: config.history_cap,
+        direct_history_cap: config.direct_history_cap,
         messages_per_second: config.messages_per_second,
         message_burst: config.message_burst,
         max_history_page: config.max_history_page,
@@ -429,6 +431,7 @@ fn prepare(config: &NodeConfig, cluster: Option<Arc<Cluster>>) -> anyhow::Result
             History::open(chat_history::Config {
                 path: config.data_dir.join("history"),
                 cap: config.history_cap,
+                cap_by_prefix: vec![(DIRECT_PREFIX.into(), config.direct_history_cap)],
                 durability: config.durability,
             })
             .with_context(|| format!("opening the history in {}", config.data_dir.display()))?,

@@ -10,7 +10,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use chat_core::{MemberId, Opening, Received, Refusal, RoomName, Seq, StreamAction, StreamInput};
+use chat_core::{
+    Admitted, MemberId, Opening, Received, Refusal, RoomName, Seq, StreamAction, StreamInput,
+};
 use chat_history::HistoryError;
 use chat_history::PageLimit;
 use chat_proto::io::FrameReader;
@@ -47,15 +49,30 @@ pub(crate) async fn serve(
         }
         return;
     }
-    if let Err(e) = shared.fanout.follow(&room).await {
-        let refusal = Refusal::JoinUnavailable { room, detail: e.to_string() };
+    let admitted = shared.core().admit(conn.id, &room);
+    let room = match admitted {
+        Ok(Admitted { room, known: true }) => room,
+        // A direct conversation is made when one of its two first opens it.
+        Ok(Admitted { room, known: false }) if room.direct_pair().is_some() => {
+            if let Err(detail) = create(&shared, &room).await {
+                let refusal = Refusal::JoinUnavailable { room: room.to_string(), detail };
+                return end_with(&shared, &mut send, error_frame(&refusal, None)).await;
+            }
+            room
+        }
+        // In cluster mode a room enters the core when the node follows it.
+        Ok(Admitted { room, known: false }) => room,
+        Err(refusal) => return end_with(&shared, &mut send, error_frame(&refusal, None)).await,
+    };
+    if let Err(e) = shared.fanout.follow(room.as_str()).await {
+        let refusal = Refusal::JoinUnavailable { room: room.to_string(), detail: e.to_string() };
         return end_with(&shared, &mut send, error_frame(&refusal, None)).await;
     }
     let member = MemberId(shared.next_id());
     let (queue, queued) = mpsc::channel(shared.config.member_queue);
     let (evicted, eviction) = watch::channel(None);
     let outbox = Outbox { queue, evicted: Arc::new(evicted) };
-    let joined = shared.core().join(conn.id, member, &room, outbox.clone());
+    let joined = shared.core().join(conn.id, member, room.as_str(), outbox.clone());
     let joined = match joined {
         Ok(joined) => joined,
         Err(refusal) => {
@@ -84,6 +101,16 @@ pub(crate) async fn serve(
     if let Ended::Closing(refusal) = ended {
         // Only now, so that the client has its acks and "slow down" errors first.
         close_rate_limited(&shared, &conn, &refusal);
+    }
+}
+
+/// Creates `room` in the history.
+async fn create(shared: &Shared, room: &RoomName) -> Result<(), String> {
+    let (history, name) = (Arc::clone(&shared.history), room.clone());
+    match tokio::task::spawn_blocking(move || history.create_room(&name)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -113,8 +113,16 @@ impl Subscriber for LocalFanOut {
 }
 
 impl FanOut for LocalFanOut {
-    fn follow<'a>(&'a self, _room: &'a str) -> Pending<'a, Result<(), FollowError>> {
-        Box::pin(ready(Ok(()))) // Every room's messages pass through this process anyway.
+    /// Every room's messages pass through this process anyway. The core knows every room
+    /// the history held at the start, so a direct conversation it does not know was just
+    /// created, and enters it empty.
+    fn follow<'a>(&'a self, room: &'a str) -> Pending<'a, Result<(), FollowError>> {
+        if let Ok(room) = RoomName::parse(room)
+            && room.direct_pair().is_some()
+        {
+            self.0.lock().unwrap_or_else(PoisonError::into_inner).add_room(room, 0);
+        }
+        Box::pin(ready(Ok(())))
     }
 }
 
@@ -141,8 +149,12 @@ pub trait Directory: Send + Sync + 'static {
         &'a self,
         room: &'a str,
     ) -> Pending<'a, Result<Result<Vec<String>, Refusal>, DirectoryError>>;
-    /// Every room with its newest sequence number and its members.
-    fn rooms(&self) -> Pending<'_, Result<Vec<RoomInfo>, DirectoryError>>;
+    /// Every room with its newest sequence number and its members, and `user`'s own
+    /// direct conversations (see [`RoomName::listed_for`]).
+    fn rooms<'a>(
+        &'a self,
+        user: &'a UserName,
+    ) -> Pending<'a, Result<Vec<RoomInfo>, DirectoryError>>;
     /// Renews this node's claims; returns the connections whose names were taken over by
     /// the same user's session on another node. `None` when nothing needs renewing.
     fn refresh(&self) -> Option<Pending<'_, Vec<ConnId>>>;
@@ -176,11 +188,15 @@ impl Directory for LocalDirectory {
     ) -> Pending<'a, Result<Result<Vec<String>, Refusal>, DirectoryError>> {
         Box::pin(ready(Ok(self.core().who(room))))
     }
-    fn rooms(&self) -> Pending<'_, Result<Vec<RoomInfo>, DirectoryError>> {
+    fn rooms<'a>(
+        &'a self,
+        user: &'a UserName,
+    ) -> Pending<'a, Result<Vec<RoomInfo>, DirectoryError>> {
         let rooms = self
             .core()
             .rooms()
             .into_iter()
+            .filter(|r| r.name.listed_for(user, r.last_seq))
             .map(|r| RoomInfo {
                 name: r.name.to_string(),
                 last_seq: r.last_seq,

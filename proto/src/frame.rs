@@ -181,6 +181,8 @@ pub struct Limits {
     pub max_rooms_per_connection: u32,
     /// Messages a room retains.
     pub history_cap: u64,
+    /// Messages a direct conversation retains.
+    pub direct_history_cap: u64,
     /// Sends per second one connection may keep up (0: no limit); faster sends are refused
     /// with [`ErrorCode::SlowDown`].
     pub messages_per_second: u32,
@@ -291,6 +293,8 @@ pub enum ErrorCode {
     /// The connection sends faster than the node allows; the message was not sent. Wait and
     /// send it again. A connection that goes on sending regardless is closed.
     SlowDown,
+    /// The room is a direct conversation of two other users.
+    NotAllowed,
 }
 
 impl ErrorFrame {

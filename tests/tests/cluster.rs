@@ -164,6 +164,23 @@ async fn clients_on_two_nodes_see_one_room_in_one_order_with_its_history() {
         }
     }
     assert_eq!(told, ["dave arrived", "dave left (left)"]);
+
+    // A direct message from node 0 reaches its user on node 1 live, and the answer returns.
+    let eve = chat.connect("eve", 1).await;
+    let mut adas = ada.join("@eve", None).await.expect("opens on node 0");
+    adas.sender().send("hello eve").await.expect("stored");
+    let pushed = tokio::time::timeout(PATIENCE, eve.next_direct()).await.expect("in time");
+    let pushed = pushed.expect("a direct message");
+    assert_eq!((pushed.room.as_str(), pushed.body.as_str()), ("@ada+eve", "hello eve"));
+    let mut eves = eve.join("@ada", None).await.expect("opens on node 1");
+    assert_eq!(next_message(&mut eves).await.0.body, "hello eve", "in its history");
+    eves.sender().send("hi from node 1").await.expect("stored");
+    assert_eq!(next_message(&mut adas).await.0.body, "hello eve");
+    assert_eq!(next_message(&mut adas).await.0.body, "hi from node 1");
+    let listed = |rooms: Vec<chat_proto::RoomInfo>| rooms.iter().any(|r| r.name == "@ada+eve");
+    assert!(listed(eve.rooms().await.expect("rooms")) && listed(ada.rooms().await.expect("rooms")));
+    assert!(!listed(bob.rooms().await.expect("rooms")), "listed for its two users only");
+    assert!(bob.join("@ada+eve", None).await.is_err(), "closed to anyone else");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -268,6 +285,7 @@ async fn killing_the_stream_leader_loses_no_acknowledged_message() {
             urls: vec![chat.nats.urls()],
             replicas: 3,
             history_cap: 10_000,
+            direct_history_cap: 10_000,
             max_age: None,
             presence_ttl: Duration::from_secs(15),
         };

@@ -42,6 +42,21 @@ fn two_chat_processes_talk_through_a_node() {
         (Some("general"), Some("hi ada"), Some(2))
     );
 
+    // A direct message: pushed to bob, who has not opened the conversation, and answered.
+    writeln!(ada_in, "/msg bob psst, just you").expect("typed");
+    let got = wait_for(&bob_events, "the direct message", |e| {
+        e["event"] == "message" && e["room"] == "@ada+bob"
+    });
+    assert_eq!(
+        (got["sender"].as_str(), got["body"].as_str()),
+        (Some("ada"), Some("psst, just you"))
+    );
+    writeln!(bob_in, "/msg ada got it").expect("typed");
+    let got = wait_for(&ada_events, "the answer", |e| {
+        e["event"] == "message" && e["room"] == "@ada+bob" && e["sender"] == "bob"
+    });
+    assert_eq!(got["body"].as_str(), Some("got it"));
+
     // A third process with a taken name fails with its exit code and a clear message.
     let taken =
         node.chat("ADA", &["--room", "general"]).stdin(Stdio::null()).output().expect("runs");

@@ -35,11 +35,27 @@ impl Sink for Stdout {
 pub struct Output {
     json: bool,
     sink: Arc<Mutex<Box<dyn Sink>>>,
+    /// The user's name, once connected: a direct conversation is shown as `@` and the other.
+    me: Arc<std::sync::OnceLock<String>>,
 }
 
 impl Output {
     pub fn stdout(json: bool) -> Self {
-        Self { json, sink: Arc::new(Mutex::new(Box::new(Stdout))) }
+        Self { json, sink: Arc::new(Mutex::new(Box::new(Stdout))), me: Arc::default() }
+    }
+
+    /// From now on, show direct conversations as `me` sees them.
+    pub fn speak_as(&self, me: &str) {
+        let _ = self.me.set(me.to_owned());
+    }
+
+    /// How a person sees `room`: a direct conversation (`@ada+bob`) as `@` and the other user;
+    /// JSON keeps the node's name.
+    pub fn shown(&self, room: &str) -> String {
+        match (chat_core::RoomName::parse(room), self.me.get()) {
+            (Ok(name), Some(me)) if name.direct_pair().is_some() => name.shown_to(me),
+            _ => room.to_owned(),
+        }
     }
 
     /// From now on, print through `sink` (the terminal's printer).
@@ -54,9 +70,10 @@ impl Output {
 
     /// A room joined; `target` when typed lines now go there.
     pub fn joined(&self, room: &str, last_seq: Seq, gap: Option<Gap>, target: bool) {
+        let shown = self.shown(room);
         self.emit(json!({"event": "joined", "room": room, "last_seq": last_seq}), || {
-            let target = if target { format!("; typing into {room}") } else { String::new() };
-            format!("-- joined {room} (newest message #{last_seq}){target}")
+            let target = if target { format!("; typing into {shown}") } else { String::new() };
+            format!("-- joined {shown} (newest message #{last_seq}){target}")
         });
         if let Some(gap) = gap {
             self.gap(room, gap);
@@ -64,11 +81,12 @@ impl Output {
     }
 
     pub fn gap(&self, room: &str, gap: Gap) {
+        let shown = self.shown(room);
         self.emit(
             json!({"event": "gap", "room": room, "first": gap.first, "last": gap.last}),
             || {
                 format!(
-                    "-- {room}: messages #{}..#{} are no longer in the history and were missed",
+                    "-- {shown}: messages #{}..#{} are no longer in the history and were missed",
                     gap.first, gap.last
                 )
             },
@@ -77,13 +95,14 @@ impl Output {
 
     /// The line between a room's history and its live messages.
     pub fn history_end(&self, room: &str, ends: PageEnds) {
+        let shown = self.shown(room);
         self.emit(
             json!({"event": "history_end", "room": room, "more_before": ends.more_before, "first_seq": ends.first_seq}),
             || {
                 if ends.more_before {
-                    format!("-- {room}: end of history; /history shows earlier messages")
+                    format!("-- {shown}: end of history; /history shows earlier messages")
                 } else {
-                    format!("-- {room}: end of history")
+                    format!("-- {shown}: end of history")
                 }
             },
         );
@@ -103,7 +122,7 @@ impl Output {
             || {
                 format!(
                     "[{} #{} {}] {}: {}",
-                    message.room,
+                    self.shown(&message.room),
                     message.seq,
                     clock(message.timestamp_ms),
                     message.sender,
@@ -115,13 +134,15 @@ impl Output {
 
     /// Someone else joined `room`.
     pub fn arrived(&self, room: &str, name: &str) {
+        let shown = self.shown(room);
         self.emit(json!({"event": "arrived", "room": room, "name": name}), || {
-            format!("-- {room}: {name} joined")
+            format!("-- {shown}: {name} joined")
         });
     }
 
     /// Someone else left `room`.
     pub fn departed(&self, room: &str, name: &str, reason: LeftReason) {
+        let shown = self.shown(room);
         let code = match reason {
             LeftReason::Left => "left",
             LeftReason::Disconnected => "disconnected",
@@ -130,15 +151,16 @@ impl Output {
         };
         self.emit(json!({"event": "departed", "room": room, "name": name, "reason": code}), || {
             match reason {
-                LeftReason::Left => format!("-- {room}: {name} left"),
-                other => format!("-- {room}: {name} left ({})", other.as_str()),
+                LeftReason::Left => format!("-- {shown}: {name} left"),
+                other => format!("-- {shown}: {name} left ({})", other.as_str()),
             }
         });
     }
 
     pub fn ack(&self, room: &str, seq: Seq) {
+        let shown = self.shown(room);
         self.emit(json!({"event": "ack", "room": room, "seq": seq}), || {
-            format!("-- sent to {room} as #{seq}")
+            format!("-- sent to {shown} as #{seq}")
         });
     }
 
@@ -151,7 +173,8 @@ impl Output {
     }
 
     pub fn left(&self, room: &str) {
-        self.emit(json!({"event": "left", "room": room}), || format!("-- left {room}"));
+        let shown = self.shown(room);
+        self.emit(json!({"event": "left", "room": room}), || format!("-- left {shown}"));
     }
 
     pub fn rooms(&self, rooms: &[RoomInfo]) {
@@ -169,9 +192,10 @@ impl Output {
     }
 
     pub fn who(&self, room: &str, names: &[String]) {
+        let shown = self.shown(room);
         self.emit(json!({"event": "who", "room": room, "names": names}), || {
             format!(
-                "-- in {room}: {}",
+                "-- in {shown}: {}",
                 if names.is_empty() { "nobody".into() } else { names.join(", ") }
             )
         });
@@ -185,7 +209,7 @@ impl Output {
         self.emit(
             json!({"event": "error", "room": room, "code": error.exit_code(), "message": error.to_string()}),
             || match room {
-                Some(room) => format!("!! {room}: {error}"),
+                Some(room) => format!("!! {}: {error}", self.shown(room)),
                 None => format!("!! {error}"),
             },
         );
@@ -194,18 +218,19 @@ impl Output {
     /// A message that was not stored, with its text so that the user can send it again.
     /// `maybe` when the connection was lost before the answer: it may have been stored.
     pub fn not_sent(&self, room: &str, text: &str, error: &ClientError, maybe: bool) {
+        let shown = self.shown(room);
         self.emit(
             json!({"event": "not_sent", "room": room, "body": text, "code": error.exit_code(), "message": error.to_string(), "maybe_stored": maybe}),
             || {
                 let what = if maybe { "may not have been sent" } else { "was not sent" };
-                format!("!! {room}: {what} ({error}): {text}")
+                format!("!! {shown}: {what} ({error}): {text}")
             },
         );
     }
 
     /// Where the user types: the room, and how many of the user's lines wait for the node.
     pub fn prompt(&self, room: Option<&str>, waiting: usize, reconnecting: bool) {
-        let mut prompt = format!("[{}", room.unwrap_or("no room"));
+        let mut prompt = format!("[{}", room.map_or("no room".into(), |room| self.shown(room)));
         if reconnecting {
             prompt.push_str(" · reconnecting");
         }

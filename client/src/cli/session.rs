@@ -104,6 +104,7 @@ pub struct Session {
 
 impl Session {
     pub fn new(client: Client, out: Output) -> Self {
+        out.speak_as(client.name());
         let (events_tx, events) = mpsc::channel(EVENT_BUFFER);
         Self {
             client,
@@ -158,6 +159,9 @@ impl Session {
                     None => (input_open, quitting) = (false, true),
                 },
                 Some((room, event)) = self.events.recv() => self.room_event(room, event).await,
+                Some(message) = self.client.next_direct(), if self.reconnecting.is_none() => {
+                    self.direct(message).await;
+                }
                 Some((line, posted)) = OptionFuture::from(self.posting.as_mut()) => {
                     self.posting = None;
                     match posted {
@@ -182,6 +186,23 @@ impl Session {
         let failed = self.failed.take();
         self.close().await;
         failed.map_or(Ok(()), Err)
+    }
+
+    /// Says which direct conversations the user has, so that messages written while they
+    /// were away are found.
+    pub async fn list_conversations(&self) {
+        let Ok(rooms) = self.client.rooms().await else { return };
+        let direct: Vec<String> = rooms
+            .iter()
+            .filter(|room| room.name.starts_with('@'))
+            .map(|room| format!("{} (newest #{})", self.out.shown(&room.name), room.last_seq))
+            .collect();
+        if !direct.is_empty() {
+            self.out.info(&format!(
+                "direct conversations: {}; /query NAME opens one",
+                direct.join(", ")
+            ));
+        }
     }
 
     /// Leaves every room and says goodbye to the node.
@@ -342,11 +363,59 @@ impl Session {
         }
     }
 
+    /// A direct message pushed for a conversation not joined: shown, and the conversation
+    /// joined from there on so that the next ones come in order.
+    async fn direct(&mut self, message: chat_client::ChatMessage) {
+        let room = message.room.clone();
+        if self.rooms.contains_key(&room) {
+            return; // Joined meanwhile: the room's stream has it.
+        }
+        self.out.message(&message, false);
+        let shown = self.out.shown(&room);
+        match self.join(&room, Some(message.seq), false).await {
+            Ok(()) => self.out.info(&format!(
+                "{shown}: /query {} types there, /msg {} TEXT answers",
+                &shown[1..],
+                &shown[1..]
+            )),
+            Err(e) => self.out.error(Some(&room), &e),
+        }
+    }
+
+    /// `/msg NAME TEXT`: `text` for the conversation with `name`, joined first if need be.
+    async fn message_to(&mut self, name: &str, text: &str) {
+        let room = self.canonical(&format!("@{name}"));
+        if let Err(e) = self.join(&room, None, false).await {
+            return self.out.error(Some(&room), &e);
+        }
+        self.typed += 1;
+        let (room, text) = (room, text.to_owned());
+        self.outbox.push_back(Line { room, text, typed: self.typed, resent: false, cut_in: None });
+    }
+
+    /// The node's name for the room `room` means to this user: `@bob` is the conversation
+    /// with bob, as the node spells it (`@ada+bob`).
+    fn canonical(&self, room: &str) -> String {
+        let me = chat_core::UserName::parse(self.client.name());
+        match me.and_then(|me| chat_core::RoomName::resolve(room, &me)) {
+            Ok(room) => room.to_string(),
+            Err(_) => room.to_ascii_lowercase(),
+        }
+    }
+
     /// Handles one typed line; false to quit.
     async fn handle_line(&mut self, line: &str) -> bool {
         let (command, arg) = line.split_once(' ').map_or((line, ""), |(c, a)| (c, a.trim()));
-        // Room names are case-insensitive and the node spells them in lower case.
-        let arg = &arg.to_ascii_lowercase();
+        if command == "/msg" {
+            match arg.split_once(' ') {
+                Some((name, text)) if !text.trim().is_empty() => {
+                    self.message_to(name, text.trim()).await;
+                }
+                _ => self.out.usage("/msg NAME TEXT"),
+            }
+            return true;
+        }
+        let arg = &self.canonical_arg(command, arg);
         match command {
             "" => {}
             "/quit" | "/exit" => return false,
@@ -360,11 +429,17 @@ impl Session {
                 _ => self.out.usage("not in that room"),
             },
             "/switch" if !arg.is_empty() => {
+                let shown = self.out.shown(arg);
                 if self.rooms.contains_key(arg) {
                     self.current = Some(arg.to_owned());
-                    self.out.info(&format!("typing into {arg}"));
+                    self.out.info(&format!("typing into {shown}"));
                 } else {
-                    self.out.usage(&format!("not in room {arg}; /join it first"));
+                    self.out.usage(&format!("not in {shown}; /join it first"));
+                }
+            }
+            "/query" if !arg.is_empty() => {
+                if let Err(e) = self.join(arg, None, true).await {
+                    self.out.error(Some(arg), &e);
                 }
             }
             "/rooms" => match self.client.rooms().await {
@@ -388,7 +463,9 @@ impl Session {
             },
             "/help" => self.out.info(
                 "commands: /join ROOM, /leave [ROOM], /switch ROOM, /rooms, /who [ROOM], \
-                 /history [N], /quit; anything else is sent to the room named in the prompt",
+                 /history [N], /msg NAME TEXT, /query NAME (a direct conversation, also \
+                 @NAME where a room goes), /quit; anything else is sent to the room named in \
+                 the prompt",
             ),
             _ if command.starts_with('/') => {
                 self.out.usage(&format!("unknown command {command}; /help lists them"));
@@ -406,6 +483,16 @@ impl Session {
         true
     }
 
+    /// A command's argument as the node names it: a room (in lower case, as the node spells
+    /// rooms) or, for `/query NAME` and `@NAME`, a direct conversation.
+    fn canonical_arg(&self, command: &str, arg: &str) -> String {
+        match command {
+            "/query" if !arg.is_empty() => self.canonical(&format!("@{arg}")),
+            _ if arg.is_empty() => String::new(),
+            _ => self.canonical(arg),
+        }
+    }
+
     /// The room an argument names, or the current room when there is none.
     fn room_arg(&self, arg: &str) -> Option<String> {
         if arg.is_empty() { self.current.clone() } else { Some(arg.to_owned()) }
@@ -419,10 +506,12 @@ impl Session {
         after: Option<Seq>,
         target: bool,
     ) -> Result<(), ClientError> {
+        let room = &self.canonical(room);
         if self.rooms.contains_key(room) {
             if target {
                 self.current = Some(room.to_owned());
-                self.out.info(&format!("already in {room}; typing into {room}"));
+                let shown = self.out.shown(room);
+                self.out.info(&format!("already in {shown}; typing into {shown}"));
             }
             return Ok(());
         }
@@ -467,7 +556,7 @@ impl Session {
         if self.current.as_deref() == Some(room) {
             self.current = self.rooms.keys().next().cloned();
             if let Some(now) = &self.current {
-                self.out.info(&format!("typing into {now}"));
+                self.out.info(&format!("typing into {}", self.out.shown(now)));
             }
         }
     }

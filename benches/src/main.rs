@@ -5,6 +5,8 @@
 //! - `soak` (`soak.rs`): many clients for many minutes, the node's memory over time.
 //! - `connections` (`connections.rs`): many idle connections, memory per connection.
 //! - `appends` (`appends.rs`): the history alone, to see group commit at work.
+//! - `requests` (`requests.rs`): a connection that joins as fast as it can, beside a
+//!   bystander's latency.
 //!
 //! `process.rs` starts the server under test as its own process and reads its costs.
 
@@ -14,6 +16,7 @@ mod fanout;
 mod plot;
 mod process;
 mod relay;
+mod requests;
 mod soak;
 
 use std::path::PathBuf;
@@ -129,6 +132,17 @@ enum Command {
         #[arg(last = true)]
         node_args: Vec<String>,
     },
+    /// A connection that joins rooms as fast as it can, with the node's request budget off
+    /// and at its default, beside a bystander member timing its own messages: prints the
+    /// joins per second served, node CPU per join and the bystander's latency
+    Requests {
+        /// Messages in each room before the flood
+        #[arg(long, default_value_t = 1000)]
+        history: usize,
+        /// Seconds per phase
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+    },
     /// The bare QUIC relay that `fanout --floor` measures (started by it)
     #[command(hide = true)]
     Relay {
@@ -191,6 +205,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Relay { listen, dir } => relay::serve(listen, &dir).await,
+        Command::Requests { history, seconds } => requests::run(history, seconds).await,
         Command::Connections { count, node_args } => connections::run(count, &node_args).await,
         Command::Matrix { json, plots, runs } => {
             if let Some(dir) = &plots {

@@ -1,4 +1,7 @@
-//! Who may open a connection: at most so many in all and so many from one IP address.
+//! Who may open a connection: at most so many in all and so many from one IP address, and
+//! none for a while from an address whose connection was closed for ignoring "slow down"
+//! (else connecting again would get a fresh budget at once, and the limit would hold back
+//! nothing but the handshakes).
 //!
 //! The node asks before the TLS handshake, so a refused connection costs one packet. Each
 //! admitted connection holds a [`Slot`] that gives its place back when dropped.
@@ -6,6 +9,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +18,8 @@ pub(crate) enum Full {
     Node,
     /// This address has its most connections.
     Address,
+    /// A connection from this address was closed for ignoring "slow down" a moment ago.
+    Barred,
 }
 
 impl Full {
@@ -21,6 +27,7 @@ impl Full {
         match self {
             Self::Node => "node_full",
             Self::Address => "address_full",
+            Self::Barred => "address_barred",
         }
     }
 }
@@ -35,6 +42,8 @@ pub(crate) struct Admission {
 struct Open {
     total: usize,
     by_ip: HashMap<IpAddr, usize>,
+    /// Addresses barred, until when.
+    barred: HashMap<IpAddr, Instant>,
 }
 
 /// An admitted connection's place.
@@ -54,6 +63,12 @@ impl Admission {
         if open.total >= self.max_total {
             return Err(Full::Node);
         }
+        if let Some(&until) = open.barred.get(&ip) {
+            if Instant::now() < until {
+                return Err(Full::Barred);
+            }
+            open.barred.remove(&ip);
+        }
         let from_ip = open.by_ip.entry(ip).or_default();
         if *from_ip >= self.max_per_ip {
             return Err(Full::Address);
@@ -61,6 +76,15 @@ impl Admission {
         *from_ip += 1;
         open.total += 1;
         Ok(Slot { admission: Arc::clone(self), ip })
+    }
+
+    /// Admits no connection from `ip` for `period`.
+    pub(crate) fn bar(&self, ip: IpAddr, period: Duration) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        // Bars are rare (a connection closed for ignoring its limit); forget the spent ones.
+        open.barred.retain(|_, until| *until > now);
+        open.barred.insert(ip, now + period);
     }
 
     /// Connections open now.
@@ -103,6 +127,17 @@ mod tests {
         assert_eq!(admission.open(), 2);
         let _a3 = admission.admit(ip(1)).expect("a freed place");
         assert_eq!(admission.open(), 3);
+    }
+
+    #[test]
+    fn a_barred_address_is_refused_for_the_period_only() {
+        let admission = Admission::new(10, 10);
+        let _held = admission.admit(ip(1)).expect("admitted");
+        admission.bar(ip(1), Duration::from_secs(60));
+        admission.bar(ip(2), Duration::ZERO);
+        assert_eq!(admission.admit(ip(1)).err(), Some(Full::Barred));
+        assert!(admission.admit(ip(2)).is_ok(), "a spent bar");
+        assert!(admission.admit(ip(3)).is_ok(), "another address");
     }
 
     #[test]

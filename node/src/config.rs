@@ -96,6 +96,10 @@ pub struct Settings {
     /// Requests one connection may make at once after a quiet spell [default: 200]
     #[arg(long, env = "CHAT_REQUEST_BURST")]
     pub request_burst: Option<u32>,
+    /// Seconds for which an address whose connection was closed for ignoring "slow down"
+    /// may not connect again; 0 for none [default: 10]
+    #[arg(long, env = "CHAT_RATE_LIMITED_BAR_SECS")]
+    pub rate_limited_bar_secs: Option<u64>,
     /// Address of the Prometheus `/metrics` endpoint (plain HTTP; keep it on loopback or a
     /// private network) [default: off]
     #[arg(long, env = "CHAT_METRICS_LISTEN")]
@@ -188,6 +192,7 @@ pub struct NodeConfig {
     pub message_burst: u32,
     pub requests_per_second: u32,
     pub request_burst: u32,
+    pub rate_limited_bar: Duration,
     /// Where `/metrics` is served; `None` serves none.
     pub metrics_listen: Option<SocketAddr>,
     /// NATS and how the chat's data is kept there; `None` for a single node.
@@ -239,6 +244,7 @@ impl Settings {
             message_burst: self.message_burst.or(lower.message_burst),
             requests_per_second: self.requests_per_second.or(lower.requests_per_second),
             request_burst: self.request_burst.or(lower.request_burst),
+            rate_limited_bar_secs: self.rate_limited_bar_secs.or(lower.rate_limited_bar_secs),
             metrics_listen: self.metrics_listen.or(lower.metrics_listen),
             cluster: self.cluster.or(lower.cluster),
         }
@@ -274,6 +280,7 @@ impl Settings {
             message_burst: self.message_burst.unwrap_or(200).max(1),
             requests_per_second: self.requests_per_second.unwrap_or(50),
             request_burst: self.request_burst.unwrap_or(200).max(1),
+            rate_limited_bar: Duration::from_secs(self.rate_limited_bar_secs.unwrap_or(10)),
             metrics_listen: self.metrics_listen,
             cluster: self.cluster.resolve(history_cap, direct_history_cap),
         }

@@ -175,6 +175,9 @@ async fn run(
                     ControlAction::Close(refusal) => {
                         warn!(%refusal, "closed a connection on its control stream");
                         refuse(shared, connection, &mut send, &refusal).await;
+                        if refusal == Refusal::RateLimited {
+                            shared.bar(connection);
+                        }
                         break;
                     }
                     ControlAction::Bye => {

@@ -127,6 +127,14 @@ impl Shared {
         self.connections.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// `connection` was closed for ignoring "slow down": its address may not connect again
+    /// for `rate_limited_bar` (else a new connection would have a fresh budget at once).
+    fn bar(&self, connection: &quinn::Connection) {
+        let ip = connection.remote_address().ip();
+        info!(%ip, secs = self.config.rate_limited_bar.as_secs(), "barred an address that ignored its limit");
+        self.admission.bar(ip, self.config.rate_limited_bar);
+    }
+
     fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }

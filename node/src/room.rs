@@ -118,6 +118,7 @@ fn close_rate_limited(shared: &Shared, conn: &Conn, refusal: &Refusal) {
     warn!(%refusal, "closed a connection that kept on over its rate limit");
     shared.metrics.error("rate_limited");
     conn.connection.close(refusal.close_code().into(), refusal.to_string().as_bytes());
+    shared.bar(&conn.connection);
 }
 
 /// Why a room stream stopped reading.

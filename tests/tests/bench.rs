@@ -71,3 +71,17 @@ fn connections_holds_every_connection_and_reports_its_cost() {
     assert!(out.contains("handshakes per second of node CPU"), "{out}");
     assert!(out.contains("KiB per connection"), "{out}");
 }
+
+#[test]
+fn requests_floods_joins_beside_a_bystander_and_reports_both() {
+    let out = bench(&["requests", "--history", "20", "--seconds", "1"]);
+    let served = |phase: &str| -> f64 {
+        let line = out.lines().find(|l| l.starts_with(phase)).unwrap_or_else(|| panic!("{out}"));
+        assert!(line.contains("bystander p50"), "{line}");
+        let before = line.split(" joins/s served").next().unwrap_or_default();
+        before.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+    };
+    assert!(out.lines().any(|l| l.starts_with("quiet: bystander p50")), "{out}");
+    assert!(served("join flood, no budget") > 0.0, "{out}");
+    served("join flood, default budget");
+}

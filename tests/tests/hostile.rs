@@ -137,6 +137,13 @@ async fn a_flood_of_requests_is_told_to_slow_down_then_closed() {
             if c.error_code.into_inner() == u64::from(codes::close::RATE_LIMITED)),
         "{closed:?}"
     );
+    // Connecting again at once would bring a fresh budget: the address is barred a while.
+    let again = raw_connection(&node, codes::ALPN).await.map(drop);
+    assert!(
+        matches!(&again, Err(quinn::ConnectionError::ConnectionClosed(c))
+            if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED),
+        "{again:?}"
+    );
     bystander_is_fine(&mut bobs).await;
     node.stop().await;
 }

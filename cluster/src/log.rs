@@ -21,6 +21,8 @@ use crate::{ClusterConfig, ClusterError};
 pub const STREAM: &str = "CHAT";
 /// The stream holding every direct conversation's messages.
 pub const DIRECT_STREAM: &str = "CHAT_DIRECT";
+/// Most messages asked of one direct batch get.
+const BATCH: usize = 256;
 /// The bucket naming the rooms that exist.
 pub const ROOMS_BUCKET: &str = "chat_rooms";
 
@@ -53,6 +55,8 @@ async fn open_stream(
         max_messages_per_subject: i64::try_from(cap).unwrap_or(i64::MAX),
         max_age: config.max_age.unwrap_or(Duration::ZERO),
         discard: stream::DiscardPolicy::Old,
+        // Pages of history are direct batch gets, which any replica may answer.
+        allow_direct: true,
         ..Default::default()
     };
     js.create_or_update_stream(stream_config).await.map_err(|e| ClusterError::setup(&what, e))?;
@@ -132,32 +136,122 @@ impl Log {
         .await
     }
 
-    /// Up to `limit` retained messages of `room` after `after` (from the first for `None`).
+    /// The retained messages of `room` numbered from `from` up to `below` (exclusive), at
+    /// most `limit` of them, oldest first: JetStream's direct batch get by subject, which
+    /// any replica answers and which leaves no consumer behind.
     ///
     /// # Errors
     /// NATS did not answer, or a message does not decode.
-    pub async fn read(
+    pub async fn range(
         &self,
         room: &str,
-        after: Option<u64>,
+        from: u64,
+        below: u64,
         limit: usize,
     ) -> Result<Vec<Stored>, ClusterError> {
-        let read = || async {
-            let consumer = self.consumer(room, after).await?;
-            let pending = usize::try_from(consumer.cached_info().num_pending).unwrap_or(usize::MAX);
-            if pending == 0 || limit == 0 {
-                return Ok(Vec::new());
+        let mut got = Vec::new();
+        let mut next = from.max(1);
+        while got.len() < limit && next < below {
+            let want = (limit - got.len()).min(BATCH);
+            let read = || crate::within(crate::READ_TIMEOUT, self.batch(room, next, want));
+            let (batch, pending) = crate::patiently(read).await?;
+            let full = batch.len() == want;
+            for stored in batch {
+                if stored.seq >= below {
+                    return Ok(got);
+                }
+                next = stored.seq + 1;
+                got.push(stored);
             }
-            let messages = consumer.messages().await.map_err(ClusterError::unavailable)?;
-            messages
-                .take(pending.min(limit))
-                .map_err(ClusterError::unavailable)
-                .and_then(|message| async move { decode(&message) })
-                .try_collect()
-                .await
+            if !full || pending == 0 {
+                break;
+            }
+        }
+        Ok(got)
+    }
+
+    /// The newest `limit` retained messages of `room` numbered below `below`, oldest
+    /// first. The stream numbers every room together, so where they start is found by
+    /// reading back a span of numbers that grows until it holds enough (or reaches 1).
+    ///
+    /// # Errors
+    /// As for [`range`](Self::range).
+    pub async fn before(
+        &self,
+        room: &str,
+        below: u64,
+        limit: usize,
+    ) -> Result<Vec<Stored>, ClusterError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut span = (2 * limit as u64).max(64);
+        loop {
+            let from = below.saturating_sub(span).max(1);
+            let mut got = self.range(room, from, below, usize::MAX).await?;
+            if got.len() >= limit || from == 1 {
+                let extra = got.len().saturating_sub(limit);
+                got.drain(..extra);
+                return Ok(got);
+            }
+            span = span.saturating_mul(4);
+        }
+    }
+
+    /// The oldest retained message's number in `room`, `None` when it has none.
+    ///
+    /// # Errors
+    /// As for [`range`](Self::range).
+    pub async fn first_seq(&self, room: &str) -> Result<Option<u64>, ClusterError> {
+        Ok(self.range(room, 1, u64::MAX, 1).await?.first().map(|s| s.seq))
+    }
+
+    /// One direct batch get: up to `batch` messages of `room` from `from` on, and how many
+    /// more the answering server holds after them.
+    async fn batch(
+        &self,
+        room: &str,
+        from: u64,
+        batch: usize,
+    ) -> Result<(Vec<Stored>, u64), ClusterError> {
+        let client = self.js.client();
+        let inbox = client.new_inbox();
+        let mut replies =
+            client.subscribe(inbox.clone()).await.map_err(ClusterError::unavailable)?;
+        // Subjects hold no quote or backslash (see `subjects`): the request is written as is.
+        let request =
+            format!(r#"{{"seq":{from},"next_by_subj":"{}","batch":{batch}}}"#, room_subject(room));
+        let api = format!("$JS.API.DIRECT.GET.{}", self.stream_name(room));
+        client
+            .publish_with_reply(api, inbox, request.into())
+            .await
+            .map_err(ClusterError::unavailable)?;
+        let mut got = Vec::with_capacity(batch);
+        let header = |message: &async_nats::Message, name: &str| -> Option<u64> {
+            message.headers.as_ref()?.get(name)?.as_str().parse().ok()
         };
-        // A consumer whose server dies mid-read would wait for its heartbeat: start afresh.
-        crate::patiently(|| async { crate::within(crate::READ_TIMEOUT, read()).await }).await
+        while let Some(reply) = replies.next().await {
+            match reply.status.map(|s| s.as_u16()) {
+                None | Some(200) => {
+                    let seq = header(&reply, "Nats-Sequence").ok_or_else(|| {
+                        ClusterError::Unavailable("a direct get answer without its sequence".into())
+                    })?;
+                    got.push(Stored { seq, message: postcard::from_bytes(&reply.payload)? });
+                    if header(&reply, "Nats-Num-Pending").is_none() {
+                        // A server without batches answers with the one message.
+                        return Ok((got, 1));
+                    }
+                }
+                // The end of the batch, saying how many more there are.
+                Some(204) => return Ok((got, header(&reply, "Nats-Num-Pending").unwrap_or(0))),
+                Some(404) => return Ok((got, 0)),
+                Some(code) => {
+                    let detail = reply.description.unwrap_or_default();
+                    return Err(ClusterError::Unavailable(format!("direct get: {code} {detail}")));
+                }
+            }
+        }
+        Err(ClusterError::Unavailable("the direct get's answers stopped".into()))
     }
 
     /// Every message of `room` after `after`, now and from now on, in order and without a
@@ -193,30 +287,13 @@ impl Log {
             .boxed())
     }
 
-    async fn consumer(
-        &self,
-        room: &str,
-        after: Option<u64>,
-    ) -> Result<consumer::Consumer<consumer::pull::OrderedConfig>, ClusterError> {
-        let deliver_policy = match after {
-            Some(after) => {
-                consumer::DeliverPolicy::ByStartSequence { start_sequence: after.saturating_add(1) }
-            }
-            None => consumer::DeliverPolicy::All,
-        };
-        self.stream_for(room)
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: room_subject(room),
-                deliver_policy,
-                ..Default::default()
-            })
-            .await
-            .map_err(ClusterError::unavailable)
-    }
-
     /// The stream holding `room`'s messages.
     fn stream_for(&self, room: &str) -> &stream::Stream {
         if room.starts_with('@') { &self.direct } else { &self.stream }
+    }
+
+    fn stream_name(&self, room: &str) -> &'static str {
+        if room.starts_with('@') { DIRECT_STREAM } else { STREAM }
     }
 
     /// Every room that exists.

@@ -2,7 +2,7 @@
 //! nodes, none holding state of its own, serve one chat.
 //!
 //! - [`ClusterHistory`]: an append is a publish to the room's subject, complete once the
-//!   stream has it on a majority of its replicas; reads are ordered consumers.
+//!   stream has it on a majority of its replicas; pages are direct batch gets.
 //! - [`ClusterFanOut`]: the stream is the bus. An append's completion publishes nothing;
 //!   a room's first join on this node starts a follower that hands the core every message of
 //!   the room in stream order, from whichever node it came.
@@ -66,66 +66,55 @@ impl HistoryStore for ClusterHistory {
         Ok(()) // Every node's followers of the stream relay its messages, this one's too.
     }
 
-    /// The stream numbers every room's messages together, so a room's numbers have gaps and
-    /// the side before an anchor is found by reading the room forward from its oldest
-    /// message, keeping the newest (a reverse read by subject is for the cluster issue).
+    /// Direct batch gets by subject (`Log::range` and `Log::before`), no consumer. Any
+    /// replica may answer one, and one a moment behind the leader holds a shorter prefix of
+    /// the stream: a page it answered is read again unless it shows that the replica reaches
+    /// the page's far end (see [`complete`]).
     fn page(
         &self,
         room: &RoomName,
         anchor: Anchor,
         limit: PageLimit,
     ) -> Result<HistoryPage, HistoryError> {
-        const SCAN: usize = 512;
+        /// Reads of a page from a replica that is behind, before giving up.
+        const ATTEMPTS: usize = 20;
         let (log, room) = (&self.cluster.log, room.as_str());
-        let scan = async {
+        let read = async {
             let last = log.last_seq(room).await?;
-            let (older_edge, older_len) = match anchor {
-                Anchor::Latest => (last.saturating_add(1), limit.messages),
-                Anchor::Before(seq) => (seq, limit.messages),
-                Anchor::Around(seq) => (seq, limit.messages / 2),
-                Anchor::After(_) => (0, 0),
-            };
-            let mut first = None;
-            let mut older = std::collections::VecDeque::with_capacity(older_len);
-            let mut after = None;
-            if older_len > 0 {
-                'scan: loop {
-                    let batch = log.read(room, after, SCAN).await?;
-                    let full = batch.len() == SCAN;
-                    for stored in batch {
-                        if after.is_some_and(|after| stored.seq <= after) {
-                            continue; // A consumer that started over: seen already.
-                        }
-                        first.get_or_insert(stored.seq);
-                        if stored.seq >= older_edge {
-                            break 'scan;
-                        }
-                        after = Some(stored.seq);
-                        if older.len() == older_len {
-                            older.pop_front();
-                        }
-                        older.push_back(stored);
+            let n = limit.messages;
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let (older, newer) = match anchor {
+                    Anchor::Latest => {
+                        (log.before(room, last.saturating_add(1), n).await?, Vec::new())
                     }
-                    if !full {
-                        break;
+                    Anchor::Before(seq) => (log.before(room, seq, n).await?, Vec::new()),
+                    Anchor::After(seq) => {
+                        (Vec::new(), log.range(room, seq.saturating_add(1), u64::MAX, n).await?)
                     }
+                    Anchor::Around(seq) => {
+                        let older = log.before(room, seq, n / 2).await?;
+                        let newer = log.range(room, seq, u64::MAX, n - older.len()).await?;
+                        (older, newer)
+                    }
+                };
+                // Past a `Before` page's end: whether the replica holds anything there.
+                let beyond = match anchor {
+                    Anchor::Before(seq) if last >= seq => {
+                        Some(!log.range(room, seq, u64::MAX, 1).await?.is_empty())
+                    }
+                    _ => None,
+                };
+                if attempt < ATTEMPTS && !complete(anchor, last, &older, &newer, n, beyond) {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
                 }
+                let first = log.first_seq(room).await?.unwrap_or(last.saturating_add(1));
+                return Ok(chat_history::assemble(anchor, older, newer, first, last, limit));
             }
-            let newer = match anchor {
-                Anchor::After(seq) => log.read(room, Some(seq), limit.messages).await?,
-                Anchor::Around(seq) => {
-                    let len = limit.messages - older.len();
-                    log.read(room, Some(seq.saturating_sub(1)), len).await?
-                }
-                Anchor::Latest | Anchor::Before(_) => Vec::new(),
-            };
-            if first.is_none() {
-                first = log.read(room, None, 1).await?.first().map(|s| s.seq);
-            }
-            let first = first.unwrap_or(last.saturating_add(1));
-            Ok(chat_history::assemble(anchor, older.into(), newer, first, last, limit))
         };
-        self.runtime.block_on(scan).map_err(remote)
+        self.runtime.block_on(read).map_err(remote)
     }
 
     fn rooms(&self) -> Result<Vec<(String, Seq)>, HistoryError> {
@@ -145,6 +134,31 @@ impl HistoryStore for ClusterHistory {
     fn close(&self) -> Result<(), HistoryError> {
         self.flush()?;
         self.runtime.block_on(self.cluster.flush()).map_err(remote)
+    }
+}
+
+/// Whether a page read at `anchor` from some replica (`older` and `newer` than the anchor,
+/// `limit` in all) is what the leader, whose newest message in the room is `last`, holds.
+/// A replica holds a prefix of the stream, so the page is complete once the replica shows a
+/// message of the room at or past the page's far end: the room's newest (`last`) where the
+/// page covers it, else a full page, or (`beyond`, for a `Before` page) one past its anchor.
+fn complete(
+    anchor: Anchor,
+    last: Seq,
+    older: &[chat_history::Stored],
+    newer: &[chat_history::Stored],
+    limit: usize,
+    beyond: Option<bool>,
+) -> bool {
+    let has_last =
+        |page: &[chat_history::Stored]| last == 0 || page.last().is_some_and(|s| s.seq == last);
+    match anchor {
+        Anchor::Latest => has_last(older),
+        Anchor::Before(seq) if last < seq => has_last(older),
+        Anchor::Before(_) => beyond.unwrap_or(false),
+        Anchor::After(seq) => last <= seq || newer.len() == limit || has_last(newer),
+        Anchor::Around(seq) if last < seq => has_last(older),
+        Anchor::Around(_) => newer.len() == limit - older.len() || has_last(newer),
     }
 }
 

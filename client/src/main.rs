@@ -10,6 +10,7 @@ mod cli {
     pub mod output;
     pub mod session;
     pub mod terminal;
+    pub mod tokens;
 }
 
 use std::io::IsTerminal;
@@ -21,6 +22,7 @@ use cli::config::{Flags, NoTrust, Settings};
 use cli::output::Output;
 use cli::session::Session;
 use cli::terminal::Terminal;
+use cli::tokens::TokenFile;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing_subscriber::EnvFilter;
@@ -105,9 +107,14 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli, out: Output) -> anyhow::Result<()> {
     let settings = Settings::resolve(&cli.flags)?;
-    let client = Client::connect(settings.options()?).await?;
+    let mut options = settings.options()?;
+    // The interactive chat takes its name back from its own crashed run (see `tokens`).
+    let tokens = cli.command.is_none().then(|| TokenFile::new(&options.server, &options.name));
+    let tokens = tokens.flatten();
+    options.resume = tokens.as_ref().and_then(TokenFile::load);
+    let client = Client::connect(options).await?;
     let result = match cli.command {
-        None => return interactive(&settings, client, out).await,
+        None => return interactive(&settings, client, out, tokens).await,
         Some(command) => one_shot(command, &settings, &client, &out).await,
     };
     // Say goodbye even after an error, so that the node frees the name at once.
@@ -223,7 +230,12 @@ fn report(
     }
 }
 
-async fn interactive(settings: &Settings, client: Client, out: Output) -> anyhow::Result<()> {
+async fn interactive(
+    settings: &Settings,
+    client: Client,
+    out: Output,
+    tokens: Option<TokenFile>,
+) -> anyhow::Result<()> {
     // On a terminal, the screen is drawn by `Terminal` from here on (until it is dropped).
     let (terminal, input) = if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
         let (terminal, printer, typed) = Terminal::start()?;
@@ -237,7 +249,7 @@ async fn interactive(settings: &Settings, client: Client, out: Output) -> anyhow
         client.server(),
         client.name()
     ));
-    let mut session = Session::new(client, out.clone());
+    let mut session = Session::new(client, out.clone(), tokens);
     for room in &settings.rooms {
         if let Err(e) = session.join(room, None, false).await {
             session.close().await;

@@ -173,6 +173,8 @@ pub async fn raw_connection_with(
 pub struct NodeProcess {
     server: ServerProcess,
     pub ca: String,
+    /// Where the `chat` programs of this node keep their session tokens.
+    clients: PathBuf,
 }
 
 /// Everything of the process: `child`, `addr`, `start_log`, `signal`, its memory.
@@ -195,6 +197,7 @@ impl NodeProcess {
     }
 
     pub fn start_on(data_dir: &Path, addr: &str, extra: &[&str]) -> Self {
+        let clients = data_dir.join("clients");
         let mut command = ServerProcess::node_command(&program("chat-node"), addr, data_dir);
         command
             .args(extra)
@@ -203,12 +206,15 @@ impl NodeProcess {
         let server = ServerProcess::start(command, addr.to_owned(), Some(("listening", PATIENCE)))
             .unwrap_or_else(|e| panic!("{e:#}"));
         let ca = data_dir.join("certs/ca.pem").display().to_string();
-        Self { server, ca }
+        Self { server, ca, clients }
     }
 
+    /// The `chat` program as `name` on this node, keeping its session tokens in the node's
+    /// data dir rather than the user's.
     pub fn chat(&self, name: &str, args: &[&str]) -> Command {
         let mut command = Command::new(program("chat"));
         command.args(["--server", &self.addr, "--ca", &self.ca, "--name", name]).args(args);
+        command.env("CHAT_CLIENT_DATA_DIR", &self.clients);
         command
     }
 
@@ -338,7 +344,17 @@ impl Tmux {
         ensure_tmux();
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmux = Self { socket: format!("chat-test-{}-{n}", std::process::id()) };
-        let mut line = vec![shell_quote(command.get_program())];
+        // The command's environment too, as `env K=V program args`.
+        let mut line = vec!["env".to_owned()];
+        for (key, value) in command.get_envs() {
+            if let Some(value) = value {
+                let mut pair = key.to_os_string();
+                pair.push("=");
+                pair.push(value);
+                line.push(shell_quote(pair.as_os_str()));
+            }
+        }
+        line.push(shell_quote(command.get_program()));
         line.extend(command.get_args().map(shell_quote));
         let (width, height) = (width.to_string(), height.to_string());
         tmux.run(&[

@@ -57,9 +57,15 @@ fn two_chat_processes_talk_through_a_node() {
     });
     assert_eq!(got["body"].as_str(), Some("got it"));
 
-    // A third process with a taken name fails with its exit code and a clear message.
-    let taken =
-        node.chat("ADA", &["--room", "general"]).stdin(Stdio::null()).output().expect("runs");
+    // A third process with a taken name (someone else: not ada's session token) fails with
+    // its exit code and a clear message.
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let taken = node
+        .chat("ADA", &["--room", "general"])
+        .env("CHAT_CLIENT_DATA_DIR", elsewhere.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("runs");
     assert_eq!(taken.status.code(), Some(5));
     assert!(String::from_utf8_lossy(&taken.stdout).contains("already online"));
     let unknown = node.chat("cy", &["--room", "nowhere", "history"]).output().expect("runs");
@@ -325,6 +331,33 @@ impl Random {
         self.0 ^= self.0 << 17;
         self.0 % n
     }
+}
+
+#[test]
+fn a_chat_killed_and_started_again_takes_its_name_back_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = NodeProcess::start(dir.path(), &[]);
+    let (mut ada, _events) = joined_chat(&node, "ada");
+    // SIGKILL: no goodbye; the node holds the name until the idle timeout (30 s).
+    let _ = ada.kill();
+    let _ = ada.wait();
+    let started = std::time::Instant::now();
+    let (mut again, events) = joined_chat(&node, "ada");
+    assert!(started.elapsed() < Duration::from_secs(10), "it did not wait for the timeout");
+    let mut typed = again.stdin.take().expect("stdin");
+    writeln!(typed, "back").expect("typed");
+    let ack = wait_for(&events, "the ack", |e| e["event"] == "ack");
+    assert_eq!(ack["room"], "general");
+    drop(typed);
+    assert!(wait_child(&mut again).success());
+    // The token is the user's alone, in a file of its own.
+    let sessions = dir.path().join("clients/sessions");
+    let file = std::fs::read_dir(&sessions).expect("a sessions dir").next().expect("a file");
+    let file = file.expect("entry").path();
+    assert!(file.to_string_lossy().ends_with(",ada"), "{}", file.display());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file).expect("metadata").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", file.display());
 }
 
 #[test]

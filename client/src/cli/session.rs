@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::output::Output;
+use super::tokens::TokenFile;
 
 /// Events buffered from all rooms before the room readers pause.
 const EVENT_BUFFER: usize = 1024;
@@ -100,12 +101,15 @@ pub struct Session {
     failed: Option<ClientError>,
     /// The last prompt shown, so that it is drawn only when it changes.
     prompt: Option<(Option<String>, usize, bool)>,
+    /// Where each connection's session token is kept for the next run.
+    tokens: Option<TokenFile>,
 }
 
 impl Session {
-    pub fn new(client: Client, out: Output) -> Self {
+    pub fn new(client: Client, out: Output, tokens: Option<TokenFile>) -> Self {
         out.speak_as(client.name());
         let (events_tx, events) = mpsc::channel(EVENT_BUFFER);
+        keep_token(tokens.as_ref(), &client);
         Self {
             client,
             out,
@@ -126,6 +130,7 @@ impl Session {
             reconnecting: None,
             failed: None,
             prompt: None,
+            tokens,
         }
     }
 
@@ -666,6 +671,7 @@ impl Session {
         self.unacked_echoes.clear();
         self.client = client;
         self.out.info(&format!("reconnected to {}", self.client.server()));
+        keep_token(self.tokens.as_ref(), &self.client);
         let target = self.current.clone();
         let rooms: Vec<String> = std::mem::take(&mut self.rooms).into_keys().collect();
         for room in rooms {
@@ -676,5 +682,14 @@ impl Session {
         }
         self.current = target.filter(|room| self.rooms.contains_key(room));
         Ok(())
+    }
+}
+
+/// Keeps `client`'s session token for the next run, if there is a place for it.
+fn keep_token(tokens: Option<&TokenFile>, client: &Client) {
+    if let Some(tokens) = tokens
+        && let Err(e) = tokens.store(&client.token())
+    {
+        tracing::warn!(path = %tokens.path().display(), error = %e, "cannot keep the session token");
     }
 }

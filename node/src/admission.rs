@@ -1,7 +1,9 @@
-//! Who may open a connection: at most so many in all and so many from one IP address, and
-//! none for a while from an address whose connection was closed for ignoring "slow down"
-//! (else connecting again would get a fresh budget at once, and the limit would hold back
-//! nothing but the handshakes).
+//! Who may open a connection: at most so many in all and so many from one address (an IPv6
+//! address counts as its /64, which one host is commonly given whole), and none for a while
+//! from an address whose connection was closed for ignoring "slow down" (else connecting
+//! again would get a fresh budget at once, and the limit would hold back nothing but the
+//! handshakes), or that had [`HELLO_STRIKES`] hellos refused within [`STRIKE_WINDOW`]
+//! (guessing at an online name's session token, or a bot retrying a taken name).
 //!
 //! The node asks before the TLS handshake, so a refused connection costs one packet. Each
 //! admitted connection holds a [`Slot`] that gives its place back when dropped.
@@ -38,12 +40,44 @@ pub(crate) struct Admission {
     open: Mutex<Open>,
 }
 
+/// Refused hellos from one address within [`STRIKE_WINDOW`] that bar it.
+pub(crate) const HELLO_STRIKES: u32 = 20;
+/// How long refused hellos count against their address.
+pub(crate) const STRIKE_WINDOW: Duration = Duration::from_secs(60);
+/// Refused hellos of an address within the window that are logged; later ones are not, so
+/// that a flood of refusals does not flood the log.
+const STRIKES_LOGGED: u32 = 3;
+
 #[derive(Default)]
 struct Open {
     total: usize,
     by_ip: HashMap<IpAddr, usize>,
     /// Addresses barred, until when.
     barred: HashMap<IpAddr, Instant>,
+    /// Refused hellos per address: how many, since when.
+    strikes: HashMap<IpAddr, (u32, Instant)>,
+}
+
+/// What a refused hello's strike came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Strike {
+    /// One of the first few: log it.
+    Logged,
+    /// One of many: say nothing.
+    Quiet,
+    /// The one that barred the address.
+    Barred,
+}
+
+/// The address connections are counted and barred under.
+fn key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+    }
 }
 
 /// An admitted connection's place.
@@ -59,6 +93,7 @@ impl Admission {
 
     /// A slot for one more connection from `ip`, or why there is none.
     pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Full> {
+        let ip = key(ip);
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         if open.total >= self.max_total {
             return Err(Full::Node);
@@ -81,10 +116,31 @@ impl Admission {
     /// Admits no connection from `ip` for `period`.
     pub(crate) fn bar(&self, ip: IpAddr, period: Duration) {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        // Bars are rare (a connection closed for ignoring its limit); forget the spent ones.
-        open.barred.retain(|_, until| *until > now);
-        open.barred.insert(ip, now + period);
+        bar(&mut open, key(ip), period);
+    }
+
+    /// A hello from `ip` was refused; the [`HELLO_STRIKES`]th within [`STRIKE_WINDOW`] bars
+    /// the address for `period`.
+    pub(crate) fn strike(&self, ip: IpAddr, period: Duration) -> Strike {
+        let (ip, now) = (key(ip), Instant::now());
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if open.strikes.len() >= 1024 {
+            open.strikes.retain(|_, (_, since)| now.duration_since(*since) < STRIKE_WINDOW);
+        }
+        let (count, since) = open.strikes.entry(ip).or_insert((0, now));
+        if now.duration_since(*since) >= STRIKE_WINDOW {
+            (*count, *since) = (0, now);
+        }
+        *count += 1;
+        match *count {
+            n if n >= HELLO_STRIKES && !period.is_zero() => {
+                open.strikes.remove(&ip);
+                bar(&mut open, ip, period);
+                Strike::Barred
+            }
+            n if n <= STRIKES_LOGGED => Strike::Logged,
+            _ => Strike::Quiet,
+        }
     }
 
     /// Connections open now.
@@ -92,6 +148,13 @@ impl Admission {
     fn open(&self) -> usize {
         self.open.lock().unwrap_or_else(PoisonError::into_inner).total
     }
+}
+
+fn bar(open: &mut Open, ip: IpAddr, period: Duration) {
+    let now = Instant::now();
+    // Bars are rare (a connection that ignored its limit); forget the spent ones.
+    open.barred.retain(|_, until| *until > now);
+    open.barred.insert(ip, now + period);
 }
 
 impl Drop for Slot {
@@ -138,6 +201,35 @@ mod tests {
         assert_eq!(admission.admit(ip(1)).err(), Some(Full::Barred));
         assert!(admission.admit(ip(2)).is_ok(), "a spent bar");
         assert!(admission.admit(ip(3)).is_ok(), "another address");
+    }
+
+    #[test]
+    fn an_ipv6_host_counts_as_its_64_and_a_mapped_ipv4_as_itself() {
+        let admission = Admission::new(10, 1);
+        let one: IpAddr = "2001:db8:1:2::1".parse().expect("address");
+        let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().expect("address");
+        let other_64: IpAddr = "2001:db8:1:3::1".parse().expect("address");
+        let _held = admission.admit(one).expect("admitted");
+        assert_eq!(admission.admit(same_64).err(), Some(Full::Address));
+        assert!(admission.admit(other_64).is_ok());
+        let _v4 = admission.admit(ip(7)).expect("admitted");
+        let mapped: IpAddr = "::ffff:10.0.0.7".parse().expect("address");
+        assert_eq!(admission.admit(mapped).err(), Some(Full::Address));
+    }
+
+    #[test]
+    fn refused_hellos_are_logged_a_few_times_then_bar_the_address() {
+        let admission = Admission::new(10, 10);
+        let strikes: Vec<Strike> =
+            (0..HELLO_STRIKES).map(|_| admission.strike(ip(1), Duration::from_secs(60))).collect();
+        assert_eq!(strikes[..3], [Strike::Logged; 3]);
+        assert!(strikes[3..HELLO_STRIKES as usize - 1].iter().all(|s| *s == Strike::Quiet));
+        assert_eq!(strikes.last(), Some(&Strike::Barred));
+        assert_eq!(admission.admit(ip(1)).err(), Some(Full::Barred));
+        assert_eq!(admission.strike(ip(2), Duration::ZERO), Strike::Logged, "per address");
+        for _ in 0..2 * HELLO_STRIKES {
+            assert_ne!(admission.strike(ip(3), Duration::ZERO), Strike::Barred, "bars are off");
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::admission::{HELLO_STRIKES, STRIKE_WINDOW, Strike};
 use crate::mailbox::{Outbox, Outgoing};
 use crate::reply::error_frame;
 use crate::seams::DirectoryError;
@@ -104,7 +105,22 @@ async fn greet(shared: &Shared, id: ConnId, connection: &quinn::Connection) -> O
     let connected = match connected {
         Ok(connected) => connected,
         Err(refusal) => {
-            info!(?name, %refusal, "refused hello"); // The name as the client sent it, escaped.
+            // The name as the client sent it, escaped; a few times per address, not a flood.
+            let ip = connection.remote_address().ip();
+            let strike = match refusal {
+                Refusal::NameTaken(_) | Refusal::InvalidName(_) => {
+                    shared.admission.strike(ip, shared.config.rate_limited_bar)
+                }
+                _ => Strike::Logged, // Not the client's doing.
+            };
+            match strike {
+                Strike::Logged => info!(?name, %refusal, "refused hello"),
+                Strike::Quiet => debug!(?name, %refusal, "refused hello"),
+                Strike::Barred => warn!(
+                    %ip,
+                    "barred an address after {HELLO_STRIKES} refused hellos within {STRIKE_WINDOW:?}"
+                ),
+            }
             refuse(shared, connection, &mut send, &refusal).await;
             return None;
         }

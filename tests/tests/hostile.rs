@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use chat_client::{Client, ClientError, ErrorCode, RoomEvent};
+use chat_client::{Client, ClientError, ConnectOptions, ErrorCode, RoomEvent};
 use chat_proto::io::FrameReader;
 use chat_proto::{ClientFrame, NodeFrame, codec, codes};
 use chat_tests::{
@@ -23,7 +23,8 @@ async fn bystander_is_fine(room: &mut chat_client::Room) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_connections_race_for_one_name_and_exactly_one_wins() {
-    let node = TestNode::start(|_| {}).await;
+    // 49 refused hellos from one address would bar it: not here.
+    let node = TestNode::start(|config| config.rate_limited_bar = Duration::ZERO).await;
     let attempts: Vec<_> = (0..50)
         .map(|i| {
             // The same name, spelled with different cases: names compare case-insensitively.
@@ -40,6 +41,29 @@ async fn fifty_connections_race_for_one_name_and_exactly_one_wins() {
         }
     }
     assert_eq!((welcomed.len(), taken), (1, 49));
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn guessing_at_an_online_names_session_token_bars_the_address() {
+    let node = TestNode::start(|_| {}).await;
+    let ada = node.connect("ada").await;
+    // 20 refused hellos within a minute (the node's HELLO_STRIKES) from one address...
+    for guess in 0..20u8 {
+        let options = ConnectOptions { resume: Some([guess; 16]), ..node.options("ada") };
+        match Client::connect(options).await {
+            Err(ClientError::NameTaken(_)) => {}
+            Err(other) => panic!("guess {guess}: expected name taken, got {other}"),
+            Ok(_) => panic!("guess {guess} took ada's name"),
+        }
+    }
+    // ...and its next connection is refused before the handshake, whatever its name.
+    match Client::connect(node.options("bob")).await {
+        Err(ClientError::NodeFull(_)) => {}
+        Err(other) => panic!("expected a refused connection, got {other}"),
+        Ok(_) => panic!("a barred address got in"),
+    }
+    assert_eq!(ada.who("general").await.expect("ada's session goes on"), Vec::<String>::new());
     node.stop().await;
 }
 

@@ -79,6 +79,10 @@ pub struct Settings {
     /// before the stream is reset [default: 30]
     #[arg(long, env = "CHAT_WRITE_TIMEOUT_SECS")]
     pub write_timeout_secs: Option<u64>,
+    /// Seconds a frame from a client may take from its first byte to its last before its
+    /// stream is given up [default: 30]
+    #[arg(long, env = "CHAT_FRAME_TIMEOUT_SECS")]
+    pub frame_timeout_secs: Option<u64>,
     /// Seconds a new connection has for the TLS handshake and its hello, and a new room
     /// stream for its join [default: 10]
     #[arg(long, env = "CHAT_HANDSHAKE_TIMEOUT_SECS")]
@@ -186,6 +190,7 @@ pub struct NodeConfig {
     pub presence_limit: u32,
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
+    pub frame_timeout: Duration,
     pub handshake_timeout: Duration,
     /// Sends per second per connection; 0 for no limit.
     pub messages_per_second: u32,
@@ -238,6 +243,7 @@ impl Settings {
             presence_limit: self.presence_limit.or(lower.presence_limit),
             idle_timeout_secs: self.idle_timeout_secs.or(lower.idle_timeout_secs),
             write_timeout_secs: self.write_timeout_secs.or(lower.write_timeout_secs),
+            frame_timeout_secs: self.frame_timeout_secs.or(lower.frame_timeout_secs),
             max_connections_per_ip: self.max_connections_per_ip.or(lower.max_connections_per_ip),
             handshake_timeout_secs: self.handshake_timeout_secs.or(lower.handshake_timeout_secs),
             messages_per_second: self.messages_per_second.or(lower.messages_per_second),
@@ -273,6 +279,7 @@ impl Settings {
             ),
             max_connections_per_ip: self.max_connections_per_ip.unwrap_or(100).max(1),
             write_timeout: Duration::from_secs(self.write_timeout_secs.unwrap_or(30).max(1)),
+            frame_timeout: Duration::from_secs(self.frame_timeout_secs.unwrap_or(30).max(1)),
             handshake_timeout: Duration::from_secs(
                 self.handshake_timeout_secs.unwrap_or(10).max(1),
             ),

@@ -67,7 +67,8 @@ struct Greeted {
 async fn greet(shared: &Shared, id: ConnId, connection: &quinn::Connection) -> Option<Greeted> {
     let hello = async {
         let (send, recv) = connection.accept_bi().await.ok()?;
-        let mut reader = FrameReader::new(recv, shared.limits.max_frame_len as usize);
+        let mut reader = FrameReader::new(recv, shared.limits.max_frame_len as usize)
+            .with_frame_deadline(shared.config.frame_timeout);
         let received = Received::from_read(reader.read().await);
         Some((send, reader, received))
     };

@@ -35,7 +35,8 @@ pub(crate) async fn serve(
     mut send: SendStream,
     recv: RecvStream,
 ) {
-    let mut reader = FrameReader::new(recv, shared.limits.max_frame_len as usize);
+    let mut reader = FrameReader::new(recv, shared.limits.max_frame_len as usize)
+        .with_frame_deadline(shared.config.frame_timeout);
     let (room, after, limit) = match read_join(&shared, &mut reader).await {
         Ok(Some(join)) => join,
         Ok(None) => return,

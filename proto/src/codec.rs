@@ -26,6 +26,8 @@ pub enum FrameError {
     Malformed(#[from] postcard::Error),
     #[error("the stream ended in the middle of a frame")]
     Truncated,
+    #[error("a frame took longer than {0:?} to arrive whole; the stream was given up")]
+    Stalled(std::time::Duration),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

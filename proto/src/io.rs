@@ -3,6 +3,7 @@
 use bytes::{Bytes, BytesMut};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::{Duration, Instant};
 
 use crate::codec::{self, FrameError};
 
@@ -21,6 +22,10 @@ pub struct FrameReader<R> {
     /// The first bytes of the last oversized frame, for a caller that wants to say which
     /// request it refused.
     oversized_head: Vec<u8>,
+    /// How long a frame may take from its first byte to its last, if that is bounded.
+    deadline: Option<Duration>,
+    /// When the frame in progress (the bytes buffered, or being skipped) began arriving.
+    started: Option<Instant>,
 }
 
 /// How much of an oversized frame is kept in [`FrameReader::oversized_head`].
@@ -40,7 +45,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             max_len,
             skip: 0,
             oversized_head: Vec::new(),
+            deadline: None,
+            started: None,
         }
+    }
+
+    /// This reader, failing with [`FrameError::Stalled`] a frame that has not arrived whole
+    /// within `deadline` of its first byte: a peer that starts frames and never ends them
+    /// holds its buffer and task that long at most. Between frames it waits as long as the
+    /// stream lasts.
+    #[must_use]
+    pub fn with_frame_deadline(self, deadline: Duration) -> Self {
+        Self { deadline: Some(deadline), ..self }
     }
 
     /// The next frame; `Ok(None)` when the peer finished the stream cleanly between frames.
@@ -57,7 +73,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             self.skip -= skipped;
             if self.skip == 0 {
                 match codec::decode(&mut self.buf, self.max_len) {
-                    Ok(Some(frame)) => return Ok(Some(frame)),
+                    Ok(Some(frame)) => {
+                        // What is left (if anything) is the next frame's start, just arrived.
+                        self.started = (!self.buf.is_empty()).then(Instant::now);
+                        return Ok(Some(frame));
+                    }
                     Ok(None) => {}
                     Err(FrameError::TooLong { len, max }) if len <= MAX_SKIP => {
                         let head = len.min(HEAD_LEN);
@@ -78,7 +98,21 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     self.buf.reserve(rest.min(self.buf.len().max(GROWTH)));
                 }
             }
-            if self.inner.read_buf(&mut self.buf).await? == 0 {
+            let in_progress = !self.buf.is_empty() || self.skip > 0;
+            let read = match (self.deadline, in_progress) {
+                (Some(deadline), true) => {
+                    let started = *self.started.get_or_insert_with(Instant::now);
+                    tokio::time::timeout_at(started + deadline, self.inner.read_buf(&mut self.buf))
+                        .await
+                        .map_err(|_| FrameError::Stalled(deadline))??
+                }
+                _ => {
+                    let read = self.inner.read_buf(&mut self.buf).await?;
+                    self.started = Some(Instant::now());
+                    read
+                }
+            };
+            if read == 0 {
                 return if self.buf.is_empty() && self.skip == 0 {
                     Ok(None)
                 } else {
@@ -104,7 +138,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         match error {
             FrameError::Malformed(_) => true,
             FrameError::TooLong { len, .. } => *len <= MAX_SKIP,
-            FrameError::Truncated | FrameError::Io(_) => false,
+            FrameError::Truncated | FrameError::Stalled(_) | FrameError::Io(_) => false,
         }
     }
 }
@@ -143,6 +177,28 @@ mod tests {
 
     use super::*;
     use crate::ClientFrame;
+
+    /// With a frame deadline, a stream quiet between frames waits on, and a frame begun and
+    /// not finished in time is given up.
+    #[tokio::test]
+    async fn a_frame_that_stops_arriving_misses_its_deadline_and_a_quiet_stream_does_not() {
+        let (mut peer, ours) = tokio::io::duplex(1024);
+        let deadline = Duration::from_millis(50);
+        let mut reader = FrameReader::new(ours, 1024).with_frame_deadline(deadline);
+        let quiet = tokio::time::timeout(deadline * 4, reader.read::<ClientFrame>()).await;
+        assert!(quiet.is_err(), "no frame begun: nothing to give up");
+        let frame = codec::encode(&ClientFrame::ListRooms, 1024).expect("encodes");
+        let who = codec::encode(&ClientFrame::Who { room: "general".into() }, 1024).expect("ok");
+        let mut bytes = frame.to_vec();
+        bytes.extend_from_slice(&who[..3]);
+        peer.write_all(&bytes).await.expect("written");
+        assert_eq!(
+            reader.read::<ClientFrame>().await.expect("reads"),
+            Some(ClientFrame::ListRooms)
+        );
+        let stalled = reader.read::<ClientFrame>().await;
+        assert!(matches!(stalled, Err(FrameError::Stalled(d)) if d == deadline), "{stalled:?}");
+    }
 
     /// A frame announced at the 1 MiB limit of which 10 bytes arrive: the reader holds
     /// kilobytes, not the megabyte; the whole frame, once it comes, is read.

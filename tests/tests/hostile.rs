@@ -385,6 +385,39 @@ async fn a_write_that_makes_no_progress_is_given_up_and_the_stream_reset() {
     node.stop().await;
 }
 
+/// A frame begun and never finished: the node gives its stream up after `frame_timeout`,
+/// instead of holding it (and its buffer) for as long as the connection lasts.
+#[tokio::test]
+async fn a_frame_that_never_finishes_arriving_ends_its_stream() {
+    let node = TestNode::start(|config| config.frame_timeout = Duration::from_secs(1)).await;
+    let bob = node.connect("bob").await;
+    let mut bobs = bob.join("general", None).await.expect("joins");
+    let greeted = hello(&node, "halfway").await;
+    let (mut room, room_recv) = greeted.connection.open_bi().await.expect("room stream");
+    let join = ClientFrame::Join { room: "general".into(), after: Some(u64::MAX), limit: 0 };
+    room.write_all(&encoded(&join)).await.expect("join");
+    let mut room_reader = FrameReader::new(room_recv, codec::MAX_NODE_FRAME_LEN);
+    expect_joined(&mut room_reader).await;
+    // A send announced as 100 bytes, of which 10 come; then nothing, the stream left open.
+    let send = encoded(&ClientFrame::Send { client_id: 7, body: "x".repeat(90) });
+    room.write_all(&send[..14]).await.expect("a frame's start");
+    let answer = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match room_reader.read::<NodeFrame>().await {
+                Ok(Some(NodeFrame::Error(e))) => return Some(e),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    });
+    let error = answer.await.expect("in time").expect("an error before the stream ends");
+    assert_eq!(error.code, ErrorCode::ProtocolViolation);
+    assert!(error.message.contains("to arrive whole"), "{}", error.message);
+    assert!(next_frame(&mut room_reader).await.is_none(), "then the stream ends");
+    bystander_is_fine(&mut bobs).await;
+    node.stop().await;
+}
+
 /// A member that stops reading while 99 others receive 10,000 messages: the 99 get every
 /// one, the slow member is dropped from the room with the last seq it got and resumes from
 /// there, and the node's memory stays bounded.

@@ -91,6 +91,12 @@ impl ReceiveWindows {
     }
 }
 
+/// What quinn keeps of the node's writes to one connection (sent or not, until the client
+/// acknowledges them): a client that grants much credit and acknowledges little would have
+/// it hold quinn's default of 10 MB. 2 MiB holds a history page (256 KiB of text) and a full
+/// write batch many times over; the saturated fan-out is no slower (benches/RESULTS.md).
+const SEND_WINDOW: u64 = 2 << 20;
+
 /// A connection that has said hello, as its room streams see it.
 pub(crate) struct Conn {
     pub id: ConnId,
@@ -386,6 +392,7 @@ fn endpoint(config: &NodeConfig, tls: rustls::ServerConfig) -> anyhow::Result<qu
         .receive_window(windows.before_hello.into())
         .stream_receive_window(windows.stream.into())
         .datagram_receive_buffer_size(None)
+        .send_window(SEND_WINDOW)
         .max_idle_timeout(Some(config.idle_timeout.try_into()?));
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));

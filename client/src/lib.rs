@@ -274,6 +274,18 @@ impl Client {
         }
     }
 
+    /// Makes `room`, where the node lets its users; `Ok(true)` if it existed already.
+    ///
+    /// # Errors
+    /// An invalid name, a node that lets nobody make rooms or has its most, or the
+    /// connection is lost.
+    pub async fn create_room(&self, room: &str) -> Result<bool, ClientError> {
+        match self.request(ClientFrame::CreateRoom { room: room.to_owned() }).await? {
+            NodeFrame::RoomCreated { existed, .. } => Ok(existed),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// The names of the users in `room`.
     ///
     /// # Errors

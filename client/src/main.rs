@@ -69,6 +69,11 @@ enum Command {
     },
     /// List the node's rooms
     Rooms,
+    /// Make a room (where the node lets its users), and exit
+    Create {
+        /// The room's name (letters, digits, '-', '_', '.')
+        room: String,
+    },
     /// List who is in the --room
     Who,
 }
@@ -130,6 +135,10 @@ async fn one_shot(
 ) -> anyhow::Result<()> {
     match command {
         Command::Rooms => out.rooms(&client.rooms().await?),
+        Command::Create { room } => {
+            let existed = client.create_room(&room).await?;
+            out.created(&room.to_ascii_lowercase(), existed);
+        }
         Command::Who => {
             let room = settings.room()?;
             out.who(room, &client.who(room).await?);

@@ -7,7 +7,7 @@ use chat_proto::{ClientFrame, SessionToken};
 
 use std::time::Instant;
 
-use crate::{ConnId, Core, Mailbox, Refusal};
+use crate::{ConnId, Core, Mailbox, Refusal, RoomName};
 
 /// What the node's reader got from a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +44,11 @@ pub enum ControlAction {
     ListRooms,
     /// Answer with who is in `room`.
     Who { room: String },
+    /// Create `room` (the core has checked its name and that users may), unless the node
+    /// has [`Rules::max_rooms`](crate::Rules) already (see
+    /// [`Core::check_room_count`](crate::Core::check_room_count)); answer with
+    /// `RoomCreated`.
+    CreateRoom { room: RoomName },
     /// Answer with the refusal and read on.
     Refuse(Refusal),
     /// Answer with the refusal and close the connection with its close code.
@@ -70,7 +75,10 @@ impl<B: Mailbox> Core<B> {
     /// listings and who requests taken from the connection's request budget.
     pub fn on_control(&mut self, conn: ConnId, received: Received, now: Instant) -> ControlAction {
         let action = request(received);
-        if !matches!(action, ControlAction::ListRooms | ControlAction::Who { .. }) {
+        if !matches!(
+            action,
+            ControlAction::ListRooms | ControlAction::Who { .. } | ControlAction::CreateRoom { .. }
+        ) {
             return action;
         }
         match self.check_request(conn, now) {
@@ -84,6 +92,13 @@ impl<B: Mailbox> Core<B> {
                 Ok(admitted) => ControlAction::Who { room: admitted.room.to_string() },
                 Err(refusal) => ControlAction::Refuse(refusal),
             },
+            ControlAction::CreateRoom { .. } if !self.rules().room_creation => {
+                ControlAction::Refuse(Refusal::RoomCreationOff)
+            }
+            // A conversation is made by writing to someone, not by name.
+            ControlAction::CreateRoom { room } if room.direct_pair().is_some() => {
+                ControlAction::Refuse(Refusal::CreateDirect)
+            }
             other => other,
         }
     }
@@ -94,8 +109,12 @@ pub fn request(received: Received) -> ControlAction {
     match received {
         Received::Frame(ClientFrame::ListRooms) => ControlAction::ListRooms,
         Received::Frame(ClientFrame::Who { room }) => ControlAction::Who { room },
+        Received::Frame(ClientFrame::CreateRoom { room }) => match RoomName::parse(&room) {
+            Ok(room) => ControlAction::CreateRoom { room },
+            Err(e) => ControlAction::Refuse(Refusal::InvalidRoomName(e)),
+        },
         Received::Frame(other) => ControlAction::Refuse(Refusal::UnexpectedFrame {
-            expected: "the control stream takes room listings and who requests",
+            expected: "the control stream takes room listings, who requests and room creations",
             got: other.name(),
         }),
         // The reader cannot find the next frame: the stream, and with it the connection,

@@ -20,13 +20,22 @@ pub enum Refusal {
     InvalidName(NameError),
     #[error("invalid room name: {0}")]
     InvalidRoomName(NameError),
-    #[error("there is no room named {0:?}; list the rooms with /rooms or `chat rooms`")]
+    #[error(
+        "there is no room named {0:?}; list the rooms with /rooms (`chat rooms`), or make it \
+         with /create (`chat create`)"
+    )]
     UnknownRoom(String),
     #[error(
         "{room} is the direct conversation of {} and {}; only they can join it",
         room.direct_pair().map_or("", |p| p.0), room.direct_pair().map_or("", |p| p.1)
     )]
     NotInConversation { room: RoomName },
+    #[error("this node lets nobody make rooms; ask its operator, or /join one of /rooms")]
+    RoomCreationOff,
+    #[error("a direct conversation is made by writing to someone: /msg NAME TEXT")]
+    CreateDirect,
+    #[error("the node has {0} rooms, the most it keeps; join one of /rooms instead")]
+    NodeFullOfRooms(usize),
     #[error("this connection is in room {0:?} already")]
     AlreadyJoined(String),
     #[error("this connection is in {0} rooms already, the most the node allows; leave one first")]
@@ -104,7 +113,9 @@ impl Refusal {
             Self::InvalidName(_) => ErrorCode::InvalidName,
             Self::InvalidRoomName(_) => ErrorCode::InvalidRoomName,
             Self::UnknownRoom(_) => ErrorCode::UnknownRoom,
-            Self::NotInConversation { .. } => ErrorCode::NotAllowed,
+            Self::NotInConversation { .. } | Self::RoomCreationOff => ErrorCode::NotAllowed,
+            Self::CreateDirect => ErrorCode::InvalidRoomName,
+            Self::NodeFullOfRooms(_) => ErrorCode::TooManyRooms,
             Self::AlreadyJoined(_) => ErrorCode::AlreadyJoined,
             Self::TooManyRooms(_) => ErrorCode::TooManyRooms,
             Self::MessageTooLong { .. } => ErrorCode::MessageTooLong,
@@ -629,6 +640,18 @@ impl<B: Mailbox> Core<B> {
         {
             connection.rooms.remove(&room);
         }
+    }
+
+    /// Whether one more room may be made, with `rooms` (not counting direct conversations)
+    /// there already.
+    ///
+    /// # Errors
+    /// [`Refusal::NodeFullOfRooms`] at [`Rules::max_rooms`].
+    pub fn check_room_count(&self, rooms: usize) -> Result<(), Refusal> {
+        if rooms >= self.rules.max_rooms {
+            return Err(Refusal::NodeFullOfRooms(rooms));
+        }
+        Ok(())
     }
 
     /// The names of the members of a room.

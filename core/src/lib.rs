@@ -60,6 +60,10 @@ pub struct Rules {
     pub max_history_page: usize,
     /// Rooms with more members than this get no arrivals and departures.
     pub presence_limit: usize,
+    /// Whether users may make rooms.
+    pub room_creation: bool,
+    /// Most rooms (not counting direct conversations) a node keeps.
+    pub max_rooms: usize,
 }
 
 /// The default [`Rules::presence_limit`]. Announcing costs a frame to every member per
@@ -83,7 +87,15 @@ impl Rules {
             requests: None,
             max_history_page: 500,
             presence_limit: PRESENCE_LIMIT,
+            room_creation: true,
+            max_rooms: 10_000,
         }
+    }
+
+    /// These rules with users allowed to make rooms or not, up to `max_rooms` in all.
+    #[must_use]
+    pub fn with_room_creation(self, allowed: bool, max_rooms: usize) -> Self {
+        Self { room_creation: allowed, max_rooms, ..self }
     }
 
     /// These rules with arrivals and departures announced in rooms of at most `members`.

@@ -33,7 +33,7 @@ fn the_control_stream_must_open_with_a_hello() {
 }
 
 #[test]
-fn after_the_welcome_the_control_stream_answers_listings_and_who_and_nothing_else() {
+fn after_the_welcome_the_control_stream_answers_listings_who_and_creations_and_nothing_else() {
     assert_eq!(control::request(frame(ClientFrame::ListRooms)), ControlAction::ListRooms);
     assert_eq!(
         control::request(frame(ClientFrame::Who { room: "general".into() })),
@@ -46,7 +46,7 @@ fn after_the_welcome_the_control_stream_answers_listings_and_who_and_nothing_els
     };
     assert_eq!(
         refusal.to_string(),
-        "the control stream takes room listings and who requests, not a send"
+        "the control stream takes room listings, who requests and room creations, not a send"
     );
     let ControlAction::Close(refusal) = control::request(Received::Malformed("bad".into())) else {
         panic!("bytes that are not a frame end the connection")

@@ -81,6 +81,8 @@ const RULES: Rules = Rules {
     requests: None,
     max_history_page: 500,
     presence_limit: 3,
+    room_creation: true,
+    max_rooms: 10,
 };
 
 fn core_with_rooms(rooms: &[(&str, Seq)]) -> Core<Inbox> {
@@ -499,4 +501,32 @@ fn a_direct_message_for_a_user_online_elsewhere_is_shared_with_the_other_nodes()
         ["@ada+bob Arrived { name: \"ada\" }", "bob @ada+bob 1 hi"],
         "ada is here and in it; bob is not here"
     );
+}
+
+#[test]
+fn a_room_is_made_by_name_where_the_node_lets_users_up_to_its_most() {
+    let now = Instant::now();
+    let create = |room: &str| Received::Frame(ClientFrame::CreateRoom { room: room.into() });
+    let mut core = core_with_rooms(&[("general", 0)]);
+    core.connect(ConnId(1), "ada", None, [1; 16], now).expect("free");
+    assert_eq!(
+        core.on_control(ConnId(1), create("Lounge"), now),
+        ControlAction::CreateRoom { room: room("lounge") }
+    );
+    assert_eq!(
+        core.on_control(ConnId(1), create("@ada+bob"), now),
+        ControlAction::Refuse(Refusal::CreateDirect)
+    );
+    assert!(matches!(
+        core.on_control(ConnId(1), create("no spaces"), now),
+        ControlAction::Refuse(Refusal::InvalidRoomName(_))
+    ));
+    // RULES keeps 10 rooms at most.
+    assert_eq!(core.check_room_count(9), Ok(()));
+    assert_eq!(core.check_room_count(10), Err(Refusal::NodeFullOfRooms(10)));
+
+    let mut closed = Core::<Inbox>::new(RULES.with_room_creation(false, 10));
+    closed.connect(ConnId(1), "ada", None, [1; 16], now).expect("free");
+    let refused = closed.on_control(ConnId(1), create("lounge"), now);
+    assert_eq!(refused, ControlAction::Refuse(Refusal::RoomCreationOff));
 }

@@ -67,6 +67,12 @@ pub struct Settings {
     /// [default: 500]
     #[arg(long, env = "CHAT_MAX_HISTORY_PAGE")]
     pub max_history_page: Option<u32>,
+    /// Who may make rooms at runtime (`/create`): `anyone` or `nobody` [default: anyone]
+    #[arg(long, env = "CHAT_ROOM_CREATION", value_parser = parse_room_creation)]
+    pub room_creation: Option<RoomCreation>,
+    /// Most rooms the node keeps, direct conversations not counted [default: 10000]
+    #[arg(long, env = "CHAT_MAX_ROOMS")]
+    pub max_rooms: Option<usize>,
     /// Rooms with more members than this get no arrivals and departures (each would go to
     /// every member); `Who` still tells [default: 500]
     #[arg(long, env = "CHAT_PRESENCE_LIMIT")]
@@ -162,6 +168,23 @@ impl ClusterSettings {
     }
 }
 
+/// Who may make rooms at runtime. (Registered users and operators come with accounts.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoomCreation {
+    #[default]
+    Anyone,
+    Nobody,
+}
+
+fn parse_room_creation(s: &str) -> Result<RoomCreation, String> {
+    match s {
+        "anyone" => Ok(RoomCreation::Anyone),
+        "nobody" => Ok(RoomCreation::Nobody),
+        _ => Err(format!("{s:?}: expected anyone or nobody")),
+    }
+}
+
 fn parse_durability(s: &str) -> Result<Durability, String> {
     match s {
         "sync" => Ok(Durability::Sync),
@@ -188,6 +211,8 @@ pub struct NodeConfig {
     pub member_queue: usize,
     pub max_history_page: u32,
     pub presence_limit: u32,
+    pub room_creation: RoomCreation,
+    pub max_rooms: usize,
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
     pub frame_timeout: Duration,
@@ -241,6 +266,8 @@ impl Settings {
             member_queue: self.member_queue.or(lower.member_queue),
             max_history_page: self.max_history_page.or(lower.max_history_page),
             presence_limit: self.presence_limit.or(lower.presence_limit),
+            room_creation: self.room_creation.or(lower.room_creation),
+            max_rooms: self.max_rooms.or(lower.max_rooms),
             idle_timeout_secs: self.idle_timeout_secs.or(lower.idle_timeout_secs),
             write_timeout_secs: self.write_timeout_secs.or(lower.write_timeout_secs),
             frame_timeout_secs: self.frame_timeout_secs.or(lower.frame_timeout_secs),
@@ -274,6 +301,8 @@ impl Settings {
             member_queue: self.member_queue.unwrap_or(1024).max(1),
             max_history_page: self.max_history_page.unwrap_or(500).max(1),
             presence_limit: self.presence_limit.unwrap_or(chat_core::PRESENCE_LIMIT as u32),
+            room_creation: self.room_creation.unwrap_or_default(),
+            max_rooms: self.max_rooms.unwrap_or(10_000),
             idle_timeout: Duration::from_secs(
                 self.idle_timeout_secs.unwrap_or(30).max(MIN_IDLE_TIMEOUT_SECS),
             ),

@@ -6,11 +6,13 @@
 //! control stream answers room listings and who-is-online, and every further bidirectional
 //! stream is a room stream served by its own task.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use chat_core::control::{self, ControlAction, Hello, Received};
-use chat_core::{ConnId, Refusal, UserName};
+use chat_core::names::DIRECT_PREFIX;
+use chat_core::{ConnId, Refusal, RoomName, UserName};
+use chat_history::HistoryError;
 use chat_proto::io::{FrameReader, write_frame};
 use chat_proto::{ClientFrame, ErrorFrame, LeftReason, NodeFrame, Welcome, codec, codes};
 use quinn::{RecvStream, SendStream};
@@ -188,6 +190,10 @@ async fn run(
                         Ok(Err(refusal)) => error_frame(&refusal, None).into(),
                         Err(e) => unavailable(&e).into(),
                     },
+                    ControlAction::CreateRoom { room } => match create_room(shared, &room).await {
+                        Ok(existed) => NodeFrame::RoomCreated { room: room.to_string(), existed },
+                        Err(refusal) => error_frame(&refusal, None).into(),
+                    },
                     ControlAction::Refuse(refusal) => error_frame(&refusal, None).into(),
                     ControlAction::Close(refusal) => {
                         warn!(%refusal, "closed a connection on its control stream");
@@ -240,6 +246,31 @@ async fn run(
         }
     }
     rooms
+}
+
+/// Makes `room` in the history (and, on a single node, the core), unless it exists or the
+/// node has its most rooms; returns whether it existed.
+async fn create_room(shared: &Arc<Shared>, room: &RoomName) -> Result<bool, Refusal> {
+    let (history, core, name) =
+        (Arc::clone(&shared.history), Arc::clone(&shared.core), room.clone());
+    let single = shared.config.cluster.is_none();
+    let made = tokio::task::spawn_blocking(move || {
+        let unavailable = |e: HistoryError| Refusal::Unanswerable(e.to_string());
+        let rooms = history.rooms().map_err(unavailable)?;
+        if rooms.iter().any(|(existing, _)| *existing == name.as_str()) {
+            return Ok(true);
+        }
+        let named = rooms.iter().filter(|(existing, _)| !existing.starts_with(DIRECT_PREFIX));
+        core.lock().unwrap_or_else(PoisonError::into_inner).check_room_count(named.count())?;
+        history.create_room(&name).map_err(unavailable)?;
+        if single {
+            // In cluster mode a room enters the core when the node follows it.
+            core.lock().unwrap_or_else(PoisonError::into_inner).add_room(name.clone(), 0);
+        }
+        info!(room = %name, "created room");
+        Ok(false)
+    });
+    made.await.unwrap_or_else(|e| Err(Refusal::Unanswerable(e.to_string())))
 }
 
 /// Why a member of `connection` is leaving its rooms, as the rooms are told: the connection

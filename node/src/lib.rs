@@ -51,7 +51,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use admission::Admission;
-pub use config::{NodeConfig, Settings};
+pub use config::{NodeConfig, RoomCreation, Settings};
 use mailbox::Outbox;
 use metrics::Metrics;
 use seams::{Directory, FanOut, HistoryStore, LocalDirectory, LocalFanOut};
@@ -343,7 +343,8 @@ fn room_core(
             .with_rate(config.messages_per_second, config.message_burst)
             .with_request_rate(config.requests_per_second, config.request_burst)
             .with_history_page(config.max_history_page as usize)
-            .with_presence_limit(config.presence_limit as usize);
+            .with_presence_limit(config.presence_limit as usize)
+            .with_room_creation(config.room_creation == RoomCreation::Anyone, config.max_rooms);
     let mut core = Core::new(rules);
     if !cluster {
         for (room, last_seq) in rooms {

@@ -46,6 +46,9 @@ pub enum ClientFrame {
     /// node caps it at [`Limits::max_history_page`], and in bytes). Answered by
     /// [`NodeFrame::Page`] with the same `request_id`.
     History { request_id: u64, anchor: Anchor, limit: u32 },
+    /// Control stream: make a room (where the node lets its users). Answered by
+    /// [`NodeFrame::RoomCreated`].
+    CreateRoom { room: String },
 }
 
 /// Where a page of history is taken from, as in IRCv3 `CHATHISTORY`.
@@ -83,6 +86,7 @@ impl ClientFrame {
             Self::Join { .. } => "a join",
             Self::Send { .. } => "a send",
             Self::History { .. } => "a history request",
+            Self::CreateRoom { .. } => "a room creation",
         }
     }
 
@@ -132,6 +136,8 @@ pub enum NodeFrame {
     Arrived { name: String },
     /// Room stream: someone left the room, and why; as [`NodeFrame::Arrived`].
     Left { name: String, reason: LeftReason },
+    /// Answer to [`ClientFrame::CreateRoom`]: the room exists now; `existed` if it did before.
+    RoomCreated { room: String, existed: bool },
 }
 
 /// Why a member left a room.
@@ -293,7 +299,8 @@ pub enum ErrorCode {
     /// The connection sends faster than the node allows; the message was not sent. Wait and
     /// send it again. A connection that goes on sending regardless is closed.
     SlowDown,
-    /// The room is a direct conversation of two other users.
+    /// The room is a direct conversation of two other users, or the node lets nobody (or
+    /// not this user) do what was asked.
     NotAllowed,
 }
 

@@ -27,6 +27,11 @@ fn two_chat_processes_talk_through_a_node() {
     );
 
     let mut bob_in = bob.stdin.take().expect("stdin");
+    // A room made at runtime, joined at once.
+    writeln!(bob_in, "/create lounge").expect("typed");
+    let made = wait_for(&bob_events, "the room made", |e| e["event"] == "created");
+    assert_eq!((made["room"].as_str(), made["existed"].as_bool()), (Some("lounge"), Some(false)));
+    wait_for(&bob_events, "the join of it", |e| e["event"] == "joined" && e["room"] == "lounge");
     writeln!(bob_in, "/join random").expect("typed");
     wait_for(&bob_events, "bob's second join", |e| e["event"] == "joined" && e["room"] == "random");
     writeln!(bob_in, "in random").expect("typed");
@@ -70,6 +75,8 @@ fn two_chat_processes_talk_through_a_node() {
     assert!(String::from_utf8_lossy(&taken.stdout).contains("already online"));
     let unknown = node.chat("cy", &["--room", "nowhere", "history"]).output().expect("runs");
     assert_eq!(unknown.status.code(), Some(6));
+    let made = node.chat("cy", &["create", "nowhere"]).output().expect("runs");
+    assert!(String::from_utf8_lossy(&made.stdout).contains("created nowhere"));
 
     // End of input: each client waits for its acks and exits 0.
     drop(ada_in);

@@ -172,6 +172,13 @@ impl Output {
         }
     }
 
+    /// A room made, or found made already.
+    pub fn created(&self, room: &str, existed: bool) {
+        self.emit(json!({"event": "created", "room": room, "existed": existed}), || {
+            if existed { format!("-- {room} exists already") } else { format!("-- created {room}") }
+        });
+    }
+
     pub fn left(&self, room: &str) {
         let shown = self.shown(room);
         self.emit(json!({"event": "left", "room": room}), || format!("-- left {shown}"));

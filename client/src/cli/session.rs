@@ -442,6 +442,15 @@ impl Session {
                     self.out.usage(&format!("not in {shown}; /join it first"));
                 }
             }
+            "/create" if !arg.is_empty() => match self.client.create_room(arg).await {
+                Ok(existed) => {
+                    self.out.created(arg, existed);
+                    if let Err(e) = self.join(arg, None, true).await {
+                        self.out.error(Some(arg), &e);
+                    }
+                }
+                Err(e) => self.out.error(Some(arg), &e),
+            },
             "/query" if !arg.is_empty() => {
                 if let Err(e) = self.join(arg, None, true).await {
                     self.out.error(Some(arg), &e);
@@ -467,7 +476,7 @@ impl Session {
                 (Some(_), Err(_)) => self.out.usage("/history [N]: N is how many messages"),
             },
             "/help" => self.out.info(
-                "commands: /join ROOM, /leave [ROOM], /switch ROOM, /rooms, /who [ROOM], \
+                "commands: /join ROOM, /create ROOM, /leave [ROOM], /switch ROOM, /rooms, /who [ROOM], \
                  /history [N], /msg NAME TEXT, /query NAME (a direct conversation, also \
                  @NAME where a room goes), /quit; anything else is sent to the room named in \
                  the prompt",

@@ -289,11 +289,11 @@ impl Log {
 
     /// The stream holding `room`'s messages.
     fn stream_for(&self, room: &str) -> &stream::Stream {
-        if room.starts_with('@') { &self.direct } else { &self.stream }
+        if subjects::is_direct(room) { &self.direct } else { &self.stream }
     }
 
     fn stream_name(&self, room: &str) -> &'static str {
-        if room.starts_with('@') { DIRECT_STREAM } else { STREAM }
+        if subjects::is_direct(room) { DIRECT_STREAM } else { STREAM }
     }
 
     /// Every room that exists.

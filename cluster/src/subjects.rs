@@ -11,9 +11,14 @@ pub const ROOMS_WILDCARD: &str = "chat.room.>";
 /// The subjects of every direct conversation's messages.
 pub const DIRECT_WILDCARD: &str = "chat.dm.>";
 
+/// Whether `room` names a direct conversation (whose messages have a stream of their own).
+pub fn is_direct(room: &str) -> bool {
+    room.starts_with(chat_core::names::DIRECT_PREFIX)
+}
+
 /// The subject of one room's (or direct conversation's) messages.
 pub fn room_subject(room: &str) -> String {
-    match room.starts_with('@') {
+    match is_direct(room) {
         true => format!("chat.dm.{}", token(room)),
         false => format!("chat.room.{}", token(room)),
     }

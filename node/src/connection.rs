@@ -6,13 +6,12 @@
 //! control stream answers room listings and who-is-online, and every further bidirectional
 //! stream is a room stream served by its own task.
 
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chat_core::control::{self, ControlAction, Hello, Received};
 use chat_core::names::DIRECT_PREFIX;
 use chat_core::{ConnId, Refusal, RoomName, UserName};
-use chat_history::HistoryError;
 use chat_proto::io::{FrameReader, write_frame};
 use chat_proto::{ClientFrame, ErrorFrame, LeftReason, NodeFrame, Welcome, codec, codes};
 use quinn::{RecvStream, SendStream};
@@ -248,29 +247,20 @@ async fn run(
     rooms
 }
 
-/// Makes `room` in the history (and, on a single node, the core), unless it exists or the
-/// node has its most rooms; returns whether it existed.
+/// Makes `room` unless it exists or the node has its most rooms; returns whether it existed.
 async fn create_room(shared: &Arc<Shared>, room: &RoomName) -> Result<bool, Refusal> {
-    let (history, core, name) =
-        (Arc::clone(&shared.history), Arc::clone(&shared.core), room.clone());
-    let single = shared.config.cluster.is_none();
-    let made = tokio::task::spawn_blocking(move || {
-        let unavailable = |e: HistoryError| Refusal::Unanswerable(e.to_string());
-        let rooms = history.rooms().map_err(unavailable)?;
-        if rooms.iter().any(|(existing, _)| *existing == name.as_str()) {
-            return Ok(true);
-        }
-        let named = rooms.iter().filter(|(existing, _)| !existing.starts_with(DIRECT_PREFIX));
-        core.lock().unwrap_or_else(PoisonError::into_inner).check_room_count(named.count())?;
-        history.create_room(&name).map_err(unavailable)?;
-        if single {
-            // In cluster mode a room enters the core when the node follows it.
-            core.lock().unwrap_or_else(PoisonError::into_inner).add_room(name.clone(), 0);
-        }
-        info!(room = %name, "created room");
-        Ok(false)
-    });
-    made.await.unwrap_or_else(|e| Err(Refusal::Unanswerable(e.to_string())))
+    let history = Arc::clone(&shared.history);
+    let rooms = match tokio::task::spawn_blocking(move || history.rooms()).await {
+        Ok(rooms) => rooms.map_err(|e| Refusal::Unanswerable(e.to_string()))?,
+        Err(e) => return Err(Refusal::Unanswerable(e.to_string())),
+    };
+    if rooms.iter().any(|(existing, _)| *existing == room.as_str()) {
+        return Ok(true);
+    }
+    let named = rooms.iter().filter(|(existing, _)| !existing.starts_with(DIRECT_PREFIX));
+    shared.core().check_room_count(named.count())?;
+    shared.create_room(room).await.map_err(Refusal::Unanswerable)?;
+    Ok(false)
 }
 
 /// Why a member of `connection` is leaving its rooms, as the rooms are told: the connection

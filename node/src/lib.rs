@@ -133,6 +133,24 @@ impl Shared {
         self.connections.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Creates `room` in the history if it is missing (on a blocking thread), and on a single
+    /// node in the core, which knows every room from the start (in cluster mode a room enters
+    /// the core when the node follows it); returns whether it was created.
+    async fn create_room(&self, room: &RoomName) -> Result<bool, String> {
+        let (history, name) = (Arc::clone(&self.history), room.clone());
+        let created = match tokio::task::spawn_blocking(move || history.create_room(&name)).await {
+            Ok(created) => created.map_err(|e| e.to_string())?,
+            Err(e) => return Err(e.to_string()),
+        };
+        if self.config.cluster.is_none() {
+            self.core().add_room(room.clone(), 0);
+        }
+        if created {
+            info!(%room, "created room");
+        }
+        Ok(created)
+    }
+
     /// `connection` was closed for ignoring "slow down": its address may not connect again
     /// for `rate_limited_bar` (else a new connection would have a fresh budget at once).
     fn bar(&self, connection: &quinn::Connection) {

@@ -55,7 +55,7 @@ pub(crate) async fn serve(
         Ok(Admitted { room, known: true }) => room,
         // A direct conversation is made when one of its two first opens it.
         Ok(Admitted { room, known: false }) if room.direct_pair().is_some() => {
-            if let Err(detail) = create(&shared, &room).await {
+            if let Err(detail) = shared.create_room(&room).await {
                 let refusal = Refusal::JoinUnavailable { room: room.to_string(), detail };
                 return end_with(&shared, &mut send, error_frame(&refusal, None)).await;
             }
@@ -102,16 +102,6 @@ pub(crate) async fn serve(
     if let Ended::Closing(refusal) = ended {
         // Only now, so that the client has its acks and "slow down" errors first.
         close_rate_limited(&shared, &conn, &refusal);
-    }
-}
-
-/// Creates `room` in the history.
-async fn create(shared: &Shared, room: &RoomName) -> Result<(), String> {
-    let (history, name) = (Arc::clone(&shared.history), room.clone());
-    match tokio::task::spawn_blocking(move || history.create_room(&name)).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -199,7 +199,7 @@ impl Session {
         let Ok(rooms) = self.client.rooms().await else { return };
         let direct: Vec<String> = rooms
             .iter()
-            .filter(|room| room.name.starts_with('@'))
+            .filter(|room| room.name.starts_with(chat_core::names::DIRECT_PREFIX))
             .map(|room| format!("{} (newest #{})", self.out.shown(&room.name), room.last_seq))
             .collect();
         if !direct.is_empty() {

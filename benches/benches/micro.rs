@@ -61,8 +61,15 @@ fn core_fanout(c: &mut Criterion) {
     let room = RoomName::parse("general").expect("valid");
     core.add_room(room.clone(), 0);
     for i in 0..100u64 {
-        core.connect(ConnId(i), &format!("user{i}"), None, [0; 16], std::time::Instant::now())
-            .expect("online");
+        core.connect(
+            ConnId(i),
+            &format!("user{i}"),
+            None,
+            [0; 16],
+            chat_core::accounts::Identity::Guest,
+            std::time::Instant::now(),
+        )
+        .expect("online");
         core.join(ConnId(i), MemberId(i), "general", Counter::default()).expect("joined");
     }
     let frame = codec::encode(&message_frame(), codec::MAX_NODE_FRAME_LEN).expect("encodes");

@@ -89,9 +89,11 @@ async fn open(
         .connect(addr, "localhost")?
         .await
         .map_err(|e| anyhow::anyhow!("handshake of connection {i}: {e}"))?;
-    let control =
-        request(&connection, &ClientFrame::Hello { name: format!("user{i}"), resume: None })
-            .await?;
+    let control = request(
+        &connection,
+        &ClientFrame::Hello { name: format!("user{i}"), resume: None, login: None },
+    )
+    .await?;
     let room =
         request(&connection, &ClientFrame::Join { room: "bench".into(), after: None, limit: 0 })
             .await?;

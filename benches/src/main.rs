@@ -13,6 +13,7 @@
 mod appends;
 mod connections;
 mod fanout;
+mod logins;
 mod plot;
 mod process;
 mod relay;
@@ -143,6 +144,13 @@ enum Command {
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
     },
+    /// A password guesser against one account, with no login limit, with the limiter, and
+    /// at the defaults (limiter, then the bar): prints the node's CPU per try
+    Logins {
+        /// Wrong passwords per phase
+        #[arg(long, default_value_t = 200)]
+        tries: usize,
+    },
     /// The bare QUIC relay that `fanout --floor` measures (started by it)
     #[command(hide = true)]
     Relay {
@@ -206,6 +214,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Relay { listen, dir } => relay::serve(listen, &dir).await,
         Command::Requests { history, seconds } => requests::run(history, seconds).await,
+        Command::Logins { tries } => logins::run(tries).await,
         Command::Connections { count, node_args } => connections::run(count, &node_args).await,
         Command::Matrix { json, plots, runs } => {
             if let Some(dir) = &plots {

@@ -214,7 +214,7 @@ async fn flood_once(
         quinn::TransportConfig::default(),
     )?;
     let connection = endpoint.connect(addr.parse()?, "localhost")?.await?;
-    let hello = ClientFrame::Hello { name: format!("flood{round}"), resume: None };
+    let hello = ClientFrame::Hello { name: format!("flood{round}"), resume: None, login: None };
     let _control = crate::connections::request(&connection, &hello).await?;
     let mut joins = tokio::task::JoinSet::new();
     // A connection is in a room once: a join in flight per room.

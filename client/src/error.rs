@@ -17,6 +17,16 @@ pub enum ClientError {
     NameTaken(String),
     #[error("{0}")]
     InvalidName(String),
+    /// The name is a registered account (or the node takes only accounts), and no password
+    /// or session of it was given.
+    #[error("{0}")]
+    LoginRequired(String),
+    /// The password was wrong, or no account has the name.
+    #[error("{0}")]
+    LoginFailed(String),
+    /// Too many failed logins; try again after `retry_after`.
+    #[error("{message}")]
+    TooManyLogins { message: String, retry_after: Option<std::time::Duration> },
     #[error("{0}")]
     UnknownRoom(String),
     #[error("{0}")]
@@ -55,6 +65,8 @@ impl ClientError {
             Self::UnknownRoom(_) => 6,
             Self::MessageTooLong(_) => 7,
             Self::InvalidName(_) => 8,
+            Self::LoginRequired(_) | Self::LoginFailed(_) => 11,
+            Self::TooManyLogins { .. } => 10,
             Self::ConnectionLost(_) | Self::GoingAway | Self::Replaced | Self::TooSlow { .. } => 9,
             Self::SlowDown(_) | Self::RateLimited | Self::NodeFull(_) => 10,
             Self::Refused(_) | Self::Protocol(_) => 1,
@@ -89,6 +101,16 @@ impl ClientError {
             ErrorCode::MessageTooLong => Self::MessageTooLong(frame.message),
             ErrorCode::ShuttingDown => Self::GoingAway,
             ErrorCode::SlowDown => Self::SlowDown(frame.message),
+            ErrorCode::LoginRequired | ErrorCode::AccountRequired => {
+                Self::LoginRequired(frame.message)
+            }
+            ErrorCode::WrongPassword | ErrorCode::UnknownAccount => {
+                Self::LoginFailed(frame.message)
+            }
+            ErrorCode::TooManyLogins => Self::TooManyLogins {
+                retry_after: frame.retry_after_ms.map(std::time::Duration::from_millis),
+                message: frame.message,
+            },
             _ => Self::Refused(frame),
         }
     }
@@ -105,6 +127,11 @@ impl ClientError {
                     codes::close::SESSION_REPLACED => Self::Replaced,
                     codes::close::REFUSED => Self::InvalidName(reason),
                     codes::close::RATE_LIMITED => Self::RateLimited,
+                    codes::close::LOGIN_REQUIRED => Self::LoginRequired(reason),
+                    codes::close::LOGIN_FAILED => Self::LoginFailed(reason),
+                    codes::close::TOO_MANY_LOGINS => {
+                        Self::TooManyLogins { message: reason, retry_after: None }
+                    }
                     _ => Self::ConnectionLost(format!("the node closed it ({reason})")),
                 }
             }

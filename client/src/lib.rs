@@ -31,12 +31,12 @@ mod pace;
 mod room;
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use chat_proto::io::{FrameReader, write_frame};
-use chat_proto::{ClientFrame, Limits, NodeFrame, RoomInfo, SessionToken, codec, codes};
+use chat_proto::{ClientFrame, Limits, Login, NodeFrame, RoomInfo, SessionToken, codec, codes};
 use quinn::{RecvStream, SendStream};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
@@ -62,13 +62,37 @@ pub struct ConnectOptions {
     pub server: String,
     pub name: String,
     pub trust: Trust,
-    /// The session token of an earlier connection, to take the name back from it.
+    /// The session token of an earlier connection, to take the name back from it (and, for
+    /// an account, to log in without the password while the account keeps the session).
     pub resume: Option<SessionToken>,
+    /// The account's password, or a password to register the name with.
+    pub login: Option<Login>,
+    /// The local address to connect from; any of this machine's by default.
+    pub local_ip: Option<IpAddr>,
 }
 
 impl ConnectOptions {
     pub fn new(server: impl Into<String>, name: impl Into<String>, trust: Trust) -> Self {
-        Self { server: server.into(), name: name.into(), trust, resume: None }
+        Self {
+            server: server.into(),
+            name: name.into(),
+            trust,
+            resume: None,
+            login: None,
+            local_ip: None,
+        }
+    }
+
+    /// These options logging in to the name's account with `password`.
+    #[must_use]
+    pub fn with_password(self, password: &str) -> Self {
+        Self { login: Some(Login::Password(password.into())), ..self }
+    }
+
+    /// These options registering the name with `password` (and logging in to it).
+    #[must_use]
+    pub fn registering(self, password: &str) -> Self {
+        Self { login: Some(Login::Register(password.into())), ..self }
     }
 
     /// The nodes to try: `server` split at its commas.
@@ -122,6 +146,8 @@ pub struct Client {
     control_reader: tokio::task::JoinHandle<()>,
     name: String,
     token: SessionToken,
+    /// Whether the connection is logged in to the name's account.
+    account: std::sync::atomic::AtomicBool,
     limits: Limits,
     /// The node's send rate limit, kept here too so that sends wait instead of being refused.
     pace: Pace,
@@ -177,9 +203,8 @@ impl Client {
         transport.keep_alive_interval(Some(KEEP_ALIVE)).max_idle_timeout(Some(
             IDLE_TIMEOUT.try_into().map_err(|_| ClientError::Protocol("idle timeout".into()))?,
         ));
-        let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
-            .parse()
-            .map_err(|_| ClientError::Protocol("bad bind address".into()))?;
+        let any = if addr.is_ipv6() { IpAddr::from([0u16; 8]) } else { IpAddr::from([0u8; 4]) };
+        let bind = SocketAddr::new(options.local_ip.unwrap_or(any), 0);
         let endpoint = quic_endpoint(&options.trust, codes::ALPN, bind, transport)?;
 
         let server = options.server.clone();
@@ -194,7 +219,11 @@ impl Client {
 
         let (mut send, recv) =
             connection.open_bi().await.map_err(|e| ClientError::from_connection(e, options))?;
-        let hello = ClientFrame::Hello { name: options.name.clone(), resume: options.resume };
+        let hello = ClientFrame::Hello {
+            name: options.name.clone(),
+            resume: options.resume,
+            login: options.login.clone(),
+        };
         write_frame(&mut send, &hello, codec::MAX_NODE_FRAME_LEN)
             .await
             .map_err(|e| ClientError::lost(&connection, e, options))?;
@@ -211,6 +240,11 @@ impl Client {
         let replies = Replies::default();
         let (directs_in, directs) = mpsc::channel(DIRECTS_HELD);
         let control_reader = tokio::spawn(read_control(reader, Arc::clone(&replies), directs_in));
+        // Registered now: a reconnect logs in (its session token first, then the password).
+        let login = match options.login.clone() {
+            Some(Login::Register(password)) => Some(Login::Password(password)),
+            login => login,
+        };
         Ok(Self {
             endpoint,
             connection,
@@ -220,10 +254,11 @@ impl Client {
             control_reader,
             name: welcome.name,
             token: welcome.token,
+            account: std::sync::atomic::AtomicBool::new(welcome.account),
             limits: welcome.limits,
             pace: Pace::new(welcome.limits),
             requests: RequestPace::new(welcome.limits),
-            options: options.clone(),
+            options: ConnectOptions { login, ..options.clone() },
             servers: options.server.clone(),
             server_index: 0,
         })
@@ -261,6 +296,53 @@ impl Client {
 
     pub fn token(&self) -> SessionToken {
         self.token
+    }
+
+    /// Whether the connection is logged in to its name's account (else it is a guest's).
+    pub fn is_account(&self) -> bool {
+        self.account.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Registers this guest's name with `password`: from now on the name needs it (or a
+    /// session of the account, such as this one).
+    ///
+    /// # Errors
+    /// The name is registered already, the password breaks the node's rules, too many
+    /// attempts from this address, or the connection is lost.
+    pub async fn register(&self, password: &str) -> Result<(), ClientError> {
+        match self.request(ClientFrame::Register { password: password.into() }).await? {
+            NodeFrame::Registered { .. } => {
+                self.account.store(true, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Changes the account's password; every other session of the account ends (their
+    /// tokens no longer log in). Returns how many ended.
+    ///
+    /// # Errors
+    /// A wrong `old` password, a `new` one that breaks the rules, a guest's session, or
+    /// the connection is lost.
+    pub async fn change_password(&self, old: &str, new: &str) -> Result<u32, ClientError> {
+        let frame = ClientFrame::ChangePassword { old: old.into(), new: new.into() };
+        match self.request(frame).await? {
+            NodeFrame::PasswordChanged { sessions_ended } => Ok(sessions_ended),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Ends this session for good: its token no longer logs in, and the node closes the
+    /// connection.
+    ///
+    /// # Errors
+    /// The connection is lost before the node answers.
+    pub async fn logout(&self) -> Result<(), ClientError> {
+        match self.request(ClientFrame::Logout).await? {
+            NodeFrame::LoggedOut => Ok(()),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// The rooms of the node.

@@ -8,15 +8,15 @@
 mod cli {
     pub mod config;
     pub mod output;
+    pub mod password;
     pub mod session;
     pub mod terminal;
     pub mod tokens;
 }
 
 use std::io::IsTerminal;
-use std::process::ExitCode;
 
-use chat_client::{Anchor, Client, ClientError};
+use chat_client::{Anchor, Client, ClientError, ConnectOptions};
 use clap::{Parser, Subcommand};
 use cli::config::{Flags, NoTrust, Settings};
 use cli::output::Output;
@@ -76,13 +76,41 @@ enum Command {
     },
     /// List who is in the --room
     Who,
+    /// Register your --name with a password, so that nobody else can use it; then log in
+    ///
+    /// The password comes from CHAT_PASSWORD or --password-file, else it is asked for twice
+    /// on the terminal, else it is the first line of standard input. This machine keeps the
+    /// session, so the interactive `chat` logs in without asking.
+    Register,
+    /// Change your account's password; every other session of the account ends
+    ///
+    /// The current password comes from CHAT_PASSWORD or --password-file, else it is asked
+    /// for; the new one is asked for twice, else read from standard input's first line.
+    Passwd,
+    /// End the session this machine keeps for your --name: it no longer logs in
+    Logout,
 }
 
 /// Exit code for a bad configuration or command line (clap uses 2 for its own).
 const EXIT_USAGE: u8 = 2;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("chat: cannot start: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = runtime.block_on(chat());
+    // Not waiting for the runtime: a read of standard input in flight (a pipe left open after
+    // /quit or /logout) cannot be cancelled, and would hold the exit until its next line.
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    std::process::exit(code.into());
+}
+
+async fn chat() -> u8 {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
@@ -93,38 +121,108 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let out = Output::stdout(cli.flags.json);
     match run(cli, out.clone()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let code = match e.downcast_ref::<ClientError>() {
-                Some(error) => {
-                    out.error(None, error);
-                    error.exit_code() as u8
-                }
-                None => {
-                    eprintln!("chat: {e:#}");
-                    if e.is::<NoTrust>() { 4 } else { EXIT_USAGE }
-                }
-            };
-            ExitCode::from(code)
-        }
+        Ok(()) => 0,
+        Err(e) => match e.downcast_ref::<ClientError>() {
+            Some(error) => {
+                out.error(None, error);
+                error.exit_code() as u8
+            }
+            None => {
+                eprintln!("chat: {e:#}");
+                if e.is::<NoTrust>() { 4 } else { EXIT_USAGE }
+            }
+        },
     }
 }
 
 async fn run(cli: Cli, out: Output) -> anyhow::Result<()> {
     let settings = Settings::resolve(&cli.flags)?;
     let mut options = settings.options()?;
-    // The interactive chat takes its name back from its own crashed run (see `tokens`).
-    let tokens = cli.command.is_none().then(|| TokenFile::new(&options.server, &options.name));
+    // The interactive chat takes its name back from its own crashed run, and logs in to its
+    // account with the session kept (see `tokens`); so does `logout`, to end that session.
+    let keeps_session = matches!(cli.command, None | Some(Command::Logout));
+    let tokens = keeps_session.then(|| TokenFile::new(&options.server, &options.name));
     let tokens = tokens.flatten();
     options.resume = tokens.as_ref().and_then(TokenFile::load);
-    let client = Client::connect(options).await?;
+    match cli.command {
+        Some(Command::Register) => return register(options, &out).await,
+        Some(Command::Passwd) => return change_password(options, &settings, &out).await,
+        Some(Command::Logout) => {
+            let client = connect(options).await?;
+            client.logout().await?;
+            if let Some(tokens) = &tokens {
+                tokens.remove();
+            }
+            out.info("logged out: this session no longer logs in");
+            return Ok(());
+        }
+        _ => {}
+    }
+    let client = connect(options).await?;
     let result = match cli.command {
         None => return interactive(&settings, client, out, tokens).await,
         Some(command) => one_shot(command, &settings, &client, &out).await,
     };
+    // A one-shot's login is not kept: its session ends with it, so that scripts do not
+    // pile sessions up on the account (pushing out the ones people's clients keep).
+    if client.is_account() {
+        let _ = client.logout().await;
+    }
     // Say goodbye even after an error, so that the node frees the name at once.
     client.close().await;
     result
+}
+
+/// Connects; a registered name with no password given has it asked for on the terminal.
+async fn connect(options: ConnectOptions) -> anyhow::Result<Client> {
+    match Client::connect(options.clone()).await {
+        Err(ClientError::LoginRequired(message))
+            if options.login.is_none() && cli::password::can_ask() =>
+        {
+            eprintln!("{message}");
+            let password = cli::password::ask(&format!("password for {}", options.name))?;
+            Ok(Client::connect(options.with_password(&password)).await?)
+        }
+        connected => Ok(connected?),
+    }
+}
+
+/// `chat register`: registers the name and keeps the session for the interactive `chat`.
+async fn register(options: ConnectOptions, out: &Output) -> anyhow::Result<()> {
+    let password = match &options.login {
+        Some(chat_proto::Login::Password(given)) => given.0.clone(),
+        _ => cli::password::new_password(&format!("a password for {}", options.name))?,
+    };
+    let client = Client::connect(options.registering(&password)).await?;
+    if let Some(tokens) = TokenFile::new(client.server(), client.name())
+        && let Err(e) = tokens.store(&client.token())
+    {
+        tracing::warn!(path = %tokens.path().display(), error = %e, "cannot keep the session token");
+    }
+    out.info(&format!(
+        "registered {}: the name needs its password now (this machine keeps the session)",
+        client.name()
+    ));
+    client.close().await;
+    Ok(())
+}
+
+/// `chat passwd`: logs in with the current password and sets a new one.
+async fn change_password(
+    options: ConnectOptions,
+    settings: &Settings,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let old = match &settings.password {
+        Some(old) => old.clone(),
+        None => cli::password::ask(&format!("current password for {}", options.name))?,
+    };
+    let client = Client::connect(options.with_password(&old)).await?;
+    let new = cli::password::new_password("new password")?;
+    let ended = client.change_password(&old, &new).await;
+    client.close().await;
+    out.info(&format!("password changed; {} other session(s) ended", ended?));
+    Ok(())
 }
 
 async fn one_shot(
@@ -142,6 +240,9 @@ async fn one_shot(
         Command::Who => {
             let room = settings.room()?;
             out.who(room, &client.who(room).await?);
+        }
+        Command::Register | Command::Passwd | Command::Logout => {
+            unreachable!("handled before connecting")
         }
         Command::Send { lines: true, .. } => {
             send_lines(settings.room()?, client, out).await?;

@@ -19,6 +19,7 @@ pub mod local;
 pub mod log;
 pub mod notices;
 pub mod presence;
+pub mod records;
 mod subjects;
 
 use std::time::Duration;
@@ -28,6 +29,7 @@ use async_nats::jetstream;
 pub use log::Log;
 pub use notices::{Direct, Notice, Notices};
 pub use presence::{Claim, Directory, Lost};
+pub use records::Records;
 
 /// How to reach NATS and how to keep the chat's data there.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +78,8 @@ pub struct Cluster {
     pub log: Log,
     pub directory: Directory,
     pub notices: Notices,
+    /// The accounts, one record per registered name.
+    pub accounts: Records,
     client: async_nats::Client,
     /// Counts the connections made to NATS.
     connections: tokio::sync::watch::Receiver<u64>,
@@ -131,7 +135,8 @@ impl Cluster {
         let log = Log::open(&js, config).await?;
         let directory = Directory::open(&js, config).await?;
         let notices = Notices::new(client.clone());
-        Ok(Self { log, directory, notices, client, connections })
+        let accounts = Records::open(&js, config).await?;
+        Ok(Self { log, directory, notices, accounts, client, connections })
     }
 
     /// Changes whenever the connection to NATS is made again (after a server was lost).

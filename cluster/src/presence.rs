@@ -86,7 +86,8 @@ impl Directory {
 
     /// Claims the user name `name_key` (its lower-case form) for a connection with session
     /// `token`. `resume` is the token of the user's earlier session, which takes the name
-    /// over from it wherever it is. `None` when someone else holds the name.
+    /// over from it wherever it is; the name's `owner` (logged in to its account) takes it
+    /// from anyone. `None` when someone else holds the name.
     ///
     /// # Errors
     /// NATS did not answer.
@@ -95,10 +96,12 @@ impl Directory {
         name_key: &str,
         token: [u8; 16],
         resume: Option<[u8; 16]>,
+        owner: bool,
     ) -> Result<Option<Claim>, ClusterError> {
         let key = subjects::token(name_key);
         let value = Bytes::from(postcard::to_stdvec(&Holder { node: self.node.clone(), token })?);
-        let revision = crate::patiently(|| self.try_claim(&key, &value, token, resume)).await?;
+        let revision =
+            crate::patiently(|| self.try_claim(&key, &value, token, resume, owner)).await?;
         Ok(revision.map(|revision| Claim { key, value, token, revision }))
     }
 
@@ -110,6 +113,7 @@ impl Directory {
         value: &Bytes,
         token: [u8; 16],
         resume: Option<[u8; 16]>,
+        owner: bool,
     ) -> Result<Option<u64>, ClusterError> {
         // Twice: an entry that expires, or changes, between two steps is looked at again.
         for _ in 0..2 {
@@ -122,7 +126,7 @@ impl Directory {
             if holder.token == token {
                 return Ok(Some(revision));
             }
-            if resume != Some(holder.token) {
+            if !owner && resume != Some(holder.token) {
                 return Ok(None);
             }
             match self.presence.update(key, value.clone(), revision).await {

@@ -3,10 +3,11 @@
 //! out, asking the directory (a name claim, a listing) where the answer says so.
 
 use chat_proto::codec::FrameError;
-use chat_proto::{ClientFrame, SessionToken};
+use chat_proto::{ClientFrame, Login, Secret, SessionToken};
 
 use std::time::Instant;
 
+use crate::accounts::check_password;
 use crate::{ConnId, Core, Mailbox, Refusal, RoomName};
 
 /// What the node's reader got from a stream.
@@ -30,11 +31,13 @@ impl Received {
     }
 }
 
-/// A hello: the name to go online with, and the token of the session it resumes.
+/// A hello: the name to go online with, the token of the session it resumes, and how it
+/// logs in to (or registers) the name's account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
     pub name: String,
     pub resume: Option<SessionToken>,
+    pub login: Option<Login>,
 }
 
 /// What the node must do about a frame on the control stream.
@@ -49,6 +52,16 @@ pub enum ControlAction {
     /// [`Core::check_room_count`](crate::Core::check_room_count)); answer with
     /// `RoomCreated`.
     CreateRoom { room: RoomName },
+    /// Register the connection's name (a guest's) with `password`, once
+    /// [`Core::begin_login`] gives the hash a turn; then [`Core::registered`]. Answer with
+    /// `Registered`, or `NameRegistered` if another connection registered it first.
+    Register { password: Secret },
+    /// Check `old` (after [`Core::begin_login`]), set `new` and end the account's other
+    /// sessions; answer with `PasswordChanged`.
+    ChangePassword { old: Secret, new: Secret },
+    /// End this session for good (its token no longer logs in); answer with `LoggedOut`
+    /// and close the connection.
+    Logout,
     /// Answer with the refusal and read on.
     Refuse(Refusal),
     /// Answer with the refusal and close the connection with its close code.
@@ -65,7 +78,9 @@ pub enum ControlAction {
 /// Anything but a hello: the connection is refused with [`Refusal::NoHello`].
 pub fn greeting(received: Received) -> Result<Hello, Refusal> {
     match received {
-        Received::Frame(ClientFrame::Hello { name, resume }) => Ok(Hello { name, resume }),
+        Received::Frame(ClientFrame::Hello { name, resume, login }) => {
+            Ok(Hello { name, resume, login })
+        }
         _ => Err(Refusal::NoHello),
     }
 }
@@ -77,7 +92,11 @@ impl<B: Mailbox> Core<B> {
         let action = request(received);
         if !matches!(
             action,
-            ControlAction::ListRooms | ControlAction::Who { .. } | ControlAction::CreateRoom { .. }
+            ControlAction::ListRooms
+                | ControlAction::Who { .. }
+                | ControlAction::CreateRoom { .. }
+                | ControlAction::Register { .. }
+                | ControlAction::ChangePassword { .. }
         ) {
             return action;
         }
@@ -99,6 +118,21 @@ impl<B: Mailbox> Core<B> {
             ControlAction::CreateRoom { room } if room.direct_pair().is_some() => {
                 ControlAction::Refuse(Refusal::CreateDirect)
             }
+            ControlAction::Register { .. } if self.is_account(conn) => {
+                let name = self.name_of(conn).map(|n| n.to_string()).unwrap_or_default();
+                ControlAction::Refuse(Refusal::NameRegistered(name))
+            }
+            ControlAction::ChangePassword { .. } if !self.is_account(conn) => {
+                ControlAction::Refuse(Refusal::NotLoggedIn)
+            }
+            ControlAction::Register { password: new } => match check_password(&new.0) {
+                Ok(()) => ControlAction::Register { password: new },
+                Err(e) => ControlAction::Refuse(Refusal::InvalidPassword(e)),
+            },
+            ControlAction::ChangePassword { old, new } => match check_password(&new.0) {
+                Ok(()) => ControlAction::ChangePassword { old, new },
+                Err(e) => ControlAction::Refuse(Refusal::InvalidPassword(e)),
+            },
             other => other,
         }
     }
@@ -113,8 +147,14 @@ pub fn request(received: Received) -> ControlAction {
             Ok(room) => ControlAction::CreateRoom { room },
             Err(e) => ControlAction::Refuse(Refusal::InvalidRoomName(e)),
         },
+        Received::Frame(ClientFrame::Register { password }) => ControlAction::Register { password },
+        Received::Frame(ClientFrame::ChangePassword { old, new }) => {
+            ControlAction::ChangePassword { old, new }
+        }
+        Received::Frame(ClientFrame::Logout) => ControlAction::Logout,
         Received::Frame(other) => ControlAction::Refuse(Refusal::UnexpectedFrame {
-            expected: "the control stream takes room listings, who requests and room creations",
+            expected: "the control stream takes room listings, who requests, room creations \
+                       and account requests",
             got: other.name(),
         }),
         // The reader cannot find the next frame: the stream, and with it the connection,

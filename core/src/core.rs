@@ -3,19 +3,56 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use crate::accounts::{
+    AccountsMode, Attempt, Identity, Logins, Offered, PasswordError, Standing, check_password,
+};
 use crate::names::NameError;
 use crate::presence::{Claimed, Presence, Taken};
 use crate::rate::{RateLimit, Verdict};
 use crate::room::{Evicted, Full, Mailbox, Room};
 use crate::{ConnId, ErrorCode, MemberId, RoomName, Rules, Seq, SessionToken, UserName};
 use chat_proto::codes::close;
-use chat_proto::{LeftReason, NodeFrame};
+use chat_proto::{LeftReason, Login, NodeFrame};
 
 /// Why the core refused an event. Its text is meant for the user at the other end.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    #[error("the name {0:?} is already online; pick another name, or wait for that session to end")]
+    #[error(
+        "the name {0:?} is already online; pick another name, or wait for that session to end \
+         (if it is yours, register the name with `chat register` so that your logins take it \
+         back at once)"
+    )]
     NameTaken(String),
+    #[error(
+        "the name {0:?} is a registered account: log in with its password (`chat --password` \
+         or CHAT_PASSWORD), or pick another name"
+    )]
+    LoginRequired(String),
+    #[error("wrong password for {0:?}; try again, or pick another name")]
+    WrongPassword(String),
+    #[error(
+        "no account is named {0:?}; register it with `chat register`, or leave out the password to go online as a guest"
+    )]
+    UnknownAccount(String),
+    #[error("the name {0:?} is registered already; log in with its password, or pick another name")]
+    NameRegistered(String),
+    #[error(
+        "too many failed logins for this account or from your address; try again in {} s",
+        retry_after.as_secs().max(1)
+    )]
+    TooManyLogins { retry_after: Duration },
+    #[error(
+        "this node takes only registered accounts and {0:?} is not one: register it with \
+         `chat register`"
+    )]
+    AccountRequired(String),
+    #[error("{0}; pick another password")]
+    InvalidPassword(PasswordError),
+    #[error("this session is a guest's: register the name first (/register, `chat register`)")]
+    NotLoggedIn,
+    /// The accounts store could not answer; `0` says why.
+    #[error("the node cannot check accounts now: {0}")]
+    AccountsUnavailable(String),
     #[error("invalid user name: {0}")]
     InvalidName(NameError),
     #[error("invalid room name: {0}")]
@@ -110,6 +147,14 @@ impl Refusal {
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::NameTaken(_) => ErrorCode::NameTaken,
+            Self::LoginRequired(_) => ErrorCode::LoginRequired,
+            Self::WrongPassword(_) => ErrorCode::WrongPassword,
+            Self::UnknownAccount(_) => ErrorCode::UnknownAccount,
+            Self::NameRegistered(_) => ErrorCode::NameRegistered,
+            Self::TooManyLogins { .. } => ErrorCode::TooManyLogins,
+            Self::AccountRequired(_) => ErrorCode::AccountRequired,
+            Self::InvalidPassword(_) => ErrorCode::InvalidPassword,
+            Self::NotLoggedIn => ErrorCode::NotLoggedIn,
             Self::InvalidName(_) => ErrorCode::InvalidName,
             Self::InvalidRoomName(_) => ErrorCode::InvalidRoomName,
             Self::UnknownRoom(_) => ErrorCode::UnknownRoom,
@@ -130,6 +175,7 @@ impl Refusal {
             | Self::HistoryUnreadable(_)
             | Self::Unanswerable(_)
             | Self::DirectoryUnavailable(_)
+            | Self::AccountsUnavailable(_)
             | Self::NotStored(_)
             | Self::NotSynced(_) => ErrorCode::HistoryUnavailable,
             Self::SlowDown { .. } | Self::RequestsTooFast { .. } | Self::RateLimited => {
@@ -145,6 +191,9 @@ impl Refusal {
     pub fn close_code(&self) -> u32 {
         match self {
             Self::NameTaken(_) => close::NAME_TAKEN,
+            Self::LoginRequired(_) | Self::AccountRequired(_) => close::LOGIN_REQUIRED,
+            Self::WrongPassword(_) | Self::UnknownAccount(_) => close::LOGIN_FAILED,
+            Self::TooManyLogins { .. } => close::TOO_MANY_LOGINS,
             Self::RateLimited => close::RATE_LIMITED,
             Self::NotConnected
             | Self::NotJoined
@@ -152,6 +201,18 @@ impl Refusal {
             | Self::NoHello
             | Self::Malformed(_) => close::PROTOCOL_VIOLATION,
             _ => close::REFUSED,
+        }
+    }
+}
+
+impl Refusal {
+    /// How long to wait before trying again, for a refusal that says so.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::TooManyLogins { retry_after }
+            | Self::SlowDown { retry_after, .. }
+            | Self::RequestsTooFast { retry_after, .. } => Some(*retry_after),
+            _ => None,
         }
     }
 }
@@ -197,6 +258,8 @@ pub struct RoomSummary {
 
 struct Connection<B> {
     name: UserName,
+    /// Whether the connection logged in to the name's account (else a guest).
+    account: bool,
     rooms: HashMap<RoomName, MemberId>,
     /// The send rate limit shared by all its rooms; `None` when unlimited.
     rate: Option<RateLimit>,
@@ -229,6 +292,7 @@ const PUSHED_ROOMS: usize = 256;
 pub struct Core<B: Mailbox> {
     rules: Rules,
     presence: Presence,
+    logins: Logins,
     connections: HashMap<ConnId, Connection<B>>,
     rooms: BTreeMap<RoomName, Room<B>>,
     members: HashMap<MemberId, (ConnId, RoomName)>,
@@ -244,6 +308,7 @@ impl<B: Mailbox> Core<B> {
         Self {
             rules,
             presence: Presence::default(),
+            logins: Logins::new(rules.logins),
             connections: HashMap::new(),
             rooms: BTreeMap::new(),
             members: HashMap::new(),
@@ -262,9 +327,73 @@ impl<B: Mailbox> Core<B> {
         self.rooms.entry(room).or_insert_with(|| Room::new(last_seq));
     }
 
-    /// A hello at `now`: `conn` wants to be online as `name`. `token` is the fresh session
+    /// Before the accounts store checks a password (deliberately slow) for `name` from
+    /// `from` at `now`: whether the check may run. A hello without a password needs no turn
+    /// (`Ok(None)`); a password to register must meet the rules first.
+    ///
+    /// # Errors
+    /// Too many failed logins for the account or from the address, or a password to
+    /// register that breaks the rules.
+    pub fn begin_login(
+        &mut self,
+        name: &UserName,
+        login: Option<&Login>,
+        from: std::net::IpAddr,
+        now: Instant,
+    ) -> Result<Option<Attempt>, Refusal> {
+        let registering = match login {
+            None => return Ok(None),
+            Some(Login::Password(_)) => false,
+            Some(Login::Register(password)) => {
+                check_password(&password.0).map_err(Refusal::InvalidPassword)?;
+                true
+            }
+        };
+        self.logins
+            .begin(&name.key(), from, registering, now)
+            .map(Some)
+            .map_err(|retry_after| Refusal::TooManyLogins { retry_after })
+    }
+
+    /// Who a hello for `name` is, from what it `offered` and what the accounts store found
+    /// (`standing`); `attempt` is the turn [`begin_login`](Self::begin_login) gave its
+    /// password check, settled here (a success does not count against the limits).
+    ///
+    /// # Errors
+    /// A registered name not logged in to, a wrong password, a password for no account, a
+    /// name to register that has an account, or a guest on a node that takes only accounts.
+    pub fn authenticate(
+        &mut self,
+        name: &UserName,
+        offered: Offered,
+        standing: Standing,
+        attempt: Option<&Attempt>,
+    ) -> Result<Identity, Refusal> {
+        if standing == Standing::Proven
+            && let Some(attempt) = attempt
+        {
+            self.logins.succeeded(attempt);
+        }
+        let name = || name.as_str().to_owned();
+        match (offered, standing) {
+            (_, Standing::Proven) => Ok(Identity::Account),
+            (Offered::Register, Standing::Unregistered) => Ok(Identity::NewAccount),
+            (Offered::Register, _) => Err(Refusal::NameRegistered(name())),
+            (Offered::Password, Standing::Unregistered) => Err(Refusal::UnknownAccount(name())),
+            (_, Standing::WrongPassword) => Err(Refusal::WrongPassword(name())),
+            (_, Standing::Unproven) => Err(Refusal::LoginRequired(name())),
+            (Offered::Nothing, Standing::Unregistered) => match self.rules.accounts {
+                AccountsMode::Open => Ok(Identity::Guest),
+                AccountsMode::Required => Err(Refusal::AccountRequired(name())),
+            },
+        }
+    }
+
+    /// A hello at `now`: `conn` wants to be online as `name`, as `identity`
+    /// ([`authenticate`](Self::authenticate)'s answer). `token` is the fresh session
     /// token the node drew for it; `resume` the one the client offered from an earlier
-    /// session.
+    /// session. An account takes its name over from whichever connection holds it; a guest
+    /// only from the session whose token it offers.
     ///
     /// # Errors
     /// An invalid name, or one online on another connection.
@@ -274,12 +403,16 @@ impl<B: Mailbox> Core<B> {
         name: &str,
         resume: Option<SessionToken>,
         token: SessionToken,
+        identity: Identity,
         now: Instant,
     ) -> Result<Connected, Refusal> {
         let name = UserName::parse(name).map_err(Refusal::InvalidName)?;
+        let account = identity != Identity::Guest;
+        // A name being registered was free of accounts, but a guest may hold it.
+        let owner = identity == Identity::Account;
         let claimed = self
             .presence
-            .claim(&name, conn, resume, token)
+            .claim(&name, conn, resume, token, owner)
             .map_err(|Taken| Refusal::NameTaken(name.as_str().to_owned()))?;
         let replaced = match claimed {
             Claimed::Fresh => None,
@@ -293,6 +426,7 @@ impl<B: Mailbox> Core<B> {
         let requests = self.rules.requests.map(|rate| RateLimit::new(rate, now));
         let connection = Connection {
             name: name.clone(),
+            account,
             rooms: HashMap::new(),
             rate,
             requests,
@@ -301,6 +435,23 @@ impl<B: Mailbox> Core<B> {
         };
         self.connections.insert(conn, connection);
         Ok(Connected { name, replaced })
+    }
+
+    /// The connection's name is now its account's (it registered it).
+    pub fn registered(&mut self, conn: ConnId) {
+        if let Some(connection) = self.connections.get_mut(&conn) {
+            connection.account = true;
+        }
+    }
+
+    /// The name `conn` is online under.
+    pub fn name_of(&self, conn: ConnId) -> Option<&UserName> {
+        self.connections.get(&conn).map(|c| &c.name)
+    }
+
+    /// Whether `conn` is logged in to its name's account.
+    pub fn is_account(&self, conn: ConnId) -> bool {
+        self.connections.get(&conn).is_some_and(|c| c.account)
     }
 
     /// The connection is gone, for `reason`: it leaves every room and frees its name.

@@ -7,6 +7,7 @@
 //! quinn-proto tests QUIC without a network.
 //!
 //! # Layout
+//! - [`accounts`]: who may use a registered name, password rules, the failed-login limiter.
 //! - [`names`]: the rules for user and room names, and how they compare.
 //! - [`presence`]: name claims and session tokens (one connection per name).
 //! - [`room`]: one room's members and its in-order delivery.
@@ -20,6 +21,7 @@
 //! Architecture invariant: this crate never imports tokio, quinn, fjall or the node. Members
 //! are reached through the [`Mailbox`] trait, which the node implements with bounded queues.
 
+pub mod accounts;
 pub mod control;
 mod core;
 pub mod names;
@@ -29,6 +31,7 @@ pub mod room;
 mod stream;
 
 pub use crate::core::{Admitted, Connected, Core, Joined, Outgoing, Refusal, RoomSummary, Share};
+use accounts::{AccountsMode, LoginRules};
 pub use chat_proto::{ErrorCode, LeftReason, Seq, SessionToken};
 pub use control::{ControlAction, Received};
 pub use names::{RoomName, UserName};
@@ -64,6 +67,10 @@ pub struct Rules {
     pub room_creation: bool,
     /// Most rooms (not counting direct conversations) a node keeps.
     pub max_rooms: usize,
+    /// Whether guests may go online, or only accounts.
+    pub accounts: AccountsMode,
+    /// How many failed logins an account and an address get.
+    pub logins: LoginRules,
 }
 
 /// The default [`Rules::presence_limit`]. Announcing costs a frame to every member per
@@ -89,7 +96,15 @@ impl Rules {
             presence_limit: PRESENCE_LIMIT,
             room_creation: true,
             max_rooms: 10_000,
+            accounts: AccountsMode::Open,
+            logins: LoginRules::new(5, std::time::Duration::from_secs(60)),
         }
+    }
+
+    /// These rules with guests allowed or not, and failed logins limited by `logins`.
+    #[must_use]
+    pub fn with_accounts(self, accounts: AccountsMode, logins: LoginRules) -> Self {
+        Self { accounts, logins, ..self }
     }
 
     /// These rules with users allowed to make rooms or not, up to `max_rooms` in all.

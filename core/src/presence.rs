@@ -34,16 +34,19 @@ pub enum Claimed {
 pub struct Taken;
 
 impl Presence {
-    /// Gives `name` to `conn` under `token`, unless someone else holds it.
+    /// Gives `name` to `conn` under `token`, unless someone else holds it. The `owner` of
+    /// the name (logged in to its account) takes it from whoever holds it.
     ///
     /// # Errors
-    /// [`Taken`] when another connection holds the name and `resume` is not its token.
+    /// [`Taken`] when another connection holds the name, `resume` is not its token and this
+    /// is not the name's owner.
     pub fn claim(
         &mut self,
         name: &UserName,
         conn: ConnId,
         resume: Option<SessionToken>,
         token: SessionToken,
+        owner: bool,
     ) -> Result<Claimed, Taken> {
         let new = Claim { conn, token };
         match self.claims.get_mut(&name.key()) {
@@ -51,7 +54,7 @@ impl Presence {
                 self.claims.insert(name.key(), new);
                 Ok(Claimed::Fresh)
             }
-            Some(held) if resume == Some(held.token) && held.conn != conn => {
+            Some(held) if (owner || resume == Some(held.token)) && held.conn != conn => {
                 let old = std::mem::replace(held, new);
                 Ok(Claimed::TookOver(old.conn))
             }
@@ -87,24 +90,34 @@ mod tests {
     #[test]
     fn a_name_has_one_holder() {
         let mut p = Presence::default();
-        assert_eq!(p.claim(&name("ada"), ConnId(1), None, [1; 16]), Ok(Claimed::Fresh));
-        assert_eq!(p.claim(&name("ADA"), ConnId(2), None, [2; 16]), Err(Taken));
-        assert_eq!(p.claim(&name("ada"), ConnId(2), Some([9; 16]), [2; 16]), Err(Taken));
+        assert_eq!(p.claim(&name("ada"), ConnId(1), None, [1; 16], false), Ok(Claimed::Fresh));
+        assert_eq!(p.claim(&name("ADA"), ConnId(2), None, [2; 16], false), Err(Taken));
+        assert_eq!(p.claim(&name("ada"), ConnId(2), Some([9; 16]), [2; 16], false), Err(Taken));
     }
 
     #[test]
     fn the_token_takes_a_name_back_once() {
         let mut p = Presence::default();
-        p.claim(&name("ada"), ConnId(1), None, [1; 16]).expect("free");
+        p.claim(&name("ada"), ConnId(1), None, [1; 16], false).expect("free");
         assert_eq!(
-            p.claim(&name("ada"), ConnId(2), Some([1; 16]), [2; 16]),
+            p.claim(&name("ada"), ConnId(2), Some([1; 16]), [2; 16], false),
             Ok(Claimed::TookOver(ConnId(1)))
         );
         // The old token is spent; the stale connection's late release frees nothing.
-        assert_eq!(p.claim(&name("ada"), ConnId(3), Some([1; 16]), [3; 16]), Err(Taken));
+        assert_eq!(p.claim(&name("ada"), ConnId(3), Some([1; 16]), [3; 16], false), Err(Taken));
         p.release(&name("ada"), ConnId(1));
         assert!(p.is_online(&name("ada")));
         p.release(&name("ada"), ConnId(2));
         assert!(!p.is_online(&name("ada")));
+    }
+
+    #[test]
+    fn the_owner_takes_its_name_from_anyone() {
+        let mut p = Presence::default();
+        p.claim(&name("ada"), ConnId(1), None, [1; 16], false).expect("free");
+        assert_eq!(
+            p.claim(&name("ada"), ConnId(2), None, [2; 16], true),
+            Ok(Claimed::TookOver(ConnId(1)))
+        );
     }
 }

@@ -79,6 +79,17 @@ impl RateLimit {
         }
     }
 
+    /// Returns a token taken for something that turned out not to count.
+    pub fn give_back(&mut self) {
+        self.tokens = (self.tokens + 1.0).min(f64::from(self.rate.burst));
+    }
+
+    /// Whether the bucket has refilled by `now`, so that it is as good as a new one.
+    pub fn is_full(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens + elapsed * self.rate.per_second >= f64::from(self.rate.burst)
+    }
+
     /// Takes a token, or says how long until one is there.
     ///
     /// # Errors

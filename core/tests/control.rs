@@ -12,10 +12,10 @@ fn frame(frame: ClientFrame) -> Received {
 
 #[test]
 fn the_control_stream_must_open_with_a_hello() {
-    let hello = ClientFrame::Hello { name: "ada".into(), resume: Some([7; 16]) };
+    let hello = ClientFrame::Hello { name: "ada".into(), resume: Some([7; 16]), login: None };
     assert_eq!(
         control::greeting(frame(hello)),
-        Ok(Hello { name: "ada".into(), resume: Some([7; 16]) })
+        Ok(Hello { name: "ada".into(), resume: Some([7; 16]), login: None })
     );
     for first in [
         frame(ClientFrame::ListRooms),
@@ -46,7 +46,7 @@ fn after_the_welcome_the_control_stream_answers_listings_who_and_creations_and_n
     };
     assert_eq!(
         refusal.to_string(),
-        "the control stream takes room listings, who requests and room creations, not a send"
+        "the control stream takes room listings, who requests, room creations and account requests, not a send"
     );
     let ControlAction::Close(refusal) = control::request(Received::Malformed("bad".into())) else {
         panic!("bytes that are not a frame end the connection")

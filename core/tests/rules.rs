@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use chat_core::accounts::{AccountsMode, Identity, LoginRules};
 use chat_core::control::{ControlAction, Received};
 use chat_core::{
     ConnId, Core, ErrorCode, Full, Mailbox, MemberId, Refusal, RoomName, Rules, Seq, Share,
@@ -83,6 +84,13 @@ const RULES: Rules = Rules {
     presence_limit: 3,
     room_creation: true,
     max_rooms: 10,
+    accounts: AccountsMode::Open,
+    logins: LoginRules {
+        per_account_and_address: 2,
+        per_address: 8,
+        per_account: 20,
+        forgiven: Duration::from_secs(60),
+    },
 };
 
 fn core_with_rooms(rooms: &[(&str, Seq)]) -> Core<Inbox> {
@@ -100,23 +108,27 @@ fn room(name: &str) -> RoomName {
 #[test]
 fn a_name_online_is_refused_case_insensitively_until_it_leaves() {
     let mut core = core_with_rooms(&[]);
-    core.connect(ConnId(1), "Ada", None, [1; 16], Instant::now()).expect("free name");
-    let refusal = core.connect(ConnId(2), "ada", None, [2; 16], Instant::now()).expect_err("taken");
+    core.connect(ConnId(1), "Ada", None, [1; 16], Identity::Guest, Instant::now())
+        .expect("free name");
+    let refusal = core
+        .connect(ConnId(2), "ada", None, [2; 16], Identity::Guest, Instant::now())
+        .expect_err("taken");
     assert_eq!(refusal.code(), ErrorCode::NameTaken);
     assert!(refusal.to_string().contains("already online"));
     core.disconnect(ConnId(1), LeftReason::Disconnected);
-    core.connect(ConnId(2), "ada", None, [2; 16], Instant::now()).expect("free again");
+    core.connect(ConnId(2), "ada", None, [2; 16], Identity::Guest, Instant::now())
+        .expect("free again");
 }
 
 #[test]
 fn a_session_token_takes_the_name_and_its_rooms_from_a_stale_connection() {
     let mut core = core_with_rooms(&[("general", 0)]);
-    core.connect(ConnId(1), "ada", None, [1; 16], Instant::now()).expect("free");
+    core.connect(ConnId(1), "ada", None, [1; 16], Identity::Guest, Instant::now()).expect("free");
     let stale = Inbox::with_capacity(10);
     core.join(ConnId(1), MemberId(1), "general", stale.clone()).expect("joins");
 
     let back = core
-        .connect(ConnId(2), "ada", Some([1; 16]), [2; 16], Instant::now())
+        .connect(ConnId(2), "ada", Some([1; 16]), [2; 16], Identity::Guest, Instant::now())
         .expect("token matches");
     assert_eq!(back.replaced, Some(ConnId(1)));
     assert_eq!(core.who("general").expect("room"), Vec::<String>::new());
@@ -124,19 +136,21 @@ fn a_session_token_takes_the_name_and_its_rooms_from_a_stale_connection() {
     assert!(stale.got().is_empty(), "the replaced connection still gets messages");
     // The stale connection's own disconnect, arriving late, must not free the name.
     core.disconnect(ConnId(1), LeftReason::Disconnected);
-    assert!(core.connect(ConnId(3), "ada", None, [3; 16], Instant::now()).is_err());
+    assert!(
+        core.connect(ConnId(3), "ada", None, [3; 16], Identity::Guest, Instant::now()).is_err()
+    );
 }
 
 #[test]
 fn invalid_names_and_unknown_rooms_are_refused_by_name() {
     let mut core = core_with_rooms(&[("general", 0)]);
     assert_eq!(
-        core.connect(ConnId(1), "no spaces", None, [1; 16], Instant::now())
+        core.connect(ConnId(1), "no spaces", None, [1; 16], Identity::Guest, Instant::now())
             .expect_err("invalid")
             .code(),
         ErrorCode::InvalidName
     );
-    core.connect(ConnId(1), "ada", None, [1; 16], Instant::now()).expect("valid");
+    core.connect(ConnId(1), "ada", None, [1; 16], Identity::Guest, Instant::now()).expect("valid");
     let refusal =
         core.join(ConnId(1), MemberId(1), "nowhere", Inbox::default()).expect_err("unknown");
     assert_eq!(refusal, Refusal::UnknownRoom("nowhere".into()));
@@ -152,7 +166,7 @@ fn invalid_names_and_unknown_rooms_are_refused_by_name() {
 #[test]
 fn a_connection_joins_a_room_once_and_at_most_the_limit() {
     let mut core = core_with_rooms(&[("a", 0), ("b", 0), ("c", 0)]);
-    core.connect(ConnId(1), "ada", None, [1; 16], Instant::now()).expect("free");
+    core.connect(ConnId(1), "ada", None, [1; 16], Identity::Guest, Instant::now()).expect("free");
     core.join(ConnId(1), MemberId(1), "a", Inbox::default()).expect("first");
     assert_eq!(
         core.join(ConnId(1), MemberId(2), "A", Inbox::default()).expect_err("twice").code(),
@@ -170,7 +184,7 @@ fn a_connection_joins_a_room_once_and_at_most_the_limit() {
 #[test]
 fn sends_are_checked_for_length_emptiness_and_membership() {
     let mut core = core_with_rooms(&[("general", 0)]);
-    core.connect(ConnId(1), "ada", None, [1; 16], Instant::now()).expect("free");
+    core.connect(ConnId(1), "ada", None, [1; 16], Identity::Guest, Instant::now()).expect("free");
     core.join(ConnId(1), MemberId(1), "general", Inbox::default()).expect("joins");
     let ok = core.check_send(MemberId(1), "0123456789", Instant::now()).expect("at the limit");
     assert_eq!((ok.room.as_str(), ok.sender.as_str()), ("general", "ada"));
@@ -189,7 +203,15 @@ fn every_member_gets_every_message_once_in_sequence_order() {
     let inboxes: Vec<Inbox> = (0..3).map(|_| Inbox::with_capacity(100)).collect();
     for (i, inbox) in inboxes.iter().enumerate() {
         let conn = ConnId(i as u64);
-        core.connect(conn, &format!("user{i}"), None, [i as u8; 16], Instant::now()).expect("free");
+        core.connect(
+            conn,
+            &format!("user{i}"),
+            None,
+            [i as u8; 16],
+            Identity::Guest,
+            Instant::now(),
+        )
+        .expect("free");
         let joined = core.join(conn, MemberId(i as u64), "general", inbox.clone()).expect("joins");
         assert_eq!(joined.history_until, 5, "history covers what came before the join");
     }
@@ -209,7 +231,7 @@ fn a_log_with_gaps_in_its_numbering_is_delivered_as_it_comes_without_repeats() {
     // Cluster mode: the stream numbers every room's messages in one sequence.
     let mut core = core_with_rooms(&[("general", 10)]);
     let inbox = Inbox::with_capacity(100);
-    core.connect(ConnId(1), "ada", None, [1; 16], Instant::now()).expect("free");
+    core.connect(ConnId(1), "ada", None, [1; 16], Identity::Guest, Instant::now()).expect("free");
     core.join(ConnId(1), MemberId(1), "general", inbox.clone()).expect("joins");
     let room = room("general");
     for (seq, body) in [(14, "a"), (20, "b"), (20, "b"), (9, "old"), (31, "c")] {
@@ -224,8 +246,8 @@ fn a_member_that_falls_behind_is_dropped_alone_and_told_where_it_stopped() {
     let mut core = core_with_rooms(&[("general", 0)]);
     let slow = Inbox::with_capacity(3); // fast's arrival, then two messages.
     let fast = Inbox::with_capacity(100);
-    core.connect(ConnId(1), "slow", None, [1; 16], Instant::now()).expect("free");
-    core.connect(ConnId(2), "fast", None, [2; 16], Instant::now()).expect("free");
+    core.connect(ConnId(1), "slow", None, [1; 16], Identity::Guest, Instant::now()).expect("free");
+    core.connect(ConnId(2), "fast", None, [2; 16], Identity::Guest, Instant::now()).expect("free");
     core.join(ConnId(1), MemberId(1), "general", slow.clone()).expect("joins");
     core.join(ConnId(2), MemberId(2), "general", fast.clone()).expect("joins");
 
@@ -248,7 +270,7 @@ fn a_member_that_falls_behind_is_dropped_alone_and_told_where_it_stopped() {
 fn a_member_whose_own_ack_does_not_fit_is_dropped_like_one_that_falls_behind() {
     let mut core = core_with_rooms(&[("general", 0)]);
     let sender = Inbox::with_capacity(2);
-    core.connect(ConnId(1), "ada", None, [1; 16], Instant::now()).expect("free");
+    core.connect(ConnId(1), "ada", None, [1; 16], Identity::Guest, Instant::now()).expect("free");
     core.join(ConnId(1), MemberId(1), "general", sender.clone()).expect("joins");
 
     core.committed("general", 1, "mine");
@@ -276,7 +298,7 @@ fn sends_over_the_rate_are_told_to_slow_down_and_a_connection_that_goes_on_is_cl
         core.add_room(room(name), 0);
     }
     let start = Instant::now();
-    core.connect(ConnId(1), "ada", None, [1; 16], start).expect("free");
+    core.connect(ConnId(1), "ada", None, [1; 16], Identity::Guest, start).expect("free");
     core.join(ConnId(1), MemberId(1), "general", Inbox::default()).expect("joins");
     core.join(ConnId(1), MemberId(2), "random", Inbox::default()).expect("joins");
     // The burst is the connection's, shared by its rooms; a refused body takes its token too.
@@ -312,7 +334,7 @@ fn a_node_with_no_rate_limit_takes_any_number_of_sends_at_once() {
     let mut core = Core::new(RULES.with_rate(0, 200));
     core.add_room(room("general"), 0);
     let now = Instant::now();
-    core.connect(ConnId(1), "ada", None, [1; 16], now).expect("free");
+    core.connect(ConnId(1), "ada", None, [1; 16], Identity::Guest, now).expect("free");
     core.join(ConnId(1), MemberId(1), "general", Inbox::default()).expect("joins");
     for _ in 0..10_000 {
         core.check_send(MemberId(1), "hi", now).expect("no limit");
@@ -347,7 +369,8 @@ fn members_hear_arrivals_and_departures_once_in_order_with_the_messages() {
     let mut core = core_with_rooms(&[("general", 0)]);
     let ada = Inbox::with_capacity(100);
     for (conn, name) in [(1, "ada"), (2, "bob"), (3, "cy")] {
-        core.connect(ConnId(conn), name, None, [conn as u8; 16], Instant::now()).expect("free");
+        core.connect(ConnId(conn), name, None, [conn as u8; 16], Identity::Guest, Instant::now())
+            .expect("free");
     }
     core.join(ConnId(1), MemberId(1), "general", ada.clone()).expect("joins");
     core.join(ConnId(2), MemberId(2), "general", Inbox::with_capacity(100)).expect("joins");
@@ -370,11 +393,12 @@ fn members_hear_arrivals_and_departures_once_in_order_with_the_messages() {
 fn a_session_taken_over_is_heard_as_a_disconnect_and_the_new_one_arrives() {
     let mut core = core_with_rooms(&[("general", 0)]);
     let bob = Inbox::with_capacity(100);
-    core.connect(ConnId(1), "ada", None, [1; 16], Instant::now()).expect("free");
-    core.connect(ConnId(2), "bob", None, [2; 16], Instant::now()).expect("free");
+    core.connect(ConnId(1), "ada", None, [1; 16], Identity::Guest, Instant::now()).expect("free");
+    core.connect(ConnId(2), "bob", None, [2; 16], Identity::Guest, Instant::now()).expect("free");
     core.join(ConnId(2), MemberId(2), "general", bob.clone()).expect("joins");
     core.join(ConnId(1), MemberId(1), "general", Inbox::with_capacity(100)).expect("joins");
-    core.connect(ConnId(3), "ada", Some([1; 16]), [3; 16], Instant::now()).expect("resumes");
+    core.connect(ConnId(3), "ada", Some([1; 16]), [3; 16], Identity::Guest, Instant::now())
+        .expect("resumes");
     core.join(ConnId(3), MemberId(3), "general", Inbox::with_capacity(100)).expect("rejoins");
     assert_eq!(told(&bob), ["ada arrived", "ada disconnected", "ada arrived"]);
 }
@@ -385,7 +409,8 @@ fn rooms_above_the_presence_limit_hear_no_arrivals_or_departures() {
     let mut core = core_with_rooms(&[("general", 0)]);
     let ada = Inbox::with_capacity(100);
     for (conn, name) in [(1, "ada"), (2, "bob"), (3, "cy"), (4, "dee")] {
-        core.connect(ConnId(conn), name, None, [conn as u8; 16], Instant::now()).expect("free");
+        core.connect(ConnId(conn), name, None, [conn as u8; 16], Identity::Guest, Instant::now())
+            .expect("free");
     }
     core.join(ConnId(1), MemberId(1), "general", ada.clone()).expect("joins");
     for conn in 2..=4 {
@@ -402,7 +427,8 @@ fn a_member_that_cannot_take_an_arrival_is_dropped_and_the_others_hear_it_left()
     let mut core = core_with_rooms(&[("general", 0)]);
     let (ada, full) = (Inbox::with_capacity(100), Inbox::with_capacity(0));
     for (conn, name) in [(1, "ada"), (2, "bob"), (3, "cy")] {
-        core.connect(ConnId(conn), name, None, [conn as u8; 16], Instant::now()).expect("free");
+        core.connect(ConnId(conn), name, None, [conn as u8; 16], Identity::Guest, Instant::now())
+            .expect("free");
     }
     core.join(ConnId(1), MemberId(1), "general", ada.clone()).expect("joins");
     core.join(ConnId(2), MemberId(2), "general", full.clone()).expect("joins");
@@ -416,8 +442,8 @@ fn a_member_that_cannot_take_an_arrival_is_dropped_and_the_others_hear_it_left()
 fn a_stopping_node_announces_nothing() {
     let mut core = core_with_rooms(&[("general", 0)]);
     let ada = Inbox::with_capacity(100);
-    core.connect(ConnId(1), "ada", None, [1; 16], Instant::now()).expect("free");
-    core.connect(ConnId(2), "bob", None, [2; 16], Instant::now()).expect("free");
+    core.connect(ConnId(1), "ada", None, [1; 16], Identity::Guest, Instant::now()).expect("free");
+    core.connect(ConnId(2), "bob", None, [2; 16], Identity::Guest, Instant::now()).expect("free");
     core.join(ConnId(1), MemberId(1), "general", ada.clone()).expect("joins");
     core.join(ConnId(2), MemberId(2), "general", Inbox::with_capacity(100)).expect("joins");
     core.stop_announcing();
@@ -430,7 +456,8 @@ fn a_direct_conversation_is_for_its_two_users_and_pushed_to_the_one_not_in_it() 
     let mut core = core_with_rooms(&[("general", 0)]);
     let now = Instant::now();
     for (conn, name) in [(1, "ada"), (2, "Bob"), (3, "cy")] {
-        core.connect(ConnId(conn), name, None, [conn as u8; 16], now).expect("free");
+        core.connect(ConnId(conn), name, None, [conn as u8; 16], Identity::Guest, now)
+            .expect("free");
     }
     let bobs_inbox = Inbox::with_capacity(10);
     core.attach_inbox(ConnId(2), bobs_inbox.clone());
@@ -493,7 +520,7 @@ fn a_direct_message_for_a_user_online_elsewhere_is_shared_with_the_other_nodes()
         };
         told.lock().expect("lock").push(line);
     });
-    core.connect(ConnId(1), "ada", None, [1; 16], Instant::now()).expect("free");
+    core.connect(ConnId(1), "ada", None, [1; 16], Identity::Guest, Instant::now()).expect("free");
     core.join(ConnId(1), MemberId(1), "@bob", Inbox::with_capacity(10)).expect("joins");
     core.committed("@ada+bob", 1, "hi");
     assert_eq!(
@@ -508,7 +535,7 @@ fn a_room_is_made_by_name_where_the_node_lets_users_up_to_its_most() {
     let now = Instant::now();
     let create = |room: &str| Received::Frame(ClientFrame::CreateRoom { room: room.into() });
     let mut core = core_with_rooms(&[("general", 0)]);
-    core.connect(ConnId(1), "ada", None, [1; 16], now).expect("free");
+    core.connect(ConnId(1), "ada", None, [1; 16], Identity::Guest, now).expect("free");
     assert_eq!(
         core.on_control(ConnId(1), create("Lounge"), now),
         ControlAction::CreateRoom { room: room("lounge") }
@@ -526,7 +553,89 @@ fn a_room_is_made_by_name_where_the_node_lets_users_up_to_its_most() {
     assert_eq!(core.check_room_count(10), Err(Refusal::NodeFullOfRooms(10)));
 
     let mut closed = Core::<Inbox>::new(RULES.with_room_creation(false, 10));
-    closed.connect(ConnId(1), "ada", None, [1; 16], now).expect("free");
+    closed.connect(ConnId(1), "ada", None, [1; 16], Identity::Guest, now).expect("free");
     let refused = closed.on_control(ConnId(1), create("lounge"), now);
     assert_eq!(refused, ControlAction::Refuse(Refusal::RoomCreationOff));
+}
+
+#[test]
+fn a_registered_name_needs_its_owner_and_the_owner_takes_it_back() {
+    use chat_core::accounts::{Offered, Standing};
+    let mut core = core_with_rooms(&[("general", 0)]);
+    let ada = UserName::parse("ada").expect("valid");
+    let who = |core: &mut Core<Inbox>, offered, standing| {
+        core.authenticate(&ada, offered, standing, None).map_err(|r| r.code())
+    };
+    assert_eq!(who(&mut core, Offered::Nothing, Standing::Unregistered), Ok(Identity::Guest));
+    assert_eq!(who(&mut core, Offered::Register, Standing::Unregistered), Ok(Identity::NewAccount));
+    assert_eq!(who(&mut core, Offered::Nothing, Standing::Proven), Ok(Identity::Account));
+    assert_eq!(who(&mut core, Offered::Password, Standing::Proven), Ok(Identity::Account));
+    assert_eq!(who(&mut core, Offered::Nothing, Standing::Unproven), Err(ErrorCode::LoginRequired));
+    assert_eq!(
+        who(&mut core, Offered::Password, Standing::WrongPassword),
+        Err(ErrorCode::WrongPassword)
+    );
+    assert_eq!(
+        who(&mut core, Offered::Password, Standing::Unregistered),
+        Err(ErrorCode::UnknownAccount)
+    );
+    assert_eq!(
+        who(&mut core, Offered::Register, Standing::Unproven),
+        Err(ErrorCode::NameRegistered)
+    );
+    // Each refusal of a login has its own close code.
+    let refused = core.authenticate(&ada, Offered::Nothing, Standing::Unproven, None);
+    assert_eq!(refused.expect_err("refused").close_code(), codes::close::LOGIN_REQUIRED);
+
+    // A guest holding the name loses it to the owner, who needs no token of its session.
+    core.connect(ConnId(1), "ada", None, [1; 16], Identity::Guest, Instant::now()).expect("free");
+    let back = core
+        .connect(ConnId(2), "ada", None, [2; 16], Identity::Account, Instant::now())
+        .expect("the owner");
+    assert_eq!(back.replaced, Some(ConnId(1)));
+    assert!(core.is_account(ConnId(2)));
+    let guest = core.connect(ConnId(3), "ada", None, [3; 16], Identity::Guest, Instant::now());
+    assert_eq!(guest.expect_err("taken").code(), ErrorCode::NameTaken);
+}
+
+#[test]
+fn a_node_that_requires_accounts_refuses_guests() {
+    use chat_core::accounts::{Offered, Standing};
+    let rules = RULES.with_accounts(AccountsMode::Required, RULES.logins);
+    let mut core: Core<Inbox> = Core::new(rules);
+    let bob = UserName::parse("bob").expect("valid");
+    let guest = core.authenticate(&bob, Offered::Nothing, Standing::Unregistered, None);
+    assert_eq!(guest.expect_err("refused").code(), ErrorCode::AccountRequired);
+    let new = core.authenticate(&bob, Offered::Register, Standing::Unregistered, None);
+    assert_eq!(new, Ok(Identity::NewAccount));
+}
+
+#[test]
+fn failed_logins_wait_before_any_hash_and_a_success_costs_nothing() {
+    use chat_core::accounts::{Offered, Standing};
+    use chat_proto::{Login, Secret};
+    let mut core = core_with_rooms(&[]);
+    let ada = UserName::parse("ada").expect("valid");
+    let guess = Login::Password(Secret::from("guess"));
+    let (attacker, owner) = ("192.0.2.1".parse().expect("ip"), "198.51.100.2".parse().expect("ip"));
+    let now = Instant::now();
+    for _ in 0..RULES.logins.per_account_and_address {
+        let attempt = core.begin_login(&ada, Some(&guess), attacker, now).expect("a turn");
+        let refused =
+            core.authenticate(&ada, Offered::Password, Standing::WrongPassword, attempt.as_ref());
+        assert_eq!(refused.expect_err("wrong").code(), ErrorCode::WrongPassword);
+    }
+    let held = core.begin_login(&ada, Some(&guess), attacker, now).expect_err("held back");
+    assert_eq!(held.code(), ErrorCode::TooManyLogins);
+    assert_eq!(held.retry_after(), Some(Duration::from_secs(60)));
+    assert_eq!(held.close_code(), codes::close::TOO_MANY_LOGINS);
+    for _ in 0..10 {
+        let attempt = core.begin_login(&ada, Some(&guess), owner, now).expect("the owner's turn");
+        core.authenticate(&ada, Offered::Password, Standing::Proven, attempt.as_ref()).expect("in");
+    }
+    // A hello with no password needs no turn; a weak password to register is refused first.
+    assert_eq!(core.begin_login(&ada, None, attacker, now), Ok(None));
+    let weak = Login::Register(Secret::from("short"));
+    let refused = core.begin_login(&ada, Some(&weak), owner, now).expect_err("weak");
+    assert_eq!(refused.code(), ErrorCode::InvalidPassword);
 }

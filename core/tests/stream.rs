@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use chat_core::accounts::Identity;
 use chat_core::control::{ControlAction, Received};
 use chat_core::{
     ConnId, Core, ErrorCode, Full, Mailbox, MemberId, Refusal, RoomName, Rules, Seq, StreamAction,
@@ -31,7 +32,7 @@ impl Mailbox for Open {
 fn ada_in_general(start: Instant) -> Core<Open> {
     let mut core = Core::new(Rules::new(10, 2).with_rate(10, 3));
     core.add_room(RoomName::parse("general").expect("valid"), 0);
-    core.connect(ConnId(1), "ada", None, [1; 16], start).expect("free");
+    core.connect(ConnId(1), "ada", None, [1; 16], Identity::Guest, start).expect("free");
     core.join(ConnId(1), MemberId(1), "general", Open).expect("joins");
     core
 }
@@ -122,7 +123,7 @@ fn requests_share_one_budget_per_connection_refused_then_closed() {
     let start = Instant::now();
     let mut core = Core::new(Rules::new(10, 2).with_request_rate(10, 3));
     core.add_room(RoomName::parse("general").expect("valid"), 5);
-    core.connect(ConnId(1), "ada", None, [1; 16], start).expect("free");
+    core.connect(ConnId(1), "ada", None, [1; 16], Identity::Guest, start).expect("free");
     core.join(ConnId(1), MemberId(1), "general", Open).expect("joins");
     let who = || Received::Frame(ClientFrame::Who { room: "general".into() });
     let history = StreamInput::History { request_id: 7, anchor: Anchor::Latest, limit: 10_000 };
@@ -157,7 +158,7 @@ fn requests_share_one_budget_per_connection_refused_then_closed() {
     );
     // A connection that waits is answered again.
     let later = start + Duration::from_secs(1);
-    core.connect(ConnId(2), "bob", None, [2; 16], start).expect("free");
+    core.connect(ConnId(2), "bob", None, [2; 16], Identity::Guest, start).expect("free");
     assert!(core.check_request(ConnId(2), start).is_ok());
     assert!(core.check_request(ConnId(1), later).is_ok(), "the bucket refilled");
 }

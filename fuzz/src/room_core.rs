@@ -115,6 +115,7 @@ pub fn run(data: &[u8]) {
                     name,
                     None,
                     [conn as u8; 16],
+                    chat_core::accounts::Identity::Guest,
                     std::time::Instant::now(),
                 );
                 let taken = online.values().any(|held| held == &name.to_ascii_lowercase());

@@ -9,8 +9,11 @@ use proptest::prelude::*;
 
 fn client_frame() -> impl Strategy<Value = ClientFrame> {
     prop_oneof![
-        (".{0,40}", any::<Option<[u8; 16]>>())
-            .prop_map(|(name, resume)| ClientFrame::Hello { name, resume }),
+        (".{0,40}", any::<Option<[u8; 16]>>()).prop_map(|(name, resume)| ClientFrame::Hello {
+            name,
+            resume,
+            login: None
+        }),
         Just(ClientFrame::ListRooms),
         ".{0,40}".prop_map(|room| ClientFrame::Who { room }),
         (".{0,40}", any::<Option<u64>>(), any::<u32>())
@@ -58,7 +61,13 @@ fn node_frame() -> impl Strategy<Value = NodeFrame> {
         }),
         (codes, ".{0,80}", any::<Option<u64>>(), any::<Option<u64>>()).prop_map(
             |(code, message, client_id, last_seq)| {
-                NodeFrame::Error(ErrorFrame { code, message, client_id, last_seq })
+                NodeFrame::Error(ErrorFrame {
+                    code,
+                    message,
+                    client_id,
+                    last_seq,
+                    retry_after_ms: None,
+                })
             }
         ),
         (".{0,40}", prop::collection::vec(".{0,20}", 0..10))

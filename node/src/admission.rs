@@ -13,6 +13,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use chat_core::accounts::address_key;
+
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Full {
@@ -69,17 +71,6 @@ pub(crate) enum Strike {
     Barred,
 }
 
-/// The address connections are counted and barred under.
-fn key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
-        },
-    }
-}
-
 /// An admitted connection's place.
 pub(crate) struct Slot {
     admission: Arc<Admission>,
@@ -93,7 +84,7 @@ impl Admission {
 
     /// A slot for one more connection from `ip`, or why there is none.
     pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Full> {
-        let ip = key(ip);
+        let ip = address_key(ip);
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         if open.total >= self.max_total {
             return Err(Full::Node);
@@ -116,13 +107,13 @@ impl Admission {
     /// Admits no connection from `ip` for `period`.
     pub(crate) fn bar(&self, ip: IpAddr, period: Duration) {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        bar(&mut open, key(ip), period);
+        bar(&mut open, address_key(ip), period);
     }
 
     /// A hello from `ip` was refused; the [`HELLO_STRIKES`]th within [`STRIKE_WINDOW`] bars
     /// the address for `period`.
     pub(crate) fn strike(&self, ip: IpAddr, period: Duration) -> Strike {
-        let (ip, now) = (key(ip), Instant::now());
+        let (ip, now) = (address_key(ip), Instant::now());
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         if open.strikes.len() >= 1024 {
             open.strikes.retain(|_, (_, since)| now.duration_since(*since) < STRIKE_WINDOW);

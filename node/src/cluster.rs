@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use chat_accounts::Account;
 use chat_cluster::{Claim, Cluster, ClusterError, Direct, Notice};
 use chat_core::{ConnId, Core, MemberId, Refusal, RoomName, Seq, SessionToken, Share, UserName};
 use chat_history::{Anchor, Completion, HistoryError, HistoryPage, Message, PageLimit, Subscriber};
@@ -26,7 +27,10 @@ use tracing::{debug, info, warn};
 use crate::AbortOnDrop;
 use crate::mailbox::Outbox;
 use crate::reply::message_frame;
-use crate::seams::{Directory, DirectoryError, FanOut, FollowError, HistoryStore, Pending};
+use crate::seams::{
+    AccountChange, AccountStore, AccountsStoreError, Directory, DirectoryError, FanOut,
+    FollowError, HistoryStore, Pending,
+};
 
 fn remote(e: ClusterError) -> HistoryError {
     HistoryError::Remote(Arc::new(e))
@@ -428,9 +432,10 @@ impl Directory for ClusterDirectory {
         name: &'a UserName,
         token: SessionToken,
         resume: Option<SessionToken>,
+        owner: bool,
     ) -> Pending<'a, Result<bool, DirectoryError>> {
         Box::pin(async move {
-            let claim = self.cluster.directory.claim(&name.key(), token, resume).await;
+            let claim = self.cluster.directory.claim(&name.key(), token, resume, owner).await;
             match claim? {
                 Some(claim) => {
                     lock(&self.claims).insert(conn, claim);
@@ -518,5 +523,53 @@ impl Directory for ClusterDirectory {
             }
             lost
         }))
+    }
+}
+
+/// The accounts in the cluster's `chat_accounts` bucket: a registration is an atomic create
+/// and every change a compare-and-set, so a name registered (or a password changed) on one
+/// node holds on every node at once.
+pub(crate) struct ClusterAccounts(pub(crate) Arc<Cluster>);
+
+/// Compare-and-set rounds an account change makes against other nodes' changes.
+const ACCOUNT_UPDATE_ROUNDS: usize = 8;
+
+impl AccountStore for ClusterAccounts {
+    fn get(&self, key: String) -> Pending<'_, Result<Option<Account>, AccountsStoreError>> {
+        Box::pin(async move {
+            match self.0.accounts.get(&key).await? {
+                Some((bytes, _)) => Ok(Some(Account::decode(&bytes)?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn create(
+        &self,
+        key: String,
+        account: Account,
+    ) -> Pending<'_, Result<bool, AccountsStoreError>> {
+        Box::pin(async move { Ok(self.0.accounts.create(&key, account.encode()?.into()).await?) })
+    }
+
+    fn update(
+        &self,
+        key: String,
+        change: AccountChange,
+    ) -> Pending<'_, Result<Option<usize>, AccountsStoreError>> {
+        Box::pin(async move {
+            for _ in 0..ACCOUNT_UPDATE_ROUNDS {
+                let Some((bytes, revision)) = self.0.accounts.get(&key).await? else {
+                    return Ok(None);
+                };
+                let mut account = Account::decode(&bytes)?;
+                let out = change(&mut account);
+                if self.0.accounts.update(&key, account.encode()?.into(), revision).await? {
+                    return Ok(Some(out));
+                }
+            }
+            Err(ClusterError::Unavailable("the account kept changing under the update".into())
+                .into())
+        })
     }
 }

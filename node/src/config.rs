@@ -73,6 +73,18 @@ pub struct Settings {
     /// Most rooms the node keeps, direct conversations not counted [default: 10000]
     #[arg(long, env = "CHAT_MAX_ROOMS")]
     pub max_rooms: Option<usize>,
+    /// Whether guests may go online under names nobody registered (`open`), or every name
+    /// must be a registered account (`required`) [default: open]
+    #[arg(long, env = "CHAT_ACCOUNTS", value_parser = parse_accounts)]
+    pub accounts: Option<Accounts>,
+    /// Failed logins to one account from one address before each further try must wait
+    /// (an address gets four times as many over all accounts, an account ten times as many
+    /// from everywhere) [default: 5]
+    #[arg(long, env = "CHAT_MAX_LOGIN_FAILURES")]
+    pub max_login_failures: Option<u32>,
+    /// Seconds after which one failed login is forgiven [default: 60]
+    #[arg(long, env = "CHAT_LOGIN_FAILURE_FORGIVEN_SECS")]
+    pub login_failure_forgiven_secs: Option<u64>,
     /// Rooms with more members than this get no arrivals and departures (each would go to
     /// every member); `Who` still tells [default: 500]
     #[arg(long, env = "CHAT_PRESENCE_LIMIT")]
@@ -177,6 +189,25 @@ pub enum RoomCreation {
     Nobody,
 }
 
+/// Whether the node takes guests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accounts {
+    /// Guests may use any name nobody registered; registered names need their password.
+    #[default]
+    Open,
+    /// Every name must be registered (a hello may register its own).
+    Required,
+}
+
+fn parse_accounts(s: &str) -> Result<Accounts, String> {
+    match s {
+        "open" => Ok(Accounts::Open),
+        "required" => Ok(Accounts::Required),
+        _ => Err(format!("{s:?}: expected open or required")),
+    }
+}
+
 fn parse_room_creation(s: &str) -> Result<RoomCreation, String> {
     match s {
         "anyone" => Ok(RoomCreation::Anyone),
@@ -213,6 +244,9 @@ pub struct NodeConfig {
     pub presence_limit: u32,
     pub room_creation: RoomCreation,
     pub max_rooms: usize,
+    pub accounts: Accounts,
+    pub max_login_failures: u32,
+    pub login_failure_forgiven: Duration,
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
     pub frame_timeout: Duration,
@@ -268,6 +302,11 @@ impl Settings {
             presence_limit: self.presence_limit.or(lower.presence_limit),
             room_creation: self.room_creation.or(lower.room_creation),
             max_rooms: self.max_rooms.or(lower.max_rooms),
+            accounts: self.accounts.or(lower.accounts),
+            max_login_failures: self.max_login_failures.or(lower.max_login_failures),
+            login_failure_forgiven_secs: self
+                .login_failure_forgiven_secs
+                .or(lower.login_failure_forgiven_secs),
             idle_timeout_secs: self.idle_timeout_secs.or(lower.idle_timeout_secs),
             write_timeout_secs: self.write_timeout_secs.or(lower.write_timeout_secs),
             frame_timeout_secs: self.frame_timeout_secs.or(lower.frame_timeout_secs),
@@ -303,6 +342,11 @@ impl Settings {
             presence_limit: self.presence_limit.unwrap_or(chat_core::PRESENCE_LIMIT as u32),
             room_creation: self.room_creation.unwrap_or_default(),
             max_rooms: self.max_rooms.unwrap_or(10_000),
+            accounts: self.accounts.unwrap_or_default(),
+            max_login_failures: self.max_login_failures.unwrap_or(5).max(1),
+            login_failure_forgiven: Duration::from_secs(
+                self.login_failure_forgiven_secs.unwrap_or(60).max(1),
+            ),
             idle_timeout: Duration::from_secs(
                 self.idle_timeout_secs.unwrap_or(30).max(MIN_IDLE_TIMEOUT_SECS),
             ),

@@ -9,11 +9,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chat_core::accounts::Identity;
 use chat_core::control::{self, ControlAction, Hello, Received};
 use chat_core::names::DIRECT_PREFIX;
-use chat_core::{ConnId, Refusal, RoomName, UserName};
+use chat_core::{ConnId, Connected, ErrorCode, Refusal, RoomName, SessionToken, UserName};
 use chat_proto::io::{FrameReader, write_frame};
-use chat_proto::{ClientFrame, ErrorFrame, LeftReason, NodeFrame, Welcome, codec, codes};
+use chat_proto::{ClientFrame, ErrorFrame, LeftReason, Login, NodeFrame, Welcome, codec, codes};
 use quinn::{RecvStream, SendStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -23,7 +24,7 @@ use crate::admission::{HELLO_STRIKES, STRIKE_WINDOW, Strike};
 use crate::mailbox::{Outbox, Outgoing};
 use crate::reply::error_frame;
 use crate::seams::DirectoryError;
-use crate::{Conn, Shared, room};
+use crate::{Conn, Shared, login, room};
 
 /// Serves one connection from handshake to close.
 pub(crate) async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming) {
@@ -37,8 +38,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming) {
             Err(_) => return debug!("handshake timed out"),
         };
         let Some(greeted) = greet(&shared, id, &connection).await else { return };
-        let Greeted { send, reader, name, pushed } = greeted;
-        let conn = Arc::new(Conn { id, connection: connection.clone(), name });
+        let Greeted { send, reader, name, token, pushed } = greeted;
+        let conn = Arc::new(Conn { id, connection: connection.clone(), name, token });
         let rooms = run(&shared, &conn, send, reader, pushed).await;
         shared.core().disconnect(id, departure(&connection));
         shared.directory.release(id);
@@ -61,6 +62,7 @@ struct Greeted {
     send: SendStream,
     reader: FrameReader<RecvStream>,
     name: UserName,
+    token: SessionToken,
     pushed: mpsc::Receiver<Outgoing>,
 }
 
@@ -79,7 +81,7 @@ async fn greet(shared: &Shared, id: ConnId, connection: &quinn::Connection) -> O
         connection.close(codes::close::HELLO_TIMEOUT.into(), b"no hello in time");
         return None;
     };
-    let Hello { name, resume } = match control::greeting(received) {
+    let Hello { name, resume, login } = match control::greeting(received) {
         Ok(hello) => hello,
         Err(refusal) => {
             refuse(shared, connection, &mut send, &refusal).await;
@@ -87,30 +89,23 @@ async fn greet(shared: &Shared, id: ConnId, connection: &quinn::Connection) -> O
         }
     };
     let token: [u8; 16] = ring::rand::generate(&ring::rand::SystemRandom::new()).ok()?.expose();
-    // The directory (in cluster mode, every node's) first; an invalid name is left to the
-    // core to refuse with its reason.
-    let claimed = match UserName::parse(&name) {
-        Ok(user) => match shared.directory.claim(id, &user, token, resume).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(Refusal::NameTaken(name.clone())),
-            Err(e) => Err(Refusal::DirectoryUnavailable(e.to_string())),
-        },
-        Err(_) => Ok(()),
+    let ip = connection.remote_address().ip();
+    let connected = match UserName::parse(&name) {
+        Ok(user) => welcome_as(shared, id, &user, resume, login.as_ref(), token, ip).await,
+        // An invalid name is left to the core to refuse with its reason.
+        Err(_) => shared.core().connect(id, &name, resume, token, Identity::Guest, Instant::now()),
     };
-    let connected = claimed.and_then(|()| {
-        let connected = shared.core().connect(id, &name, resume, token, Instant::now());
-        if connected.is_err() {
-            shared.directory.release(id);
-        }
-        connected
-    });
     let connected = match connected {
         Ok(connected) => connected,
         Err(refusal) => {
             // The name as the client sent it, escaped; a few times per address, not a flood.
-            let ip = connection.remote_address().ip();
-            let strike = match refusal {
-                Refusal::NameTaken(_) | Refusal::InvalidName(_) => {
+            let strike = match refusal.code() {
+                ErrorCode::NameTaken
+                | ErrorCode::InvalidName
+                | ErrorCode::LoginRequired
+                | ErrorCode::WrongPassword
+                | ErrorCode::UnknownAccount
+                | ErrorCode::TooManyLogins => {
                     shared.admission.strike(ip, shared.config.rate_limited_bar)
                 }
                 _ => Strike::Logged, // Not the client's doing.
@@ -145,6 +140,7 @@ async fn greet(shared: &Shared, id: ConnId, connection: &quinn::Connection) -> O
     let welcome = NodeFrame::Welcome(Welcome {
         name: connected.name.to_string(),
         token,
+        account: shared.core().is_account(id),
         limits: shared.limits,
     });
     if write_frame(&mut send, &welcome, codec::MAX_NODE_FRAME_LEN).await.is_err() {
@@ -153,7 +149,42 @@ async fn greet(shared: &Shared, id: ConnId, connection: &quinn::Connection) -> O
         return None;
     }
     info!(name = %connected.name, "online");
-    Some(Greeted { send, reader, name: connected.name, pushed })
+    Some(Greeted { send, reader, name: connected.name, token, pushed })
+}
+
+/// Judges the hello of `user` (its account, if registered), claims the name in the
+/// directory (in cluster mode, every node's) and has the core welcome it; a new account is
+/// registered then, and a login becomes one of the account's sessions.
+async fn welcome_as(
+    shared: &Shared,
+    id: ConnId,
+    user: &UserName,
+    resume: Option<SessionToken>,
+    login: Option<&Login>,
+    token: SessionToken,
+    ip: std::net::IpAddr,
+) -> Result<Connected, Refusal> {
+    let identified = login::identify(shared, user, resume, login, ip).await?;
+    let identity = identified.identity;
+    let owner = identity == Identity::Account;
+    match shared.directory.claim(id, user, token, resume, owner).await {
+        Ok(true) => {}
+        Ok(false) => return Err(Refusal::NameTaken(user.to_string())),
+        Err(e) => return Err(Refusal::DirectoryUnavailable(e.to_string())),
+    }
+    let connected =
+        shared.core().connect(id, user.as_str(), resume, token, identity, Instant::now());
+    let settled = match connected {
+        Ok(connected) => {
+            login::settle(shared, user, identified, token, resume).await.map(|()| connected)
+        }
+        Err(refusal) => Err(refusal),
+    };
+    if settled.is_err() {
+        shared.core().disconnect(id, LeftReason::Disconnected);
+        shared.directory.release(id);
+    }
+    settled
 }
 
 /// Answers the control stream and accepts room streams until the connection ends or the
@@ -193,6 +224,39 @@ async fn run(
                         Ok(existed) => NodeFrame::RoomCreated { room: room.to_string(), existed },
                         Err(refusal) => error_frame(&refusal, None).into(),
                     },
+                    ControlAction::Register { password } => {
+                        let ip = connection.remote_address().ip();
+                        match login::register(shared, conn.id, &conn.name, &password, conn.token, ip).await {
+                            Ok(()) => {
+                                info!(name = %conn.name, "registered");
+                                NodeFrame::Registered { name: conn.name.to_string() }
+                            }
+                            Err(refusal) => error_frame(&refusal, None).into(),
+                        }
+                    }
+                    ControlAction::ChangePassword { old, new } => {
+                        let ip = connection.remote_address().ip();
+                        match login::change_password(shared, &conn.name, &old, &new, conn.token, ip).await {
+                            Ok(ended) => {
+                                info!(name = %conn.name, sessions_ended = ended, "password changed");
+                                NodeFrame::PasswordChanged { sessions_ended: u32::try_from(ended).unwrap_or(u32::MAX) }
+                            }
+                            Err(refusal) => error_frame(&refusal, None).into(),
+                        }
+                    }
+                    ControlAction::Logout => {
+                        let reply = match login::logout(shared, &conn.name, conn.token).await {
+                            Ok(()) => NodeFrame::LoggedOut,
+                            Err(refusal) => error_frame(&refusal, None).into(),
+                        };
+                        shared.core().disconnect(conn.id, LeftReason::Disconnected);
+                        if write_frame(&mut send, &reply, codec::MAX_NODE_FRAME_LEN).await.is_ok() && send.finish().is_ok() {
+                            let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+                        }
+                        info!(name = %conn.name, "logged out");
+                        connection.close(codes::close::NORMAL.into(), b"logged out");
+                        break;
+                    }
                     ControlAction::Refuse(refusal) => error_frame(&refusal, None).into(),
                     ControlAction::Close(refusal) => {
                         warn!(%refusal, "closed a connection on its control stream");

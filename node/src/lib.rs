@@ -9,6 +9,8 @@
 //! - `admission`: how many connections the node takes, in all and per IP address.
 //! - `metrics`: the Prometheus counters and their `/metrics` endpoint.
 //! - `mailbox`: the bounded queue between the room core and a member's stream.
+//! - `login`: accounts at the node: a hello's credentials checked with the store, and the
+//!   requests that change an account (password hashes a few at a time).
 //! - `connection`: one client connection: the hello on the control stream, then room
 //!   listings and who-is-online, and a task per room stream.
 //! - `room`: one room stream: the join, then sends checked with the core and handed to the
@@ -25,6 +27,7 @@ mod admission;
 mod cluster;
 pub mod config;
 mod connection;
+mod login;
 mod mailbox;
 mod member;
 mod metrics;
@@ -42,6 +45,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chat_cluster::Cluster;
+use chat_core::accounts::{AccountsMode, LoginRules};
 use chat_core::names::DIRECT_PREFIX;
 use chat_core::{ConnId, Core, RoomName, Rules};
 use chat_history::History;
@@ -51,10 +55,10 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use admission::Admission;
-pub use config::{NodeConfig, RoomCreation, Settings};
+pub use config::{Accounts, NodeConfig, RoomCreation, Settings};
 use mailbox::Outbox;
 use metrics::Metrics;
-use seams::{Directory, FanOut, HistoryStore, LocalDirectory, LocalFanOut};
+use seams::{AccountStore, Directory, FanOut, HistoryStore, LocalDirectory, LocalFanOut};
 
 /// How long the shutdown waits for the clients' streams to drain before closing them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -102,6 +106,8 @@ pub(crate) struct Conn {
     pub id: ConnId,
     pub connection: quinn::Connection,
     pub name: chat_core::UserName,
+    /// The session's token: an account's session while it is one.
+    pub token: chat_core::SessionToken,
 }
 
 /// What every connection task shares.
@@ -112,6 +118,9 @@ pub(crate) struct Shared {
     history: Arc<dyn HistoryStore>,
     fanout: Arc<dyn FanOut>,
     directory: Arc<dyn Directory>,
+    accounts: Arc<dyn AccountStore>,
+    /// Turns for password hashes (`login::HASHES_AT_ONCE`).
+    hashing: tokio::sync::Semaphore,
     config: NodeConfig,
     limits: Limits,
     windows: ReceiveWindows,
@@ -210,6 +219,8 @@ impl Node {
         let shared = Arc::new(Shared {
             fanout,
             directory,
+            accounts: prepared.accounts,
+            hashing: tokio::sync::Semaphore::new(login::HASHES_AT_ONCE),
             core,
             history,
             limits: limits(&config),
@@ -344,6 +355,7 @@ async fn refresh_names(shared: Arc<Shared>, every: Duration) {
 /// What the node reads or makes on disk before it serves: its blocking part.
 struct Prepared {
     history: Arc<dyn HistoryStore>,
+    accounts: Arc<dyn AccountStore>,
     rooms: Vec<(RoomName, chat_core::Seq)>,
     tls: rustls::ServerConfig,
     ca_cert: Option<PathBuf>,
@@ -362,7 +374,14 @@ fn room_core(
             .with_request_rate(config.requests_per_second, config.request_burst)
             .with_history_page(config.max_history_page as usize)
             .with_presence_limit(config.presence_limit as usize)
-            .with_room_creation(config.room_creation == RoomCreation::Anyone, config.max_rooms);
+            .with_room_creation(config.room_creation == RoomCreation::Anyone, config.max_rooms)
+            .with_accounts(
+                match config.accounts {
+                    Accounts::Open => AccountsMode::Open,
+                    Accounts::Required => AccountsMode::Required,
+                },
+                LoginRules::new(config.max_login_failures, config.login_failure_forgiven),
+            );
     let mut core = Core::new(rules);
     if !cluster {
         for (room, last_seq) in rooms {
@@ -454,10 +473,10 @@ fn limits(config: &NodeConfig) -> Limits {
     }
 }
 
-/// Opens the history (or, in cluster mode, wraps NATS), creates the configured rooms and
-/// loads (or makes) the certificate.
+/// Opens the history and the accounts (or, in cluster mode, wraps NATS), creates the
+/// configured rooms and loads (or makes) the certificate.
 fn prepare(config: &NodeConfig, cluster: Option<Arc<Cluster>>) -> anyhow::Result<Prepared> {
-    let history: Arc<dyn HistoryStore> = match cluster {
+    let history: Arc<dyn HistoryStore> = match cluster.clone() {
         Some(cluster) => {
             Arc::new(cluster::ClusterHistory::new(cluster, tokio::runtime::Handle::current()))
         }
@@ -470,6 +489,15 @@ fn prepare(config: &NodeConfig, cluster: Option<Arc<Cluster>>) -> anyhow::Result
             })
             .with_context(|| format!("opening the history in {}", config.data_dir.display()))?,
         ),
+    };
+    let accounts: Arc<dyn AccountStore> = match &cluster {
+        Some(cluster) => Arc::new(cluster::ClusterAccounts(Arc::clone(cluster))),
+        None => {
+            let path = config.data_dir.join("accounts");
+            let store = chat_accounts::LocalAccounts::open(&path)
+                .with_context(|| format!("opening the accounts in {}", path.display()))?;
+            Arc::new(Arc::new(store))
+        }
     };
     for name in &config.rooms {
         let room = RoomName::parse(name).with_context(|| format!("configured room {name:?}"))?;
@@ -485,7 +513,7 @@ fn prepare(config: &NodeConfig, cluster: Option<Arc<Cluster>>) -> anyhow::Result
         }
     }
     let (tls, ca_cert) = tls_config(config)?;
-    Ok(Prepared { history, rooms, tls, ca_cert })
+    Ok(Prepared { history, accounts, rooms, tls, ca_cert })
 }
 
 /// The node's TLS configuration, and the CA file when the node made its own certificate.

@@ -53,6 +53,8 @@ pub(crate) struct Metrics {
     pub dropped_too_slow: Counter,
     /// Error frames sent to clients, and connections closed for misbehaving, by kind.
     pub errors: Family<Kind, Counter>,
+    /// Password hashes and checks run (each costs tens of milliseconds of a core).
+    pub password_hashes: Counter,
 }
 
 impl Metrics {
@@ -69,6 +71,7 @@ impl Metrics {
             history_append: Histogram::new(exponential_buckets(0.000_05, 2.0, 17)),
             dropped_too_slow: Counter::default(),
             errors: Family::default(),
+            password_hashes: Counter::default(),
         };
         let r = &mut metrics.registry;
         r.register("connections", "Client connections open", metrics.connections.clone());
@@ -100,7 +103,16 @@ impl Metrics {
             "Errors sent to clients and connections closed for misbehaving, by kind",
             metrics.errors.clone(),
         );
+        r.register(
+            "password_hashes",
+            "Password hashes and checks run (Argon2id)",
+            metrics.password_hashes.clone(),
+        );
         metrics
+    }
+
+    pub(crate) fn password_hash(&self) {
+        self.password_hashes.inc();
     }
 
     /// Counts an error of `kind`.
@@ -143,6 +155,15 @@ fn code_name(code: ErrorCode) -> &'static str {
         ErrorCode::ProtocolViolation => "protocol_violation",
         ErrorCode::ShuttingDown => "shutting_down",
         ErrorCode::SlowDown => "slow_down",
+        ErrorCode::NotAllowed => "not_allowed",
+        ErrorCode::LoginRequired => "login_required",
+        ErrorCode::WrongPassword => "wrong_password",
+        ErrorCode::UnknownAccount => "unknown_account",
+        ErrorCode::NameRegistered => "name_registered",
+        ErrorCode::TooManyLogins => "too_many_logins",
+        ErrorCode::AccountRequired => "account_required",
+        ErrorCode::InvalidPassword => "invalid_password",
+        ErrorCode::NotLoggedIn => "not_logged_in",
         _ => "other",
     }
 }

@@ -19,7 +19,9 @@ pub(crate) fn encode(frame: &impl Serialize) -> Bytes {
 
 /// The error frame for a refusal, answering `client_id` if it is about one send.
 pub(crate) fn error_frame(refusal: &Refusal, client_id: Option<u64>) -> ErrorFrame {
-    ErrorFrame { client_id, ..ErrorFrame::new(refusal.code(), refusal.to_string()) }
+    let retry_after_ms =
+        refusal.retry_after().map(|wait| u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+    ErrorFrame { client_id, retry_after_ms, ..ErrorFrame::new(refusal.code(), refusal.to_string()) }
 }
 
 /// A message of `room` as the history stored it, as the frame its members get: encoded

@@ -1,5 +1,5 @@
-//! The node's seams: the history, the fan-out and the directory (presence and rooms), each
-//! a trait with the embedded implementation that a single node uses. Cluster mode
+//! The node's seams: the history, the fan-out, the directory (presence and rooms) and the
+//! accounts, each a trait with the embedded implementation that a single node uses. Cluster mode
 //! (`crate::cluster`) implements them again on NATS JetStream without touching the
 //! connection code.
 //!
@@ -11,6 +11,7 @@ use std::future::{Future, ready};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use chat_accounts::{Account, AccountsError, LocalAccounts};
 use chat_cluster::ClusterError;
 use chat_core::{ConnId, Core, MemberId, Refusal, RoomName, Seq, SessionToken, UserName};
 use chat_history::{
@@ -123,12 +124,14 @@ impl FanOut for LocalFanOut {
 pub trait Directory: Send + Sync + 'static {
     /// Claims `name` for `conn`, whose session token is `token`; `resume` takes it over from
     /// the user's earlier session. `Ok(false)`: someone else holds it.
+    /// The name's `owner` (logged in to its account) takes it from whoever holds it.
     fn claim<'a>(
         &'a self,
         conn: ConnId,
         name: &'a UserName,
         token: SessionToken,
         resume: Option<SessionToken>,
+        owner: bool,
     ) -> Pending<'a, Result<bool, DirectoryError>>;
     /// `conn` is gone: free its name. Must not block.
     fn release(&self, conn: ConnId);
@@ -168,6 +171,7 @@ impl Directory for LocalDirectory {
         _name: &'a UserName,
         _token: SessionToken,
         _resume: Option<SessionToken>,
+        _owner: bool,
     ) -> Pending<'a, Result<bool, DirectoryError>> {
         Box::pin(ready(Ok(true))) // `Core::connect` decides.
     }
@@ -199,5 +203,72 @@ impl Directory for LocalDirectory {
     }
     fn refresh(&self) -> Option<Pending<'_, Vec<ConnId>>> {
         None
+    }
+}
+
+/// Why the accounts store could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountsStoreError {
+    #[error(transparent)]
+    Local(#[from] AccountsError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("the accounts store's thread failed: {0}")]
+    Thread(String),
+}
+
+/// A change to an account; it returns a count for the answer (sessions ended). Cluster mode
+/// may run it more than once, on the newest record, when another node changed it meanwhile.
+pub type AccountChange = Arc<dyn Fn(&mut Account) -> usize + Send + Sync>;
+
+/// The registered names, under their keys (the lower-case name).
+pub trait AccountStore: Send + Sync + 'static {
+    /// The account of `key`, if registered.
+    fn get(&self, key: String) -> Pending<'_, Result<Option<Account>, AccountsStoreError>>;
+    /// Registers `key` as `account`; `false` when someone registered it first (on any node).
+    fn create(
+        &self,
+        key: String,
+        account: Account,
+    ) -> Pending<'_, Result<bool, AccountsStoreError>>;
+    /// Changes `key`'s account; `None` when it is not registered.
+    fn update(
+        &self,
+        key: String,
+        change: AccountChange,
+    ) -> Pending<'_, Result<Option<usize>, AccountsStoreError>>;
+}
+
+/// Runs `work` on the store on a blocking thread (fjall reads may touch the disk, and each
+/// write is synced).
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, AccountsError> + Send + 'static,
+) -> Result<T, AccountsStoreError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => Ok(result?),
+        Err(e) => Err(AccountsStoreError::Thread(e.to_string())),
+    }
+}
+
+impl AccountStore for Arc<LocalAccounts> {
+    fn get(&self, key: String) -> Pending<'_, Result<Option<Account>, AccountsStoreError>> {
+        let store = Arc::clone(self);
+        Box::pin(blocking(move || LocalAccounts::get(&store, &key)))
+    }
+    fn create(
+        &self,
+        key: String,
+        account: Account,
+    ) -> Pending<'_, Result<bool, AccountsStoreError>> {
+        let store = Arc::clone(self);
+        Box::pin(blocking(move || LocalAccounts::create(&store, &key, &account)))
+    }
+    fn update(
+        &self,
+        key: String,
+        change: AccountChange,
+    ) -> Pending<'_, Result<Option<usize>, AccountsStoreError>> {
+        let store = Arc::clone(self);
+        Box::pin(blocking(move || LocalAccounts::update(&store, &key, |account| change(account))))
     }
 }

@@ -107,7 +107,7 @@ mod tests {
     #[test]
     fn round_trip_across_split_reads() {
         let frames = [
-            ClientFrame::Hello { name: "ada".into(), resume: Some([7; 16]) },
+            ClientFrame::Hello { name: "ada".into(), resume: Some([7; 16]), login: None },
             ClientFrame::Join { room: "general".into(), after: Some(41), limit: 50 },
             ClientFrame::Send { client_id: 9, body: "héllo".into() },
         ];

@@ -26,6 +26,13 @@ pub mod close {
     pub const HELLO_TIMEOUT: u32 = 6;
     /// The connection went on sending far over its rate limit after being told to slow down.
     pub const RATE_LIMITED: u32 = 7;
+    /// The name is a registered account, and the hello did not log in to it (no password,
+    /// or the node takes only accounts and the name has none).
+    pub const LOGIN_REQUIRED: u32 = 8;
+    /// The hello's password was wrong, or named no account.
+    pub const LOGIN_FAILED: u32 = 9;
+    /// Too many failed logins for the account or from the address; try again later.
+    pub const TOO_MANY_LOGINS: u32 = 10;
 }
 
 /// Codes with which the node resets (stops writing) a room stream.

@@ -21,8 +21,12 @@ pub enum ClientFrame {
     Hello {
         /// The user name to go online with.
         name: String,
-        /// The token of an earlier session of the same user, to take its name over.
+        /// The token of an earlier session of the same user, to take its name over; for a
+        /// registered name, a session the account still holds logs in as well as its
+        /// password does.
         resume: Option<SessionToken>,
+        /// For a registered name: its password, or a password to register the name with.
+        login: Option<Login>,
     },
     /// Control stream: list the rooms.
     ListRooms,
@@ -49,6 +53,41 @@ pub enum ClientFrame {
     /// Control stream: make a room (where the node lets its users). Answered by
     /// [`NodeFrame::RoomCreated`].
     CreateRoom { room: String },
+    /// Control stream: register the connection's name (a guest's) with `password`; the
+    /// session becomes the account's. Answered by [`NodeFrame::Registered`].
+    Register { password: Secret },
+    /// Control stream: change the account's password; every other session of the account
+    /// ends. Answered by [`NodeFrame::PasswordChanged`].
+    ChangePassword { old: Secret, new: Secret },
+    /// Control stream: end this session for good (its token no longer logs in). Answered by
+    /// [`NodeFrame::LoggedOut`], then the node closes the connection.
+    Logout,
+}
+
+/// How a hello proves (or claims) a registered name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Login {
+    /// Log in to the account of the name.
+    Password(Secret),
+    /// Register the name, which must be free, with this password, and log in.
+    Register(Secret),
+}
+
+/// A password: its `Debug` shows nothing of it, so that no log line holds one.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
 }
 
 /// Where a page of history is taken from, as in IRCv3 `CHATHISTORY`.
@@ -87,6 +126,9 @@ impl ClientFrame {
             Self::Send { .. } => "a send",
             Self::History { .. } => "a history request",
             Self::CreateRoom { .. } => "a room creation",
+            Self::Register { .. } => "a registration",
+            Self::ChangePassword { .. } => "a password change",
+            Self::Logout => "a logout",
         }
     }
 
@@ -138,6 +180,13 @@ pub enum NodeFrame {
     Left { name: String, reason: LeftReason },
     /// Answer to [`ClientFrame::CreateRoom`]: the room exists now; `existed` if it did before.
     RoomCreated { room: String, existed: bool },
+    /// Answer to [`ClientFrame::Register`]: the name is the connection's account now.
+    Registered { name: String },
+    /// Answer to [`ClientFrame::ChangePassword`]: `sessions_ended` other sessions no longer
+    /// log in.
+    PasswordChanged { sessions_ended: u32 },
+    /// Answer to [`ClientFrame::Logout`]: the session's token no longer logs in.
+    LoggedOut,
 }
 
 /// Why a member left a room.
@@ -173,6 +222,8 @@ pub struct Welcome {
     pub name: String,
     /// Present it in a later hello to take this name back from a dead connection.
     pub token: SessionToken,
+    /// Whether the name is a registered account the connection logged in to (else a guest).
+    pub account: bool,
     pub limits: Limits,
 }
 
@@ -266,6 +317,8 @@ pub struct ErrorFrame {
     pub client_id: Option<u64>,
     /// For [`ErrorCode::TooSlow`]: the last sequence number delivered on this stream.
     pub last_seq: Option<Seq>,
+    /// For [`ErrorCode::TooManyLogins`]: how long to wait before trying again.
+    pub retry_after_ms: Option<u64>,
 }
 
 /// Why a request failed. Stable across versions of the protocol.
@@ -302,11 +355,34 @@ pub enum ErrorCode {
     /// The room is a direct conversation of two other users, or the node lets nobody (or
     /// not this user) do what was asked.
     NotAllowed,
+    /// The name is a registered account: log in with its password.
+    LoginRequired,
+    /// The password is not the account's.
+    WrongPassword,
+    /// A password was given for a name that no account has.
+    UnknownAccount,
+    /// The name is registered already.
+    NameRegistered,
+    /// Too many failed logins for the account or from the address: wait for
+    /// [`ErrorFrame::retry_after_ms`].
+    TooManyLogins,
+    /// The node takes only registered accounts: register the name first.
+    AccountRequired,
+    /// The password breaks the node's rules (too short or too long).
+    InvalidPassword,
+    /// The request needs a logged-in account, and this session is a guest's.
+    NotLoggedIn,
 }
 
 impl ErrorFrame {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), client_id: None, last_seq: None }
+        Self {
+            code,
+            message: message.into(),
+            client_id: None,
+            last_seq: None,
+            retry_after_ms: None,
+        }
     }
 }
 

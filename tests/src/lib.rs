@@ -258,7 +258,7 @@ pub struct Greeted {
 pub async fn hello(node: &TestNode, name: &str) -> Greeted {
     let (connection, endpoint) = raw_connection(node, codes::ALPN).await.expect("handshake");
     let (mut send, recv) = connection.open_bi().await.expect("control stream");
-    let frame = ClientFrame::Hello { name: name.into(), resume: None };
+    let frame = ClientFrame::Hello { name: name.into(), resume: None, login: None };
     send.write_all(&encoded(&frame)).await.expect("hello");
     let mut reader = FrameReader::new(recv, codec::MAX_NODE_FRAME_LEN);
     let welcome = reader.read::<NodeFrame>().await.expect("reads");

@@ -411,3 +411,38 @@ fn record(done: Option<Sent>, acked: &mut BTreeMap<u64, String>, refused: &mut u
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_account_registered_on_one_node_holds_on_the_other_and_is_registered_once() {
+    let chat = Chat::start();
+    let password = "correct horse battery";
+    let ada = Client::connect(chat.options("ada", 0, false).registering(password))
+        .await
+        .expect("registers on node 0");
+    assert!(ada.is_account());
+    ada.close().await;
+    // At once on node 1: the name needs its password, and the password logs in.
+    match Client::connect(chat.options("ada", 1, false)).await {
+        Err(ClientError::LoginRequired(_)) => {}
+        other => panic!("node 1 let a guest use ada: {:?}", other.map(|c| c.name().to_owned())),
+    }
+    let on_one = Client::connect(chat.options("ada", 1, false).with_password(password))
+        .await
+        .expect("logs in on node 1");
+    assert!(on_one.is_account());
+
+    // Registrations of one name on both nodes at once: exactly one wins.
+    let attempts: Vec<_> = (0..20)
+        .map(|i| {
+            let options = chat.options("dora", i % 2, false).registering(&format!("password {i}"));
+            tokio::spawn(Client::connect(options))
+        })
+        .collect();
+    let mut won = Vec::new();
+    for attempt in attempts {
+        if let Ok(client) = attempt.await.expect("ran") {
+            won.push(client);
+        }
+    }
+    assert_eq!(won.len(), 1, "one registration of dora across the two nodes");
+}

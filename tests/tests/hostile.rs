@@ -130,7 +130,8 @@ async fn a_flood_of_requests_is_told_to_slow_down_then_closed() {
     // The client library waits its turn; by hand, 100 who requests in one write.
     let (connection, _endpoint) = raw_connection(&node, codes::ALPN).await.expect("handshake");
     let (mut send, recv) = connection.open_bi().await.expect("control stream");
-    let mut bytes = encoded(&ClientFrame::Hello { name: "flooder".into(), resume: None });
+    let mut bytes =
+        encoded(&ClientFrame::Hello { name: "flooder".into(), resume: None, login: None });
     for _ in 0..100 {
         bytes.extend(encoded(&ClientFrame::Who { room: "general".into() }));
     }
@@ -327,7 +328,7 @@ async fn before_its_hello_a_connection_can_open_no_room_stream_and_send_no_datag
     let early = tokio::time::timeout(Duration::from_millis(300), connection.open_bi()).await;
     assert!(early.is_err(), "a second stream opened before the hello");
 
-    let frame = ClientFrame::Hello { name: "ada".into(), resume: None };
+    let frame = ClientFrame::Hello { name: "ada".into(), resume: None, login: None };
     send.write_all(&encoded(&frame)).await.expect("hello");
     let mut reader = FrameReader::new(recv, codec::MAX_NODE_FRAME_LEN);
     assert!(matches!(next_frame(&mut reader).await, Some(NodeFrame::Welcome(_))));
@@ -358,7 +359,7 @@ async fn a_write_that_makes_no_progress_is_given_up_and_the_stream_reset() {
     let (connection, _endpoint) =
         raw_connection_with(&node, codes::ALPN, transport).await.expect("handshake");
     let (mut control, control_recv) = connection.open_bi().await.expect("control stream");
-    let hello = ClientFrame::Hello { name: "stalled".into(), resume: None };
+    let hello = ClientFrame::Hello { name: "stalled".into(), resume: None, login: None };
     control.write_all(&encoded(&hello)).await.expect("hello");
     let mut control_reader = FrameReader::new(control_recv, codec::MAX_NODE_FRAME_LEN);
     assert!(matches!(next_frame(&mut control_reader).await, Some(NodeFrame::Welcome(_))));

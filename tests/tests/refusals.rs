@@ -20,7 +20,7 @@ async fn a_taken_name_gets_an_error_and_a_closed_connection() {
     let (connection, _endpoint) =
         chat_tests::raw_connection(&node, chat_proto::codes::ALPN).await.expect("handshake");
     let (mut send, mut recv) = connection.open_bi().await.expect("stream");
-    let hello = chat_proto::ClientFrame::Hello { name: "ada".into(), resume: None };
+    let hello = chat_proto::ClientFrame::Hello { name: "ada".into(), resume: None, login: None };
     send.write_all(&chat_proto::encode(&hello, 1024).expect("encodes")).await.expect("written");
     let mut reader = chat_proto::io::FrameReader::new(&mut recv, 1 << 20);
     let frame = reader.read::<chat_proto::NodeFrame>().await.expect("reads");

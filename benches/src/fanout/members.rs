@@ -66,7 +66,7 @@ impl Member {
         )?;
         let addr: std::net::SocketAddr = options.server.parse()?;
         let connection = endpoint.connect(addr, "localhost")?.await?;
-        let hello = ClientFrame::Hello { name: options.name.clone(), resume: None };
+        let hello = ClientFrame::Hello { name: options.name.clone(), resume: None, login: None };
         let (control_send, control) = request(&connection, &hello).await?;
         let join = ClientFrame::Join { room: room.to_owned(), after: None, limit: 0 };
         let (room_send, room) = request(&connection, &join).await?;

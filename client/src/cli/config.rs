@@ -54,6 +54,13 @@ pub struct Flags {
     /// Print one JSON object per line for every event
     #[arg(long, global = true)]
     pub json: bool,
+    /// A file whose first line is your account's password (else CHAT_PASSWORD, else it is
+    /// asked for on the terminal when the name is registered)
+    #[arg(long, global = true, env = "CHAT_PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Your account's password, from the environment only (a flag would show it to `ps`)
+    #[arg(skip = std::env::var("CHAT_PASSWORD").ok())]
+    pub password: Option<String>,
 }
 
 /// Everything the program needs, resolved.
@@ -63,6 +70,8 @@ pub struct Settings {
     pub name: Option<String>,
     pub rooms: Vec<String>,
     pub trust: Trust,
+    /// The account's password, when given (`CHAT_PASSWORD` or `--password-file`).
+    pub password: Option<String>,
 }
 
 impl Settings {
@@ -91,7 +100,9 @@ impl Settings {
             (None, None) if Path::new(DEFAULT_CA).exists() => Trust::CaFile(DEFAULT_CA.into()),
             (None, None) => bail!(NoTrust),
         };
-        Ok(Self { server, name: flags.name.clone().or(file.name), rooms, trust })
+        let password =
+            super::password::given(flags.password.as_deref(), flags.password_file.as_deref())?;
+        Ok(Self { server, name: flags.name.clone().or(file.name), rooms, trust, password })
     }
 
     /// Connect options for `name`, which a hello needs.
@@ -99,7 +110,11 @@ impl Settings {
         let Some(name) = &self.name else {
             bail!("no user name: pass --name NAME (or set `name` in the config file)");
         };
-        Ok(ConnectOptions::new(self.server.clone(), name.clone(), self.trust.clone()))
+        let options = ConnectOptions::new(self.server.clone(), name.clone(), self.trust.clone());
+        Ok(match &self.password {
+            Some(password) => options.with_password(password),
+            None => options,
+        })
     }
 
     /// The room a one-shot command works on.

@@ -103,6 +103,8 @@ pub struct Session {
     prompt: Option<(Option<String>, usize, bool)>,
     /// Where each connection's session token is kept for the next run.
     tokens: Option<TokenFile>,
+    /// The user logged out: the connection is gone for good, leave at once.
+    logged_out: bool,
 }
 
 impl Session {
@@ -131,6 +133,7 @@ impl Session {
             failed: None,
             prompt: None,
             tokens,
+            logged_out: false,
         }
     }
 
@@ -155,7 +158,7 @@ impl Session {
                 line = input.recv(), if input_open && self.outbox.len() < OUTBOX => match line {
                     Some(line) => {
                         if !self.handle_line(line.trim()).await {
-                            if quitting {
+                            if quitting || self.logged_out {
                                 break;
                             }
                             quitting = true;
@@ -420,6 +423,46 @@ impl Session {
             }
             return true;
         }
+        match command {
+            "/register" => {
+                match arg {
+                    "" => self.out.usage("/register PASSWORD (or `chat register`, which asks for it unseen)"),
+                    password => match self.client.register(password).await {
+                        Ok(()) => self.out.info(&format!(
+                            "registered {}: the name needs its password now (this machine keeps the session)",
+                            self.client.name()
+                        )),
+                        Err(e) => self.out.error(None, &e),
+                    },
+                }
+                return true;
+            }
+            "/passwd" => {
+                match arg.split_once(' ') {
+                    Some((old, new)) => match self.client.change_password(old, new.trim()).await {
+                        Ok(ended) => self
+                            .out
+                            .info(&format!("password changed; {ended} other session(s) ended")),
+                        Err(e) => self.out.error(None, &e),
+                    },
+                    None => self.out.usage("/passwd OLD NEW (or `chat passwd`, which asks unseen)"),
+                }
+                return true;
+            }
+            "/logout" => {
+                self.logged_out = true;
+                let logged_out = match self.client.logout().await {
+                    Ok(()) => "logged out: this session no longer logs in",
+                    Err(_) => "logged out here; the node may not have heard",
+                };
+                if let Some(tokens) = &self.tokens {
+                    tokens.remove();
+                }
+                self.out.info(logged_out);
+                return false;
+            }
+            _ => {}
+        }
         let arg = &self.canonical_arg(command, arg);
         match command {
             "" => {}
@@ -478,8 +521,8 @@ impl Session {
             "/help" => self.out.info(
                 "commands: /join ROOM, /create ROOM, /leave [ROOM], /switch ROOM, /rooms, /who [ROOM], \
                  /history [N], /msg NAME TEXT, /query NAME (a direct conversation, also \
-                 @NAME where a room goes), /quit; anything else is sent to the room named in \
-                 the prompt",
+                 @NAME where a room goes), /register PASSWORD, /passwd OLD NEW, /logout, /quit; \
+                 anything else is sent to the room named in the prompt",
             ),
             _ if command.starts_with('/') => {
                 self.out.usage(&format!("unknown command {command}; /help lists them"));

@@ -54,6 +54,11 @@ impl TokenFile {
         Some(token)
     }
 
+    /// Forgets the token (after a logout).
+    pub fn remove(&self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+
     /// Keeps `token`, replacing the file whole (written aside, then renamed), readable and
     /// writable by the user alone.
     ///

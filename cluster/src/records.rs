@@ -1,0 +1,85 @@
+//! Records every node must see alike and at once (the accounts): a replicated JetStream
+//! key-value bucket with no expiry, written only with an atomic create or a compare-and-set
+//! on the revision read, so that two nodes racing for one key cannot both win.
+
+use async_nats::jetstream::{self, kv, stream};
+use bytes::Bytes;
+
+use crate::{ClusterConfig, ClusterError};
+
+pub const ACCOUNTS_BUCKET: &str = "chat_accounts";
+
+/// One bucket of records, each an opaque value under a key (a user name's lower-case form).
+pub struct Records {
+    store: kv::Store,
+}
+
+impl Records {
+    pub(crate) async fn open(
+        js: &jetstream::Context,
+        config: &ClusterConfig,
+    ) -> Result<Self, ClusterError> {
+        let store = js
+            .create_or_update_key_value(kv::Config {
+                bucket: ACCOUNTS_BUCKET.into(),
+                description: "chat accounts".into(),
+                history: 1,
+                storage: stream::StorageType::File,
+                num_replicas: config.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| ClusterError::setup(&format!("the {ACCOUNTS_BUCKET} bucket"), e))?;
+        Ok(Self { store })
+    }
+
+    /// The value under `key` and its revision, if there is one.
+    ///
+    /// # Errors
+    /// NATS did not answer.
+    pub async fn get(&self, key: &str) -> Result<Option<(Bytes, u64)>, ClusterError> {
+        let key = crate::subjects::token(key);
+        crate::patiently(|| self.get_raw(&key)).await
+    }
+
+    /// Writes `value` under `key` unless the key has one; `false` if it had.
+    ///
+    /// # Errors
+    /// NATS did not answer.
+    pub async fn create(&self, key: &str, value: Bytes) -> Result<bool, ClusterError> {
+        let key = crate::subjects::token(key);
+        let created = self.store.create(&key, value.clone()).await;
+        match created {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                // An earlier attempt of ours whose answer was lost is a success.
+                Ok(self.get_raw(&key).await?.is_some_and(|(held, _)| held == value))
+            }
+            Err(e) => Err(ClusterError::unavailable(e)),
+        }
+    }
+
+    /// Writes `value` under `key` if its revision is still `revision`; `false` if another
+    /// write came first (read it again and retry).
+    ///
+    /// # Errors
+    /// NATS did not answer.
+    pub async fn update(
+        &self,
+        key: &str,
+        value: Bytes,
+        revision: u64,
+    ) -> Result<bool, ClusterError> {
+        let key = crate::subjects::token(key);
+        match self.store.update(&key, value, revision).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(e) => Err(ClusterError::unavailable(e)),
+        }
+    }
+
+    async fn get_raw(&self, key: &str) -> Result<Option<(Bytes, u64)>, ClusterError> {
+        let entry = self.store.entry(key).await.map_err(ClusterError::unavailable)?;
+        Ok(entry.filter(|e| e.operation == kv::Operation::Put).map(|e| (e.value, e.revision)))
+    }
+}

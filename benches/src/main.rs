@@ -150,6 +150,9 @@ enum Command {
         /// Wrong passwords per phase
         #[arg(long, default_value_t = 200)]
         tries: usize,
+        /// Run only this phase (1 to 3), e.g. to profile it
+        #[arg(long)]
+        phase: Option<usize>,
     },
     /// The bare QUIC relay that `fanout --floor` measures (started by it)
     #[command(hide = true)]
@@ -214,7 +217,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Relay { listen, dir } => relay::serve(listen, &dir).await,
         Command::Requests { history, seconds } => requests::run(history, seconds).await,
-        Command::Logins { tries } => logins::run(tries).await,
+        Command::Logins { tries, phase } => logins::run(tries, phase).await,
         Command::Connections { count, node_args } => connections::run(count, &node_args).await,
         Command::Matrix { json, plots, runs } => {
             if let Some(dir) = &plots {

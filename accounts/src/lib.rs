@@ -148,6 +148,8 @@ fn token_hash(token: &Token) -> [u8; 32] {
 pub struct LocalAccounts {
     db: fjall::Database,
     accounts: fjall::Keyspace,
+    /// Rooms' rules (owner, operators, bans), as the node encodes them, by room name.
+    rooms: fjall::Keyspace,
     /// Makes a create's look-then-insert, and an update's read-change-write, one step.
     writing: Mutex<()>,
 }
@@ -163,7 +165,8 @@ impl LocalAccounts {
             e => AccountsError::Store(e),
         })?;
         let accounts = db.keyspace("accounts", fjall::KeyspaceCreateOptions::default)?;
-        Ok(Self { db, accounts, writing: Mutex::new(()) })
+        let rooms = db.keyspace("rooms", fjall::KeyspaceCreateOptions::default)?;
+        Ok(Self { db, accounts, rooms, writing: Mutex::new(()) })
     }
 
     /// The account of the name whose key is `key`, if it is registered.
@@ -207,6 +210,48 @@ impl LocalAccounts {
         self.accounts.insert(key, account.encode()?)?;
         self.db.persist(fjall::PersistMode::SyncAll)?;
         Ok(())
+    }
+
+    /// Every room's record (the node's encoding of its rules).
+    ///
+    /// # Errors
+    /// The store failed.
+    pub fn room_records(&self) -> Result<Vec<(String, Vec<u8>)>, AccountsError> {
+        let mut records = Vec::new();
+        for entry in self.rooms.iter() {
+            let (key, value) = entry.into_inner()?;
+            records.push((String::from_utf8_lossy(&key).into_owned(), value.to_vec()));
+        }
+        Ok(records)
+    }
+
+    /// `room`'s record, if it has one.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub fn room_record(&self, room: &str) -> Result<Option<Vec<u8>>, AccountsError> {
+        Ok(self.rooms.get(room)?.map(|v| v.to_vec()))
+    }
+
+    /// Changes `room`'s record with `change` (given the record, if any), durably, unless
+    /// `change` fails; returns the new record.
+    ///
+    /// # Errors
+    /// The store failed (outer), or `change` did (inner).
+    pub fn update_room_record<E>(
+        &self,
+        room: &str,
+        change: impl FnOnce(Option<&[u8]>) -> Result<Vec<u8>, E>,
+    ) -> Result<Result<Vec<u8>, E>, AccountsError> {
+        let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        let old = self.rooms.get(room)?;
+        let new = match change(old.as_deref()) {
+            Ok(new) => new,
+            Err(e) => return Ok(Err(e)),
+        };
+        self.rooms.insert(room, new.as_slice())?;
+        self.db.persist(fjall::PersistMode::SyncAll)?;
+        Ok(Ok(new))
     }
 }
 

@@ -54,6 +54,7 @@ impl Mailbox for Counter {
         Ok(())
     }
     fn evict(&self, _last_seq: Seq) {}
+    fn remove(&self, _frame: Self::Message) {}
 }
 
 fn core_fanout(c: &mut Criterion) {

@@ -41,7 +41,9 @@ use quinn::{RecvStream, SendStream};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 pub use chat_certs::Trust;
-pub use chat_proto::{Anchor, ChatMessage, ErrorCode, ErrorFrame, Gap, LeftReason, PageEnds, Seq};
+pub use chat_proto::{
+    Anchor, ChatMessage, ErrorCode, ErrorFrame, Gap, LeftReason, Moderation, PageEnds, Seq,
+};
 pub use error::ClientError;
 use pace::{Pace, RequestPace};
 pub use room::{JOIN_PAGE, Page, Posted, Room, RoomEvent, RoomSender, SLOW_DOWN_RETRIES};
@@ -364,6 +366,19 @@ impl Client {
     pub async fn create_room(&self, room: &str) -> Result<bool, ClientError> {
         match self.request(ClientFrame::CreateRoom { room: room.to_owned() }).await? {
             NodeFrame::RoomCreated { existed, .. } => Ok(existed),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Moderates `room` (its owner and operators, and the node's operators): kick, ban or
+    /// mute a name, name operators, invite, make it invite-only, set its topic.
+    ///
+    /// # Errors
+    /// Not an operator there (or a guest), a name that ranks as high, an unknown room, or
+    /// the connection is lost.
+    pub async fn moderate(&self, room: &str, action: Moderation) -> Result<(), ClientError> {
+        match self.request(ClientFrame::Moderate { room: room.to_owned(), action }).await? {
+            NodeFrame::Moderated { .. } => Ok(()),
             other => Err(unexpected(other)),
         }
     }

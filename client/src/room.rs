@@ -55,6 +55,8 @@ pub enum RoomEvent {
     Arrived { name: String },
     /// Someone left the room, and why.
     Left { name: String, reason: LeftReason },
+    /// An operator, `by`, moderated the room (a kick, a ban, a new topic, ...).
+    Moderation { by: String, action: chat_proto::Moderation },
     /// The node ended the membership with this error (for example [`ErrorCode::TooSlow`],
     /// whose `last_seq` says where to rejoin).
     Error(ErrorFrame),
@@ -146,6 +148,7 @@ pub struct Room {
     name: String,
     history_until: Seq,
     gap: Option<Gap>,
+    topic: String,
     events: mpsc::Receiver<RoomEvent>,
     sender: RoomSender,
     last_seen: Arc<AtomicU64>,
@@ -205,8 +208,10 @@ impl Room {
             .await
             .map_err(|e| ClientError::lost(connection, e, options))?;
         let mut reader = FrameReader::new(recv, codec::MAX_NODE_FRAME_LEN);
-        let (name, history_until, gap) = match reader.read::<NodeFrame>().await {
-            Ok(Some(NodeFrame::Joined { room, last_seq, gap })) => (room, last_seq, gap),
+        let (name, history_until, gap, topic) = match reader.read::<NodeFrame>().await {
+            Ok(Some(NodeFrame::Joined { room, last_seq, gap, topic })) => {
+                (room, last_seq, gap, topic)
+            }
             Ok(Some(NodeFrame::Error(error))) => return Err(ClientError::from_frame(error)),
             Ok(Some(other)) => {
                 return Err(ClientError::Protocol(format!("expected joined, got {other:?}")));
@@ -257,7 +262,7 @@ impl Room {
         };
         tokio::spawn(room_reader.run(reader));
         tokio::spawn(sender.clone().write_posts(queued));
-        Ok(Self { name, history_until, gap, events, sender, last_seen })
+        Ok(Self { name, history_until, gap, topic, events, sender, last_seen })
     }
 
     /// The room's name as the node spells it.
@@ -273,6 +278,12 @@ impl Room {
     /// Messages asked for at the join that the history no longer holds.
     pub fn gap(&self) -> Option<Gap> {
         self.gap
+    }
+
+    /// The room's topic when it was joined (empty for none); changes come as
+    /// [`RoomEvent::Moderation`].
+    pub fn topic(&self) -> &str {
+        &self.topic
     }
 
     /// The newest sequence number received in this room (or the join's `after`, if the
@@ -541,6 +552,11 @@ impl RoomReader {
                 }
                 NodeFrame::Left { name, reason } => {
                     if !self.tell(RoomEvent::Left { name, reason }).await {
+                        break;
+                    }
+                }
+                NodeFrame::RoomEvent { by, action } => {
+                    if !self.tell(RoomEvent::Moderation { by, action }).await {
                         break;
                     }
                 }

@@ -80,6 +80,8 @@ pub struct Cluster {
     pub notices: Notices,
     /// The accounts, one record per registered name.
     pub accounts: Records,
+    /// Rooms' rules (owner, operators, bans, mutes), one record per room that has them.
+    pub room_rules: Records,
     client: async_nats::Client,
     /// Counts the connections made to NATS.
     connections: tokio::sync::watch::Receiver<u64>,
@@ -135,8 +137,11 @@ impl Cluster {
         let log = Log::open(&js, config).await?;
         let directory = Directory::open(&js, config).await?;
         let notices = Notices::new(client.clone());
-        let accounts = Records::open(&js, config).await?;
-        Ok(Self { log, directory, notices, accounts, client, connections })
+        let accounts =
+            Records::open(&js, config, records::ACCOUNTS_BUCKET, "chat accounts").await?;
+        let room_rules =
+            Records::open(&js, config, records::ROOM_RULES_BUCKET, "chat rooms' rules").await?;
+        Ok(Self { log, directory, notices, accounts, room_rules, client, connections })
     }
 
     /// Changes whenever the connection to NATS is made again (after a server was lost).

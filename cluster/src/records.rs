@@ -1,4 +1,4 @@
-//! Records every node must see alike and at once (the accounts): a replicated JetStream
+//! Records every node must see alike and at once (accounts, rooms' rules): a replicated JetStream
 //! key-value bucket with no expiry, written only with an atomic create or a compare-and-set
 //! on the revision read, so that two nodes racing for one key cannot both win.
 
@@ -8,8 +8,9 @@ use bytes::Bytes;
 use crate::{ClusterConfig, ClusterError};
 
 pub const ACCOUNTS_BUCKET: &str = "chat_accounts";
+pub const ROOM_RULES_BUCKET: &str = "chat_room_rules";
 
-/// One bucket of records, each an opaque value under a key (a user name's lower-case form).
+/// One bucket of records, each an opaque value under a key (a user name's or a room's).
 pub struct Records {
     store: kv::Store,
 }
@@ -18,18 +19,20 @@ impl Records {
     pub(crate) async fn open(
         js: &jetstream::Context,
         config: &ClusterConfig,
+        bucket: &str,
+        description: &str,
     ) -> Result<Self, ClusterError> {
         let store = js
             .create_or_update_key_value(kv::Config {
-                bucket: ACCOUNTS_BUCKET.into(),
-                description: "chat accounts".into(),
+                bucket: bucket.into(),
+                description: description.into(),
                 history: 1,
                 storage: stream::StorageType::File,
                 num_replicas: config.replicas,
                 ..Default::default()
             })
             .await
-            .map_err(|e| ClusterError::setup(&format!("the {ACCOUNTS_BUCKET} bucket"), e))?;
+            .map_err(|e| ClusterError::setup(&format!("the {bucket} bucket"), e))?;
         Ok(Self { store })
     }
 
@@ -76,6 +79,23 @@ impl Records {
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
             Err(e) => Err(ClusterError::unavailable(e)),
         }
+    }
+
+    /// Every record written from now on (by any node), as its key and value, for as long
+    /// as the stream is read.
+    ///
+    /// # Errors
+    /// NATS did not answer.
+    pub async fn watch(
+        &self,
+    ) -> Result<impl futures_util::Stream<Item = (String, Bytes)> + Send + use<>, ClusterError>
+    {
+        use futures_util::StreamExt;
+        let watch = self.store.watch_all().await.map_err(ClusterError::unavailable)?;
+        Ok(watch.filter_map(|entry| async move {
+            let entry = entry.ok().filter(|e| e.operation == kv::Operation::Put)?;
+            Some((crate::subjects::name(&entry.key), entry.value))
+        }))
     }
 
     async fn get_raw(&self, key: &str) -> Result<Option<(Bytes, u64)>, ClusterError> {

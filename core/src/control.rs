@@ -3,7 +3,7 @@
 //! out, asking the directory (a name claim, a listing) where the answer says so.
 
 use chat_proto::codec::FrameError;
-use chat_proto::{ClientFrame, Login, Secret, SessionToken};
+use chat_proto::{ClientFrame, Login, Moderation, Secret, SessionToken};
 
 use std::time::Instant;
 
@@ -62,6 +62,11 @@ pub enum ControlAction {
     /// End this session for good (its token no longer logs in); answer with `LoggedOut`
     /// and close the connection.
     Logout,
+    /// Change `room`'s rules with `action` by the connection's user (an account): the node
+    /// judges it against the stored rules with
+    /// [`moderation::apply`](crate::moderation::apply), stores them and has the core carry
+    /// them out ([`Core::install_rules`]); answer with `Moderated`.
+    Moderate { room: RoomName, action: Moderation },
     /// Answer with the refusal and read on.
     Refuse(Refusal),
     /// Answer with the refusal and close the connection with its close code.
@@ -97,6 +102,7 @@ impl<B: Mailbox> Core<B> {
                 | ControlAction::CreateRoom { .. }
                 | ControlAction::Register { .. }
                 | ControlAction::ChangePassword { .. }
+                | ControlAction::Moderate { .. }
         ) {
             return action;
         }
@@ -111,8 +117,8 @@ impl<B: Mailbox> Core<B> {
                 Ok(admitted) => ControlAction::Who { room: admitted.room.to_string() },
                 Err(refusal) => ControlAction::Refuse(refusal),
             },
-            ControlAction::CreateRoom { .. } if !self.rules().room_creation => {
-                ControlAction::Refuse(Refusal::RoomCreationOff)
+            ControlAction::CreateRoom { .. } if !self.may_create_rooms(conn) => {
+                ControlAction::Refuse(Refusal::RoomCreationOff(self.rules().room_creation))
             }
             // A conversation is made by writing to someone, not by name.
             ControlAction::CreateRoom { room } if room.direct_pair().is_some() => {
@@ -122,8 +128,14 @@ impl<B: Mailbox> Core<B> {
                 let name = self.name_of(conn).map(|n| n.to_string()).unwrap_or_default();
                 ControlAction::Refuse(Refusal::NameRegistered(name))
             }
-            ControlAction::ChangePassword { .. } if !self.is_account(conn) => {
+            ControlAction::ChangePassword { .. } | ControlAction::Moderate { .. }
+                if !self.is_account(conn) =>
+            {
                 ControlAction::Refuse(Refusal::NotLoggedIn)
+            }
+            // Direct conversations have no operators.
+            ControlAction::Moderate { room, .. } if room.direct_pair().is_some() => {
+                ControlAction::Refuse(Refusal::NotOperator)
             }
             ControlAction::Register { password: new } => match check_password(&new.0) {
                 Ok(()) => ControlAction::Register { password: new },
@@ -152,6 +164,10 @@ pub fn request(received: Received) -> ControlAction {
             ControlAction::ChangePassword { old, new }
         }
         Received::Frame(ClientFrame::Logout) => ControlAction::Logout,
+        Received::Frame(ClientFrame::Moderate { room, action }) => match RoomName::parse(&room) {
+            Ok(room) => ControlAction::Moderate { room, action },
+            Err(e) => ControlAction::Refuse(Refusal::InvalidRoomName(e)),
+        },
         Received::Frame(other) => ControlAction::Refuse(Refusal::UnexpectedFrame {
             expected: "the control stream takes room listings, who requests, room creations \
                        and account requests",

@@ -1,11 +1,12 @@
 //! [`Core`]: presence, connections and rooms behind the events the node feeds it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::accounts::{
     AccountsMode, Attempt, Identity, Logins, Offered, PasswordError, Standing, check_password,
 };
+use crate::moderation::{RoomEvent, RoomRules};
 use crate::names::NameError;
 use crate::presence::{Claimed, Presence, Taken};
 use crate::rate::{RateLimit, Verdict};
@@ -50,6 +51,23 @@ pub enum Refusal {
     InvalidPassword(PasswordError),
     #[error("this session is a guest's: register the name first (/register, `chat register`)")]
     NotLoggedIn,
+    #[error(
+        "you are banned from room {room} {}; ask one of its operators",
+        until_ms.map_or("for good".to_owned(), |ms| format!("until {}", crate::moderation::when(ms)))
+    )]
+    Banned { room: String, until_ms: Option<u64> },
+    #[error("room {0} is invite-only; ask one of its operators to /invite you")]
+    InviteOnly(String),
+    #[error("you are muted in room {0}: the message was not sent; ask one of its operators")]
+    Muted(String),
+    #[error("{by} removed you from room {room}{}", if reason.is_empty() { String::new() } else { format!(": {reason}") })]
+    Removed { room: String, by: String, reason: String },
+    #[error("only the room's operators (and its owner, for operators) may do that")]
+    NotOperator,
+    #[error("{0} ranks as high as you in this room: you cannot act on them")]
+    Outranked(String),
+    #[error("the topic is {len} bytes long; the limit is {max}")]
+    TopicTooLong { len: usize, max: usize },
     /// The accounts store could not answer; `0` says why.
     #[error("the node cannot check accounts now: {0}")]
     AccountsUnavailable(String),
@@ -67,8 +85,15 @@ pub enum Refusal {
         room.direct_pair().map_or("", |p| p.0), room.direct_pair().map_or("", |p| p.1)
     )]
     NotInConversation { room: RoomName },
-    #[error("this node lets nobody make rooms; ask its operator, or /join one of /rooms")]
-    RoomCreationOff,
+    #[error(
+        "{}; ask its operator, or /join one of /rooms",
+        match .0 {
+            crate::moderation::RoomCreation::Accounts => "on this node only registered users make rooms (register with /register)",
+            crate::moderation::RoomCreation::Operators => "on this node only its operators make rooms",
+            _ => "this node lets nobody make rooms",
+        }
+    )]
+    RoomCreationOff(crate::moderation::RoomCreation),
     #[error("a direct conversation is made by writing to someone: /msg NAME TEXT")]
     CreateDirect,
     #[error("the node has {0} rooms, the most it keeps; join one of /rooms instead")]
@@ -155,10 +180,16 @@ impl Refusal {
             Self::AccountRequired(_) => ErrorCode::AccountRequired,
             Self::InvalidPassword(_) => ErrorCode::InvalidPassword,
             Self::NotLoggedIn => ErrorCode::NotLoggedIn,
+            Self::Banned { .. } => ErrorCode::Banned,
+            Self::InviteOnly(_) => ErrorCode::InviteOnly,
+            Self::Muted(_) => ErrorCode::Muted,
+            Self::Removed { .. } => ErrorCode::Kicked,
+            Self::NotOperator | Self::Outranked(_) => ErrorCode::NotOperator,
+            Self::TopicTooLong { .. } => ErrorCode::MessageTooLong,
             Self::InvalidName(_) => ErrorCode::InvalidName,
             Self::InvalidRoomName(_) => ErrorCode::InvalidRoomName,
             Self::UnknownRoom(_) => ErrorCode::UnknownRoom,
-            Self::NotInConversation { .. } | Self::RoomCreationOff => ErrorCode::NotAllowed,
+            Self::NotInConversation { .. } | Self::RoomCreationOff(_) => ErrorCode::NotAllowed,
             Self::CreateDirect => ErrorCode::InvalidRoomName,
             Self::NodeFullOfRooms(_) => ErrorCode::TooManyRooms,
             Self::AlreadyJoined(_) => ErrorCode::AlreadyJoined,
@@ -271,6 +302,13 @@ struct Connection<B> {
     pushed: HashMap<RoomName, Seq>,
 }
 
+/// A room's rules as the core checks them: mutes with their ends as instants, so that a
+/// send is checked against the clock it is handed.
+struct Policy {
+    rules: RoomRules,
+    muted: HashMap<String, Option<Instant>>,
+}
+
 /// What the core hands the other nodes (cluster mode), through
 /// [`Core::share_with_other_nodes`].
 #[derive(Debug)]
@@ -293,6 +331,10 @@ pub struct Core<B: Mailbox> {
     rules: Rules,
     presence: Presence,
     logins: Logins,
+    /// Rooms' owners, operators, bans and mutes (rooms with none are not here).
+    policies: HashMap<RoomName, Policy>,
+    /// Accounts that may do anything in every room.
+    node_operators: BTreeSet<String>,
     connections: HashMap<ConnId, Connection<B>>,
     rooms: BTreeMap<RoomName, Room<B>>,
     members: HashMap<MemberId, (ConnId, RoomName)>,
@@ -309,6 +351,8 @@ impl<B: Mailbox> Core<B> {
             rules,
             presence: Presence::default(),
             logins: Logins::new(rules.logins),
+            policies: HashMap::new(),
+            node_operators: BTreeSet::new(),
             connections: HashMap::new(),
             rooms: BTreeMap::new(),
             members: HashMap::new(),
@@ -592,6 +636,111 @@ impl<B: Mailbox> Core<B> {
         }
     }
 
+    /// The accounts that may do anything in every room (from the node's config).
+    pub fn set_node_operators(&mut self, operators: impl IntoIterator<Item = String>) {
+        self.node_operators = operators.into_iter().map(|o| o.to_ascii_lowercase()).collect();
+    }
+
+    pub fn node_operators(&self) -> &BTreeSet<String> {
+        &self.node_operators
+    }
+
+    /// Whether `conn` may make rooms, under [`Rules::room_creation`].
+    pub fn may_create_rooms(&self, conn: ConnId) -> bool {
+        use crate::moderation::RoomCreation;
+        let account = self.connections.get(&conn).filter(|c| c.account);
+        match self.rules.room_creation {
+            RoomCreation::Anyone => true,
+            RoomCreation::Accounts => account.is_some(),
+            RoomCreation::Operators => {
+                account.is_some_and(|c| self.node_operators.contains(&c.name.key()))
+            }
+            RoomCreation::Nobody => false,
+        }
+    }
+
+    /// `room`'s topic (empty for none).
+    pub fn topic(&self, room: &RoomName) -> String {
+        self.policies.get(room).map(|p| p.rules.topic.clone()).unwrap_or_default()
+    }
+
+    /// Whether `conn` may join `room` at `now_ms` under the room's rules.
+    ///
+    /// # Errors
+    /// Banned, or not invited to an invite-only room.
+    pub fn check_rules(&self, conn: ConnId, room: &RoomName, now_ms: u64) -> Result<(), Refusal> {
+        let connection = self.connections.get(&conn).ok_or(Refusal::NotConnected)?;
+        let Some(policy) = self.policies.get(room) else { return Ok(()) };
+        let account = connection.account;
+        policy.rules.check_join(
+            room.as_str(),
+            &connection.name,
+            account,
+            &self.node_operators,
+            now_ms,
+        )
+    }
+
+    /// `room`'s rules are now `rules` (this node's change, or another node's read back), at
+    /// `now` (`now_ms` on the wall clock). A newer revision than the one the core has is
+    /// carried out: its change is told to the room's members in order with the messages, and
+    /// a kicked or banned name's members here are removed (told why, their streams ended).
+    pub fn install_rules(&mut self, room: &RoomName, rules: RoomRules, now: Instant, now_ms: u64) {
+        // A room the core has no rules for has the default ones, revision 0.
+        let known = self.policies.get(room).map_or(0, |p| p.rules.revision);
+        if rules.revision <= known {
+            return;
+        }
+        let muted = rules
+            .muted
+            .iter()
+            .map(|(key, until)| {
+                let left = until.map(|until| Duration::from_millis(until.saturating_sub(now_ms)));
+                (key.clone(), left.map(|left| now + left))
+            })
+            .collect();
+        let event = rules.last.clone();
+        self.policies.insert(room.clone(), Policy { rules, muted });
+        let Some(RoomEvent { by, action }) = event else { return };
+        let removed = match &action {
+            chat_proto::Moderation::Kick { name, reason }
+            | chat_proto::Moderation::Ban { name, reason, .. } => {
+                Some((name.to_ascii_lowercase(), reason.clone()))
+            }
+            _ => None,
+        };
+        self.tell_all(room, NodeFrame::RoomEvent { by: by.clone(), action });
+        if let Some((key, reason)) = removed {
+            let gone: Vec<MemberId> = self
+                .members
+                .iter()
+                .filter(|(_, (conn, r))| {
+                    r == room && self.connections.get(conn).is_some_and(|c| c.name.key() == key)
+                })
+                .map(|(member, _)| *member)
+                .collect();
+            let removed = Refusal::Removed { room: room.to_string(), by, reason };
+            let frame = B::encode(&NodeFrame::Error(chat_proto::ErrorFrame::new(
+                removed.code(),
+                removed.to_string(),
+            )));
+            for member in gone {
+                if let Some(state) = self.rooms.get_mut(room) {
+                    state.remove(member, frame.clone());
+                }
+                self.forget_member(member);
+            }
+        }
+    }
+
+    /// Tells every member of `room` here, whatever its size (a moderation, not a presence).
+    fn tell_all(&mut self, room: &RoomName, frame: NodeFrame) {
+        let Some(state) = self.rooms.get_mut(room) else { return };
+        for dropped in state.announce(None, &B::encode(&frame)) {
+            self.forget_member(dropped.member);
+        }
+    }
+
     /// The member's stream is closed, for `reason`: it leaves the room.
     pub fn leave(&mut self, member: MemberId, reason: LeftReason) {
         let Some((conn, room)) = self.members.remove(&member) else { return };
@@ -663,6 +812,12 @@ impl<B: Mailbox> Core<B> {
                 }
                 Verdict::Disconnect => return Err(Refusal::RateLimited),
             }
+        }
+        if let Some(policy) = self.policies.get(room)
+            && let Some(until) = policy.muted.get(&connection.name.key())
+            && until.is_none_or(|until| until > now)
+        {
+            return Err(Refusal::Muted(room.to_string()));
         }
         if body.is_empty() {
             return Err(Refusal::EmptyMessage);

@@ -8,6 +8,7 @@
 //!
 //! # Layout
 //! - [`accounts`]: who may use a registered name, password rules, the failed-login limiter.
+//! - [`moderation`]: rooms' owners and operators, bans, mutes, invitations and topics.
 //! - [`names`]: the rules for user and room names, and how they compare.
 //! - [`presence`]: name claims and session tokens (one connection per name).
 //! - [`room`]: one room's members and its in-order delivery.
@@ -24,6 +25,7 @@
 pub mod accounts;
 pub mod control;
 mod core;
+pub mod moderation;
 pub mod names;
 pub mod presence;
 pub mod rate;
@@ -63,8 +65,8 @@ pub struct Rules {
     pub max_history_page: usize,
     /// Rooms with more members than this get no arrivals and departures.
     pub presence_limit: usize,
-    /// Whether users may make rooms.
-    pub room_creation: bool,
+    /// Who may make rooms.
+    pub room_creation: moderation::RoomCreation,
     /// Most rooms (not counting direct conversations) a node keeps.
     pub max_rooms: usize,
     /// Whether guests may go online, or only accounts.
@@ -94,7 +96,7 @@ impl Rules {
             requests: None,
             max_history_page: 500,
             presence_limit: PRESENCE_LIMIT,
-            room_creation: true,
+            room_creation: moderation::RoomCreation::Anyone,
             max_rooms: 10_000,
             accounts: AccountsMode::Open,
             logins: LoginRules::new(5, std::time::Duration::from_secs(60)),
@@ -107,10 +109,10 @@ impl Rules {
         Self { accounts, logins, ..self }
     }
 
-    /// These rules with users allowed to make rooms or not, up to `max_rooms` in all.
+    /// These rules with rooms made by `who`, up to `max_rooms` in all.
     #[must_use]
-    pub fn with_room_creation(self, allowed: bool, max_rooms: usize) -> Self {
-        Self { room_creation: allowed, max_rooms, ..self }
+    pub fn with_room_creation(self, who: moderation::RoomCreation, max_rooms: usize) -> Self {
+        Self { room_creation: who, max_rooms, ..self }
     }
 
     /// These rules with arrivals and departures announced in rooms of at most `members`.

@@ -30,6 +30,9 @@ pub trait Mailbox {
     fn reply(&self, message: Self::Message) -> Result<(), Full>;
     /// The member has been dropped for falling behind; `last_seq` is the last one offered.
     fn evict(&self, last_seq: Seq);
+    /// The member has been removed from the room (by an operator): write `frame`, the error
+    /// that says why, after what is queued, and end the stream.
+    fn remove(&self, frame: Self::Message);
 }
 
 /// A mailbox had no room for one more message.
@@ -73,6 +76,13 @@ impl<B: Mailbox> Room<B> {
         let last_offered = self.delivered;
         self.members.insert(member, Member { name, mailbox, last_offered });
         last_offered
+    }
+
+    /// Removes a member on an operator's word, its mailbox told with `frame`.
+    pub fn remove(&mut self, member: MemberId, frame: B::Message) {
+        if let Some(gone) = self.members.remove(&member) {
+            gone.mailbox.remove(frame);
+        }
     }
 
     /// Removes a member; returns its name if it was in the room.

@@ -25,6 +25,8 @@ struct InboxState {
     /// Messages (`seq body`) and replies together, in the order queued.
     log: Vec<String>,
     evicted_after: Option<Seq>,
+    /// The error a removed member was told.
+    removed: Option<&'static str>,
 }
 
 impl Inbox {
@@ -48,7 +50,9 @@ impl Mailbox for Inbox {
         let told = match frame {
             NodeFrame::Arrived { name } => format!("{name} arrived"),
             NodeFrame::Left { name, reason } => format!("{name} {}", reason.as_str()),
-            other => panic!("the core announces only arrivals and departures, not {other:?}"),
+            NodeFrame::RoomEvent { by, action } => format!("{by}: {action:?}"),
+            NodeFrame::Error(error) => error.message.clone(),
+            other => panic!("the core announces nothing like {other:?}"),
         };
         Box::leak(told.into_boxed_str()) // A test's few lines.
     }
@@ -73,6 +77,9 @@ impl Mailbox for Inbox {
     fn evict(&self, last_seq: Seq) {
         self.0.borrow_mut().evicted_after = Some(last_seq);
     }
+    fn remove(&self, frame: &'static str) {
+        self.0.borrow_mut().removed = Some(frame);
+    }
 }
 
 const RULES: Rules = Rules {
@@ -82,7 +89,7 @@ const RULES: Rules = Rules {
     requests: None,
     max_history_page: 500,
     presence_limit: 3,
-    room_creation: true,
+    room_creation: chat_core::moderation::RoomCreation::Anyone,
     max_rooms: 10,
     accounts: AccountsMode::Open,
     logins: LoginRules {
@@ -552,10 +559,17 @@ fn a_room_is_made_by_name_where_the_node_lets_users_up_to_its_most() {
     assert_eq!(core.check_room_count(9), Ok(()));
     assert_eq!(core.check_room_count(10), Err(Refusal::NodeFullOfRooms(10)));
 
-    let mut closed = Core::<Inbox>::new(RULES.with_room_creation(false, 10));
+    let mut closed = Core::<Inbox>::new(
+        RULES.with_room_creation(chat_core::moderation::RoomCreation::Nobody, 10),
+    );
     closed.connect(ConnId(1), "ada", None, [1; 16], Identity::Guest, now).expect("free");
     let refused = closed.on_control(ConnId(1), create("lounge"), now);
-    assert_eq!(refused, ControlAction::Refuse(Refusal::RoomCreationOff));
+    assert_eq!(
+        refused,
+        ControlAction::Refuse(Refusal::RoomCreationOff(
+            chat_core::moderation::RoomCreation::Nobody
+        ))
+    );
 }
 
 #[test]
@@ -638,4 +652,45 @@ fn failed_logins_wait_before_any_hash_and_a_success_costs_nothing() {
     let weak = Login::Register(Secret::from("short"));
     let refused = core.begin_login(&ada, Some(&weak), owner, now).expect_err("weak");
     assert_eq!(refused.code(), ErrorCode::InvalidPassword);
+}
+
+#[test]
+fn new_room_rules_are_told_and_carried_out_once() {
+    use chat_core::moderation::{RoomEvent, RoomRules};
+    use chat_proto::Moderation;
+    let mut core = core_with_rooms(&[("general", 0)]);
+    let (ada, cy) = (Inbox::with_capacity(10), Inbox::with_capacity(10));
+    let now = Instant::now();
+    core.connect(ConnId(1), "ada", None, [1; 16], Identity::Account, now).expect("free");
+    core.connect(ConnId(2), "cy", None, [2; 16], Identity::Guest, now).expect("free");
+    core.join(ConnId(1), MemberId(1), "general", ada.clone()).expect("joins");
+    core.join(ConnId(2), MemberId(2), "general", cy.clone()).expect("joins");
+    let general = room("general");
+
+    // A mute for a minute: cy's sends are refused until it ends.
+    let mut rules = RoomRules { revision: 1, ..RoomRules::default() };
+    rules.muted.insert("cy".into(), Some(60_000));
+    rules.last = Some(RoomEvent {
+        by: "ada".into(),
+        action: Moderation::Mute { name: "cy".into(), minutes: Some(1) },
+    });
+    core.install_rules(&general, rules.clone(), now, 0);
+    let muted = core.check_send(MemberId(2), "hi", now).expect_err("muted");
+    assert_eq!(muted.code(), ErrorCode::Muted);
+    core.check_send(MemberId(2), "hi", now + Duration::from_secs(60)).expect("the mute ended");
+    // The same revision again (the store's echo of this node's own change) is not news.
+    core.install_rules(&general, rules.clone(), now, 0);
+    assert_eq!(ada.replies().iter().filter(|r| r.contains("Mute")).count(), 1);
+
+    // A kick removes cy's member, told why, and the room hears of it.
+    rules.revision = 2;
+    rules.last = Some(RoomEvent {
+        by: "ada".into(),
+        action: Moderation::Kick { name: "CY".into(), reason: "enough".into() },
+    });
+    core.install_rules(&general, rules, now, 0);
+    let removed = cy.0.borrow().removed.expect("cy was removed");
+    assert!(removed.contains("ada removed you from room general: enough"), "{removed}");
+    assert_eq!(core.check_send(MemberId(2), "hi", now).expect_err("gone"), Refusal::NotJoined);
+    assert_eq!(core.who("general").expect("known"), ["ada"]);
 }

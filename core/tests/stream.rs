@@ -25,6 +25,7 @@ impl Mailbox for Open {
         Ok(())
     }
     fn evict(&self, _last_seq: Seq) {}
+    fn remove(&self, _frame: Self::Message) {}
 }
 
 /// A node with room general, a rate of 10 a second in bursts of 3, messages of at most 10

@@ -56,9 +56,12 @@ fn node_frame() -> impl Strategy<Value = NodeFrame> {
             }
         ),
         (any::<u64>(), any::<u64>()).prop_map(|(client_id, seq)| NodeFrame::Ack { client_id, seq }),
-        (".{0,40}", any::<u64>(), any::<Option<(u64, u64)>>()).prop_map(|(room, last_seq, gap)| {
-            NodeFrame::Joined { room, last_seq, gap: gap.map(|(first, last)| Gap { first, last }) }
-        }),
+        (".{0,40}", any::<u64>(), any::<Option<(u64, u64)>>(), ".{0,40}").prop_map(
+            |(room, last_seq, gap, topic)| {
+                let gap = gap.map(|(first, last)| Gap { first, last });
+                NodeFrame::Joined { room, last_seq, gap, topic }
+            }
+        ),
         (codes, ".{0,80}", any::<Option<u64>>(), any::<Option<u64>>()).prop_map(
             |(code, message, client_id, last_seq)| {
                 NodeFrame::Error(ErrorFrame {

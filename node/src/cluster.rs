@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use chat_accounts::Account;
 use chat_cluster::{Claim, Cluster, ClusterError, Direct, Notice};
+use chat_core::moderation::RoomRules;
 use chat_core::{ConnId, Core, MemberId, Refusal, RoomName, Seq, SessionToken, Share, UserName};
 use chat_history::{Anchor, Completion, HistoryError, HistoryPage, Message, PageLimit, Subscriber};
 use chat_proto::{NodeFrame, RoomInfo};
@@ -29,7 +30,7 @@ use crate::mailbox::Outbox;
 use crate::reply::message_frame;
 use crate::seams::{
     AccountChange, AccountStore, AccountsStoreError, Directory, DirectoryError, FanOut,
-    FollowError, HistoryStore, Pending,
+    FollowError, HistoryStore, Pending, RulesChange, decode_rules, encode_rules,
 };
 
 fn remote(e: ClusterError) -> HistoryError {
@@ -496,7 +497,8 @@ impl Directory for ClusterDirectory {
                 })
                 .map(|(name, last_seq)| {
                     let members = counts.get(&name).copied().unwrap_or(0) as u32;
-                    RoomInfo { name, last_seq, members }
+                    // Topics are read at each join in cluster mode, not for listings.
+                    RoomInfo { name, last_seq, members, topic: String::new() }
                 })
                 .collect())
         })
@@ -535,6 +537,53 @@ pub(crate) struct ClusterAccounts(pub(crate) Arc<Cluster>);
 const ACCOUNT_UPDATE_ROUNDS: usize = 8;
 
 impl AccountStore for ClusterAccounts {
+    fn all_room_rules(&self) -> Pending<'_, Result<Vec<(String, RoomRules)>, AccountsStoreError>> {
+        // Cluster mode reads a room's rules at each join instead.
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+
+    fn room_rules(
+        &self,
+        room: String,
+    ) -> Pending<'_, Result<Option<RoomRules>, AccountsStoreError>> {
+        Box::pin(async move {
+            match self.0.room_rules.get(&room).await? {
+                Some((bytes, _)) => Ok(Some(decode_rules(&bytes)?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn update_room_rules(
+        &self,
+        room: String,
+        change: RulesChange,
+    ) -> Pending<'_, Result<Result<RoomRules, Refusal>, AccountsStoreError>> {
+        Box::pin(async move {
+            let records = &self.0.room_rules;
+            for _ in 0..ACCOUNT_UPDATE_ROUNDS {
+                let current = records.get(&room).await?;
+                let mut rules = match &current {
+                    Some((bytes, _)) => decode_rules(bytes)?,
+                    None => RoomRules::default(),
+                };
+                if let Err(refusal) = change(&mut rules) {
+                    return Ok(Err(refusal));
+                }
+                let bytes = encode_rules(&rules)?.into();
+                let written = match current {
+                    Some((_, revision)) => records.update(&room, bytes, revision).await?,
+                    None => records.create(&room, bytes).await?,
+                };
+                if written {
+                    return Ok(Ok(rules));
+                }
+            }
+            Err(ClusterError::Unavailable("the room's rules kept changing under the update".into())
+                .into())
+        })
+    }
+
     fn get(&self, key: String) -> Pending<'_, Result<Option<Account>, AccountsStoreError>> {
         Box::pin(async move {
             match self.0.accounts.get(&key).await? {
@@ -571,5 +620,29 @@ impl AccountStore for ClusterAccounts {
             Err(ClusterError::Unavailable("the account kept changing under the update".into())
                 .into())
         })
+    }
+}
+
+/// Carries out rooms' rules as any node changes them: a kick, ban or mute made on another
+/// node reaches this node's members at once (the core ignores revisions it has, such as its
+/// own). Watches again after NATS fails, every second until it can.
+pub(crate) async fn follow_room_rules(cluster: Arc<Cluster>, core: Arc<Mutex<Core<Outbox>>>) {
+    loop {
+        match cluster.room_rules.watch().await {
+            Ok(changes) => {
+                let mut changes = std::pin::pin!(changes);
+                while let Some((room, bytes)) = changes.next().await {
+                    let (Ok(room), Ok(rules)) = (RoomName::parse(&room), decode_rules(&bytes))
+                    else {
+                        continue;
+                    };
+                    let now = std::time::Instant::now();
+                    lock(&core).install_rules(&room, rules, now, crate::now_ms());
+                }
+                debug!("the room rules' watch ended; watching again");
+            }
+            Err(e) => warn!(error = %e, "cannot watch rooms' rules; retrying"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chat_cluster::ClusterConfig;
+use chat_core::moderation::RoomCreation;
 use chat_history::Durability;
 use serde::Deserialize;
 
@@ -43,6 +44,10 @@ pub struct Settings {
     /// A room that exists (repeatable; created at start if missing) [default: general]
     #[arg(long = "room", env = "CHAT_ROOMS", value_delimiter = ',')]
     pub rooms: Option<Vec<String>>,
+    /// The node's operators: accounts that may moderate every room (repeatable, or
+    /// comma-separated) [default: none]
+    #[arg(long = "operator", env = "CHAT_OPERATORS", value_delimiter = ',')]
+    pub operators: Option<Vec<String>>,
     /// PEM certificate chain; without it the node makes a local CA and certificate in the
     /// data dir
     #[arg(long, env = "CHAT_CERT", requires = "key")]
@@ -67,7 +72,8 @@ pub struct Settings {
     /// [default: 500]
     #[arg(long, env = "CHAT_MAX_HISTORY_PAGE")]
     pub max_history_page: Option<u32>,
-    /// Who may make rooms at runtime (`/create`): `anyone` or `nobody` [default: anyone]
+    /// Who may make rooms at runtime (`/create`): `anyone`, `accounts` (registered users),
+    /// `operators` (the node's) or `nobody` [default: anyone]
     #[arg(long, env = "CHAT_ROOM_CREATION", value_parser = parse_room_creation)]
     pub room_creation: Option<RoomCreation>,
     /// Most rooms the node keeps, direct conversations not counted [default: 10000]
@@ -180,15 +186,6 @@ impl ClusterSettings {
     }
 }
 
-/// Who may make rooms at runtime. (Registered users and operators come with accounts.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RoomCreation {
-    #[default]
-    Anyone,
-    Nobody,
-}
-
 /// Whether the node takes guests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -211,8 +208,10 @@ fn parse_accounts(s: &str) -> Result<Accounts, String> {
 fn parse_room_creation(s: &str) -> Result<RoomCreation, String> {
     match s {
         "anyone" => Ok(RoomCreation::Anyone),
+        "accounts" => Ok(RoomCreation::Accounts),
+        "operators" => Ok(RoomCreation::Operators),
         "nobody" => Ok(RoomCreation::Nobody),
-        _ => Err(format!("{s:?}: expected anyone or nobody")),
+        _ => Err(format!("{s:?}: expected anyone, accounts, operators or nobody")),
     }
 }
 
@@ -234,6 +233,7 @@ pub struct NodeConfig {
     pub direct_history_cap: u64,
     pub durability: Durability,
     pub rooms: Vec<String>,
+    pub operators: Vec<String>,
     /// Certificate chain and key; `None` makes (or reuses) a local CA in the data dir.
     pub tls: Option<(PathBuf, PathBuf)>,
     pub max_connections: usize,
@@ -291,6 +291,7 @@ impl Settings {
             direct_history_cap: self.direct_history_cap.or(lower.direct_history_cap),
             durability: self.durability.or(lower.durability),
             rooms: self.rooms.or(lower.rooms),
+            operators: self.operators.or(lower.operators),
             cert: self.cert.or(lower.cert),
             key: self.key.or(lower.key),
             max_connections: self.max_connections.or(lower.max_connections),
@@ -334,6 +335,7 @@ impl Settings {
             direct_history_cap,
             durability: self.durability.unwrap_or_default(),
             rooms: self.rooms.unwrap_or_else(|| vec!["general".into()]),
+            operators: self.operators.unwrap_or_default(),
             tls: self.cert.zip(self.key),
             max_connections: self.max_connections.unwrap_or(10_000).max(1),
             max_rooms_per_connection: self.max_rooms_per_connection.unwrap_or(64).max(1),

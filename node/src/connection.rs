@@ -24,7 +24,7 @@ use crate::admission::{HELLO_STRIKES, STRIKE_WINDOW, Strike};
 use crate::mailbox::{Outbox, Outgoing};
 use crate::reply::error_frame;
 use crate::seams::DirectoryError;
-use crate::{Conn, Shared, login, room};
+use crate::{Conn, Shared, login, moderation, room};
 
 /// Serves one connection from handshake to close.
 pub(crate) async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming) {
@@ -220,7 +220,7 @@ async fn run(
                         Ok(Err(refusal)) => error_frame(&refusal, None).into(),
                         Err(e) => unavailable(&e).into(),
                     },
-                    ControlAction::CreateRoom { room } => match create_room(shared, &room).await {
+                    ControlAction::CreateRoom { room } => match create_room(shared, conn, &room).await {
                         Ok(existed) => NodeFrame::RoomCreated { room: room.to_string(), existed },
                         Err(refusal) => error_frame(&refusal, None).into(),
                     },
@@ -256,6 +256,12 @@ async fn run(
                         info!(name = %conn.name, "logged out");
                         connection.close(codes::close::NORMAL.into(), b"logged out");
                         break;
+                    }
+                    ControlAction::Moderate { room, action } => {
+                        match moderation::moderate(shared, &conn.name, &room, action).await {
+                            Ok(()) => NodeFrame::Moderated { room: room.to_string() },
+                            Err(refusal) => error_frame(&refusal, None).into(),
+                        }
                     }
                     ControlAction::Refuse(refusal) => error_frame(&refusal, None).into(),
                     ControlAction::Close(refusal) => {
@@ -312,7 +318,8 @@ async fn run(
 }
 
 /// Makes `room` unless it exists or the node has its most rooms; returns whether it existed.
-async fn create_room(shared: &Arc<Shared>, room: &RoomName) -> Result<bool, Refusal> {
+/// An account that makes a room owns it.
+async fn create_room(shared: &Arc<Shared>, conn: &Conn, room: &RoomName) -> Result<bool, Refusal> {
     let history = Arc::clone(&shared.history);
     let rooms = match tokio::task::spawn_blocking(move || history.rooms()).await {
         Ok(rooms) => rooms.map_err(|e| Refusal::Unanswerable(e.to_string()))?,
@@ -324,6 +331,10 @@ async fn create_room(shared: &Arc<Shared>, room: &RoomName) -> Result<bool, Refu
     let named = rooms.iter().filter(|(existing, _)| !existing.starts_with(DIRECT_PREFIX));
     shared.core().check_room_count(named.count())?;
     shared.create_room(room).await.map_err(Refusal::Unanswerable)?;
+    if shared.core().is_account(conn.id) {
+        moderation::set_owner(shared, room, &conn.name).await?;
+    }
+    info!(%room, by = %conn.name, "room made");
     Ok(false)
 }
 

@@ -11,6 +11,8 @@
 //! - `mailbox`: the bounded queue between the room core and a member's stream.
 //! - `login`: accounts at the node: a hello's credentials checked with the store, and the
 //!   requests that change an account (password hashes a few at a time).
+//! - `moderation`: rooms' rules at the node: moderations judged, stored and carried out,
+//!   joins checked against them, owners recorded.
 //! - `connection`: one client connection: the hello on the control stream, then room
 //!   listings and who-is-online, and a task per room stream.
 //! - `room`: one room stream: the join, then sends checked with the core and handed to the
@@ -31,6 +33,7 @@ mod login;
 mod mailbox;
 mod member;
 mod metrics;
+mod moderation;
 mod reply;
 mod room;
 pub mod seams;
@@ -47,7 +50,7 @@ use anyhow::Context;
 use chat_cluster::Cluster;
 use chat_core::accounts::{AccountsMode, LoginRules};
 use chat_core::names::DIRECT_PREFIX;
-use chat_core::{ConnId, Core, RoomName, Rules};
+use chat_core::{ConnId, Core, Refusal, RoomName, Rules};
 use chat_history::History;
 use chat_proto::{Limits, codec, codes};
 use tokio::sync::watch;
@@ -55,7 +58,8 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use admission::Admission;
-pub use config::{Accounts, NodeConfig, RoomCreation, Settings};
+pub use chat_core::moderation::RoomCreation;
+pub use config::{Accounts, NodeConfig, Settings};
 use mailbox::Outbox;
 use metrics::Metrics;
 use seams::{AccountStore, Directory, FanOut, HistoryStore, LocalDirectory, LocalFanOut};
@@ -168,6 +172,15 @@ impl Shared {
         self.admission.bar(ip, self.config.rate_limited_bar);
     }
 
+    /// Whether `room` exists (in the history, or in cluster mode the shared list).
+    async fn room_exists(&self, room: &RoomName) -> Result<bool, Refusal> {
+        let history = Arc::clone(&self.history);
+        let rooms = tokio::task::spawn_blocking(move || history.rooms()).await;
+        let rooms = rooms.map_err(|e| Refusal::Unanswerable(e.to_string()))?;
+        let rooms = rooms.map_err(|e| Refusal::Unanswerable(e.to_string()))?;
+        Ok(rooms.iter().any(|(name, _)| *name == room.as_str()))
+    }
+
     fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -176,6 +189,8 @@ impl Shared {
 /// A node bound to its address, ready to [`run`](Node::run).
 pub struct Node {
     endpoint: quinn::Endpoint,
+    /// Cluster mode's watch on rooms' rules, for as long as the node runs.
+    _rules_watch: Option<AbortOnDrop>,
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     ca_cert: Option<PathBuf>,
@@ -232,7 +247,24 @@ impl Node {
             metrics,
             config,
         });
-        Ok(Self { endpoint, shared, stop, ca_cert: prepared.ca_cert, metrics_listener })
+        let rules_watch = match &cluster {
+            Some(cluster) => Some(AbortOnDrop(tokio::spawn(cluster::follow_room_rules(
+                Arc::clone(cluster),
+                Arc::clone(&shared.core),
+            )))),
+            None => {
+                moderation::load(&shared).await?;
+                None
+            }
+        };
+        Ok(Self {
+            endpoint,
+            _rules_watch: rules_watch,
+            shared,
+            stop,
+            ca_cert: prepared.ca_cert,
+            metrics_listener,
+        })
     }
 
     /// The address the node listens on (with the real port when 0 was asked for).
@@ -260,7 +292,7 @@ impl Node {
     /// # Errors
     /// The history could not be flushed at the end.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let Self { endpoint, shared, stop, metrics_listener, .. } = self;
+        let Self { endpoint, shared, stop, metrics_listener, _rules_watch, .. } = self;
         let _metrics = metrics_listener.map(|listener| {
             AbortOnDrop(tokio::spawn(metrics::serve(listener, Arc::clone(&shared.metrics))))
         });
@@ -374,7 +406,7 @@ fn room_core(
             .with_request_rate(config.requests_per_second, config.request_burst)
             .with_history_page(config.max_history_page as usize)
             .with_presence_limit(config.presence_limit as usize)
-            .with_room_creation(config.room_creation == RoomCreation::Anyone, config.max_rooms)
+            .with_room_creation(config.room_creation, config.max_rooms)
             .with_accounts(
                 match config.accounts {
                     Accounts::Open => AccountsMode::Open,
@@ -383,6 +415,7 @@ fn room_core(
                 LoginRules::new(config.max_login_failures, config.login_failure_forgiven),
             );
     let mut core = Core::new(rules);
+    core.set_node_operators(config.operators.iter().cloned());
     if !cluster {
         for (room, last_seq) in rooms {
             core.add_room(room, last_seq);

@@ -22,10 +22,19 @@ pub enum Outgoing {
 }
 
 /// The core's handle on one member; a clone goes with each of its sends to queue the ack.
+/// Why the core ended a member's stream.
+#[derive(Debug, Clone)]
+pub enum Ending {
+    /// Dropped for falling behind; the last sequence number offered.
+    TooSlow(Seq),
+    /// Removed by an operator; the error frame that says so.
+    Removed(Bytes),
+}
+
 #[derive(Clone)]
 pub struct Outbox {
     pub queue: mpsc::Sender<Outgoing>,
-    pub evicted: Arc<watch::Sender<Option<Seq>>>,
+    pub evicted: Arc<watch::Sender<Option<Ending>>>,
 }
 
 impl Mailbox for Outbox {
@@ -44,6 +53,10 @@ impl Mailbox for Outbox {
     }
 
     fn evict(&self, last_seq: Seq) {
-        self.evicted.send_replace(Some(last_seq));
+        self.evicted.send_replace(Some(Ending::TooSlow(last_seq)));
+    }
+
+    fn remove(&self, frame: Bytes) {
+        self.evicted.send_replace(Some(Ending::Removed(frame)));
     }
 }

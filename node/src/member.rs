@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 use crate::Shared;
-use crate::mailbox::Outgoing;
+use crate::mailbox::{Ending, Outgoing};
 use crate::reply::{encode, error_frame, message_frame};
 
 /// How long a finished stream waits for the client to acknowledge its last bytes.
@@ -41,7 +41,7 @@ impl Writer {
         limit: usize,
         history_until: Seq,
         queued: mpsc::Receiver<Outgoing>,
-        eviction: watch::Receiver<Option<Seq>>,
+        eviction: watch::Receiver<Option<Ending>>,
     ) {
         let result = async {
             self.history(after, limit, history_until).await?;
@@ -86,7 +86,8 @@ impl Writer {
             }
         };
         let gap = page.gap.map(|(first, last)| Gap { first, last });
-        let joined = NodeFrame::Joined { room: self.room.to_string(), last_seq: until, gap };
+        let topic = self.shared.core().topic(&self.room);
+        let joined = NodeFrame::Joined { room: self.room.to_string(), last_seq: until, gap, topic };
         let mut frames = Vec::with_capacity(page.messages.len() + 2);
         frames.push(encode(&joined));
         // Later messages come through the member's queue.
@@ -109,7 +110,7 @@ impl Writer {
     async fn live(
         &mut self,
         mut queued: mpsc::Receiver<Outgoing>,
-        mut eviction: watch::Receiver<Option<Seq>>,
+        mut eviction: watch::Receiver<Option<Ending>>,
     ) -> anyhow::Result<()> {
         // Grown on first use: an idle member costs no buffers.
         let mut batch = Vec::new();
@@ -117,7 +118,13 @@ impl Writer {
         loop {
             tokio::select! {
                 biased;
-                _ = evicted(&mut eviction) => {
+                ending = evicted(&mut eviction) => {
+                    if let Ending::Removed(frame) = ending {
+                        self.write(frame).await?;
+                        self.send.finish()?;
+                        let _ = tokio::time::timeout(FLUSH_TIMEOUT, self.send.stopped()).await;
+                        anyhow::bail!("member removed by an operator");
+                    }
                     self.shared.metrics.dropped_too_slow.inc();
                     self.shared.metrics.error_code(ErrorCode::TooSlow);
                     let dropped = Refusal::TooSlow { room: self.room.to_string(), last_seq: self.last_written };
@@ -168,11 +175,13 @@ impl Writer {
     }
 }
 
-/// Completes once the core drops the member for falling behind. The sender going away
-/// (the member left the room) is not an eviction, so then this never completes.
-pub(crate) async fn evicted(eviction: &mut watch::Receiver<Option<Seq>>) {
-    let dropped = eviction.wait_for(Option::is_some).await.is_ok();
-    if !dropped {
-        std::future::pending::<()>().await;
+/// Completes once the core drops the member for falling behind or an operator removes it,
+/// with why. The sender going away (the member left the room) is not an eviction, so then
+/// this never completes.
+pub(crate) async fn evicted(eviction: &mut watch::Receiver<Option<Ending>>) -> Ending {
+    let ending = eviction.wait_for(Option::is_some).await.ok().and_then(|e| e.clone());
+    match ending {
+        Some(ending) => ending,
+        None => std::future::pending().await,
     }
 }

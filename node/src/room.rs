@@ -24,7 +24,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{debug, warn};
 
 use crate::connection::departure;
-use crate::mailbox::{Outbox, Outgoing};
+use crate::mailbox::{Ending, Outbox, Outgoing};
 use crate::member::{Writer, evicted};
 use crate::reply::{encode, error_frame};
 use crate::{Conn, Shared, now_ms};
@@ -67,6 +67,10 @@ pub(crate) async fn serve(
     };
     if let Err(e) = shared.fanout.follow(room.as_str()).await {
         let refusal = Refusal::JoinUnavailable { room: room.to_string(), detail: e.to_string() };
+        return end_with(&shared, &mut send, error_frame(&refusal, None)).await;
+    }
+    if let Err(refusal) = crate::moderation::check_join(&shared, conn.id, &room).await {
+        debug!(%room, %refusal, "join refused by the room's rules");
         return end_with(&shared, &mut send, error_frame(&refusal, None)).await;
     }
     let member = MemberId(shared.next_id());
@@ -149,7 +153,7 @@ async fn read_sends(
     room: &RoomName,
     reader: &mut FrameReader<RecvStream>,
     outbox: &Outbox,
-    mut eviction: watch::Receiver<Option<Seq>>,
+    mut eviction: watch::Receiver<Option<Ending>>,
 ) -> Ended {
     let in_flight =
         Arc::new(Semaphore::new(chat_core::sends_in_flight(shared.config.member_queue)));

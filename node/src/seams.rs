@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use chat_accounts::{Account, AccountsError, LocalAccounts};
 use chat_cluster::ClusterError;
+use chat_core::moderation::RoomRules;
 use chat_core::{ConnId, Core, MemberId, Refusal, RoomName, Seq, SessionToken, UserName};
 use chat_history::{
     Anchor, Completion, History, HistoryError, HistoryPage, Message, PageLimit, Subscriber,
@@ -188,8 +189,8 @@ impl Directory for LocalDirectory {
         &'a self,
         user: &'a UserName,
     ) -> Pending<'a, Result<Vec<RoomInfo>, DirectoryError>> {
-        let rooms = self
-            .core()
+        let core = self.core();
+        let rooms = core
             .rooms()
             .into_iter()
             .filter(|r| r.name.listed_for(user, r.last_seq))
@@ -197,6 +198,7 @@ impl Directory for LocalDirectory {
                 name: r.name.to_string(),
                 last_seq: r.last_seq,
                 members: r.members as u32,
+                topic: core.topic(&r.name),
             })
             .collect();
         Box::pin(ready(Ok(rooms)))
@@ -221,8 +223,26 @@ pub enum AccountsStoreError {
 /// may run it more than once, on the newest record, when another node changed it meanwhile.
 pub type AccountChange = Arc<dyn Fn(&mut Account) -> usize + Send + Sync>;
 
-/// The registered names, under their keys (the lower-case name).
+/// A change to a room's rules, judged as it is made ([`chat_core::moderation::apply`]).
+/// Cluster mode may run it more than once, on the newest record.
+pub type RulesChange = Arc<dyn Fn(&mut RoomRules) -> Result<(), Refusal> + Send + Sync>;
+
+/// The registered names, under their keys (the lower-case name), and the rooms' rules.
 pub trait AccountStore: Send + Sync + 'static {
+    /// Every room's rules that has a record (a single node loads them all at start).
+    fn all_room_rules(&self) -> Pending<'_, Result<Vec<(String, RoomRules)>, AccountsStoreError>>;
+    /// `room`'s rules, if it has a record.
+    fn room_rules(
+        &self,
+        room: String,
+    ) -> Pending<'_, Result<Option<RoomRules>, AccountsStoreError>>;
+    /// Changes `room`'s rules (the default ones if it has no record); the new rules, or
+    /// why the change was refused.
+    fn update_room_rules(
+        &self,
+        room: String,
+        change: RulesChange,
+    ) -> Pending<'_, Result<Result<RoomRules, Refusal>, AccountsStoreError>>;
     /// The account of `key`, if registered.
     fn get(&self, key: String) -> Pending<'_, Result<Option<Account>, AccountsStoreError>>;
     /// Registers `key` as `account`; `false` when someone registered it first (on any node).
@@ -250,7 +270,58 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// A room's record as the stores keep it.
+pub(crate) fn encode_rules(rules: &RoomRules) -> Result<Vec<u8>, AccountsStoreError> {
+    postcard::to_stdvec(rules).map_err(|e| AccountsStoreError::Local(e.into()))
+}
+
+pub(crate) fn decode_rules(bytes: &[u8]) -> Result<RoomRules, AccountsStoreError> {
+    postcard::from_bytes(bytes).map_err(|e| AccountsStoreError::Local(e.into()))
+}
+
 impl AccountStore for Arc<LocalAccounts> {
+    fn all_room_rules(&self) -> Pending<'_, Result<Vec<(String, RoomRules)>, AccountsStoreError>> {
+        let store = Arc::clone(self);
+        Box::pin(async move {
+            let records = blocking(move || store.room_records()).await?;
+            records.into_iter().map(|(room, bytes)| Ok((room, decode_rules(&bytes)?))).collect()
+        })
+    }
+    fn room_rules(
+        &self,
+        room: String,
+    ) -> Pending<'_, Result<Option<RoomRules>, AccountsStoreError>> {
+        let store = Arc::clone(self);
+        Box::pin(async move {
+            let record = blocking(move || store.room_record(&room)).await?;
+            record.map(|bytes| decode_rules(&bytes)).transpose()
+        })
+    }
+    fn update_room_rules(
+        &self,
+        room: String,
+        change: RulesChange,
+    ) -> Pending<'_, Result<Result<RoomRules, Refusal>, AccountsStoreError>> {
+        let store = Arc::clone(self);
+        Box::pin(async move {
+            let updated = blocking(move || {
+                store.update_room_record(&room, |old| {
+                    let mut rules = match old.map(decode_rules).transpose() {
+                        Ok(rules) => rules.unwrap_or_default(),
+                        Err(e) => return Err(Err(e)),
+                    };
+                    change(&mut rules).map_err(Ok)?;
+                    encode_rules(&rules).map_err(Err)
+                })
+            })
+            .await?;
+            match updated {
+                Ok(bytes) => Ok(Ok(decode_rules(&bytes)?)),
+                Err(Ok(refusal)) => Ok(Err(refusal)),
+                Err(Err(e)) => Err(e),
+            }
+        })
+    }
     fn get(&self, key: String) -> Pending<'_, Result<Option<Account>, AccountsStoreError>> {
         let store = Arc::clone(self);
         Box::pin(blocking(move || LocalAccounts::get(&store, &key)))

@@ -62,6 +62,52 @@ pub enum ClientFrame {
     /// Control stream: end this session for good (its token no longer logs in). Answered by
     /// [`NodeFrame::LoggedOut`], then the node closes the connection.
     Logout,
+    /// Control stream: a moderation action in `room`, for its owner and operators (and the
+    /// node's operators). Answered by [`NodeFrame::Moderated`]; the room's members get
+    /// [`NodeFrame::RoomEvent`].
+    Moderate { room: String, action: Moderation },
+}
+
+/// What a room's owner or operators may do to it and its members.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Moderation {
+    /// Remove a member now; it may join again.
+    Kick {
+        name: String,
+        reason: String,
+    },
+    /// Remove a name and keep it out, for `minutes` or for good.
+    Ban {
+        name: String,
+        minutes: Option<u32>,
+        reason: String,
+    },
+    Unban {
+        name: String,
+    },
+    /// Keep a name from sending, for `minutes` or until unmuted.
+    Mute {
+        name: String,
+        minutes: Option<u32>,
+    },
+    Unmute {
+        name: String,
+    },
+    /// Make a name an operator of the room (the owner and node operators only).
+    Op {
+        name: String,
+    },
+    Deop {
+        name: String,
+    },
+    /// Let a name join the room while it is invite-only.
+    Invite {
+        name: String,
+    },
+    /// Only operators and invited names may join (`true`), or anyone (`false`).
+    InviteOnly(bool),
+    /// The room's topic, shown on joining it.
+    Topic(String),
 }
 
 /// How a hello proves (or claims) a registered name.
@@ -129,6 +175,7 @@ impl ClientFrame {
             Self::Register { .. } => "a registration",
             Self::ChangePassword { .. } => "a password change",
             Self::Logout => "a logout",
+            Self::Moderate { .. } => "a moderation",
         }
     }
 
@@ -160,6 +207,8 @@ pub enum NodeFrame {
         last_seq: Seq,
         /// Messages the client asked for that the history no longer retains.
         gap: Option<Gap>,
+        /// The room's topic (empty for none).
+        topic: String,
     },
     /// A message in a room, from the history or live.
     Message(ChatMessage),
@@ -187,6 +236,10 @@ pub enum NodeFrame {
     PasswordChanged { sessions_ended: u32 },
     /// Answer to [`ClientFrame::Logout`]: the session's token no longer logs in.
     LoggedOut,
+    /// Answer to [`ClientFrame::Moderate`]: done, and the room told.
+    Moderated { room: String },
+    /// Room stream: an operator `by` did `action` in the room (in order with the messages).
+    RoomEvent { by: String, action: Moderation },
 }
 
 /// Why a member left a room.
@@ -264,6 +317,8 @@ pub struct RoomInfo {
     pub last_seq: Seq,
     /// Members online in the room on this node.
     pub members: u32,
+    /// The room's topic (empty for none).
+    pub topic: String,
 }
 
 /// Sequence numbers `first..=last` were asked for but have been trimmed from the history.
@@ -372,6 +427,16 @@ pub enum ErrorCode {
     InvalidPassword,
     /// The request needs a logged-in account, and this session is a guest's.
     NotLoggedIn,
+    /// The name is banned from the room.
+    Banned,
+    /// The room is invite-only and the name is not invited.
+    InviteOnly,
+    /// The name is muted in the room: its sends are refused.
+    Muted,
+    /// An operator removed the member from the room.
+    Kicked,
+    /// Only the room's operators (or its owner) may do that.
+    NotOperator,
 }
 
 impl ErrorFrame {

@@ -413,7 +413,7 @@ fn record(done: Option<Sent>, acked: &mut BTreeMap<u64, String>, refused: &mut u
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_account_registered_on_one_node_holds_on_the_other_and_is_registered_once() {
+async fn an_account_and_a_ban_made_on_one_node_hold_on_the_other_and_names_register_once() {
     let chat = Chat::start();
     let password = "correct horse battery";
     let ada = Client::connect(chat.options("ada", 0, false).registering(password))
@@ -430,6 +430,26 @@ async fn an_account_registered_on_one_node_holds_on_the_other_and_is_registered_
         .await
         .expect("logs in on node 1");
     assert!(on_one.is_account());
+
+    // A ban made on node 1 removes the member on node 0 at once, and keeps it out there.
+    assert!(!on_one.create_room("club").await.expect("made"));
+    let bob = chat.connect("bob", 0).await;
+    let mut bobs = eventually(|| async { bob.join("club", None).await.ok() }).await;
+    let ban =
+        chat_client::Moderation::Ban { name: "bob".into(), minutes: None, reason: "spam".into() };
+    on_one.moderate("club", ban).await.expect("the owner bans bob");
+    let removed = loop {
+        match tokio::time::timeout(PATIENCE, bobs.next()).await.expect("in time") {
+            Some(RoomEvent::Error(error)) => break error,
+            Some(_) => {}
+            None => panic!("bob's room ended without saying why"),
+        }
+    };
+    assert_eq!(removed.code, chat_client::ErrorCode::Kicked);
+    match bob.join("club", None).await {
+        Err(ClientError::Refused(e)) => assert_eq!(e.code, chat_client::ErrorCode::Banned),
+        other => panic!("a banned name joined on node 0: {:?}", other.map(|r| r.name().to_owned())),
+    }
 
     // Registrations of one name on both nodes at once: exactly one wins.
     let attempts: Vec<_> = (0..20)

@@ -20,6 +20,7 @@ async fn told_until(room: &mut Room, last: impl Fn(&str) -> bool) -> Vec<String>
             }
             RoomEvent::Arrived { name } => format!("{name} arrived"),
             RoomEvent::Left { name, reason } => format!("{name} {}", reason.as_str()),
+            RoomEvent::Moderation { by, action } => format!("{by}: {action:?}"),
             RoomEvent::HistoryEnd(_) | RoomEvent::Message { .. } => continue,
             RoomEvent::Error(error) => panic!("the room failed: {error}"),
         };

@@ -8,7 +8,7 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use chat_client::{ChatMessage, ClientError, Gap, LeftReason, PageEnds, Seq};
+use chat_client::{ChatMessage, ClientError, Gap, LeftReason, Moderation, PageEnds, Seq};
 use chat_proto::RoomInfo;
 use serde_json::json;
 
@@ -137,6 +137,56 @@ impl Output {
         let shown = self.shown(room);
         self.emit(json!({"event": "arrived", "room": room, "name": name}), || {
             format!("-- {shown}: {name} joined")
+        });
+    }
+
+    /// An operator, `by`, moderated `room`.
+    pub fn moderated(&self, room: &str, by: &str, action: &Moderation) {
+        let shown = self.shown(room);
+        let for_how_long = |minutes: &Option<u32>| match minutes {
+            Some(m) => format!(" for {m} min"),
+            None => String::new(),
+        };
+        let because =
+            |reason: &str| if reason.is_empty() { String::new() } else { format!(" ({reason})") };
+        let (kind, name, said) = match action {
+            Moderation::Kick { name, reason } => {
+                ("kick", Some(name), format!("removed {name}{}", because(reason)))
+            }
+            Moderation::Ban { name, minutes, reason } => (
+                "ban",
+                Some(name),
+                format!("banned {name}{}{}", for_how_long(minutes), because(reason)),
+            ),
+            Moderation::Unban { name } => ("unban", Some(name), format!("unbanned {name}")),
+            Moderation::Mute { name, minutes } => {
+                ("mute", Some(name), format!("muted {name}{}", for_how_long(minutes)))
+            }
+            Moderation::Unmute { name } => ("unmute", Some(name), format!("unmuted {name}")),
+            Moderation::Op { name } => ("op", Some(name), format!("made {name} an operator")),
+            Moderation::Deop { name } => {
+                ("deop", Some(name), format!("made {name} no longer an operator"))
+            }
+            Moderation::Invite { name } => ("invite", Some(name), format!("invited {name}")),
+            Moderation::InviteOnly(true) => {
+                ("invite_only", None, "made the room invite-only".to_owned())
+            }
+            Moderation::InviteOnly(false) => {
+                ("invite_only", None, "opened the room to everyone".to_owned())
+            }
+            Moderation::Topic(topic) => {
+                ("topic", None, format!("set the topic: {}", printable(topic)))
+            }
+        };
+        let event = json!({"event": "moderation", "room": room, "by": by, "action": kind, "name": name, "detail": said});
+        self.emit(event, || format!("-- {shown}: {by} {said}"));
+    }
+
+    /// `room`'s topic, on joining it.
+    pub fn topic(&self, room: &str, topic: &str) {
+        let shown = self.shown(room);
+        self.emit(json!({"event": "topic", "room": room, "topic": topic}), || {
+            format!("-- {shown}: topic: {}", printable(topic))
         });
     }
 

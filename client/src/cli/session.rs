@@ -449,6 +449,22 @@ impl Session {
                 }
                 return true;
             }
+            "/kick" | "/ban" | "/unban" | "/mute" | "/unmute" | "/op" | "/deop" | "/invite"
+            | "/inviteonly" | "/topic" => {
+                match (&self.current, moderation(command, arg)) {
+                    (Some(room), Ok(action)) => {
+                        let room = room.clone();
+                        if let Err(e) = self.client.moderate(&room, action).await {
+                            self.out.error(Some(&room), &e);
+                        }
+                    }
+                    (None, _) => {
+                        self.out.usage(&format!("{command} acts on a room: /join one first"))
+                    }
+                    (_, Err(usage)) => self.out.usage(usage),
+                }
+                return true;
+            }
             "/logout" => {
                 self.logged_out = true;
                 let logged_out = match self.client.logout().await {
@@ -522,7 +538,10 @@ impl Session {
                 "commands: /join ROOM, /create ROOM, /leave [ROOM], /switch ROOM, /rooms, /who [ROOM], \
                  /history [N], /msg NAME TEXT, /query NAME (a direct conversation, also \
                  @NAME where a room goes), /register PASSWORD, /passwd OLD NEW, /logout, /quit; \
-                 anything else is sent to the room named in the prompt",
+                 operators of the room typed into: /topic TEXT, /kick NAME [REASON], \
+                 /ban NAME [MINUTES] [REASON], /unban NAME, /mute NAME [MINUTES], /unmute NAME, \
+                 /op NAME, /deop NAME, /invite NAME, /inviteonly on|off; anything else is sent \
+                 to the room named in the prompt",
             ),
             _ if command.starts_with('/') => {
                 self.out.usage(&format!("unknown command {command}; /help lists them"));
@@ -576,6 +595,9 @@ impl Session {
         let name = joined.name().to_owned();
         let target = target || self.current.is_none();
         self.out.joined(&name, joined.history_until(), joined.gap(), target);
+        if !joined.topic().is_empty() {
+            self.out.topic(&name, joined.topic());
+        }
         let (sender, history_until) = (joined.sender(), joined.history_until());
         let tx = self.events_tx.clone();
         let tag = name.clone();
@@ -643,6 +665,7 @@ impl Session {
                 }
             }
             Some(RoomEvent::Arrived { name }) => self.out.arrived(&room, &name),
+            Some(RoomEvent::Moderation { by, action }) => self.out.moderated(&room, &by, &action),
             Some(RoomEvent::Left { name, reason }) => self.out.departed(&room, &name, reason),
             Some(RoomEvent::Error(error)) if error.code == ErrorCode::TooSlow => {
                 let after = error.last_seq.or_else(|| self.last_seen.get(&room).copied());
@@ -744,4 +767,57 @@ fn keep_token(tokens: Option<&TokenFile>, client: &Client) {
     {
         tracing::warn!(path = %tokens.path().display(), error = %e, "cannot keep the session token");
     }
+}
+
+/// A moderation command's action, or its usage.
+fn moderation(command: &str, arg: &str) -> Result<chat_client::Moderation, &'static str> {
+    use chat_client::Moderation as M;
+    let (name, rest) = arg.split_once(' ').map_or((arg, ""), |(n, r)| (n, r.trim()));
+    let name = name.to_owned();
+    // An optional number of minutes first, then the rest as the reason.
+    let (minutes, reason) = match rest.split_once(' ').map_or((rest, ""), |(m, r)| (m, r.trim())) {
+        (m, r) if m.parse::<u32>().is_ok() => (m.parse().ok(), r.to_owned()),
+        _ => (None, rest.to_owned()),
+    };
+    let needs_name = |usage| if name.is_empty() { Err(usage) } else { Ok(()) };
+    Ok(match command {
+        "/topic" => M::Topic(arg.to_owned()),
+        "/inviteonly" => match arg {
+            "on" => M::InviteOnly(true),
+            "off" => M::InviteOnly(false),
+            _ => return Err("/inviteonly on|off"),
+        },
+        "/kick" => {
+            needs_name("/kick NAME [REASON]")?;
+            M::Kick { name, reason: rest.to_owned() }
+        }
+        "/ban" => {
+            needs_name("/ban NAME [MINUTES] [REASON]")?;
+            M::Ban { name, minutes, reason }
+        }
+        "/mute" => {
+            needs_name("/mute NAME [MINUTES]")?;
+            M::Mute { name, minutes }
+        }
+        "/unban" => {
+            needs_name("/unban NAME")?;
+            M::Unban { name }
+        }
+        "/unmute" => {
+            needs_name("/unmute NAME")?;
+            M::Unmute { name }
+        }
+        "/op" => {
+            needs_name("/op NAME")?;
+            M::Op { name }
+        }
+        "/deop" => {
+            needs_name("/deop NAME")?;
+            M::Deop { name }
+        }
+        _ => {
+            needs_name("/invite NAME")?;
+            M::Invite { name }
+        }
+    })
 }

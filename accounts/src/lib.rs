@@ -150,6 +150,8 @@ pub struct LocalAccounts {
     accounts: fjall::Keyspace,
     /// Rooms' rules (owner, operators, bans), as the node encodes them, by room name.
     rooms: fjall::Keyspace,
+    /// Read markers: `account \0 room` to the last sequence number read (big-endian).
+    markers: fjall::Keyspace,
     /// Makes a create's look-then-insert, and an update's read-change-write, one step.
     writing: Mutex<()>,
 }
@@ -166,7 +168,8 @@ impl LocalAccounts {
         })?;
         let accounts = db.keyspace("accounts", fjall::KeyspaceCreateOptions::default)?;
         let rooms = db.keyspace("rooms", fjall::KeyspaceCreateOptions::default)?;
-        Ok(Self { db, accounts, rooms, writing: Mutex::new(()) })
+        let markers = db.keyspace("markers", fjall::KeyspaceCreateOptions::default)?;
+        Ok(Self { db, accounts, rooms, markers, writing: Mutex::new(()) })
     }
 
     /// The account of the name whose key is `key`, if it is registered.
@@ -210,6 +213,41 @@ impl LocalAccounts {
         self.accounts.insert(key, account.encode()?)?;
         self.db.persist(fjall::PersistMode::SyncAll)?;
         Ok(())
+    }
+
+    /// `account`'s read markers: each room it marked and the last sequence number read.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub fn markers(&self, account: &str) -> Result<Vec<(String, u64)>, AccountsError> {
+        let prefix = format!("{account}\0");
+        let mut markers = Vec::new();
+        for entry in self.markers.prefix(prefix.as_bytes()) {
+            let (key, value) = entry.into_inner()?;
+            let room = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+            let seq = value.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
+            markers.push((room, seq));
+        }
+        Ok(markers)
+    }
+
+    /// Moves `account`'s marker in `room` to `seq`, unless it is there or further; returns
+    /// where it is. Written to the operating system, not synced: a power cut may lose the
+    /// newest marks, which the client makes again.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub fn mark(&self, account: &str, room: &str, seq: u64) -> Result<u64, AccountsError> {
+        let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = format!("{account}\0{room}");
+        let old = self.markers.get(&key)?;
+        let old = old.and_then(|v| v.as_ref().try_into().ok()).map_or(0, u64::from_be_bytes);
+        if seq <= old {
+            return Ok(old);
+        }
+        self.markers.insert(&key, seq.to_be_bytes())?;
+        self.db.persist(fjall::PersistMode::Buffer)?;
+        Ok(seq)
     }
 
     /// Every room's record (the node's encoding of its rules).
@@ -299,5 +337,18 @@ mod tests {
         let ended = store.update("ada", |a| a.set_password("z".into(), &[9; 16])).expect("updated");
         assert_eq!(ended, Some(1));
         assert_eq!(store.update("bob", |_| ()).expect("answered"), None);
+    }
+
+    #[test]
+    fn markers_move_forward_only_and_are_listed_per_account() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LocalAccounts::open(dir.path()).expect("opens");
+        assert_eq!(store.mark("ada", "general", 5).expect("marked"), 5);
+        assert_eq!(store.mark("ada", "general", 3).expect("marked"), 5);
+        store.mark("ada", "@ada+bob", 2).expect("marked");
+        store.mark("adam", "general", 9).expect("marked");
+        let mut markers = store.markers("ada").expect("listed");
+        markers.sort();
+        assert_eq!(markers, [("@ada+bob".to_owned(), 2), ("general".to_owned(), 5)]);
     }
 }

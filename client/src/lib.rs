@@ -36,13 +36,14 @@ use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use chat_proto::io::{FrameReader, write_frame};
-use chat_proto::{ClientFrame, Limits, Login, NodeFrame, RoomInfo, SessionToken, codec, codes};
+use chat_proto::{ClientFrame, Limits, Login, NodeFrame, SessionToken, codec, codes};
 use quinn::{RecvStream, SendStream};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 pub use chat_certs::Trust;
 pub use chat_proto::{
-    Anchor, ChatMessage, ErrorCode, ErrorFrame, Gap, LeftReason, Moderation, PageEnds, Seq,
+    Anchor, ChatMessage, ErrorCode, ErrorFrame, Gap, LeftReason, Moderation, PageEnds, RoomInfo,
+    Seq, UNREAD_COUNTED,
 };
 pub use error::ClientError;
 use pace::{Pace, RequestPace};
@@ -379,6 +380,18 @@ impl Client {
     pub async fn moderate(&self, room: &str, action: Moderation) -> Result<(), ClientError> {
         match self.request(ClientFrame::Moderate { room: room.to_owned(), action }).await? {
             NodeFrame::Moderated { .. } => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Moves the account's read marker in `room` to `seq` (it never moves back); returns
+    /// where it is. Room listings then count the messages after it ([`RoomInfo::unread`]).
+    ///
+    /// # Errors
+    /// A guest's session, a room the user may not be in, or the connection is lost.
+    pub async fn mark_read(&self, room: &str, seq: Seq) -> Result<Seq, ClientError> {
+        match self.request(ClientFrame::MarkRead { room: room.to_owned(), seq }).await? {
+            NodeFrame::Marked { seq, .. } => Ok(seq),
             other => Err(unexpected(other)),
         }
     }

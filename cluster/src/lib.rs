@@ -82,6 +82,8 @@ pub struct Cluster {
     pub accounts: Records,
     /// Rooms' rules (owner, operators, bans, mutes), one record per room that has them.
     pub room_rules: Records,
+    /// Read markers, one record per account.
+    pub markers: Records,
     client: async_nats::Client,
     /// Counts the connections made to NATS.
     connections: tokio::sync::watch::Receiver<u64>,
@@ -141,7 +143,9 @@ impl Cluster {
             Records::open(&js, config, records::ACCOUNTS_BUCKET, "chat accounts").await?;
         let room_rules =
             Records::open(&js, config, records::ROOM_RULES_BUCKET, "chat rooms' rules").await?;
-        Ok(Self { log, directory, notices, accounts, room_rules, client, connections })
+        let markers =
+            Records::open(&js, config, records::MARKERS_BUCKET, "chat read markers").await?;
+        Ok(Self { log, directory, notices, accounts, room_rules, markers, client, connections })
     }
 
     /// Changes whenever the connection to NATS is made again (after a server was lost).

@@ -9,6 +9,7 @@ use crate::{ClusterConfig, ClusterError};
 
 pub const ACCOUNTS_BUCKET: &str = "chat_accounts";
 pub const ROOM_RULES_BUCKET: &str = "chat_room_rules";
+pub const MARKERS_BUCKET: &str = "chat_markers";
 
 /// One bucket of records, each an opaque value under a key (a user name's or a room's).
 pub struct Records {

@@ -67,6 +67,9 @@ pub enum ControlAction {
     /// [`moderation::apply`](crate::moderation::apply), stores them and has the core carry
     /// them out ([`Core::install_rules`]); answer with `Moderated`.
     Moderate { room: RoomName, action: Moderation },
+    /// Move the account's read marker in `room` (resolved: `@bob` is the conversation) to
+    /// `seq`; answer with `Marked`.
+    MarkRead { room: String, seq: chat_proto::Seq },
     /// Answer with the refusal and read on.
     Refuse(Refusal),
     /// Answer with the refusal and close the connection with its close code.
@@ -103,6 +106,7 @@ impl<B: Mailbox> Core<B> {
                 | ControlAction::Register { .. }
                 | ControlAction::ChangePassword { .. }
                 | ControlAction::Moderate { .. }
+                | ControlAction::MarkRead { .. }
         ) {
             return action;
         }
@@ -128,11 +132,17 @@ impl<B: Mailbox> Core<B> {
                 let name = self.name_of(conn).map(|n| n.to_string()).unwrap_or_default();
                 ControlAction::Refuse(Refusal::NameRegistered(name))
             }
-            ControlAction::ChangePassword { .. } | ControlAction::Moderate { .. }
+            ControlAction::ChangePassword { .. }
+            | ControlAction::Moderate { .. }
+            | ControlAction::MarkRead { .. }
                 if !self.is_account(conn) =>
             {
                 ControlAction::Refuse(Refusal::NotLoggedIn)
             }
+            ControlAction::MarkRead { room, seq } => match self.admit(conn, &room) {
+                Ok(admitted) => ControlAction::MarkRead { room: admitted.room.to_string(), seq },
+                Err(refusal) => ControlAction::Refuse(refusal),
+            },
             // Direct conversations have no operators.
             ControlAction::Moderate { room, .. } if room.direct_pair().is_some() => {
                 ControlAction::Refuse(Refusal::NotOperator)
@@ -164,6 +174,10 @@ pub fn request(received: Received) -> ControlAction {
             ControlAction::ChangePassword { old, new }
         }
         Received::Frame(ClientFrame::Logout) => ControlAction::Logout,
+        // `@bob` is resolved by `on_control`, which knows the connection's user.
+        Received::Frame(ClientFrame::MarkRead { room, seq }) => {
+            ControlAction::MarkRead { room, seq }
+        }
         Received::Frame(ClientFrame::Moderate { room, action }) => match RoomName::parse(&room) {
             Ok(room) => ControlAction::Moderate { room, action },
             Err(e) => ControlAction::Refuse(Refusal::InvalidRoomName(e)),

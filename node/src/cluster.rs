@@ -9,7 +9,7 @@
 //! - [`ClusterDirectory`]: names and memberships in expiring key-value entries that this
 //!   node refreshes while its connections last.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -498,7 +498,7 @@ impl Directory for ClusterDirectory {
                 .map(|(name, last_seq)| {
                     let members = counts.get(&name).copied().unwrap_or(0) as u32;
                     // Topics are read at each join in cluster mode, not for listings.
-                    RoomInfo { name, last_seq, members, topic: String::new() }
+                    RoomInfo { name, last_seq, members, topic: String::new(), unread: None }
                 })
                 .collect())
         })
@@ -536,7 +536,65 @@ pub(crate) struct ClusterAccounts(pub(crate) Arc<Cluster>);
 /// Compare-and-set rounds an account change makes against other nodes' changes.
 const ACCOUNT_UPDATE_ROUNDS: usize = 8;
 
+/// Rooms whose markers one account keeps in cluster mode (one record each); the ones read
+/// longest ago give way.
+const MARKED_ROOMS: usize = 4096;
+
 impl AccountStore for ClusterAccounts {
+    fn markers(
+        &self,
+        account: String,
+    ) -> Pending<'_, Result<Vec<(String, Seq)>, AccountsStoreError>> {
+        Box::pin(async move {
+            let Some((bytes, _)) = self.0.markers.get(&account).await? else {
+                return Ok(Vec::new());
+            };
+            let markers: BTreeMap<String, Seq> =
+                postcard::from_bytes(&bytes).map_err(|e| AccountsStoreError::Local(e.into()))?;
+            Ok(markers.into_iter().collect())
+        })
+    }
+
+    fn mark(
+        &self,
+        account: String,
+        room: String,
+        seq: Seq,
+    ) -> Pending<'_, Result<Seq, AccountsStoreError>> {
+        Box::pin(async move {
+            let records = &self.0.markers;
+            for _ in 0..ACCOUNT_UPDATE_ROUNDS {
+                let current = records.get(&account).await?;
+                let mut markers: BTreeMap<String, Seq> = match &current {
+                    Some((bytes, _)) => postcard::from_bytes(bytes)
+                        .map_err(|e| AccountsStoreError::Local(e.into()))?,
+                    None => BTreeMap::new(),
+                };
+                let at = markers.entry(room.clone()).or_default();
+                if *at >= seq {
+                    return Ok(*at);
+                }
+                *at = seq;
+                while markers.len() > MARKED_ROOMS {
+                    let oldest =
+                        markers.iter().min_by_key(|(_, seq)| **seq).map(|(r, _)| r.clone());
+                    oldest.map(|room| markers.remove(&room));
+                }
+                let bytes = postcard::to_stdvec(&markers)
+                    .map_err(|e| AccountsStoreError::Local(e.into()))?;
+                let written = match current {
+                    Some((_, revision)) => records.update(&account, bytes.into(), revision).await?,
+                    None => records.create(&account, bytes.into()).await?,
+                };
+                if written {
+                    return Ok(seq);
+                }
+            }
+            Err(ClusterError::Unavailable("the markers kept changing under the update".into())
+                .into())
+        })
+    }
+
     fn all_room_rules(&self) -> Pending<'_, Result<Vec<(String, RoomRules)>, AccountsStoreError>> {
         // Cluster mode reads a room's rules at each join instead.
         Box::pin(std::future::ready(Ok(Vec::new())))

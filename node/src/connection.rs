@@ -6,6 +6,7 @@
 //! control stream answers room listings and who-is-online, and every further bidirectional
 //! stream is a room stream served by its own task.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,8 +14,12 @@ use chat_core::accounts::Identity;
 use chat_core::control::{self, ControlAction, Hello, Received};
 use chat_core::names::DIRECT_PREFIX;
 use chat_core::{ConnId, Connected, ErrorCode, Refusal, RoomName, SessionToken, UserName};
+use chat_history::{Anchor, PageLimit};
 use chat_proto::io::{FrameReader, write_frame};
-use chat_proto::{ClientFrame, ErrorFrame, LeftReason, Login, NodeFrame, Welcome, codec, codes};
+use chat_proto::{
+    ClientFrame, ErrorFrame, LeftReason, Login, NodeFrame, RoomInfo, Seq, UNREAD_COUNTED, Welcome,
+    codec, codes,
+};
 use quinn::{RecvStream, SendStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -212,9 +217,18 @@ async fn run(
                 let action = shared.core().on_control(conn.id, Received::from_read(read), Instant::now());
                 let reply = match action {
                     ControlAction::ListRooms => match shared.directory.rooms(&conn.name).await {
-                        Ok(rooms) => NodeFrame::Rooms { rooms },
+                        Ok(rooms) => match with_unread(shared, conn, rooms).await {
+                            Ok(rooms) => NodeFrame::Rooms { rooms },
+                            Err(refusal) => error_frame(&refusal, None).into(),
+                        },
                         Err(e) => unavailable(&e).into(),
                     },
+                    ControlAction::MarkRead { room, seq } => {
+                        match shared.accounts.mark(conn.name.key(), room.clone(), seq).await {
+                            Ok(seq) => NodeFrame::Marked { room, seq },
+                            Err(e) => error_frame(&Refusal::AccountsUnavailable(e.to_string()), None).into(),
+                        }
+                    }
                     ControlAction::Who { room } => match shared.directory.who(&room).await {
                         Ok(Ok(names)) => NodeFrame::Members { room, names },
                         Ok(Err(refusal)) => error_frame(&refusal, None).into(),
@@ -336,6 +350,44 @@ async fn create_room(shared: &Arc<Shared>, conn: &Conn, room: &RoomName) -> Resu
     }
     info!(%room, by = %conn.name, "room made");
     Ok(false)
+}
+
+/// `rooms` with, for an account, the messages after its read marker in each room it marked:
+/// exact on a single node (its numbers are gap-free), counted from a page of the history in
+/// cluster mode (whose numbers are shared by every room), up to [`UNREAD_COUNTED`].
+async fn with_unread(
+    shared: &Shared,
+    conn: &Conn,
+    mut rooms: Vec<RoomInfo>,
+) -> Result<Vec<RoomInfo>, Refusal> {
+    if !shared.core().is_account(conn.id) {
+        return Ok(rooms);
+    }
+    let markers = shared.accounts.markers(conn.name.key()).await;
+    let markers: HashMap<String, Seq> =
+        markers.map_err(|e| Refusal::AccountsUnavailable(e.to_string()))?.into_iter().collect();
+    for room in &mut rooms {
+        let Some(&read) = markers.get(&room.name) else { continue };
+        let unread = if shared.config.cluster.is_none() || room.last_seq <= read {
+            room.last_seq.saturating_sub(read)
+        } else {
+            counted(shared, &room.name, read).await
+        };
+        room.unread = Some(u32::try_from(unread).unwrap_or(u32::MAX).min(UNREAD_COUNTED));
+    }
+    Ok(rooms)
+}
+
+/// The messages of `room` after `read`, up to [`UNREAD_COUNTED`] (a page of history).
+async fn counted(shared: &Shared, room: &str, read: Seq) -> Seq {
+    let Ok(room) = RoomName::parse(room) else { return 0 };
+    let history = Arc::clone(&shared.history);
+    let limit = PageLimit { messages: UNREAD_COUNTED as usize, bytes: usize::MAX };
+    let page = tokio::task::spawn_blocking(move || history.page(&room, Anchor::After(read), limit));
+    match page.await {
+        Ok(Ok(page)) => page.messages.len() as Seq,
+        _ => 0,
+    }
 }
 
 /// Why a member of `connection` is leaving its rooms, as the rooms are told: the connection

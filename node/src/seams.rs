@@ -199,6 +199,7 @@ impl Directory for LocalDirectory {
                 last_seq: r.last_seq,
                 members: r.members as u32,
                 topic: core.topic(&r.name),
+                unread: None, // The node counts them for accounts (`connection`).
             })
             .collect();
         Box::pin(ready(Ok(rooms)))
@@ -227,8 +228,21 @@ pub type AccountChange = Arc<dyn Fn(&mut Account) -> usize + Send + Sync>;
 /// Cluster mode may run it more than once, on the newest record.
 pub type RulesChange = Arc<dyn Fn(&mut RoomRules) -> Result<(), Refusal> + Send + Sync>;
 
-/// The registered names, under their keys (the lower-case name), and the rooms' rules.
+/// The registered names, under their keys (the lower-case name), the rooms' rules, and the
+/// accounts' read markers.
 pub trait AccountStore: Send + Sync + 'static {
+    /// `account`'s read markers: each room it marked, and the last sequence number read.
+    fn markers(
+        &self,
+        account: String,
+    ) -> Pending<'_, Result<Vec<(String, Seq)>, AccountsStoreError>>;
+    /// Moves `account`'s marker in `room` forward to `seq`; returns where it is.
+    fn mark(
+        &self,
+        account: String,
+        room: String,
+        seq: Seq,
+    ) -> Pending<'_, Result<Seq, AccountsStoreError>>;
     /// Every room's rules that has a record (a single node loads them all at start).
     fn all_room_rules(&self) -> Pending<'_, Result<Vec<(String, RoomRules)>, AccountsStoreError>>;
     /// `room`'s rules, if it has a record.
@@ -280,6 +294,22 @@ pub(crate) fn decode_rules(bytes: &[u8]) -> Result<RoomRules, AccountsStoreError
 }
 
 impl AccountStore for Arc<LocalAccounts> {
+    fn markers(
+        &self,
+        account: String,
+    ) -> Pending<'_, Result<Vec<(String, Seq)>, AccountsStoreError>> {
+        let store = Arc::clone(self);
+        Box::pin(blocking(move || LocalAccounts::markers(&store, &account)))
+    }
+    fn mark(
+        &self,
+        account: String,
+        room: String,
+        seq: Seq,
+    ) -> Pending<'_, Result<Seq, AccountsStoreError>> {
+        let store = Arc::clone(self);
+        Box::pin(blocking(move || LocalAccounts::mark(&store, &account, &room, seq)))
+    }
     fn all_room_rules(&self) -> Pending<'_, Result<Vec<(String, RoomRules)>, AccountsStoreError>> {
         let store = Arc::clone(self);
         Box::pin(async move {

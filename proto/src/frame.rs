@@ -66,6 +66,9 @@ pub enum ClientFrame {
     /// node's operators). Answered by [`NodeFrame::Moderated`]; the room's members get
     /// [`NodeFrame::RoomEvent`].
     Moderate { room: String, action: Moderation },
+    /// Control stream: the account has read `room` up to `seq` (a marker only moves
+    /// forward). Answered by [`NodeFrame::Marked`].
+    MarkRead { room: String, seq: Seq },
 }
 
 /// What a room's owner or operators may do to it and its members.
@@ -176,6 +179,7 @@ impl ClientFrame {
             Self::ChangePassword { .. } => "a password change",
             Self::Logout => "a logout",
             Self::Moderate { .. } => "a moderation",
+            Self::MarkRead { .. } => "a read marker",
         }
     }
 
@@ -240,6 +244,9 @@ pub enum NodeFrame {
     Moderated { room: String },
     /// Room stream: an operator `by` did `action` in the room (in order with the messages).
     RoomEvent { by: String, action: Moderation },
+    /// Answer to [`ClientFrame::MarkRead`]: the account's marker in `room` is at `seq` (or
+    /// further, if it was).
+    Marked { room: String, seq: Seq },
 }
 
 /// Why a member left a room.
@@ -319,7 +326,13 @@ pub struct RoomInfo {
     pub members: u32,
     /// The room's topic (empty for none).
     pub topic: String,
+    /// For an account that has read the room: the messages after its read marker, counted
+    /// up to [`UNREAD_COUNTED`]; `None` for guests and rooms never marked read.
+    pub unread: Option<u32>,
 }
+
+/// The most unread messages a room listing counts per room ("500+" beyond).
+pub const UNREAD_COUNTED: u32 = 500;
 
 /// Sequence numbers `first..=last` were asked for but have been trimmed from the history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -221,3 +221,37 @@ fn chat_registers_keeps_its_session_and_takes_its_name_back_after_a_kill() {
         node.chat("ada", &["--room", "general"]).stdin(Stdio::null()).output().expect("runs");
     assert_eq!(after.status.code(), Some(11), "{}", String::from_utf8_lossy(&after.stdout));
 }
+
+#[tokio::test]
+async fn read_markers_follow_the_account_across_connections_and_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start_in(dir.path(), |_| {}).await;
+    let ada = Client::connect(node.options("ada").registering(PASSWORD)).await.expect("registers");
+    let bob = node.connect("bob").await;
+    let general = bob.join("general", None).await.expect("joins").sender();
+    for i in 0..5 {
+        general.send(format!("message {i}")).await.expect("stored");
+    }
+    let unread = |rooms: Vec<chat_client::RoomInfo>, name: &str| {
+        rooms.into_iter().find(|r| r.name == name).expect("listed").unread
+    };
+    assert_eq!(unread(ada.rooms().await.expect("rooms"), "general"), None, "never read");
+    assert_eq!(ada.mark_read("general", 3).await.expect("marked"), 3);
+    assert_eq!(ada.mark_read("general", 1).await.expect("marked"), 3, "a marker never moves back");
+    assert_eq!(unread(ada.rooms().await.expect("rooms"), "general"), Some(2));
+    // A guest has no markers.
+    assert_eq!(unread(bob.rooms().await.expect("rooms"), "general"), None);
+    assert!(bob.mark_read("general", 5).await.is_err());
+    // Another connection of the account (another device) sees the same; so does the account
+    // after a restart of the node.
+    drop(ada);
+    let phone = Client::connect(node.options("ada").with_password(PASSWORD)).await.expect("in");
+    assert_eq!(unread(phone.rooms().await.expect("rooms"), "general"), Some(2));
+    drop((phone, general, bob));
+    node.stop().await;
+    let node = TestNode::start_in(dir.path(), |_| {}).await;
+    let ada = Client::connect(node.options("ada").with_password(PASSWORD)).await.expect("in");
+    assert_eq!(unread(ada.rooms().await.expect("rooms"), "general"), Some(2));
+    ada.mark_read("general", 5).await.expect("marked");
+    assert_eq!(unread(ada.rooms().await.expect("rooms"), "general"), Some(0));
+}

@@ -237,12 +237,32 @@ impl Output {
     pub fn rooms(&self, rooms: &[RoomInfo]) {
         let list: Vec<_> = rooms
             .iter()
-            .map(|r| json!({"name": r.name, "last_seq": r.last_seq, "members": r.members}))
+            .map(|r| {
+                json!({"name": r.name, "last_seq": r.last_seq, "members": r.members,
+                       "topic": r.topic, "unread": r.unread})
+            })
             .collect();
         self.emit(json!({"event": "rooms", "rooms": list}), || {
             let lines: Vec<String> = rooms
                 .iter()
-                .map(|r| format!("  {} ({} online, newest #{})", r.name, r.members, r.last_seq))
+                .map(|r| {
+                    let unread = match r.unread {
+                        Some(0) | None => String::new(),
+                        Some(n) if n >= chat_proto::UNREAD_COUNTED => format!(", {n}+ unread"),
+                        Some(n) => format!(", {n} unread"),
+                    };
+                    let topic = if r.topic.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", printable(&r.topic))
+                    };
+                    format!(
+                        "  {} ({} online, newest #{}{unread}){topic}",
+                        self.shown(&r.name),
+                        r.members,
+                        r.last_seq
+                    )
+                })
                 .collect();
             format!("-- rooms:\n{}", lines.join("\n"))
         });

@@ -105,7 +105,12 @@ pub struct Session {
     tokens: Option<TokenFile>,
     /// The user logged out: the connection is gone for good, leave at once.
     logged_out: bool,
+    /// Where the account's read marker is, per room, as far as this run has moved it.
+    marked: BTreeMap<String, Seq>,
 }
+
+/// How often an account's read markers follow what was printed.
+const MARK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Session {
     pub fn new(client: Client, out: Output, tokens: Option<TokenFile>) -> Self {
@@ -134,6 +139,7 @@ impl Session {
             prompt: None,
             tokens,
             logged_out: false,
+            marked: BTreeMap::new(),
         }
     }
 
@@ -147,6 +153,8 @@ impl Session {
     pub async fn run(mut self, mut input: mpsc::Receiver<String>) -> Result<(), ClientError> {
         let mut input_open = true;
         let mut quitting = false;
+        let mut marks = tokio::time::interval(MARK_EVERY);
+        marks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.resend_unconfirmed();
             self.start_posting();
@@ -184,6 +192,9 @@ impl Session {
                         self.acked(line, result);
                     }
                 }
+                _ = marks.tick(), if self.client.is_account() && self.reconnecting.is_none() => {
+                    self.mark_read().await;
+                }
                 lost = self.client.closed(), if self.reconnecting.is_none() => self.lost(lost)?,
                 Some(attempt) = OptionFuture::from(self.reconnecting.as_mut().map(|(a, _)| a)) => {
                     self.reconnected(attempt).await?;
@@ -191,6 +202,9 @@ impl Session {
             }
         }
         self.report_unsent();
+        if self.client.is_account() && !self.logged_out {
+            self.mark_read().await;
+        }
         let failed = self.failed.take();
         self.close().await;
         failed.map_or(Ok(()), Err)
@@ -210,6 +224,24 @@ impl Session {
                 "direct conversations: {}; /query NAME opens one",
                 direct.join(", ")
             ));
+        }
+    }
+
+    /// Moves the account's read markers up to what has been printed in each room.
+    async fn mark_read(&mut self) {
+        let behind: Vec<(String, Seq)> = self
+            .last_seen
+            .iter()
+            .filter(|(room, seq)| self.marked.get(*room).is_none_or(|marked| marked < *seq))
+            .map(|(room, seq)| (room.clone(), *seq))
+            .collect();
+        for (room, seq) in behind {
+            match self.client.mark_read(&room, seq).await {
+                Ok(at) => {
+                    self.marked.insert(room, at);
+                }
+                Err(e) => tracing::debug!(%room, error = %e, "a read marker was not moved"),
+            }
         }
     }
 

@@ -334,6 +334,18 @@ impl Log {
         }
     }
 
+    /// Deletes `room` and its messages; returns whether it existed.
+    ///
+    /// # Errors
+    /// NATS did not answer.
+    pub async fn delete_room(&self, room: &str) -> Result<bool, ClusterError> {
+        let existed = self.room_exists(room).await?;
+        self.rooms.purge(subjects::token(room)).await.map_err(ClusterError::unavailable)?;
+        let purge = self.stream.purge().filter(subjects::room_subject(room));
+        purge.await.map_err(ClusterError::unavailable)?;
+        Ok(existed)
+    }
+
     /// Whether `room` exists.
     ///
     /// # Errors

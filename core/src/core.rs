@@ -66,6 +66,8 @@ pub enum Refusal {
     NotOperator,
     #[error("{0} ranks as high as you in this room: you cannot act on them")]
     Outranked(String),
+    #[error("room {0} is in the node's config, which makes it at every start; remove it there")]
+    ConfiguredRoom(String),
     #[error("the topic is {len} bytes long; the limit is {max}")]
     TopicTooLong { len: usize, max: usize },
     /// The accounts store could not answer; `0` says why.
@@ -185,6 +187,7 @@ impl Refusal {
             Self::Muted(_) => ErrorCode::Muted,
             Self::Removed { .. } => ErrorCode::Kicked,
             Self::NotOperator | Self::Outranked(_) => ErrorCode::NotOperator,
+            Self::ConfiguredRoom(_) => ErrorCode::NotAllowed,
             Self::TopicTooLong { .. } => ErrorCode::MessageTooLong,
             Self::InvalidName(_) => ErrorCode::InvalidName,
             Self::InvalidRoomName(_) => ErrorCode::InvalidRoomName,
@@ -702,11 +705,13 @@ impl<B: Mailbox> Core<B> {
         let event = rules.last.clone();
         self.policies.insert(room.clone(), Policy { rules, muted });
         let Some(RoomEvent { by, action }) = event else { return };
+        // Whose members go: one name's, or (`None`) everyone's when the room is deleted.
         let removed = match &action {
             chat_proto::Moderation::Kick { name, reason }
             | chat_proto::Moderation::Ban { name, reason, .. } => {
-                Some((name.to_ascii_lowercase(), reason.clone()))
+                Some((Some(name.to_ascii_lowercase()), reason.clone()))
             }
+            chat_proto::Moderation::DeleteRoom => Some((None, "the room was deleted".to_owned())),
             _ => None,
         };
         self.tell_all(room, NodeFrame::RoomEvent { by: by.clone(), action });
@@ -715,7 +720,10 @@ impl<B: Mailbox> Core<B> {
                 .members
                 .iter()
                 .filter(|(_, (conn, r))| {
-                    r == room && self.connections.get(conn).is_some_and(|c| c.name.key() == key)
+                    r == room
+                        && key.as_ref().is_none_or(|key| {
+                            self.connections.get(conn).is_some_and(|c| c.name.key() == *key)
+                        })
                 })
                 .map(|(member, _)| *member)
                 .collect();
@@ -729,6 +737,9 @@ impl<B: Mailbox> Core<B> {
                     state.remove(member, frame.clone());
                 }
                 self.forget_member(member);
+            }
+            if key.is_none() {
+                self.rooms.remove(room);
             }
         }
     }

@@ -190,6 +190,13 @@ pub fn apply(
             }
             rules.topic = topic.clone();
         }
+        Moderation::DeleteRoom => {
+            if rank < Rank::Owner {
+                return Err(Refusal::NotOperator);
+            }
+            // A room made again under the name starts afresh: no owner, bans or topic.
+            *rules = RoomRules { revision: rules.revision, ..RoomRules::default() };
+        }
     }
     // Expired bans and mutes go when the rules change anyway.
     rules.banned.retain(|_, until| until.is_none_or(|until| until > now_ms));

@@ -130,6 +130,10 @@ impl HistoryStore for ClusterHistory {
         self.runtime.block_on(self.cluster.log.create_room(room.as_str())).map_err(remote)
     }
 
+    fn delete_room(&self, room: &RoomName) -> Result<bool, HistoryError> {
+        self.runtime.block_on(self.cluster.log.delete_room(room.as_str())).map_err(remote)
+    }
+
     fn flush(&self) -> Result<(), HistoryError> {
         let mut in_flight = self.in_flight.subscribe();
         let _ = self.runtime.block_on(in_flight.wait_for(|n| *n == 0));

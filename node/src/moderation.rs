@@ -25,6 +25,10 @@ pub(crate) async fn moderate(
     if !shared.room_exists(room).await? {
         return Err(Refusal::UnknownRoom(room.to_string()));
     }
+    let deleting = action == Moderation::DeleteRoom;
+    if deleting && shared.config.rooms.iter().any(|r| r.eq_ignore_ascii_case(room.as_str())) {
+        return Err(Refusal::ConfiguredRoom(room.to_string()));
+    }
     let operators = shared.core().node_operators().clone();
     let (actor, act, at) = (by.clone(), action.clone(), now_ms());
     let change: RulesChange = Arc::new(move |rules: &mut RoomRules| {
@@ -35,6 +39,14 @@ pub(crate) async fn moderate(
     let rules = rules.map_err(unavailable)??;
     info!(%room, %by, ?action, revision = rules.revision, "moderation");
     shared.core().install_rules(room, rules, Instant::now(), at);
+    if deleting {
+        let (history, name) = (Arc::clone(&shared.history), room.clone());
+        let deleted = tokio::task::spawn_blocking(move || history.delete_room(&name)).await;
+        let deleted = deleted.map_err(|e| Refusal::Unanswerable(e.to_string()))?;
+        deleted.map_err(|e| Refusal::Unanswerable(e.to_string()))?;
+        shared.metrics.rooms.dec();
+        info!(%room, %by, "room deleted");
+    }
     Ok(())
 }
 
@@ -64,6 +76,7 @@ pub(crate) async fn set_owner(
     let change: RulesChange = Arc::new(move |rules: &mut RoomRules| {
         rules.owner.get_or_insert_with(|| key.clone());
         rules.revision += 1;
+        rules.last = None; // Nothing to tell: the room is new (perhaps after a deletion).
         Ok(())
     });
     let rules = shared.accounts.update_room_rules(room.to_string(), change).await;

@@ -56,6 +56,8 @@ pub trait HistoryStore: Send + Sync + 'static {
     fn rooms(&self) -> Result<Vec<(String, Seq)>, HistoryError>;
     /// Creates a room if it is missing; returns whether it was created.
     fn create_room(&self, room: &RoomName) -> Result<bool, HistoryError>;
+    /// Deletes a room and its messages; returns whether it existed. May block.
+    fn delete_room(&self, room: &RoomName) -> Result<bool, HistoryError>;
     /// Waits until every append made so far is durable and its completion has run.
     fn flush(&self) -> Result<(), HistoryError>;
     /// Flushes and releases the store.
@@ -82,6 +84,9 @@ impl HistoryStore for History {
     }
     fn create_room(&self, room: &RoomName) -> Result<bool, HistoryError> {
         History::create_room(self, room.as_str())
+    }
+    fn delete_room(&self, room: &RoomName) -> Result<bool, HistoryError> {
+        History::delete_room(self, room.as_str())
     }
     fn flush(&self) -> Result<(), HistoryError> {
         History::flush(self)

@@ -111,6 +111,9 @@ pub enum Moderation {
     InviteOnly(bool),
     /// The room's topic, shown on joining it.
     Topic(String),
+    /// Delete the room and its history (the owner and node operators only); its members
+    /// are removed, and its name may be made again, as a new room.
+    DeleteRoom,
 }
 
 /// How a hello proves (or claims) a registered name.

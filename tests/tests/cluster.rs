@@ -450,6 +450,22 @@ async fn an_account_and_a_ban_made_on_one_node_hold_on_the_other_and_names_regis
         Err(ClientError::Refused(e)) => assert_eq!(e.code, chat_client::ErrorCode::Banned),
         other => panic!("a banned name joined on node 0: {:?}", other.map(|r| r.name().to_owned())),
     }
+    // Deleted on node 1: its member on node 0 is removed, and it is gone on both.
+    let cat = chat.connect("cat", 0).await;
+    let mut cats = cat.join("club", None).await.expect("cat joins on node 0");
+    on_one.moderate("club", chat_client::Moderation::DeleteRoom).await.expect("deleted");
+    loop {
+        match tokio::time::timeout(PATIENCE, cats.next()).await.expect("in time") {
+            Some(RoomEvent::Error(error)) => break assert!(error.message.contains("deleted")),
+            Some(_) => {}
+            None => panic!("cat's room ended without saying why"),
+        }
+    }
+    eventually(|| async {
+        let rooms = cat.rooms().await.ok()?;
+        (!rooms.iter().any(|r| r.name == "club")).then_some(())
+    })
+    .await;
 
     // Registrations of one name on both nodes at once: exactly one wins.
     let attempts: Vec<_> = (0..20)

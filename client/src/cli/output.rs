@@ -177,6 +177,7 @@ impl Output {
             Moderation::Topic(topic) => {
                 ("topic", None, format!("set the topic: {}", printable(topic)))
             }
+            Moderation::DeleteRoom => ("delete", None, "deleted the room".to_owned()),
         };
         let event = json!({"event": "moderation", "room": room, "by": by, "action": kind, "name": name, "detail": said});
         self.emit(event, || format!("-- {shown}: {by} {said}"));

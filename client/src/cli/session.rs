@@ -481,6 +481,22 @@ impl Session {
                 }
                 return true;
             }
+            "/delete" => {
+                match self.room_arg(arg) {
+                    // The room's name, typed out: a deletion is not undone.
+                    Some(room) if !arg.is_empty() => {
+                        if let Err(e) =
+                            self.client.moderate(&room, chat_client::Moderation::DeleteRoom).await
+                        {
+                            self.out.error(Some(&room), &e);
+                        }
+                    }
+                    _ => self.out.usage(
+                        "/delete ROOM (its owner, or the node's operators; its history goes too)",
+                    ),
+                }
+                return true;
+            }
             "/kick" | "/ban" | "/unban" | "/mute" | "/unmute" | "/op" | "/deop" | "/invite"
             | "/inviteonly" | "/topic" => {
                 match (&self.current, moderation(command, arg)) {
@@ -572,8 +588,8 @@ impl Session {
                  @NAME where a room goes), /register PASSWORD, /passwd OLD NEW, /logout, /quit; \
                  operators of the room typed into: /topic TEXT, /kick NAME [REASON], \
                  /ban NAME [MINUTES] [REASON], /unban NAME, /mute NAME [MINUTES], /unmute NAME, \
-                 /op NAME, /deop NAME, /invite NAME, /inviteonly on|off; anything else is sent \
-                 to the room named in the prompt",
+                 /op NAME, /deop NAME, /invite NAME, /inviteonly on|off, /delete ROOM; anything \
+                 else is sent to the room named in the prompt",
             ),
             _ if command.starts_with('/') => {
                 self.out.usage(&format!("unknown command {command}; /help lists them"));

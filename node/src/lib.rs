@@ -351,6 +351,52 @@ impl Node {
     }
 }
 
+/// `chat-node set-password`: registers `name` with `password`, or sets a new password for
+/// its account and ends every session of it. Returns a sentence saying which.
+///
+/// # Errors
+/// An invalid name or password, a single node's data directory in use (the node runs), or
+/// a store that fails.
+pub async fn set_password(
+    config: &NodeConfig,
+    name: &str,
+    password: &str,
+) -> anyhow::Result<String> {
+    let user = chat_core::UserName::parse(name).with_context(|| format!("the name {name:?}"))?;
+    chat_core::accounts::check_password(password).context("the password")?;
+    let accounts: Arc<dyn AccountStore> = match &config.cluster {
+        Some(cluster) => {
+            Arc::new(cluster::ClusterAccounts(Arc::new(connect_cluster(cluster).await?)))
+        }
+        None => {
+            let path = config.data_dir.join("accounts");
+            let store = chat_accounts::LocalAccounts::open(&path)
+                .with_context(|| format!("opening the accounts in {}", path.display()))?;
+            Arc::new(Arc::new(store))
+        }
+    };
+    let password = password.to_owned();
+    let hash =
+        tokio::task::spawn_blocking(move || chat_accounts::hash_password(&password)).await??;
+    // No session survives: the token kept is one nobody holds.
+    let nobody: chat_core::SessionToken = ring::rand::generate(&ring::rand::SystemRandom::new())
+        .map_err(|_| anyhow::anyhow!("no randomness"))?
+        .expose();
+    let new_hash = hash.clone();
+    let change: seams::AccountChange =
+        Arc::new(move |account| account.set_password(new_hash.clone(), &nobody));
+    if let Some(ended) = accounts.update(user.key(), change).await? {
+        return Ok(format!("{user}: a new password; {ended} session(s) ended"));
+    }
+    let mut account = chat_accounts::Account::new(hash, nobody);
+    account.end_session(&nobody);
+    if accounts.create(user.key(), account).await? {
+        Ok(format!("{user}: registered"))
+    } else {
+        anyhow::bail!("{user} was registered meanwhile; run this again to set its password")
+    }
+}
+
 /// Connects to NATS for cluster mode.
 async fn connect_cluster(config: &chat_cluster::ClusterConfig) -> anyhow::Result<Cluster> {
     let cluster = Cluster::connect(config).await?;

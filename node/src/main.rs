@@ -16,6 +16,21 @@ struct Cli {
     config: Option<PathBuf>,
     #[command(flatten)]
     settings: Settings,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Registers NAME with a password, or gives its account a new one (ending every session
+    /// of it): the first operator's account, or a user's forgotten password. On a single
+    /// node, with the node stopped (it opens the data directory's accounts itself); in
+    /// cluster mode (`--nats`), at any time. The password is CHAT_PASSWORD, else the first
+    /// line of standard input.
+    SetPassword {
+        /// The account's name
+        name: String,
+    },
 }
 
 /// Prints what stopped the node as its error chain (no backtrace: the chain says what went
@@ -46,6 +61,19 @@ async fn run() -> anyhow::Result<()> {
         None => Settings::default(),
     };
     let config = cli.settings.or(file).resolve();
+    if let Some(Command::SetPassword { name }) = cli.command {
+        let password = match std::env::var("CHAT_PASSWORD") {
+            Ok(password) if !password.is_empty() => password,
+            _ => {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                line.trim_end_matches(['\n', '\r']).to_owned()
+            }
+        };
+        let said = chat_node::set_password(&config, &name, &password).await?;
+        println!("{said}");
+        return Ok(());
+    }
     let node = Node::start(config).await?;
     tracing::info!(addr = %node.local_addr()?, "listening");
     node.run(shutdown_signal()).await

@@ -255,3 +255,48 @@ async fn read_markers_follow_the_account_across_connections_and_a_restart() {
     ada.mark_read("general", 5).await.expect("marked");
     assert_eq!(unread(ada.rooms().await.expect("rooms"), "general"), Some(0));
 }
+
+#[test]
+fn the_operator_sets_a_password_with_chat_node_and_the_node_stopped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let set_password = |password: &str| {
+        std::process::Command::new(chat_tests::program("chat-node"))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["set-password", "root"])
+            .env("CHAT_PASSWORD", password)
+            .output()
+            .expect("runs")
+    };
+    let made = set_password(PASSWORD);
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert!(String::from_utf8_lossy(&made.stdout).contains("root: registered"));
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let node = NodeProcess::start(dir.path(), &["--operator", "root"]);
+    runtime.block_on(async {
+        let root = Client::connect(node.options("root").with_password(PASSWORD)).await;
+        let root = root.expect("the operator logs in");
+        let guest = Client::connect(node.options("gus")).await.expect("a guest");
+        let mut room = guest.join("general", None).await.expect("joins");
+        let kick = chat_client::Moderation::Kick { name: "gus".into(), reason: String::new() };
+        root.moderate("general", kick).await.expect("the node's operator kicks in a config room");
+        while !matches!(room.next().await, Some(chat_client::RoomEvent::Error(_)) | None) {}
+    });
+    // While the node runs, its data directory is its own.
+    let busy = set_password("another password");
+    assert_eq!(busy.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("already running"));
+    drop(node);
+
+    let reset = set_password("a forgotten one reset");
+    assert!(reset.status.success(), "{}", String::from_utf8_lossy(&reset.stderr));
+    assert!(String::from_utf8_lossy(&reset.stdout).contains("a new password; 1 session(s) ended"));
+    let node = NodeProcess::start(dir.path(), &[]);
+    runtime.block_on(async {
+        login_failed(Client::connect(node.options("root").with_password(PASSWORD)).await);
+        Client::connect(node.options("root").with_password("a forgotten one reset"))
+            .await
+            .expect("in");
+    });
+}

@@ -93,31 +93,49 @@ impl Log {
         })
     }
 
-    /// Appends a message to `room`; returns its sequence number once the stream has it on
-    /// a majority of its replicas.
+    /// Sends a message for `room` to NATS and returns the wait for the stream's
+    /// acknowledgement: its sequence number once a majority of the replicas has it. The
+    /// sending is done when this returns, so messages published one after the other on one
+    /// `Log` reach the stream, and are stored, in that order (the wait for each ack may
+    /// then run alongside the others').
     ///
-    /// While the stream elects a new leader (a NATS server died) publishes fail for a few
-    /// seconds; they are retried (see [`patiently`](crate::patiently)). Every attempt carries
-    /// the same message id, which the stream deduplicates on: a retry whose first attempt
-    /// was stored after all is acknowledged with the first one's number, never stored twice.
+    /// A publish that fails (while the stream elects a new leader, say) is sent again until
+    /// it is acknowledged (see [`patiently`](crate::patiently)); such a retry may land after
+    /// messages sent later. Every attempt carries the same message id, which the stream
+    /// deduplicates on: a retry whose first attempt was stored after all is acknowledged with
+    /// the first one's number, never stored twice.
     ///
     /// # Errors
-    /// NATS did not acknowledge the message in time.
-    pub async fn append(&self, room: &str, message: &Message) -> Result<u64, ClusterError> {
+    /// The message does not encode (outer); NATS did not acknowledge it in time (inner).
+    pub async fn publish(
+        &self,
+        room: &str,
+        message: &Message,
+    ) -> Result<impl Future<Output = Result<u64, ClusterError>> + Send + 'static, ClusterError>
+    {
         let payload = Bytes::from(postcard::to_stdvec(message)?);
         let id = format!("{}-{}", self.writer, self.appended.fetch_add(1, Ordering::Relaxed));
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
         let subject = room_subject(room);
-        let ack = crate::patiently(|| async {
-            let ack = self
-                .js
-                .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
-                .await
-                .map_err(ClusterError::unavailable)?;
-            ack.await.map_err(ClusterError::unavailable)
-        });
-        Ok(ack.await?.sequence)
+        let js = self.js.clone();
+        let first =
+            js.publish_with_headers(subject.clone(), headers.clone(), payload.clone()).await;
+        Ok(async move {
+            if let Ok(ack) = first
+                && let Ok(ack) = ack.await
+            {
+                return Ok(ack.sequence);
+            }
+            let ack = crate::patiently(|| async {
+                let ack = js
+                    .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                    .await
+                    .map_err(ClusterError::unavailable)?;
+                ack.await.map_err(ClusterError::unavailable)
+            });
+            Ok(ack.await?.sequence)
+        })
     }
 
     /// The newest sequence number in `room`, 0 when it has no messages.

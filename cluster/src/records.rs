@@ -11,6 +11,17 @@ pub const ACCOUNTS_BUCKET: &str = "chat_accounts";
 pub const ROOM_RULES_BUCKET: &str = "chat_room_rules";
 pub const MARKERS_BUCKET: &str = "chat_markers";
 
+/// Compare-and-set rounds a [`Records::change`] makes against other writers.
+const CHANGE_ROUNDS: usize = 8;
+
+/// What a [`Records::change`] does with the value it read.
+pub enum Change<T> {
+    /// Write this value (if the record has not changed meanwhile) and answer `T`.
+    Write(Bytes, T),
+    /// Write nothing and answer `T`.
+    Leave(T),
+}
+
 /// One bucket of records, each an opaque value under a key (a user name's or a room's).
 pub struct Records {
     store: kv::Store,
@@ -80,6 +91,35 @@ impl Records {
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
             Err(e) => Err(ClusterError::unavailable(e)),
         }
+    }
+
+    /// Changes the record under `key`: `change` is given its value (if any) and says what to
+    /// write; if another writer came first, it is given the newer value and asked again, a
+    /// few times.
+    ///
+    /// # Errors
+    /// NATS did not answer or the record kept changing (outer), or `change` failed (inner).
+    pub async fn change<T, E>(
+        &self,
+        key: &str,
+        mut change: impl FnMut(Option<&Bytes>) -> Result<Change<T>, E>,
+    ) -> Result<Result<T, E>, ClusterError> {
+        for _ in 0..CHANGE_ROUNDS {
+            let current = self.get(key).await?;
+            let (value, answer) = match change(current.as_ref().map(|(value, _)| value)) {
+                Ok(Change::Write(value, answer)) => (value, answer),
+                Ok(Change::Leave(answer)) => return Ok(Ok(answer)),
+                Err(e) => return Ok(Err(e)),
+            };
+            let written = match current {
+                Some((_, revision)) => self.update(key, value, revision).await?,
+                None => self.create(key, value).await?,
+            };
+            if written {
+                return Ok(Ok(answer));
+            }
+        }
+        Err(ClusterError::Unavailable(format!("{key} kept changing under the update")))
     }
 
     /// Every record written from now on (by any node), as its key and value, for as long

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use chat_accounts::Account;
+use chat_cluster::records::Change;
 use chat_cluster::{Claim, Cluster, ClusterError, Direct, Notice};
 use chat_core::moderation::RoomRules;
 use chat_core::{ConnId, Core, MemberId, Refusal, RoomName, Seq, SessionToken, Share, UserName};
@@ -45,26 +46,58 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) struct ClusterHistory {
     cluster: Arc<Cluster>,
     runtime: Handle,
+    /// Appends waiting to be published, in the order made (see [`publish_in_order`]).
+    appends: mpsc::Sender<Append>,
     /// Appends waiting for their acknowledgement, so that a flush can wait for them.
     in_flight: watch::Sender<usize>,
 }
 
+/// An append on its way to the stream.
+type Append = (String, Message, Completion<Seq>);
+
+/// Appends queued for publishing before more are refused as `Busy`, as the single node's
+/// history queue holds.
+const APPENDS_QUEUED: usize = 65_536;
+
 impl ClusterHistory {
     pub(crate) fn new(cluster: Arc<Cluster>, runtime: Handle) -> Self {
-        Self { cluster, runtime, in_flight: watch::Sender::new(0) }
+        let (appends, queued) = mpsc::channel(APPENDS_QUEUED);
+        let in_flight = watch::Sender::new(0);
+        runtime.spawn(publish_in_order(Arc::clone(&cluster), queued, in_flight.clone()));
+        Self { cluster, runtime, appends, in_flight }
+    }
+}
+
+/// Publishes the node's appends one after the other, so that the stream stores them in the
+/// order they were made (one sender's messages in its order; a task per append would race),
+/// then waits for each acknowledgement alongside the others.
+async fn publish_in_order(
+    cluster: Arc<Cluster>,
+    mut queued: mpsc::Receiver<Append>,
+    in_flight: watch::Sender<usize>,
+) {
+    while let Some((room, message, durable)) = queued.recv().await {
+        let acked = cluster.log.publish(&room, &message).await;
+        let in_flight = in_flight.clone();
+        tokio::spawn(async move {
+            let seq = match acked {
+                Ok(acked) => acked.await,
+                Err(e) => Err(e),
+            };
+            durable(seq.map_err(remote));
+            in_flight.send_modify(|n| *n -= 1);
+        });
     }
 }
 
 impl HistoryStore for ClusterHistory {
     fn append(&self, room: &RoomName, message: Message, durable: Completion<Seq>) {
-        let (cluster, room, in_flight) =
-            (Arc::clone(&self.cluster), room.to_string(), self.in_flight.clone());
-        in_flight.send_modify(|n| *n += 1);
-        self.runtime.spawn(async move {
-            // JetStream acknowledges a publish once a majority of the replicas has it.
-            durable(cluster.log.append(&room, &message).await.map_err(remote));
-            in_flight.send_modify(|n| *n -= 1);
-        });
+        self.in_flight.send_modify(|n| *n += 1);
+        if let Err(full) = self.appends.try_send((room.to_string(), message, durable)) {
+            let (_, _, durable) = full.into_inner();
+            durable(Err(HistoryError::Busy));
+            self.in_flight.send_modify(|n| *n -= 1);
+        }
     }
 
     fn subscribe(&self, _subscriber: Arc<dyn Subscriber>) -> Result<(), HistoryError> {
@@ -537,9 +570,6 @@ impl Directory for ClusterDirectory {
 /// node holds on every node at once.
 pub(crate) struct ClusterAccounts(pub(crate) Arc<Cluster>);
 
-/// Compare-and-set rounds an account change makes against other nodes' changes.
-const ACCOUNT_UPDATE_ROUNDS: usize = 8;
-
 /// Rooms whose markers one account keeps in cluster mode (one record each); the ones read
 /// longest ago give way.
 const MARKED_ROOMS: usize = 4096;
@@ -553,9 +583,7 @@ impl AccountStore for ClusterAccounts {
             let Some((bytes, _)) = self.0.markers.get(&account).await? else {
                 return Ok(Vec::new());
             };
-            let markers: BTreeMap<String, Seq> =
-                postcard::from_bytes(&bytes).map_err(|e| AccountsStoreError::Local(e.into()))?;
-            Ok(markers.into_iter().collect())
+            Ok(decode_markers(Some(&bytes))?.into_iter().collect())
         })
     }
 
@@ -566,17 +594,11 @@ impl AccountStore for ClusterAccounts {
         seq: Seq,
     ) -> Pending<'_, Result<Seq, AccountsStoreError>> {
         Box::pin(async move {
-            let records = &self.0.markers;
-            for _ in 0..ACCOUNT_UPDATE_ROUNDS {
-                let current = records.get(&account).await?;
-                let mut markers: BTreeMap<String, Seq> = match &current {
-                    Some((bytes, _)) => postcard::from_bytes(bytes)
-                        .map_err(|e| AccountsStoreError::Local(e.into()))?,
-                    None => BTreeMap::new(),
-                };
+            let marked = self.0.markers.change(&account, |current| {
+                let mut markers = decode_markers(current)?;
                 let at = markers.entry(room.clone()).or_default();
                 if *at >= seq {
-                    return Ok(*at);
+                    return Ok(Change::Leave(*at));
                 }
                 *at = seq;
                 while markers.len() > MARKED_ROOMS {
@@ -586,16 +608,9 @@ impl AccountStore for ClusterAccounts {
                 }
                 let bytes = postcard::to_stdvec(&markers)
                     .map_err(|e| AccountsStoreError::Local(e.into()))?;
-                let written = match current {
-                    Some((_, revision)) => records.update(&account, bytes.into(), revision).await?,
-                    None => records.create(&account, bytes.into()).await?,
-                };
-                if written {
-                    return Ok(seq);
-                }
-            }
-            Err(ClusterError::Unavailable("the markers kept changing under the update".into())
-                .into())
+                Ok(Change::Write(bytes.into(), seq))
+            });
+            marked.await?
         })
     }
 
@@ -622,27 +637,19 @@ impl AccountStore for ClusterAccounts {
         change: RulesChange,
     ) -> Pending<'_, Result<Result<RoomRules, Refusal>, AccountsStoreError>> {
         Box::pin(async move {
-            let records = &self.0.room_rules;
-            for _ in 0..ACCOUNT_UPDATE_ROUNDS {
-                let current = records.get(&room).await?;
-                let mut rules = match &current {
-                    Some((bytes, _)) => decode_rules(bytes)?,
+            let changed = self.0.room_rules.change(&room, |current| {
+                let mut rules = match current {
+                    Some(bytes) => decode_rules(bytes).map_err(Err)?,
                     None => RoomRules::default(),
                 };
-                if let Err(refusal) = change(&mut rules) {
-                    return Ok(Err(refusal));
-                }
-                let bytes = encode_rules(&rules)?.into();
-                let written = match current {
-                    Some((_, revision)) => records.update(&room, bytes, revision).await?,
-                    None => records.create(&room, bytes).await?,
-                };
-                if written {
-                    return Ok(Ok(rules));
-                }
+                change(&mut rules).map_err(Ok)?;
+                Ok(Change::Write(encode_rules(&rules).map_err(Err)?.into(), rules))
+            });
+            match changed.await? {
+                Ok(rules) => Ok(Ok(rules)),
+                Err(Ok(refusal)) => Ok(Err(refusal)),
+                Err(Err(e)) => Err(e),
             }
-            Err(ClusterError::Unavailable("the room's rules kept changing under the update".into())
-                .into())
         })
     }
 
@@ -669,20 +676,23 @@ impl AccountStore for ClusterAccounts {
         change: AccountChange,
     ) -> Pending<'_, Result<Option<usize>, AccountsStoreError>> {
         Box::pin(async move {
-            for _ in 0..ACCOUNT_UPDATE_ROUNDS {
-                let Some((bytes, revision)) = self.0.accounts.get(&key).await? else {
-                    return Ok(None);
-                };
-                let mut account = Account::decode(&bytes)?;
+            let changed = self.0.accounts.change(&key, |current| {
+                let Some(bytes) = current else { return Ok(Change::Leave(None)) };
+                let mut account = Account::decode(bytes)?;
                 let out = change(&mut account);
-                if self.0.accounts.update(&key, account.encode()?.into(), revision).await? {
-                    return Ok(Some(out));
-                }
-            }
-            Err(ClusterError::Unavailable("the account kept changing under the update".into())
-                .into())
+                Ok::<_, AccountsStoreError>(Change::Write(account.encode()?.into(), Some(out)))
+            });
+            changed.await?
         })
     }
+}
+
+/// An account's read markers as cluster mode keeps them (none for no record).
+fn decode_markers(
+    bytes: Option<&bytes::Bytes>,
+) -> Result<BTreeMap<String, Seq>, AccountsStoreError> {
+    let Some(bytes) = bytes else { return Ok(BTreeMap::new()) };
+    postcard::from_bytes(bytes).map_err(|e| AccountsStoreError::Local(e.into()))
 }
 
 /// Carries out rooms' rules as any node changes them: a kick, ban or mute made on another

@@ -79,6 +79,14 @@ pub struct Settings {
     /// Most rooms the node keeps, direct conversations not counted [default: 10000]
     #[arg(long, env = "CHAT_MAX_ROOMS")]
     pub max_rooms: Option<usize>,
+    /// Handshakes in progress above which a new connection must first prove its address
+    /// (a QUIC Retry: one round trip more), so that Initials from spoofed addresses take no
+    /// slot; 0: always [default: 64]
+    #[arg(long, env = "CHAT_RETRY_ABOVE_HANDSHAKES")]
+    pub retry_above_handshakes: Option<usize>,
+    /// Handshakes in progress at most; more Initials are dropped unanswered [default: 1024]
+    #[arg(long, env = "CHAT_MAX_HANDSHAKES")]
+    pub max_handshakes: Option<usize>,
     /// Whether guests may go online under names nobody registered (`open`), or every name
     /// must be a registered account (`required`) [default: open]
     #[arg(long, env = "CHAT_ACCOUNTS", value_parser = parse_accounts)]
@@ -244,6 +252,8 @@ pub struct NodeConfig {
     pub presence_limit: u32,
     pub room_creation: RoomCreation,
     pub max_rooms: usize,
+    pub retry_above_handshakes: usize,
+    pub max_handshakes: usize,
     pub accounts: Accounts,
     pub max_login_failures: u32,
     pub login_failure_forgiven: Duration,
@@ -303,6 +313,8 @@ impl Settings {
             presence_limit: self.presence_limit.or(lower.presence_limit),
             room_creation: self.room_creation.or(lower.room_creation),
             max_rooms: self.max_rooms.or(lower.max_rooms),
+            retry_above_handshakes: self.retry_above_handshakes.or(lower.retry_above_handshakes),
+            max_handshakes: self.max_handshakes.or(lower.max_handshakes),
             accounts: self.accounts.or(lower.accounts),
             max_login_failures: self.max_login_failures.or(lower.max_login_failures),
             login_failure_forgiven_secs: self
@@ -344,6 +356,8 @@ impl Settings {
             presence_limit: self.presence_limit.unwrap_or(chat_core::PRESENCE_LIMIT as u32),
             room_creation: self.room_creation.unwrap_or_default(),
             max_rooms: self.max_rooms.unwrap_or(10_000),
+            retry_above_handshakes: self.retry_above_handshakes.unwrap_or(64),
+            max_handshakes: self.max_handshakes.unwrap_or(1024).max(1),
             accounts: self.accounts.unwrap_or_default(),
             max_login_failures: self.max_login_failures.unwrap_or(5).max(1),
             login_failure_forgiven: Duration::from_secs(

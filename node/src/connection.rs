@@ -37,7 +37,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming) {
     let span = info_span!("conn", id = id.0, remote = %incoming.remote_address());
     async move {
         let timeout = shared.config.handshake_timeout;
-        let connection = match tokio::time::timeout(timeout, incoming).await {
+        shared.handshaking.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let handshake = tokio::time::timeout(timeout, incoming).await;
+        shared.handshaking.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let connection = match handshake {
             Ok(Ok(connection)) => connection,
             Ok(Err(e)) => return debug!(error = %e, "handshake failed"),
             Err(_) => return debug!("handshake timed out"),

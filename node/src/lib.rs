@@ -134,6 +134,8 @@ pub(crate) struct Shared {
     /// Turns true when the node starts shutting down: stop reading requests.
     stopping: watch::Receiver<bool>,
     admission: Arc<Admission>,
+    /// Connections between their first Initial and the end of their handshake.
+    handshaking: Arc<std::sync::atomic::AtomicUsize>,
     metrics: Arc<Metrics>,
 }
 
@@ -170,6 +172,31 @@ impl Shared {
         let ip = connection.remote_address().ip();
         info!(%ip, secs = self.config.rate_limited_bar.as_secs(), "barred an address that ignored its limit");
         self.admission.bar(ip, self.config.rate_limited_bar);
+    }
+
+    /// Whether a new connection may start its handshake now. Past `max_handshakes` in
+    /// progress its Initial is dropped unanswered (costing nothing more); past
+    /// `retry_above_handshakes` a client that has not proven its address is sent a Retry,
+    /// and comes back with a token that proves it (a spoofed source never does), before it
+    /// takes a slot.
+    fn validate(&self, incoming: quinn::Incoming) -> Option<quinn::Incoming> {
+        let handshaking = self.handshaking.load(Ordering::Relaxed);
+        if handshaking >= self.config.max_handshakes {
+            self.metrics.refused("too_many_handshakes");
+            incoming.ignore();
+            return None;
+        }
+        if handshaking >= self.config.retry_above_handshakes
+            && !incoming.remote_address_validated()
+            && incoming.may_retry()
+        {
+            self.metrics.refused("address_validation");
+            match incoming.retry() {
+                Ok(()) => return None,
+                Err(e) => return Some(e.into_incoming()),
+            }
+        }
+        Some(incoming)
     }
 
     /// Whether `room` exists (in the history, or in cluster mode the shared list).
@@ -244,6 +271,7 @@ impl Node {
             next_id: AtomicU64::new(1),
             stopping,
             admission: Admission::new(config.max_connections, config.max_connections_per_ip),
+            handshaking: Arc::default(),
             metrics,
             config,
         });
@@ -308,6 +336,7 @@ impl Node {
             };
             let Some(incoming) = incoming else { break };
             while tasks.try_join_next().is_some() {}
+            let Some(incoming) = shared.validate(incoming) else { continue };
             let remote = incoming.remote_address();
             let slot = match shared.admission.admit(remote.ip()) {
                 Ok(slot) => slot,

@@ -187,3 +187,25 @@ fn a_read_only_data_directory_stops_the_node_with_a_clear_error() {
     assert!(stderr.contains("Read-only file system"), "{stderr}");
     assert!(stderr.contains(&disk.path().join("data").display().to_string()), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_node_that_validates_every_address_still_lets_clients_in() {
+    // Above 0 handshakes in progress, that is always: every first Initial gets a Retry, and
+    // the client (quinn) comes back with the token that proves its address.
+    let node = TestNode::start(|config| {
+        config.retry_above_handshakes = 0;
+        config.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    })
+    .await;
+    let addr = node.metrics_addr.expect("metrics are served");
+    let ada = node.connect("ada").await;
+    let mut room = ada.join("general", None).await.expect("joins");
+    room.sender().send("validated").await.expect("acked");
+    assert_eq!(next_message(&mut room).await.0.body, "validated");
+    let bob = node.connect("bob").await;
+    let (_, text) =
+        tokio::task::spawn_blocking(move || get(addr, "/metrics")).await.expect("scrape");
+    let retried = sample(&text, r#"chat_connections_refused_total{kind="address_validation"}"#);
+    assert_eq!(retried, Some(2.0), "one Retry per connection: {text}");
+    drop((room, ada, bob));
+}

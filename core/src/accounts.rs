@@ -152,6 +152,27 @@ pub struct Attempt {
     account: String,
     address: IpAddr,
     registering: bool,
+    /// When it began.
+    at: Instant,
+}
+
+/// One of the limiter's three kinds of bucket.
+#[derive(Debug, Clone, Copy)]
+enum Bucket {
+    AccountAndAddress,
+    Address,
+    Account,
+}
+
+impl Attempt {
+    /// The buckets the attempt takes from: a registration only its address's.
+    fn buckets(&self) -> &'static [Bucket] {
+        if self.registering {
+            &[Bucket::Address]
+        } else {
+            &[Bucket::AccountAndAddress, Bucket::Address, Bucket::Account]
+        }
+    }
 }
 
 impl Logins {
@@ -160,7 +181,8 @@ impl Logins {
     }
 
     /// Lets one password check for `account` (its key) from `ip` go ahead at `now`, or says
-    /// how long to wait. A registration counts against the address only.
+    /// how long to wait (for the emptiest bucket). A registration counts against the
+    /// address only. A refused check takes nothing.
     ///
     /// # Errors
     /// One of the buckets is empty: wait the duration.
@@ -171,68 +193,50 @@ impl Logins {
         registering: bool,
         now: Instant,
     ) -> Result<Attempt, Duration> {
-        let address = address_key(ip);
-        let rules = self.rules;
         forget_full(&mut self.pairs, now);
         forget_full(&mut self.addresses, now);
         forget_full(&mut self.accounts, now);
-        let mut waits = Vec::with_capacity(3);
-        let pair_key = (account.to_owned(), address);
-        let mut pair = None;
-        if !registering {
-            pair =
-                Some(self.pairs.entry(pair_key.clone()).or_insert_with(|| {
-                    RateLimit::new(rules.rate(rules.per_account_and_address), now)
-                }));
+        let address = address_key(ip);
+        let attempt = Attempt { account: account.to_owned(), address, registering, at: now };
+        let (mut taken, mut wait) = (Vec::with_capacity(3), None);
+        for &bucket in attempt.buckets() {
+            match self.bucket(bucket, &attempt).take(now) {
+                Ok(()) => taken.push(bucket),
+                Err(until) => wait = wait.max(Some(until)),
+            }
         }
-        waits.push(pair.map(|b| b.take(now)));
-        let by_address = self
-            .addresses
-            .entry(address)
-            .or_insert_with(|| RateLimit::new(rules.rate(rules.per_address), now));
-        waits.push(Some(by_address.take(now)));
-        if !registering {
-            let by_account = self
-                .accounts
-                .entry(account.to_owned())
-                .or_insert_with(|| RateLimit::new(rules.rate(rules.per_account), now));
-            waits.push(Some(by_account.take(now)));
+        let Some(wait) = wait else { return Ok(attempt) };
+        for bucket in taken {
+            self.bucket(bucket, &attempt).give_back();
         }
-        let attempt = Attempt { account: pair_key.0, address, registering };
-        let wait = waits.iter().flatten().filter_map(|w| w.err()).max();
-        match wait {
-            None => Ok(attempt),
-            Some(wait) => {
-                // Give back what the buckets that had a token gave: only a check counts.
-                let given: Vec<bool> = waits.iter().map(|w| matches!(w, Some(Ok(())))).collect();
-                self.give_back(&attempt, &given);
-                Err(wait)
+        Err(wait)
+    }
+
+    /// The check succeeded: it was the owner, and costs nothing (a registration still
+    /// counts).
+    pub fn succeeded(&mut self, attempt: &Attempt) {
+        if !attempt.registering {
+            for &bucket in attempt.buckets() {
+                self.bucket(bucket, attempt).give_back();
             }
         }
     }
 
-    /// The check succeeded: it was the owner, and costs nothing.
-    pub fn succeeded(&mut self, attempt: &Attempt) {
-        if !attempt.registering {
-            self.give_back(attempt, &[true, true, true]);
-        }
-    }
-
-    fn give_back(&mut self, attempt: &Attempt, given: &[bool]) {
-        if given[0]
-            && let Some(b) = self.pairs.get_mut(&(attempt.account.clone(), attempt.address))
-        {
-            b.give_back();
-        }
-        if given[1]
-            && let Some(b) = self.addresses.get_mut(&attempt.address)
-        {
-            b.give_back();
-        }
-        if given.get(2) == Some(&true)
-            && let Some(b) = self.accounts.get_mut(&attempt.account)
-        {
-            b.give_back();
+    /// `attempt`'s bucket of kind `bucket`, a full one (as of the attempt) if it had none.
+    fn bucket(&mut self, bucket: Bucket, attempt: &Attempt) -> &mut RateLimit {
+        let (rules, at) = (self.rules, attempt.at);
+        let full = |burst| move || RateLimit::new(rules.rate(burst), at);
+        match bucket {
+            Bucket::AccountAndAddress => self
+                .pairs
+                .entry((attempt.account.clone(), attempt.address))
+                .or_insert_with(full(rules.per_account_and_address)),
+            Bucket::Address => {
+                self.addresses.entry(attempt.address).or_insert_with(full(rules.per_address))
+            }
+            Bucket::Account => {
+                self.accounts.entry(attempt.account.clone()).or_insert_with(full(rules.per_account))
+            }
         }
     }
 }

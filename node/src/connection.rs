@@ -267,9 +267,7 @@ async fn run(
                             Err(refusal) => error_frame(&refusal, None).into(),
                         };
                         shared.core().disconnect(conn.id, LeftReason::Disconnected);
-                        if write_frame(&mut send, &reply, codec::MAX_NODE_FRAME_LEN).await.is_ok() && send.finish().is_ok() {
-                            let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
-                        }
+                        say_last(&mut send, &reply).await;
                         info!(name = %conn.name, "logged out");
                         connection.close(codes::close::NORMAL.into(), b"logged out");
                         break;
@@ -337,11 +335,7 @@ async fn run(
 /// Makes `room` unless it exists or the node has its most rooms; returns whether it existed.
 /// An account that makes a room owns it.
 async fn create_room(shared: &Arc<Shared>, conn: &Conn, room: &RoomName) -> Result<bool, Refusal> {
-    let history = Arc::clone(&shared.history);
-    let rooms = match tokio::task::spawn_blocking(move || history.rooms()).await {
-        Ok(rooms) => rooms.map_err(|e| Refusal::Unanswerable(e.to_string()))?,
-        Err(e) => return Err(Refusal::Unanswerable(e.to_string())),
-    };
+    let rooms = shared.room_list().await?;
     if rooms.iter().any(|(existing, _)| *existing == room.as_str()) {
         return Ok(true);
     }
@@ -436,9 +430,14 @@ async fn refuse(
     let error = error_frame(refusal, None);
     shared.metrics.error_code(error.code);
     let reason = error.message.clone();
-    let frame = NodeFrame::Error(error);
-    if write_frame(send, &frame, codec::MAX_NODE_FRAME_LEN).await.is_ok() && send.finish().is_ok() {
+    say_last(send, &NodeFrame::Error(error)).await;
+    connection.close(refusal.close_code().into(), reason.as_bytes());
+}
+
+/// Writes `frame` as the control stream's last and gives it a moment to arrive, before the
+/// connection is closed.
+async fn say_last(send: &mut SendStream, frame: &NodeFrame) {
+    if write_frame(send, frame, codec::MAX_NODE_FRAME_LEN).await.is_ok() && send.finish().is_ok() {
         let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
     }
-    connection.close(refusal.close_code().into(), reason.as_bytes());
 }

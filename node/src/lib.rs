@@ -135,7 +135,7 @@ pub(crate) struct Shared {
     stopping: watch::Receiver<bool>,
     admission: Arc<Admission>,
     /// Connections between their first Initial and the end of their handshake.
-    handshaking: Arc<std::sync::atomic::AtomicUsize>,
+    handshaking: std::sync::atomic::AtomicUsize,
     metrics: Arc<Metrics>,
 }
 
@@ -199,13 +199,18 @@ impl Shared {
         Some(incoming)
     }
 
-    /// Whether `room` exists (in the history, or in cluster mode the shared list).
-    async fn room_exists(&self, room: &RoomName) -> Result<bool, Refusal> {
+    /// Every room with its newest sequence number (from the history, or in cluster mode the
+    /// shared list), read on a blocking thread.
+    async fn room_list(&self) -> Result<Vec<(String, chat_core::Seq)>, Refusal> {
         let history = Arc::clone(&self.history);
         let rooms = tokio::task::spawn_blocking(move || history.rooms()).await;
         let rooms = rooms.map_err(|e| Refusal::Unanswerable(e.to_string()))?;
-        let rooms = rooms.map_err(|e| Refusal::Unanswerable(e.to_string()))?;
-        Ok(rooms.iter().any(|(name, _)| *name == room.as_str()))
+        rooms.map_err(|e| Refusal::Unanswerable(e.to_string()))
+    }
+
+    /// Whether `room` exists.
+    async fn room_exists(&self, room: &RoomName) -> Result<bool, Refusal> {
+        Ok(self.room_list().await?.iter().any(|(name, _)| *name == room.as_str()))
     }
 
     fn next_id(&self) -> u64 {
@@ -271,7 +276,7 @@ impl Node {
             next_id: AtomicU64::new(1),
             stopping,
             admission: Admission::new(config.max_connections, config.max_connections_per_ip),
-            handshaking: Arc::default(),
+            handshaking: std::sync::atomic::AtomicUsize::new(0),
             metrics,
             config,
         });
@@ -393,17 +398,11 @@ pub async fn set_password(
 ) -> anyhow::Result<String> {
     let user = chat_core::UserName::parse(name).with_context(|| format!("the name {name:?}"))?;
     chat_core::accounts::check_password(password).context("the password")?;
-    let accounts: Arc<dyn AccountStore> = match &config.cluster {
-        Some(cluster) => {
-            Arc::new(cluster::ClusterAccounts(Arc::new(connect_cluster(cluster).await?)))
-        }
-        None => {
-            let path = config.data_dir.join("accounts");
-            let store = chat_accounts::LocalAccounts::open(&path)
-                .with_context(|| format!("opening the accounts in {}", path.display()))?;
-            Arc::new(Arc::new(store))
-        }
+    let cluster = match &config.cluster {
+        Some(cluster) => Some(Arc::new(connect_cluster(cluster).await?)),
+        None => None,
     };
+    let accounts = open_accounts(config, cluster.as_ref())?;
     let password = password.to_owned();
     let hash =
         tokio::task::spawn_blocking(move || chat_accounts::hash_password(&password)).await??;
@@ -424,6 +423,23 @@ pub async fn set_password(
     } else {
         anyhow::bail!("{user} was registered meanwhile; run this again to set its password")
     }
+}
+
+/// The accounts store: `data_dir/accounts` on a single node (which fails while another
+/// process has it), or the cluster's buckets.
+fn open_accounts(
+    config: &NodeConfig,
+    cluster: Option<&Arc<Cluster>>,
+) -> anyhow::Result<Arc<dyn AccountStore>> {
+    Ok(match cluster {
+        Some(cluster) => Arc::new(cluster::ClusterAccounts(Arc::clone(cluster))),
+        None => {
+            let path = config.data_dir.join("accounts");
+            let store = chat_accounts::LocalAccounts::open(&path)
+                .with_context(|| format!("opening the accounts in {}", path.display()))?;
+            Arc::new(Arc::new(store))
+        }
+    })
 }
 
 /// Connects to NATS for cluster mode.
@@ -598,15 +614,7 @@ fn prepare(config: &NodeConfig, cluster: Option<Arc<Cluster>>) -> anyhow::Result
             .with_context(|| format!("opening the history in {}", config.data_dir.display()))?,
         ),
     };
-    let accounts: Arc<dyn AccountStore> = match &cluster {
-        Some(cluster) => Arc::new(cluster::ClusterAccounts(Arc::clone(cluster))),
-        None => {
-            let path = config.data_dir.join("accounts");
-            let store = chat_accounts::LocalAccounts::open(&path)
-                .with_context(|| format!("opening the accounts in {}", path.display()))?;
-            Arc::new(Arc::new(store))
-        }
-    };
+    let accounts = open_accounts(config, cluster.as_ref())?;
     for name in &config.rooms {
         let room = RoomName::parse(name).with_context(|| format!("configured room {name:?}"))?;
         if history.create_room(&room)? {

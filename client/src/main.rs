@@ -12,6 +12,7 @@ mod cli {
     pub mod session;
     pub mod terminal;
     pub mod tokens;
+    pub mod tui;
 }
 
 use std::io::IsTerminal;
@@ -23,6 +24,7 @@ use cli::output::Output;
 use cli::session::Session;
 use cli::terminal::Terminal;
 use cli::tokens::TokenFile;
+use cli::tui::{Options as TuiOptions, Tui};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing_subscriber::EnvFilter;
@@ -160,7 +162,7 @@ async fn run(cli: Cli, out: Output) -> anyhow::Result<()> {
     }
     let client = connect(options).await?;
     let result = match cli.command {
-        None => return interactive(&settings, client, out, tokens).await,
+        None => return interactive(&settings, &cli.flags, client, out, tokens).await,
         Some(command) => one_shot(command, &settings, &client, &out).await,
     };
     // A one-shot's login is not kept: its session ends with it, so that scripts do not
@@ -310,7 +312,7 @@ async fn send_lines(room: &str, client: &Client, out: &Output) -> anyhow::Result
                 acks.spawn(async move { (line, posted.acked().await) });
             }
             Err(e) => {
-                out.not_sent(room, &line, &e, false);
+                out.not_sent(room, None, &line, &e, false);
                 failed.get_or_insert(e);
             }
         }
@@ -334,25 +336,46 @@ fn report(
     match acked {
         Ok(seq) => out.ack(room, seq),
         Err(e) => {
-            out.not_sent(room, &line, &e, e.outcome_unknown());
+            out.not_sent(room, None, &line, &e, e.outcome_unknown());
             failed.get_or_insert(e);
         }
     }
 }
 
+/// What the interactive chat shows on: the full screen, a terminal's lines, or a pipe.
+#[expect(dead_code, reason = "held for what dropping it gives back: the terminal")]
+enum Display {
+    Full(Tui),
+    Lines(Terminal),
+    Piped,
+}
+
 async fn interactive(
     settings: &Settings,
+    flags: &Flags,
     client: Client,
     out: Output,
     tokens: Option<TokenFile>,
 ) -> anyhow::Result<()> {
-    // On a terminal, the screen is drawn by `Terminal` from here on (until it is dropped).
-    let (terminal, input) = if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+    // On a terminal, the screen is drawn by `Tui` or `Terminal` from here on (until dropped).
+    let on_terminal = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let (display, input) = if on_terminal && !flags.plain && !flags.json {
+        let options = TuiOptions {
+            me: client.name().to_owned(),
+            server: client.server().to_owned(),
+            bell: settings.bell,
+            history: cli::tokens::data_dir()
+                .map(|dir| dir.join("input").join(client.name().to_ascii_lowercase())),
+        };
+        let (tui, screen, typed) = Tui::start(options)?;
+        out.redirect(screen);
+        (Display::Full(tui), typed)
+    } else if on_terminal {
         let (terminal, printer, typed) = Terminal::start()?;
-        out.redirect(printer);
-        (Some(terminal), typed)
+        out.redirect_lines(printer);
+        (Display::Lines(terminal), typed)
     } else {
-        (None, piped_input())
+        (Display::Piped, piped_input())
     };
     out.info(&format!(
         "connected to {} as {}; /help lists the commands",
@@ -363,12 +386,18 @@ async fn interactive(
     for room in &settings.rooms {
         if let Err(e) = session.join(room, None, false).await {
             session.close().await;
+            drop(display);
             return Err(e.into());
         }
     }
     session.list_conversations().await;
     let result = session.run(input).await;
-    drop(terminal);
+    if !matches!(display, Display::Piped) {
+        drop(display);
+        // What is said from here on (the error that ended the session) goes to the terminal
+        // given back.
+        out.redirect_lines(Box::new(cli::output::Stdout));
+    }
     Ok(result?)
 }
 

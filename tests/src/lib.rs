@@ -340,34 +340,24 @@ pub struct Tmux {
 impl Tmux {
     /// Starts `command` (a program and its arguments) on a `width` x `height` terminal.
     pub fn start(command: &Command, width: u16, height: u16) -> Self {
+        Self::start_line(&command_line(command), width, height)
+    }
+
+    /// Starts `command` as [`Tmux::start`] does; once it exits, the terminal shows
+    /// `exited CODE` and the terminal's modes as `stty -a` prints them, to check what the
+    /// program gave back.
+    pub fn start_reporting_exit(command: &Command, width: u16, height: u16) -> Self {
+        let line = format!("{}; echo \"exited $?\"; stty -a; sleep 3600", command_line(command));
+        Self::start_line(&line, width, height)
+    }
+
+    fn start_line(line: &str, width: u16, height: u16) -> Self {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         ensure_tmux();
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmux = Self { socket: format!("chat-test-{}-{n}", std::process::id()) };
-        // The command's environment too, as `env K=V program args`.
-        let mut line = vec!["env".to_owned()];
-        for (key, value) in command.get_envs() {
-            if let Some(value) = value {
-                let mut pair = key.to_os_string();
-                pair.push("=");
-                pair.push(value);
-                line.push(shell_quote(pair.as_os_str()));
-            }
-        }
-        line.push(shell_quote(command.get_program()));
-        line.extend(command.get_args().map(shell_quote));
         let (width, height) = (width.to_string(), height.to_string());
-        tmux.run(&[
-            "new-session",
-            "-d",
-            "-s",
-            "chat",
-            "-x",
-            &width,
-            "-y",
-            &height,
-            &line.join(" "),
-        ]);
+        tmux.run(&["new-session", "-d", "-s", "chat", "-x", &width, "-y", &height, line]);
         tmux
     }
 
@@ -424,6 +414,22 @@ impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = self.run(&["kill-server"]);
     }
+}
+
+/// `command` as a shell line, its environment included: `env K=V program args`.
+fn command_line(command: &Command) -> String {
+    let mut line = vec!["env".to_owned()];
+    for (key, value) in command.get_envs() {
+        if let Some(value) = value {
+            let mut pair = key.to_os_string();
+            pair.push("=");
+            pair.push(value);
+            line.push(shell_quote(pair.as_os_str()));
+        }
+    }
+    line.push(shell_quote(command.get_program()));
+    line.extend(command.get_args().map(shell_quote));
+    line.join(" ")
 }
 
 fn shell_quote(word: &std::ffi::OsStr) -> String {

@@ -172,9 +172,9 @@ fn piped_input_waits_for_the_joins_history_page_before_exiting() {
     assert!(history_from(&node, "general", "late") == lines);
 }
 
-/// An interactive `chat` on a terminal of its own, once it shows its prompt.
+/// An interactive `chat` in line mode on a terminal of its own, once it shows its prompt.
 fn chat_on_terminal(node: &NodeProcess, name: &str, width: u16) -> Tmux {
-    let tmux = Tmux::start(&node.chat(name, &["--room", "general"]), width, 30);
+    let tmux = Tmux::start(&node.chat(name, &["--room", "general", "--plain"]), width, 30);
     tmux.wait_for_screen("the prompt", |s| s.contains("[general]>"));
     tmux
 }

@@ -26,12 +26,15 @@ pub struct FileConfig {
     pub rooms: Option<Vec<String>>,
     pub ca: Option<PathBuf>,
     pub fingerprint: Option<String>,
+    /// Ring the terminal's bell when a message names you (the full-screen view; default true).
+    pub bell: Option<bool>,
 }
 
 /// Settings from the command line (flags and environment), before the file is laid under.
 #[derive(Debug, Default, clap::Args)]
 pub struct Flags {
-    /// TOML config file (keys: server or host and port, name, room or rooms, ca, fingerprint)
+    /// TOML config file (keys: server or host and port, name, room or rooms, ca, fingerprint,
+    /// bell)
     #[arg(long, global = true, env = "CHAT_CLIENT_CONFIG")]
     pub config: Option<PathBuf>,
     /// The node, as HOST:PORT; the nodes of a cluster separated by commas, tried in turn
@@ -54,6 +57,12 @@ pub struct Flags {
     /// Print one JSON object per line for every event
     #[arg(long, global = true)]
     pub json: bool,
+    /// On a terminal, print a line per event above a prompt instead of the full screen
+    #[arg(long, global = true)]
+    pub plain: bool,
+    /// No terminal bell when a message names you
+    #[arg(long, global = true)]
+    pub no_bell: bool,
     /// A file whose first line is your account's password (else CHAT_PASSWORD, else it is
     /// asked for on the terminal when the name is registered)
     #[arg(long, global = true, env = "CHAT_PASSWORD_FILE")]
@@ -72,6 +81,8 @@ pub struct Settings {
     pub trust: Trust,
     /// The account's password, when given (`CHAT_PASSWORD` or `--password-file`).
     pub password: Option<String>,
+    /// Ring the bell on a mention (`--no-bell` or `bell = false` turn it off).
+    pub bell: bool,
 }
 
 impl Settings {
@@ -102,7 +113,8 @@ impl Settings {
         };
         let password =
             super::password::given(flags.password.as_deref(), flags.password_file.as_deref())?;
-        Ok(Self { server, name: flags.name.clone().or(file.name), rooms, trust, password })
+        let bell = !flags.no_bell && file.bell.unwrap_or(true);
+        Ok(Self { server, name: flags.name.clone().or(file.name), rooms, trust, password, bell })
     }
 
     /// Connect options for `name`, which a hello needs.

@@ -23,7 +23,7 @@ use futures_util::future::OptionFuture;
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::output::Output;
+use super::output::{Link, Notice, Output};
 use super::tokens::TokenFile;
 
 /// Events buffered from all rooms before the room readers pause.
@@ -99,8 +99,12 @@ pub struct Session {
     reconnecting: Option<(Boxed<Result<Client, ClientError>>, Duration)>,
     /// The first line that could not be sent, for the exit code.
     failed: Option<ClientError>,
-    /// The last prompt shown, so that it is drawn only when it changes.
-    prompt: Option<(Option<String>, usize, bool)>,
+    /// The last status shown, so that it is shown only when it changes.
+    status: Option<(Option<String>, usize, Link)>,
+    /// Attempts to connect again since the connection was lost.
+    attempts: u32,
+    /// Lines that could not be sent, kept for `/retry` (the newest [`RETRY_KEPT`]).
+    failed_lines: VecDeque<Line>,
     /// Where each connection's session token is kept for the next run.
     tokens: Option<TokenFile>,
     /// The user logged out: the connection is gone for good, leave at once.
@@ -108,6 +112,9 @@ pub struct Session {
     /// Where the account's read marker is, per room, as far as this run has moved it.
     marked: BTreeMap<String, Seq>,
 }
+
+/// Lines that could not be sent that `/retry` can send again.
+const RETRY_KEPT: usize = 256;
 
 /// How often an account's read markers follow what was printed.
 const MARK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
@@ -136,7 +143,9 @@ impl Session {
             joins: 0,
             reconnecting: None,
             failed: None,
-            prompt: None,
+            status: None,
+            attempts: 0,
+            failed_lines: VecDeque::new(),
             tokens,
             logged_out: false,
             marked: BTreeMap::new(),
@@ -158,7 +167,7 @@ impl Session {
         loop {
             self.resend_unconfirmed();
             self.start_posting();
-            self.show_prompt();
+            self.show_status();
             if quitting && self.settled() {
                 break;
             }
@@ -170,6 +179,11 @@ impl Session {
                                 break;
                             }
                             quitting = true;
+                            if !self.settled() {
+                                self.out.info(
+                                    "leaving once what you typed is sent; /quit again (or Ctrl-C) leaves at once",
+                                );
+                            }
                         }
                     }
                     None => (input_open, quitting) = (false, true),
@@ -214,17 +228,11 @@ impl Session {
     /// were away are found.
     pub async fn list_conversations(&self) {
         let Ok(rooms) = self.client.rooms().await else { return };
-        let direct: Vec<String> = rooms
-            .iter()
+        let direct = rooms
+            .into_iter()
             .filter(|room| room.name.starts_with(chat_core::names::DIRECT_PREFIX))
-            .map(|room| format!("{} (newest #{})", self.out.shown(&room.name), room.last_seq))
             .collect();
-        if !direct.is_empty() {
-            self.out.info(&format!(
-                "direct conversations: {}; /query NAME opens one",
-                direct.join(", ")
-            ));
-        }
+        self.out.show(Notice::Conversations(direct));
     }
 
     /// Moves the account's read markers up to what has been printed in each room.
@@ -265,15 +273,19 @@ impl Session {
             })
     }
 
-    fn show_prompt(&mut self) {
+    fn show_status(&mut self) {
         let waiting = self.outbox.len()
             + self.unconfirmed.len()
             + usize::from(self.posting.is_some())
             + self.acks.len();
-        let prompt = (self.current.clone(), waiting, self.reconnecting.is_some());
-        if self.prompt.as_ref() != Some(&prompt) {
-            self.out.prompt(prompt.0.as_deref(), prompt.1, prompt.2);
-            self.prompt = Some(prompt);
+        let link = match self.reconnecting {
+            Some(_) => Link::Reconnecting { attempt: self.attempts },
+            None => Link::Connected,
+        };
+        let status = (self.current.clone(), waiting, link);
+        if self.status.as_ref() != Some(&status) {
+            self.out.status(status.0.as_deref(), status.1, status.2);
+            self.status = Some(status);
         }
     }
 
@@ -311,7 +323,7 @@ impl Session {
                     None if !printed => drop(self.unseen_acks.insert((line.room.clone(), seq))),
                     None => {}
                 }
-                self.out.stored(&line.room, seq);
+                self.out.stored(&line.room, seq, line.typed);
             }
             Err(e) => self.not_sent(line, e),
         }
@@ -337,8 +349,36 @@ impl Session {
             self.unconfirmed.push(line);
             return;
         }
-        self.out.not_sent(&line.room, &line.text, &error, cut_off);
+        self.out.not_sent(&line.room, Some(line.typed), &line.text, &error, cut_off);
         self.failed.get_or_insert(error);
+        self.keep_failed(line);
+    }
+
+    /// A line for the outbox, shown as waiting to be sent.
+    fn queue(&mut self, line: Line) {
+        self.out.pending(&line.room, line.typed, &line.text);
+        self.outbox.push_back(line);
+    }
+
+    fn keep_failed(&mut self, line: Line) {
+        if self.failed_lines.len() == RETRY_KEPT {
+            self.failed_lines.pop_front();
+        }
+        self.failed_lines.push_back(line);
+    }
+
+    /// `/retry`: the lines that could not be sent, sent again in the order typed.
+    fn retry(&mut self) {
+        if self.failed_lines.is_empty() {
+            return self.out.usage("/retry: no line is waiting to be sent again");
+        }
+        let mut lines: Vec<Line> = self.failed_lines.drain(..).collect();
+        lines.sort_by_key(|line| line.typed);
+        self.out.info(&format!("sending {} line(s) again", lines.len()));
+        for mut line in lines {
+            (line.resent, line.cut_in) = (false, None);
+            self.queue(line);
+        }
     }
 
     /// A message of this user's in a rejoined room's history: a line cut off by the lost
@@ -398,7 +438,7 @@ impl Session {
         let unsent = std::mem::take(&mut self.outbox).into_iter();
         for line in std::mem::take(&mut self.unconfirmed).into_iter().chain(unsent) {
             let error = ClientError::ConnectionLost("left before it could be sent".into());
-            self.out.not_sent(&line.room, &line.text, &error, line.resent);
+            self.out.not_sent(&line.room, Some(line.typed), &line.text, &error, line.resent);
             self.failed.get_or_insert(error);
         }
     }
@@ -430,7 +470,7 @@ impl Session {
         }
         self.typed += 1;
         let (room, text) = (room, text.to_owned());
-        self.outbox.push_back(Line { room, text, typed: self.typed, resent: false, cut_in: None });
+        self.queue(Line { room, text, typed: self.typed, resent: false, cut_in: None });
     }
 
     /// The node's name for the room `room` means to this user: `@bob` is the conversation
@@ -531,6 +571,7 @@ impl Session {
         match command {
             "" => {}
             "/quit" | "/exit" => return false,
+            "/retry" => self.retry(),
             "/join" if !arg.is_empty() => {
                 if let Err(e) = self.join(arg, None, true).await {
                     self.out.error(Some(arg), &e);
@@ -544,7 +585,7 @@ impl Session {
                 let shown = self.out.shown(arg);
                 if self.rooms.contains_key(arg) {
                     self.current = Some(arg.to_owned());
-                    self.out.info(&format!("typing into {shown}"));
+                    self.out.typing(arg);
                 } else {
                     self.out.usage(&format!("not in {shown}; /join it first"));
                 }
@@ -584,7 +625,7 @@ impl Session {
             },
             "/help" => self.out.info(
                 "commands: /join ROOM, /create ROOM, /leave [ROOM], /switch ROOM, /rooms, /who [ROOM], \
-                 /history [N], /msg NAME TEXT, /query NAME (a direct conversation, also \
+                 /history [N], /retry (sends again the lines that failed), /msg NAME TEXT, /query NAME (a direct conversation, also \
                  @NAME where a room goes), /register PASSWORD, /passwd OLD NEW, /logout, /quit; \
                  operators of the room typed into: /topic TEXT, /kick NAME [REASON], \
                  /ban NAME [MINUTES] [REASON], /unban NAME, /mute NAME [MINUTES], /unmute NAME, \
@@ -598,8 +639,7 @@ impl Session {
                 Some(room) => {
                     self.typed += 1;
                     let (room, text) = (room.clone(), line.to_owned());
-                    let line = Line { room, text, typed: self.typed, resent: false, cut_in: None };
-                    self.outbox.push_back(line);
+                    self.queue(Line { room, text, typed: self.typed, resent: false, cut_in: None });
                 }
                 None => self.out.usage("not in a room: /join ROOM first"),
             },
@@ -683,7 +723,7 @@ impl Session {
         if self.current.as_deref() == Some(room) {
             self.current = self.rooms.keys().next().cloned();
             if let Some(now) = &self.current {
-                self.out.info(&format!("typing into {}", self.out.shown(now)));
+                self.out.typing(now);
             }
         }
     }
@@ -757,6 +797,7 @@ impl Session {
             joined.forward.abort();
             joined.ended = false;
         }
+        self.attempts = 1;
         self.reconnecting = Some((self.attempt(FIRST_BACKOFF), FIRST_BACKOFF));
         Ok(())
     }
@@ -786,6 +827,7 @@ impl Session {
                 tracing::debug!(error = %e, "reconnect attempt failed");
                 let wait = self.reconnecting.as_ref().map_or(FIRST_BACKOFF, |(_, w)| *w);
                 let wait = (wait * 2).min(MAX_BACKOFF);
+                self.attempts += 1;
                 self.reconnecting = Some((self.attempt(wait), wait));
                 return Ok(());
             }

@@ -21,7 +21,7 @@ use crossterm::{cursor, execute, queue, style};
 use tokio::sync::mpsc;
 use unicode_width::UnicodeWidthChar;
 
-use super::output::Sink;
+use super::output::LineSink;
 
 /// Lines kept to draw the screen again after a resize: more than any terminal has rows.
 const RECENT_LINES: usize = 500;
@@ -41,7 +41,7 @@ impl Terminal {
     ///
     /// # Errors
     /// Standard input is not a terminal that can be put in raw mode.
-    pub fn start() -> io::Result<(Self, Box<dyn Sink>, mpsc::Receiver<String>)> {
+    pub fn start() -> io::Result<(Self, Box<dyn LineSink>, mpsc::Receiver<String>)> {
         let (width, height) = terminal::size()?;
         terminal::enable_raw_mode()?;
         execute!(io::stdout(), event::EnableBracketedPaste)?;
@@ -70,7 +70,7 @@ fn lock(screen: &Mutex<Screen>) -> MutexGuard<'_, Screen> {
 /// Prints the session's lines above the input row.
 struct Printer(Arc<Mutex<Screen>>);
 
-impl Sink for Printer {
+impl LineSink for Printer {
     fn line(&mut self, line: String) {
         let mut out = io::stdout().lock();
         let _ = lock(&self.0).print(&mut out, &line);

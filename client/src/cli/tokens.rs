@@ -14,6 +14,15 @@ use chat_proto::SessionToken;
 /// Where the data directory is, if not the platform's: for tests and several profiles.
 pub const DATA_DIR_VARIABLE: &str = "CHAT_CLIENT_DATA_DIR";
 
+/// The user's data directory for `chat`: `$CHAT_CLIENT_DATA_DIR`, else
+/// `$XDG_DATA_HOME/chat`, else `~/.local/share/chat`; `None` with no home at all.
+pub fn data_dir() -> Option<PathBuf> {
+    let var = |key| std::env::var_os(key).filter(|v| !v.is_empty()).map(PathBuf::from);
+    var(DATA_DIR_VARIABLE)
+        .or_else(|| var("XDG_DATA_HOME").map(|d| d.join("chat")))
+        .or_else(|| var("HOME").map(|home| home.join(".local/share/chat")))
+}
+
 /// The token file of one server and name.
 #[derive(Debug, Clone)]
 pub struct TokenFile {
@@ -21,13 +30,9 @@ pub struct TokenFile {
 }
 
 impl TokenFile {
-    /// The file for `server` and `name`: `sessions/SERVER,NAME` under `$CHAT_CLIENT_DATA_DIR`,
-    /// else `$XDG_DATA_HOME/chat`, else `~/.local/share/chat`; `None` with no home at all.
+    /// The file for `server` and `name`: `sessions/SERVER,NAME` under [`data_dir`].
     pub fn new(server: &str, name: &str) -> Option<Self> {
-        let var = |key| std::env::var_os(key).filter(|v| !v.is_empty()).map(PathBuf::from);
-        let dir = var(DATA_DIR_VARIABLE)
-            .or_else(|| var("XDG_DATA_HOME").map(|d| d.join("chat")))
-            .or_else(|| var("HOME").map(|home| home.join(".local/share/chat")))?;
+        let dir = data_dir()?;
         // Names compare without case; a server's ':' (and anything odd) is kept out of paths.
         let file: String = format!("{server},{}", name.to_ascii_lowercase())
             .chars()

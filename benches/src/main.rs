@@ -18,6 +18,7 @@ mod plot;
 mod process;
 mod relay;
 mod requests;
+mod screen;
 mod soak;
 
 use std::path::PathBuf;
@@ -154,6 +155,17 @@ enum Command {
         #[arg(long)]
         phase: Option<usize>,
     },
+    /// The full-screen `chat` in a pseudo-terminal under a busy room: prints keystroke-to-
+    /// screen and message-to-screen latency and chat's CPU (needs `chat` and the release
+    /// `chat-node` beside this program, and util-linux's `script`)
+    Screen {
+        /// Seconds per phase
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Messages per second the loader posts
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+    },
     /// The bare QUIC relay that `fanout --floor` measures (started by it)
     #[command(hide = true)]
     Relay {
@@ -218,6 +230,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Relay { listen, dir } => relay::serve(listen, &dir).await,
         Command::Requests { history, seconds } => requests::run(history, seconds).await,
         Command::Logins { tries, phase } => logins::run(tries, phase).await,
+        Command::Screen { seconds, rate } => screen::run(seconds, rate).await,
         Command::Connections { count, node_args } => connections::run(count, &node_args).await,
         Command::Matrix { json, plots, runs } => {
             if let Some(dir) = &plots {

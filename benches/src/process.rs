@@ -41,7 +41,7 @@ pub fn relay(dir: &Path) -> anyhow::Result<ServerProcess> {
 }
 
 /// A program built beside this one.
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+pub fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let path = std::env::current_exe()?.with_file_name(name);
     if !path.exists() {
         bail!(

@@ -85,3 +85,20 @@ fn requests_floods_joins_beside_a_bystander_and_reports_both() {
     assert!(served("join flood, no budget") > 0.0, "{out}");
     served("join flood, default budget");
 }
+
+#[test]
+fn screen_times_keys_and_messages_on_the_full_screen_chat_under_load() {
+    let out = bench(&["screen", "--seconds", "1", "--rate", "200"]);
+    for phase in ["quiet node", "load into the room shown", "load into another room"] {
+        let row = out
+            .lines()
+            .find(|l| l.starts_with(&format!("| {phase}")))
+            .unwrap_or_else(|| panic!("{out}"));
+        // Every probe posted was seen on the screen, and keys were timed.
+        let probes = row.split(" probes seen").next().and_then(|r| r.rsplit('(').next());
+        let (seen, sent) =
+            probes.and_then(|p| p.split_once(" of ")).unwrap_or_else(|| panic!("{row}"));
+        assert_eq!(seen, sent, "{row}");
+        assert!(!row.contains("(0 keys)") && row.contains("of a core"), "{row}");
+    }
+}

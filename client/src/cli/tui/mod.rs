@@ -9,8 +9,10 @@
 //!
 //! One thread owns the terminal and paints; another reads keys. Notices and keys reach the
 //! painter through one bounded channel. It paints at once after a key, so that typing never
-//! waits behind a busy room, and at most every [`FRAME`] for notices alone. It never blocks
-//! on the session: typed lines the session cannot take yet wait in order in the painter.
+//! waits behind a busy room, and for notices alone at once too unless it painted for notices
+//! less than a [`FRAME`] ago (a busy room is painted at most 60 times a second, and a
+//! message waits at most a frame). It never blocks on the session: typed lines the session
+//! cannot take yet wait in order in the painter.
 
 mod draw;
 mod input;
@@ -192,7 +194,8 @@ fn paint(
     lines: &mpsc::Sender<String>,
 ) -> View {
     let mut held: VecDeque<String> = VecDeque::new();
-    let mut last_paint = Instant::now() - FRAME;
+    // Paints for notices alone are spaced a frame apart; paints for keys do not count.
+    let mut last_notice_paint = Instant::now() - FRAME;
     let mut dirty = true;
     let mut clear = false;
     loop {
@@ -201,7 +204,7 @@ fn paint(
         let wait = if !held.is_empty() {
             RETRY
         } else if dirty {
-            FRAME.saturating_sub(last_paint.elapsed())
+            FRAME.saturating_sub(last_notice_paint.elapsed())
         } else {
             Duration::from_secs(3600)
         };
@@ -257,7 +260,8 @@ fn paint(
                 Err(mpsc::error::TrySendError::Closed(_)) => held.clear(),
             }
         }
-        if dirty && (keyed || clear || last_paint.elapsed() >= FRAME) {
+        let for_notices = !keyed && !clear;
+        if dirty && (!for_notices || last_notice_paint.elapsed() >= FRAME) {
             if clear {
                 let _ = terminal.clear();
                 clear = false;
@@ -266,7 +270,9 @@ fn paint(
             if std::mem::take(&mut view.bell) {
                 let _ = io::stdout().write_all(b"\x07").and_then(|()| io::stdout().flush());
             }
-            last_paint = Instant::now();
+            if for_notices {
+                last_notice_paint = Instant::now();
+            }
             dirty = false;
         }
     }

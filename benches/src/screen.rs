@@ -141,12 +141,9 @@ pub async fn run(seconds: f64, rate: u64) -> anyhow::Result<()> {
             glass.messages.reset();
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let loading = match load {
-            Some(room) => {
-                Some(tokio::spawn(load_room(Arc::clone(&loader), room, rate, Arc::clone(&stop))))
-            }
-            None => None,
-        };
+        let loading = load.map(|room| {
+            tokio::spawn(load_room(Arc::clone(&loader), room, rate, Arc::clone(&stop)))
+        });
         let cpu_before = cpu_seconds(chat_pid)?;
         let started = Instant::now();
         let probing = tokio::spawn(probe(

@@ -475,6 +475,9 @@ impl View {
         if key.code != KeyCode::Tab {
             self.completion = None;
         }
+        if ctrl && key.code == KeyCode::Char('c') {
+            return Action::Send(vec!["/quit".into()]);
+        }
         if self.help {
             if matches!(
                 key.code,
@@ -511,7 +514,6 @@ impl View {
             return Action::None;
         }
         match key.code {
-            KeyCode::Char('c') if ctrl => return Action::Send(vec!["/quit".into()]),
             KeyCode::Char('d') if ctrl && self.input.is_empty() => {
                 return Action::Send(vec!["/quit".into()]);
             }

@@ -7,13 +7,19 @@
 //!
 //! The node asks before the TLS handshake, so a refused connection costs one packet. Each
 //! admitted connection holds a [`Slot`] that gives its place back when dropped.
+//!
+//! A full node makes room before it refuses: the connection that has sat longest after its
+//! hello without joining a room (at least `grace`) is told to close, and the new one takes
+//! its place. So connections that only say hello cannot hold every place; one that joined a
+//! room is never asked.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chat_core::accounts::address_key;
+use tokio::sync::oneshot;
 
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +45,8 @@ impl Full {
 pub(crate) struct Admission {
     max_total: usize,
     max_per_ip: usize,
+    /// How long after its hello a connection that joined nothing may be closed for room.
+    grace: Duration,
     open: Mutex<Open>,
 }
 
@@ -58,6 +66,14 @@ struct Open {
     barred: HashMap<IpAddr, Instant>,
     /// Refused hellos per address: how many, since when.
     strikes: HashMap<IpAddr, (u32, Instant)>,
+    /// Connections that said hello and joined nothing, oldest first: since when, which, and
+    /// how to tell it to close.
+    idle: BTreeMap<(Instant, u64), oneshot::Sender<()>>,
+    /// The same connections by slot: since when.
+    idle_since: HashMap<u64, Instant>,
+    /// Slots told to close for room, not yet dropped: counted in `total`, but not as taken.
+    leaving: HashSet<u64>,
+    next_slot: u64,
 }
 
 /// What a refused hello's strike came to.
@@ -75,33 +91,52 @@ pub(crate) enum Strike {
 pub(crate) struct Slot {
     admission: Arc<Admission>,
     ip: IpAddr,
+    id: u64,
 }
 
 impl Admission {
-    pub(crate) fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
-        Arc::new(Self { max_total, max_per_ip, open: Mutex::default() })
+    pub(crate) fn new(max_total: usize, max_per_ip: usize, grace: Duration) -> Arc<Self> {
+        Arc::new(Self { max_total, max_per_ip, grace, open: Mutex::default() })
     }
 
     /// A slot for one more connection from `ip`, or why there is none.
     pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Full> {
         let ip = address_key(ip);
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        if open.total >= self.max_total {
-            return Err(Full::Node);
-        }
         if let Some(&until) = open.barred.get(&ip) {
             if Instant::now() < until {
                 return Err(Full::Barred);
             }
             open.barred.remove(&ip);
         }
-        let from_ip = open.by_ip.entry(ip).or_default();
-        if *from_ip >= self.max_per_ip {
+        if open.by_ip.get(&ip).is_some_and(|n| *n >= self.max_per_ip) {
             return Err(Full::Address);
         }
-        *from_ip += 1;
+        if open.total - open.leaving.len() >= self.max_total && !self.make_room(&mut open) {
+            return Err(Full::Node);
+        }
+        *open.by_ip.entry(ip).or_default() += 1;
         open.total += 1;
-        Ok(Slot { admission: Arc::clone(self), ip })
+        open.next_slot += 1;
+        Ok(Slot { admission: Arc::clone(self), ip, id: open.next_slot })
+    }
+
+    /// Tells the connection idle longest (and at least `grace`) to close; whether one was.
+    fn make_room(&self, open: &mut Open) -> bool {
+        let now = Instant::now();
+        while let Some(entry) = open.idle.first_entry() {
+            let (since, id) = *entry.key();
+            if now.duration_since(since) < self.grace {
+                return false;
+            }
+            // Gone already if its connection ended meanwhile: then try the next.
+            open.idle_since.remove(&id);
+            if entry.remove().send(()).is_ok() {
+                open.leaving.insert(id);
+                return true;
+            }
+        }
+        false
     }
 
     /// Admits no connection from `ip` for `period`.
@@ -148,9 +183,45 @@ fn bar(open: &mut Open, ip: IpAddr, period: Duration) {
     open.barred.insert(ip, now + period);
 }
 
+impl Slot {
+    /// Names the slot for [`Admission::joined`].
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The connection said hello and has joined nothing: when the node is full it may be
+    /// told to close (the receiver hears `Ok`) to make room. The receiver hears `Err` once
+    /// it has joined a room.
+    pub(crate) fn idle(&self) -> oneshot::Receiver<()> {
+        let (tell, told) = oneshot::channel();
+        let since = Instant::now();
+        let mut open = self.admission.open.lock().unwrap_or_else(PoisonError::into_inner);
+        remove_idle(&mut open, self.id);
+        open.idle_since.insert(self.id, since);
+        open.idle.insert((since, self.id), tell);
+        told
+    }
+}
+
+impl Admission {
+    /// The connection of `slot` joined a room: it keeps its place.
+    pub(crate) fn joined(&self, slot: u64) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        remove_idle(&mut open, slot);
+    }
+}
+
+fn remove_idle(open: &mut Open, slot: u64) {
+    if let Some(since) = open.idle_since.remove(&slot) {
+        open.idle.remove(&(since, slot));
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut open = self.admission.open.lock().unwrap_or_else(PoisonError::into_inner);
+        remove_idle(&mut open, self.id);
+        open.leaving.remove(&self.id);
         open.total -= 1;
         if let Some(n) = open.by_ip.get_mut(&self.ip) {
             *n -= 1;
@@ -171,7 +242,7 @@ mod tests {
 
     #[test]
     fn limits_per_address_and_in_all_and_frees_on_drop() {
-        let admission = Admission::new(3, 2);
+        let admission = Admission::new(3, 2, Duration::ZERO);
         let a1 = admission.admit(ip(1)).expect("first");
         let _a2 = admission.admit(ip(1)).expect("second");
         assert_eq!(admission.admit(ip(1)).err(), Some(Full::Address));
@@ -185,7 +256,7 @@ mod tests {
 
     #[test]
     fn a_barred_address_is_refused_for_the_period_only() {
-        let admission = Admission::new(10, 10);
+        let admission = Admission::new(10, 10, Duration::ZERO);
         let _held = admission.admit(ip(1)).expect("admitted");
         admission.bar(ip(1), Duration::from_secs(60));
         admission.bar(ip(2), Duration::ZERO);
@@ -196,7 +267,7 @@ mod tests {
 
     #[test]
     fn an_ipv6_host_counts_as_its_64_and_a_mapped_ipv4_as_itself() {
-        let admission = Admission::new(10, 1);
+        let admission = Admission::new(10, 1, Duration::ZERO);
         let one: IpAddr = "2001:db8:1:2::1".parse().expect("address");
         let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().expect("address");
         let other_64: IpAddr = "2001:db8:1:3::1".parse().expect("address");
@@ -210,7 +281,7 @@ mod tests {
 
     #[test]
     fn refused_hellos_are_logged_a_few_times_then_bar_the_address() {
-        let admission = Admission::new(10, 10);
+        let admission = Admission::new(10, 10, Duration::ZERO);
         let strikes: Vec<Strike> =
             (0..HELLO_STRIKES).map(|_| admission.strike(ip(1), Duration::from_secs(60))).collect();
         assert_eq!(strikes[..3], [Strike::Logged; 3]);
@@ -225,8 +296,33 @@ mod tests {
 
     #[test]
     fn forgets_an_address_with_no_connections() {
-        let admission = Admission::new(10, 1);
+        let admission = Admission::new(10, 1, Duration::ZERO);
         drop(admission.admit(ip(1)).expect("admitted"));
         assert!(admission.open.lock().expect("lock").by_ip.is_empty());
+    }
+
+    #[test]
+    fn a_full_node_makes_room_by_closing_the_longest_idle_connection_past_its_grace() {
+        let admission = Admission::new(3, 10, Duration::from_millis(50));
+        let member = admission.admit(ip(1)).expect("first");
+        let older = admission.admit(ip(2)).expect("second");
+        let newer = admission.admit(ip(3)).expect("third");
+        let mut member_told = member.idle();
+        admission.joined(member.id()); // Joined a room: never asked.
+        assert!(member_told.try_recv().is_err());
+        let mut older_told = older.idle();
+        std::thread::sleep(Duration::from_millis(5));
+        let mut newer_told = newer.idle();
+        assert_eq!(admission.admit(ip(4)).err(), Some(Full::Node), "within the grace");
+        std::thread::sleep(Duration::from_millis(60));
+        let _fourth = admission.admit(ip(4)).expect("room made");
+        assert!(older_told.try_recv().is_ok(), "the one idle longest is told");
+        assert!(newer_told.try_recv().is_err());
+        assert_eq!(admission.open(), 4, "counted until its connection ends");
+        let _fifth = admission.admit(ip(5)).expect("room made again");
+        assert!(newer_told.try_recv().is_ok());
+        assert_eq!(admission.admit(ip(6)).err(), Some(Full::Node), "nobody idle is left");
+        drop(older);
+        assert_eq!(admission.admit(ip(6)).err(), Some(Full::Node), "its place was taken");
     }
 }

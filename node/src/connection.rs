@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::admission::Slot;
 use crate::admission::{HELLO_STRIKES, STRIKE_WINDOW, Strike};
 use crate::mailbox::{Outbox, Outgoing};
 use crate::reply::error_frame;
@@ -32,7 +33,7 @@ use crate::seams::DirectoryError;
 use crate::{Conn, Shared, login, moderation, room};
 
 /// Serves one connection from handshake to close.
-pub(crate) async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming) {
+pub(crate) async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, slot: Slot) {
     let id = ConnId(shared.next_id());
     let span = info_span!("conn", id = id.0, remote = %incoming.remote_address());
     async move {
@@ -47,8 +48,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming) {
         };
         let Some(greeted) = greet(&shared, id, &connection).await else { return };
         let Greeted { send, reader, name, token, pushed } = greeted;
-        let conn = Arc::new(Conn { id, connection: connection.clone(), name, token });
-        let rooms = run(&shared, &conn, send, reader, pushed).await;
+        let conn =
+            Arc::new(Conn { id, connection: connection.clone(), name, token, slot: slot.id() });
+        let rooms = run(&shared, &conn, send, reader, pushed, &slot).await;
         shared.core().disconnect(id, departure(&connection));
         shared.directory.release(id);
         shared.connections().remove(&id);
@@ -203,8 +205,12 @@ async fn run(
     mut send: SendStream,
     mut reader: FrameReader<RecvStream>,
     mut pushed: mpsc::Receiver<Outgoing>,
+    slot: &Slot,
 ) -> JoinSet<()> {
     let connection = &conn.connection;
+    // Until it joins a room, a full node may close it to make room for a new connection.
+    let mut make_room = slot.idle();
+    let mut idle = true;
     let mut rooms = JoinSet::new();
     let mut stopping = shared.stopping.clone();
     let most_rooms = shared.limits.max_rooms_per_connection;
@@ -316,8 +322,18 @@ async fn run(
                     }
                 }
             }
+            told = &mut make_room, if idle => {
+                idle = false;
+                if told.is_ok() {
+                    info!("closed to make room for a new connection: it had joined no room");
+                    shared.metrics.error("made_room");
+                    connection.close(codes::close::MADE_ROOM.into(), b"the node is full, and this connection had joined no room");
+                    break;
+                }
+            }
             stream = connection.accept_bi() => {
                 let Ok((room_send, room_recv)) = stream else { break };
+
                 rooms.spawn(room::serve(Arc::clone(shared), Arc::clone(conn), room_send, room_recv).in_current_span());
                 while rooms.try_join_next().is_some() {}
                 if rooms.len() >= allowed_rooms as usize && allowed_rooms < most_rooms {

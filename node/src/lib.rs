@@ -112,6 +112,8 @@ pub(crate) struct Conn {
     pub name: chat_core::UserName,
     /// The session's token: an account's session while it is one.
     pub token: chat_core::SessionToken,
+    /// Its place among the node's connections (see `admission`).
+    pub slot: u64,
 }
 
 /// What every connection task shares.
@@ -275,7 +277,11 @@ impl Node {
             connections: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             stopping,
-            admission: Admission::new(config.max_connections, config.max_connections_per_ip),
+            admission: Admission::new(
+                config.max_connections,
+                config.max_connections_per_ip,
+                config.handshake_timeout,
+            ),
             handshaking: std::sync::atomic::AtomicUsize::new(0),
             metrics,
             config,
@@ -357,9 +363,8 @@ impl Node {
             let shared = Arc::clone(&shared);
             tasks.spawn(async move {
                 shared.metrics.connections.inc();
-                connection::serve(Arc::clone(&shared), incoming).await;
+                connection::serve(Arc::clone(&shared), incoming, slot).await;
                 shared.metrics.connections.dec();
-                drop(slot);
             });
         }
 

@@ -86,6 +86,7 @@ pub(crate) async fn serve(
         }
     };
     shared.metrics.members.inc();
+    shared.admission.joined(conn.slot);
     shared.directory.entered(member, &joined.room, &conn.name);
     debug!(room = %joined.room, member = member.0, ?after, "joined");
     let writer = Writer::new(Arc::clone(&shared), joined.room.clone(), send);

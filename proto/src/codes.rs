@@ -33,6 +33,9 @@ pub mod close {
     pub const LOGIN_FAILED: u32 = 9;
     /// Too many failed logins for the account or from the address; try again later.
     pub const TOO_MANY_LOGINS: u32 = 10;
+    /// The node was full, and this connection, which had joined no room since its hello, was
+    /// closed to make room for a new one.
+    pub const MADE_ROOM: u32 = 11;
 }
 
 /// Codes with which the node resets (stops writing) a room stream.

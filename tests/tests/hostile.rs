@@ -209,6 +209,55 @@ async fn connections_are_limited_per_address() {
     node.stop().await;
 }
 
+/// Connections that said hello and then sat idle held every place of a full node, and
+/// nobody else got in (issue 19). Now the one idle longest (past the handshake timeout)
+/// makes room; a member never does.
+#[tokio::test]
+async fn a_full_node_makes_room_by_closing_connections_that_joined_nothing() {
+    let node = TestNode::start(|config| {
+        config.max_connections = 3;
+        config.handshake_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let member = node.connect("member").await;
+    let mut room = member.join("general", None).await.expect("joined");
+    let older = node.connect("older").await;
+    let newer = node.connect("newer").await;
+    let refused = Client::connect(node.options("early")).await.err().expect("refused");
+    assert!(matches!(refused, ClientError::NodeFull(_)), "within the grace: {refused:?}");
+
+    // Past the grace, a newcomer gets in, and the connection idle longest is closed.
+    let connect_when_room = |name: &'static str| {
+        let options = node.options(name);
+        async move {
+            let deadline = Instant::now() + PATIENCE;
+            loop {
+                match Client::connect(options.clone()).await {
+                    Ok(client) => return client,
+                    Err(ClientError::NodeFull(_)) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => panic!("{name} never got in: {e}"),
+                }
+            }
+        }
+    };
+    let first = connect_when_room("first").await;
+    let closed = tokio::time::timeout(PATIENCE, older.closed()).await.expect("older closed");
+    assert!(closed.to_string().contains("had joined no room"), "{closed}");
+    let _first_room = first.join("general", None).await.expect("the newcomer joins");
+    let second = connect_when_room("second").await;
+    let closed = tokio::time::timeout(PATIENCE, newer.closed()).await.expect("newer closed");
+    assert!(closed.to_string().contains("had joined no room"), "{closed}");
+    let _second_room = second.join("general", None).await.expect("joins");
+
+    // Only members are left: the next one is refused, and the member never noticed.
+    let refused = Client::connect(node.options("late")).await.err().expect("refused");
+    assert!(matches!(refused, ClientError::NodeFull(_)), "{refused:?}");
+    bystander_is_fine(&mut room).await;
+    node.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_streams_at_once_each_get_an_answer() {
     // The stream limit is under test here, not the request budget (tested below).

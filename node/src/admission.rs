@@ -12,6 +12,10 @@
 //! hello without joining a room (at least `grace`) is told to close, and the new one takes
 //! its place. So connections that only say hello cannot hold every place; one that joined a
 //! room is never asked.
+//!
+//! A connection that migrates (the client's address changes under it, which QUIC allows)
+//! is counted against its new address from then on ([`Admission::moved`]); one that moves to
+//! an address at its limit is to be closed.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
@@ -74,6 +78,8 @@ struct Open {
     /// Slots told to close for room, not yet dropped: counted in `total`, but not as taken.
     leaving: HashSet<u64>,
     next_slot: u64,
+    /// The address each slot counts against: where its connection is now.
+    addresses: HashMap<u64, IpAddr>,
 }
 
 /// What a refused hello's strike came to.
@@ -90,7 +96,6 @@ pub(crate) enum Strike {
 /// An admitted connection's place.
 pub(crate) struct Slot {
     admission: Arc<Admission>,
-    ip: IpAddr,
     id: u64,
 }
 
@@ -118,7 +123,9 @@ impl Admission {
         *open.by_ip.entry(ip).or_default() += 1;
         open.total += 1;
         open.next_slot += 1;
-        Ok(Slot { admission: Arc::clone(self), ip, id: open.next_slot })
+        let id = open.next_slot;
+        open.addresses.insert(id, ip);
+        Ok(Slot { admission: Arc::clone(self), id })
     }
 
     /// Tells the connection idle longest (and at least `grace`) to close; whether one was.
@@ -204,6 +211,28 @@ impl Slot {
 }
 
 impl Admission {
+    /// The connection of `slot` is at `ip` now: it counts there from now on, unless that
+    /// address has its most connections or is barred (then it stays counted where it was,
+    /// and is to be closed).
+    pub(crate) fn moved(&self, slot: u64, ip: IpAddr) -> Result<(), Full> {
+        let ip = address_key(ip);
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(&was) = open.addresses.get(&slot) else { return Ok(()) };
+        if was == ip {
+            return Ok(());
+        }
+        if open.barred.get(&ip).is_some_and(|until| Instant::now() < *until) {
+            return Err(Full::Barred);
+        }
+        if open.by_ip.get(&ip).is_some_and(|n| *n >= self.max_per_ip) {
+            return Err(Full::Address);
+        }
+        uncount(&mut open, was);
+        *open.by_ip.entry(ip).or_default() += 1;
+        open.addresses.insert(slot, ip);
+        Ok(())
+    }
+
     /// The connection of `slot` joined a room: it keeps its place.
     pub(crate) fn joined(&self, slot: u64) {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
@@ -223,11 +252,17 @@ impl Drop for Slot {
         remove_idle(&mut open, self.id);
         open.leaving.remove(&self.id);
         open.total -= 1;
-        if let Some(n) = open.by_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                open.by_ip.remove(&self.ip);
-            }
+        if let Some(ip) = open.addresses.remove(&self.id) {
+            uncount(&mut open, ip);
+        }
+    }
+}
+
+fn uncount(open: &mut Open, ip: IpAddr) {
+    if let Some(n) = open.by_ip.get_mut(&ip) {
+        *n -= 1;
+        if *n == 0 {
+            open.by_ip.remove(&ip);
         }
     }
 }
@@ -324,5 +359,21 @@ mod tests {
         assert_eq!(admission.admit(ip(6)).err(), Some(Full::Node), "nobody idle is left");
         drop(older);
         assert_eq!(admission.admit(ip(6)).err(), Some(Full::Node), "its place was taken");
+    }
+
+    #[test]
+    fn a_migrated_connection_counts_against_its_new_address() {
+        let admission = Admission::new(10, 2, Duration::ZERO);
+        let a = admission.admit(ip(1)).expect("first");
+        let b = admission.admit(ip(1)).expect("second");
+        assert_eq!(admission.admit(ip(1)).err(), Some(Full::Address));
+        assert_eq!(admission.moved(a.id(), ip(2)), Ok(()));
+        assert_eq!(admission.moved(b.id(), ip(2)), Ok(()));
+        let _c = admission.admit(ip(1)).expect("the old address is free again");
+        let _d = admission.admit(ip(1)).expect("both places");
+        assert_eq!(admission.admit(ip(2)).err(), Some(Full::Address), "carried to the new one");
+        assert_eq!(admission.moved(_c.id(), ip(2)), Err(Full::Address), "no third there");
+        drop(a);
+        assert!(admission.admit(ip(2)).is_ok(), "freed where it was counted last");
     }
 }

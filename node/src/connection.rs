@@ -46,7 +46,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, slot: 
             Ok(Err(e)) => return debug!(error = %e, "handshake failed"),
             Err(_) => return debug!("handshake timed out"),
         };
-        let Some(greeted) = greet(&shared, id, &connection).await else { return };
+        let Some(greeted) = greet(&shared, id, &connection, slot.id()).await else { return };
         let Greeted { send, reader, name, token, pushed } = greeted;
         let conn =
             Arc::new(Conn { id, connection: connection.clone(), name, token, slot: slot.id() });
@@ -77,7 +77,12 @@ struct Greeted {
 }
 
 /// Waits for the hello and answers it. `None` when the connection was refused or lost.
-async fn greet(shared: &Shared, id: ConnId, connection: &quinn::Connection) -> Option<Greeted> {
+async fn greet(
+    shared: &Shared,
+    id: ConnId,
+    connection: &quinn::Connection,
+    slot: u64,
+) -> Option<Greeted> {
     let hello = async {
         let (send, recv) = connection.accept_bi().await.ok()?;
         let mut reader = FrameReader::new(recv, shared.limits.max_frame_len as usize)
@@ -137,12 +142,12 @@ async fn greet(shared: &Shared, id: ConnId, connection: &quinn::Connection) -> O
     let evicted = Arc::new(watch::Sender::new(None)); // A full inbox misses a push only.
     shared.core().attach_inbox(id, Outbox { queue: inbox, evicted });
     if let Some(old) = connected.replaced
-        && let Some(stale) = shared.connections().remove(&old)
+        && let Some((stale, _)) = shared.connections().remove(&old)
     {
         info!(name = %connected.name, old = old.0, "session taken over by a reconnect");
         stale.close(codes::close::SESSION_REPLACED.into(), b"this session was resumed elsewhere");
     }
-    shared.connections().insert(id, connection.clone());
+    shared.connections().insert(id, (connection.clone(), slot));
     // Now its room streams, and the window for them (see `endpoint`), before the welcome
     // so that the client has them when it joins.
     connection.set_max_concurrent_bi_streams((first_room_streams(shared) + 1).into());

@@ -131,7 +131,7 @@ pub(crate) struct Shared {
     limits: Limits,
     windows: ReceiveWindows,
     /// Open connections by id, so that a session taken over can be closed.
-    connections: Mutex<HashMap<ConnId, quinn::Connection>>,
+    connections: Mutex<HashMap<ConnId, (quinn::Connection, u64)>>,
     next_id: AtomicU64,
     /// Turns true when the node starts shutting down: stop reading requests.
     stopping: watch::Receiver<bool>,
@@ -146,7 +146,7 @@ impl Shared {
         self.core.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn connections(&self) -> MutexGuard<'_, HashMap<ConnId, quinn::Connection>> {
+    fn connections(&self) -> MutexGuard<'_, HashMap<ConnId, (quinn::Connection, u64)>> {
         self.connections.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -338,6 +338,7 @@ impl Node {
         let _refresh = shared.config.cluster.as_ref().map(|cluster| {
             AbortOnDrop(tokio::spawn(refresh_names(Arc::clone(&shared), cluster.presence_ttl / 3)))
         });
+        let _migrations = AbortOnDrop(tokio::spawn(follow_migrations(Arc::clone(&shared))));
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -463,13 +464,39 @@ async fn connect_cluster(config: &chat_cluster::ClusterConfig) -> anyhow::Result
 
 /// Renews this node's names in the cluster's presence before they expire, and closes the
 /// connections whose users have taken their names to another node meanwhile.
+/// How often the node looks for connections that moved to another address.
+const MIGRATION_SWEEP: Duration = Duration::from_secs(2);
+
+/// Counts each welcomed connection against the address it is at now (QUIC lets a client's
+/// address change under its connection), and closes one that moved to an address that has
+/// its most connections. Once a sweep, not per packet: quinn tells no one of a migration.
+async fn follow_migrations(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(MIGRATION_SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let open: Vec<(quinn::Connection, u64)> = shared.connections().values().cloned().collect();
+        for (connection, slot) in open {
+            let remote = connection.remote_address();
+            if let Err(full) = shared.admission.moved(slot, remote.ip()) {
+                info!(%remote, reason = full.as_str(), "closed a connection that moved to an address at its limit");
+                shared.metrics.refused(full.as_str());
+                connection.close(
+                    codes::close::REFUSED.into(),
+                    b"this connection moved to an address that has its most connections",
+                );
+            }
+        }
+    }
+}
+
 async fn refresh_names(shared: Arc<Shared>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
         let Some(refresh) = shared.directory.refresh() else { return };
         for conn in refresh.await {
-            if let Some(connection) = shared.connections().remove(&conn) {
+            if let Some((connection, _)) = shared.connections().remove(&conn) {
                 info!(conn = conn.0, "session resumed on another node; closing this one");
                 connection.close(
                     codes::close::SESSION_REPLACED.into(),

@@ -250,8 +250,8 @@ pub fn wait_child(child: &mut Child) -> std::process::ExitStatus {
 /// A connection that has said hello, with what must live as long as it does.
 pub struct Greeted {
     pub connection: quinn::Connection,
-    _endpoint: quinn::Endpoint,
-    _control: (quinn::SendStream, FrameReader<quinn::RecvStream>),
+    pub endpoint: quinn::Endpoint,
+    pub control: (quinn::SendStream, FrameReader<quinn::RecvStream>),
 }
 
 /// A bare connection that has said hello as `name`.
@@ -263,7 +263,7 @@ pub async fn hello(node: &TestNode, name: &str) -> Greeted {
     let mut reader = FrameReader::new(recv, codec::MAX_NODE_FRAME_LEN);
     let welcome = reader.read::<NodeFrame>().await.expect("reads");
     assert!(matches!(welcome, Some(NodeFrame::Welcome(_))), "{welcome:?}");
-    Greeted { connection, _endpoint: endpoint, _control: (send, reader) }
+    Greeted { connection, endpoint, control: (send, reader) }
 }
 
 /// A client frame, encoded for writing by hand.

@@ -2,6 +2,7 @@
 //! connections, garbage on the wire. Each gets a typed error or close, and a well-behaved
 //! client on the same node notices nothing.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -256,6 +257,64 @@ async fn a_full_node_makes_room_by_closing_connections_that_joined_nothing() {
     assert!(matches!(refused, ClientError::NodeFull(_)), "{refused:?}");
     bystander_is_fine(&mut room).await;
     node.stop().await;
+}
+
+/// Two connections that migrated away still counted against their old address, and the new
+/// one carried four under a limit of two (issue 19, item 8). Now the count moves with them,
+/// and a connection that moves to an address at its limit is closed.
+#[tokio::test]
+async fn a_connection_that_migrates_counts_against_its_new_address() {
+    let node = TestNode::start(|config| config.max_connections_per_ip = 2).await;
+    let mut movers = vec![hello(&node, "mover1").await, hello(&node, "mover2").await];
+    let refused = Client::connect(node.options("third")).await.err().expect("refused");
+    assert!(matches!(refused, ClientError::NodeFull(_)), "{refused:?}");
+    let elsewhere = |mut options: ConnectOptions| {
+        options.local_ip = Some(IpAddr::from([127, 0, 0, 2]));
+        options
+    };
+
+    // Both rebind to 127.0.0.2, as a client does on a new network, and are answered there.
+    for mover in &mut movers {
+        move_to_127_0_0_2(mover).await;
+    }
+    let deadline = Instant::now() + PATIENCE;
+    let _back_home = loop {
+        match Client::connect(node.options("home1")).await {
+            Ok(client) => break client,
+            Err(ClientError::NodeFull(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("127.0.0.1 was never freed: {e}"),
+        }
+    };
+    let refused = Client::connect(elsewhere(node.options("there"))).await.err().expect("refused");
+    assert!(matches!(refused, ClientError::NodeFull(_)), "127.0.0.2 has two: {refused:?}");
+
+    // A third moving there is closed; the two that moved first go on.
+    let mut third = hello(&node, "mover3").await;
+    move_to_127_0_0_2(&mut third).await;
+    let closed = tokio::time::timeout(PATIENCE, third.connection.closed()).await.expect("closed");
+    let quinn::ConnectionError::ApplicationClosed(close) = closed else { panic!("{closed:?}") };
+    assert_eq!(close.error_code, codes::close::REFUSED.into());
+    assert!(String::from_utf8_lossy(&close.reason).contains("moved to an address"), "{close:?}");
+    for mover in &mut movers {
+        rooms_answered(mover).await;
+    }
+    node.stop().await;
+}
+
+/// Rebinds a bare connection's endpoint to 127.0.0.2 and has the node answer it there.
+async fn move_to_127_0_0_2(greeted: &mut chat_tests::Greeted) {
+    let socket = std::net::UdpSocket::bind("127.0.0.2:0").expect("bound");
+    greeted.endpoint.rebind(socket).expect("rebound");
+    rooms_answered(greeted).await;
+}
+
+async fn rooms_answered(greeted: &mut chat_tests::Greeted) {
+    let (send, reader) = &mut greeted.control;
+    send.write_all(&encoded(&ClientFrame::ListRooms)).await.expect("asked");
+    let answer = next_frame(reader).await;
+    assert!(matches!(answer, Some(NodeFrame::Rooms { .. })), "{answer:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,8 +48,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, slot: 
         };
         let Some(greeted) = greet(&shared, id, &connection, slot.id()).await else { return };
         let Greeted { send, reader, name, token, pushed } = greeted;
-        let conn =
-            Arc::new(Conn { id, connection: connection.clone(), name, token, slot: slot.id() });
+        let frames =
+            Arc::new(tokio::sync::Semaphore::new(2 * shared.limits.max_frame_len as usize));
+        let (quic, slot_id) = (connection.clone(), slot.id());
+        let conn = Arc::new(Conn { id, connection: quic, name, token, slot: slot_id, frames });
         let rooms = run(&shared, &conn, send, reader, pushed, &slot).await;
         shared.core().disconnect(id, departure(&connection));
         shared.directory.release(id);

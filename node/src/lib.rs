@@ -114,6 +114,8 @@ pub(crate) struct Conn {
     pub token: chat_core::SessionToken,
     /// Its place among the node's connections (see `admission`).
     pub slot: u64,
+    /// What its long frames in progress may hold: two frames at the length limit.
+    pub frames: Arc<tokio::sync::Semaphore>,
 }
 
 /// What every connection task shares.
@@ -130,6 +132,8 @@ pub(crate) struct Shared {
     config: NodeConfig,
     limits: Limits,
     windows: ReceiveWindows,
+    /// What the long frames in progress of every connection may hold together.
+    frames: Arc<tokio::sync::Semaphore>,
     /// Open connections by id, so that a session taken over can be closed.
     connections: Mutex<HashMap<ConnId, (quinn::Connection, u64)>>,
     next_id: AtomicU64,
@@ -274,6 +278,9 @@ impl Node {
             history,
             limits: limits(&config),
             windows: ReceiveWindows::new(&config),
+            frames: Arc::new(tokio::sync::Semaphore::new(
+                config.frame_memory.max(limits(&config).max_frame_len as usize),
+            )),
             connections: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             stopping,

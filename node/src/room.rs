@@ -36,7 +36,8 @@ pub(crate) async fn serve(
     recv: RecvStream,
 ) {
     let mut reader = FrameReader::new(recv, shared.limits.max_frame_len as usize)
-        .with_frame_deadline(shared.config.frame_timeout);
+        .with_frame_deadline(shared.config.frame_timeout)
+        .with_budgets(vec![Arc::clone(&conn.frames), Arc::clone(&shared.frames)]);
     let (room, after, limit) = match read_join(&shared, &mut reader).await {
         Ok(Some(join)) => join,
         Ok(None) => return,

@@ -1,8 +1,11 @@
 //! Frames over any tokio byte stream (a QUIC stream in the node and the client).
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Duration, Instant};
 
 use crate::codec::{self, FrameError};
@@ -26,7 +29,16 @@ pub struct FrameReader<R> {
     deadline: Option<Duration>,
     /// When the frame in progress (the bytes buffered, or being skipped) began arriving.
     started: Option<Instant>,
+    /// Budgets, in bytes, that a frame longer than [`UNBUDGETED`] takes its announced length
+    /// from before it is read further (a connection's, the node's): see
+    /// [`FrameReader::with_budgets`].
+    budgets: Vec<Arc<Semaphore>>,
+    /// What the frame in progress took from them.
+    taken: Vec<OwnedSemaphorePermit>,
 }
+
+/// Frames up to this long are read without a budget: the common case pays nothing.
+pub const UNBUDGETED: usize = 8 << 10;
 
 /// How much of an oversized frame is kept in [`FrameReader::oversized_head`].
 pub const HEAD_LEN: usize = 16;
@@ -47,7 +59,22 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             oversized_head: Vec::new(),
             deadline: None,
             started: None,
+            budgets: Vec::new(),
+            taken: Vec::new(),
         }
+    }
+
+    /// This reader, taking the announced length of each frame longer than [`UNBUDGETED`]
+    /// from every one of `budgets` (semaphores counting bytes) before it reads on, and giving
+    /// it back once the frame is whole. A frame waits for its budget (its bytes stay in the
+    /// transport, whose flow control stops the peer), within the frame deadline. So frames
+    /// in progress of all the streams sharing a budget hold at most that many bytes. A whole
+    /// frame is taken at once, so that two half-taken frames never wait on each other.
+    ///
+    /// Each budget must hold at least the reader's `max_len`.
+    #[must_use]
+    pub fn with_budgets(self, budgets: Vec<Arc<Semaphore>>) -> Self {
+        Self { budgets, ..self }
     }
 
     /// This reader, failing with [`FrameError::Stalled`] a frame that has not arrived whole
@@ -74,6 +101,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if self.skip == 0 {
                 match codec::decode(&mut self.buf, self.max_len) {
                     Ok(Some(frame)) => {
+                        self.taken.clear();
                         // What is left (if anything) is the next frame's start, just arrived.
                         self.started = (!self.buf.is_empty()).then(Instant::now);
                         return Ok(Some(frame));
@@ -91,6 +119,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     Err(e) => return Err(e),
                 }
                 if let Ok(Some(len)) = codec::peek_len(&self.buf, self.max_len) {
+                    if len > UNBUDGETED && self.taken.len() < self.budgets.len() {
+                        self.take_budget(len).await?;
+                    }
                     // Room for the rest of the frame, grown with what arrives (at most
                     // doubling what is buffered): a peer that announces a long frame and
                     // sends little of it makes the reader hold little.
@@ -120,6 +151,29 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 };
             }
         }
+    }
+
+    /// Takes `len` bytes from each budget not taken from yet, within the frame deadline.
+    async fn take_budget(&mut self, len: usize) -> Result<(), FrameError> {
+        let permits = u32::try_from(len).unwrap_or(u32::MAX);
+        while let Some(budget) = self.budgets.get(self.taken.len()) {
+            let take = Arc::clone(budget).acquire_many_owned(permits);
+            let permit = match self.deadline {
+                Some(deadline) => {
+                    let started = *self.started.get_or_insert_with(Instant::now);
+                    tokio::time::timeout_at(started + deadline, take)
+                        .await
+                        .map_err(|_| FrameError::Stalled(deadline))?
+                }
+                None => take.await,
+            };
+            // A budget is never closed; one that were would read on unbudgeted.
+            match permit {
+                Ok(permit) => self.taken.push(permit),
+                Err(_) => return Ok(()),
+            }
+        }
+        Ok(())
     }
 
     /// The stream it reads, for what a frame reader does not do (a QUIC stream's reset).
@@ -177,6 +231,33 @@ mod tests {
 
     use super::*;
     use crate::ClientFrame;
+
+    /// Two streams sharing a budget of one long frame: the second long frame waits, unread,
+    /// until the first is whole; short frames never wait.
+    #[tokio::test]
+    async fn long_frames_in_progress_share_their_budget_and_short_ones_pass() {
+        let max = 64 << 10;
+        let budget = Arc::new(Semaphore::new(max + codec::PREFIX_LEN));
+        let long =
+            codec::encode(&ClientFrame::Who { room: "x".repeat(40 << 10) }, max).expect("ok");
+        let short = codec::encode(&ClientFrame::ListRooms, max).expect("encodes");
+        let (mut peer_a, a) = tokio::io::duplex(1 << 20);
+        let (mut peer_b, b) = tokio::io::duplex(1 << 20);
+        let mut a = FrameReader::new(a, max).with_budgets(vec![Arc::clone(&budget)]);
+        let mut b = FrameReader::new(b, max).with_budgets(vec![Arc::clone(&budget)]);
+        peer_a.write_all(&long[..long.len() / 2]).await.expect("half of a's");
+        peer_b.write_all(&long).await.expect("all of b's");
+        let a_read = tokio::time::timeout(Duration::from_millis(50), a.read::<ClientFrame>()).await;
+        assert!(a_read.is_err(), "a's frame is not whole");
+        let b_read = tokio::time::timeout(Duration::from_millis(50), b.read::<ClientFrame>()).await;
+        assert!(b_read.is_err(), "b's waits for the budget a holds");
+        peer_a.write_all(&long[long.len() / 2..]).await.expect("the rest of a's");
+        peer_a.write_all(&short).await.expect("a short one");
+        assert!(matches!(a.read::<ClientFrame>().await, Ok(Some(ClientFrame::Who { .. }))));
+        assert_eq!(a.read::<ClientFrame>().await.expect("reads"), Some(ClientFrame::ListRooms));
+        assert!(matches!(b.read::<ClientFrame>().await, Ok(Some(ClientFrame::Who { .. }))));
+        assert_eq!(budget.available_permits(), max + codec::PREFIX_LEN, "all given back");
+    }
 
     /// With a frame deadline, a stream quiet between frames waits on, and a frame begun and
     /// not finished in time is given up.

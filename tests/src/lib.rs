@@ -305,6 +305,32 @@ pub fn joined_chat(node: &NodeProcess, name: &str) -> (Child, mpsc::Receiver<Str
     (child, events)
 }
 
+/// Types `count` numbered lines (`typed line 01`, ...) into `tmux` in one burst, and checks
+/// that a member reading `events` (a `chat --json`) got each from `sender` once, in order.
+/// Returns the lines.
+pub fn type_a_burst(
+    tmux: &Tmux,
+    events: &mpsc::Receiver<String>,
+    sender: &str,
+    count: usize,
+) -> Vec<String> {
+    let lines: Vec<String> = (1..=count).map(|i| format!("typed line {i:02}")).collect();
+    let mut keys = Vec::new();
+    for line in &lines {
+        keys.extend([line.as_str(), "Enter"]);
+    }
+    tmux.send_keys(&keys);
+    let mut seen = Vec::new();
+    while seen.len() < lines.len() {
+        let got = wait_for(events, "the typed lines", |e| {
+            e["event"] == "message" && e["sender"] == sender
+        });
+        seen.push(got["body"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(seen, lines, "every line once, in the order typed");
+    lines
+}
+
 /// JSON events from a `chat --json` process, until one matches.
 pub fn wait_for(
     events: &mpsc::Receiver<String>,

@@ -5,7 +5,7 @@
 
 use std::io::Write;
 
-use chat_tests::{NodeProcess, Tmux, events_of, joined_chat, wait_child, wait_for};
+use chat_tests::{NodeProcess, Tmux, events_of, joined_chat, type_a_burst, wait_child};
 
 const WIDTH: u16 = 100;
 const HEIGHT: u16 = 30;
@@ -133,20 +133,7 @@ fn fifty_lines_typed_in_one_burst_on_the_full_screen_arrive_in_order() {
     let node = NodeProcess::start(dir.path(), &[]);
     let (mut watcher, events) = joined_chat(&node, "watcher");
     let typist = screen_chat(&node, "typist", &["general"]);
-    let lines: Vec<String> = (1..=50).map(|i| format!("typed line {i:02}")).collect();
-    let mut keys = Vec::new();
-    for line in &lines {
-        keys.extend([line.as_str(), "Enter"]);
-    }
-    typist.send_keys(&keys);
-    let mut seen = Vec::new();
-    while seen.len() < lines.len() {
-        let got = wait_for(&events, "the typed lines", |e| {
-            e["event"] == "message" && e["sender"] == "typist"
-        });
-        seen.push(got["body"].as_str().unwrap_or_default().to_owned());
-    }
-    assert_eq!(seen, lines);
+    type_a_burst(&typist, &events, "typist", 50);
     // Stored, each is on the screen once: pending lines give way to the node's copies.
     let screen = typist.wait_for_screen("the last line stored", |s| {
         s.contains("typist: typed line 50") && !s.contains('…')

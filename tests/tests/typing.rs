@@ -7,7 +7,8 @@ use std::io::Write;
 use std::process::Stdio;
 
 use chat_tests::{
-    NodeProcess, Tmux, events_of, joined_chat, spawn_line_reader, wait_child, wait_for,
+    NodeProcess, Tmux, events_of, joined_chat, spawn_line_reader, type_a_burst, wait_child,
+    wait_for,
 };
 
 /// `count` numbered lines, as a file to pipe in, and the lines themselves.
@@ -186,20 +187,7 @@ fn fifty_lines_typed_in_one_burst_all_arrive_in_order() {
     let (mut watcher, events) = joined_chat(&node, "watcher");
     let typist = chat_on_terminal(&node, "typist", 100);
 
-    let lines: Vec<String> = (1..=50).map(|i| format!("typed line {i:02}")).collect();
-    let mut keys = Vec::new();
-    for line in &lines {
-        keys.extend([line.as_str(), "Enter"]);
-    }
-    typist.send_keys(&keys);
-    let mut seen = Vec::new();
-    while seen.len() < lines.len() {
-        let got = wait_for(&events, "the typed lines", |e| {
-            e["event"] == "message" && e["sender"] == "typist"
-        });
-        seen.push(got["body"].as_str().unwrap_or_default().to_owned());
-    }
-    assert_eq!(seen, lines);
+    let lines = type_a_burst(&typist, &events, "typist", 50);
     assert!(history_from(&node, "general", "typist") == lines);
     // Each line is on the typist's screen once: the node's copy, not also the typed echo.
     let screen = typist.wait_for_screen("the last line", |s| s.contains("typed line 50"));

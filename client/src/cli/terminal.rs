@@ -227,7 +227,8 @@ fn write_rows(out: &mut impl Write, line: &str) -> io::Result<()> {
     Ok(())
 }
 
-fn width_of(text: &str) -> usize {
+/// Columns `text` takes on a terminal.
+pub(crate) fn width_of(text: &str) -> usize {
     text.chars().map(|c| c.width().unwrap_or(0)).sum()
 }
 
@@ -251,7 +252,7 @@ fn screen_rows(line: &str, width: usize) -> Vec<String> {
 }
 
 /// `text` cut to at most `columns` wide.
-fn fit(text: &str, columns: usize) -> String {
+pub(crate) fn fit(text: &str, columns: usize) -> String {
     let mut used = 0;
     text.chars()
         .take_while(|c| {

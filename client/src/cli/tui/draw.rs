@@ -10,6 +10,7 @@ use unicode_width::UnicodeWidthChar;
 
 use super::view::{COMMANDS, Entry, View};
 use crate::cli::output::{Link, printable};
+use crate::cli::terminal::{fit, width_of};
 
 /// Below this width the sidebar is left out: the messages need the room.
 const SIDEBAR_FROM: u16 = 60;
@@ -441,19 +442,4 @@ fn help(frame: &mut Frame, area: Rect) {
             .block(Block::new().borders(Borders::ALL).title(" chat: keys and commands ")),
         popup,
     );
-}
-
-fn width_of(text: &str) -> usize {
-    text.chars().map(|c| c.width().unwrap_or(0)).sum()
-}
-
-/// `text` cut to at most `columns` wide.
-fn fit(text: &str, columns: usize) -> String {
-    let mut used = 0;
-    text.chars()
-        .take_while(|c| {
-            used += c.width().unwrap_or(0);
-            used <= columns
-        })
-        .collect()
 }

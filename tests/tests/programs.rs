@@ -391,3 +391,37 @@ fn a_vanished_client_frees_its_name_after_the_idle_timeout() {
     let gone = wait_for(&bob_events, "ada's departure", |e| e["event"] == "departed");
     assert_eq!((gone["name"].as_str(), gone["reason"].as_str()), (Some("ada"), Some("timed_out")));
 }
+
+/// Lines the node refused are kept: `/retry` sends them again, in the order typed, and says
+/// so; each that fails again is told again with its text.
+#[test]
+fn retry_sends_the_lines_that_failed_again_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = NodeProcess::start(dir.path(), &["--max-message-len", "16"]);
+    let mut chat = node
+        .chat("ada", &["--room", "general", "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("chat starts");
+    let mut typed = chat.stdin.take().expect("stdin");
+    let events = chat_tests::spawn_line_reader(chat.stdout.take().expect("stdout"));
+    writeln!(typed, "first line, far too long\nshort\nsecond line, too long as well")
+        .expect("typed");
+    let mut failed = Vec::new();
+    while failed.len() < 2 {
+        let event = wait_for(&events, "the refusals", |e| e["event"] == "not_sent");
+        failed.push(event["body"].as_str().unwrap_or_default().to_owned());
+    }
+    writeln!(typed, "/retry").expect("typed");
+    wait_for(&events, "the retry", |e| e["message"] == "sending 2 line(s) again");
+    let mut again = Vec::new();
+    while again.len() < 2 {
+        let event = wait_for(&events, "the refusals again", |e| e["event"] == "not_sent");
+        again.push(event["body"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(failed, ["first line, far too long", "second line, too long as well"]);
+    assert_eq!(again, failed, "sent again in the order typed");
+    drop(typed);
+    wait_child(&mut chat);
+}

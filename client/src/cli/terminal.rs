@@ -22,11 +22,10 @@ use tokio::sync::mpsc;
 use unicode_width::UnicodeWidthChar;
 
 use super::output::LineSink;
+use super::tui::input::{History, Input};
 
 /// Lines kept to draw the screen again after a resize: more than any terminal has rows.
 const RECENT_LINES: usize = 500;
-/// Lines typed that are kept for Up and Down.
-const INPUT_HISTORY: usize = 1000;
 /// Typed lines waiting for the session before keys are held back in the terminal.
 const TYPED_LINES: usize = 64;
 
@@ -275,17 +274,14 @@ enum Edit {
     Redraw,
 }
 
-/// The line being typed, with a cursor and the lines typed before.
+/// The line being typed, with a cursor and the lines typed before: the full screen's
+/// [`Input`] and [`History`] (not kept in a file here), shown in one row.
 #[derive(Default)]
 pub(crate) struct Editor {
-    line: Vec<char>,
-    /// The cursor's place in `line`, in characters.
-    cursor: usize,
+    input: Input,
     /// The first character shown when the line is wider than the row.
     scroll: usize,
-    history: VecDeque<String>,
-    /// Where Up and Down are in `history`; `history.len()` is the line being typed.
-    browsing: usize,
+    history: History,
 }
 
 impl Editor {
@@ -295,116 +291,57 @@ impl Editor {
             KeyCode::Enter => return Edit::Line(self.take_line()),
             KeyCode::Char('j' | 'm') if ctrl => return Edit::Line(self.take_line()),
             KeyCode::Char('c') if ctrl => return Edit::Quit,
-            KeyCode::Char('d') if ctrl && self.line.is_empty() => return Edit::Quit,
+            KeyCode::Char('d') if ctrl && self.input.is_empty() => return Edit::Quit,
             KeyCode::Char('l') if ctrl => return Edit::Redraw,
-            KeyCode::Char('a') if ctrl => self.cursor = 0,
-            KeyCode::Char('e') if ctrl => self.cursor = self.line.len(),
-            KeyCode::Char('b') if ctrl => self.cursor = self.cursor.saturating_sub(1),
-            KeyCode::Char('f') if ctrl => self.cursor = (self.cursor + 1).min(self.line.len()),
-            KeyCode::Char('u') if ctrl => {
-                self.line.drain(..self.cursor);
-                self.cursor = 0;
-            }
-            KeyCode::Char('k') if ctrl => self.line.truncate(self.cursor),
-            KeyCode::Char('w') if ctrl => {
-                let mut start = self.cursor;
-                while start > 0 && self.line[start - 1] == ' ' {
-                    start -= 1;
-                }
-                while start > 0 && self.line[start - 1] != ' ' {
-                    start -= 1;
-                }
-                self.line.drain(start..self.cursor);
-                self.cursor = start;
-            }
-            KeyCode::Char('d') if ctrl => self.delete(),
-            KeyCode::Char(_) if ctrl => {}
-            KeyCode::Char(c) => self.insert(c),
-            KeyCode::Tab => self.insert(' '),
-            KeyCode::Backspace if self.cursor > 0 => {
-                self.cursor -= 1;
-                self.line.remove(self.cursor);
-            }
-            KeyCode::Delete => self.delete(),
-            KeyCode::Left => self.cursor = self.cursor.saturating_sub(1),
-            KeyCode::Right => self.cursor = (self.cursor + 1).min(self.line.len()),
-            KeyCode::Home => self.cursor = 0,
-            KeyCode::End => self.cursor = self.line.len(),
-            KeyCode::Up if self.browsing > 0 => self.browse(self.browsing - 1),
-            KeyCode::Down if self.browsing < self.history.len() => self.browse(self.browsing + 1),
-            _ => {}
+            KeyCode::Tab => self.input.insert(' '),
+            KeyCode::Up => self.history.older(&mut self.input),
+            KeyCode::Down => self.history.newer(&mut self.input),
+            _ => self.input.key(key),
         }
         Edit::Changed
     }
 
     /// Pasted text: every line it completes is done, in order; the rest stays typed.
     fn paste(&mut self, text: &str) -> Vec<String> {
-        let text = text.replace("\r\n", "\n").replace('\r', "\n");
-        let mut parts = text.split('\n');
-        let mut done = Vec::new();
-        if let Some(first) = parts.next() {
-            first.chars().for_each(|c| self.insert(c));
-        }
-        for part in parts {
-            done.push(self.take_line());
-            part.chars().for_each(|c| self.insert(c));
+        let done = self.input.paste(text);
+        for line in &done {
+            self.history.add(line);
+            self.scroll = 0;
         }
         done
     }
 
-    fn insert(&mut self, c: char) {
-        self.line.insert(self.cursor, if c == '\t' { ' ' } else { c });
-        self.cursor += 1;
-    }
-
-    fn delete(&mut self) {
-        if self.cursor < self.line.len() {
-            self.line.remove(self.cursor);
-        }
-    }
-
     fn take_line(&mut self) -> String {
-        let line: String = self.line.drain(..).collect();
-        (self.cursor, self.scroll) = (0, 0);
-        if !line.trim().is_empty() && self.history.back() != Some(&line) {
-            if self.history.len() == INPUT_HISTORY {
-                self.history.pop_front();
-            }
-            self.history.push_back(line.clone());
-        }
-        self.browsing = self.history.len();
+        let line = self.input.take();
+        self.scroll = 0;
+        self.history.add(&line);
         line
-    }
-
-    fn browse(&mut self, to: usize) {
-        self.browsing = to;
-        self.line = self.history.get(to).map(|l| l.chars().collect()).unwrap_or_default();
-        self.cursor = self.line.len();
     }
 
     /// The part of the line to show in `columns`, and the cursor's column in it. Scrolls so
     /// that the cursor stays in view.
     fn view(&mut self, columns: usize) -> (String, usize) {
         let columns = columns.max(2);
+        let (line, cursor) = (self.input.chars(), self.input.cursor());
         let width = |chars: &[char]| chars.iter().map(|c| c.width().unwrap_or(0)).sum::<usize>();
-        self.scroll = self.scroll.min(self.cursor);
+        self.scroll = self.scroll.min(cursor);
         // The cursor needs a column of its own after the characters before it.
-        while width(&self.line[self.scroll..self.cursor]) >= columns {
+        while width(&line[self.scroll..cursor]) >= columns {
             self.scroll += 1;
         }
         // After a widening, show again what now fits before the cursor.
-        while self.scroll > 0 && width(&self.line[self.scroll - 1..self.cursor]) < columns {
+        while self.scroll > 0 && width(&line[self.scroll - 1..cursor]) < columns {
             self.scroll -= 1;
         }
         let mut used = 0;
-        let visible: String = self.line[self.scroll..]
+        let visible: String = line[self.scroll..]
             .iter()
             .take_while(|c| {
                 used += c.width().unwrap_or(0);
                 used < columns
             })
             .collect();
-        (visible, width(&self.line[self.scroll..self.cursor]))
+        (visible, width(&line[self.scroll..cursor]))
     }
 }
 

@@ -27,6 +27,15 @@ impl Input {
         self.text.is_empty()
     }
 
+    pub fn chars(&self) -> &[char] {
+        &self.text
+    }
+
+    /// The cursor's place, in characters.
+    pub fn cursor(&self) -> usize {
+        self.cursor
+    }
+
     /// The text before the cursor and after it.
     pub fn split(&self) -> (String, String) {
         (self.text[..self.cursor].iter().collect(), self.text[self.cursor..].iter().collect())
@@ -40,6 +49,22 @@ impl Input {
     pub fn take(&mut self) -> String {
         self.cursor = 0;
         self.text.drain(..).collect()
+    }
+
+    /// Pasted text: the lines it completes, in order (the first with what was typed before
+    /// it); the rest stays typed.
+    pub fn paste(&mut self, text: &str) -> Vec<String> {
+        let text = text.replace("\r\n", "\n").replace('\r', "\n");
+        let mut parts = text.split('\n');
+        let mut done = Vec::new();
+        if let Some(first) = parts.next() {
+            first.chars().for_each(|c| self.insert(c));
+        }
+        for part in parts {
+            done.push(self.take());
+            part.chars().for_each(|c| self.insert(c));
+        }
+        done
     }
 
     pub fn insert(&mut self, c: char) {
@@ -195,7 +220,8 @@ impl History {
     /// A line typed: kept, unless it holds a password or repeats the one before.
     pub fn add(&mut self, line: &str) {
         let secret = ["/register", "/passwd"].iter().any(|c| line.trim_start().starts_with(c));
-        if !secret && self.lines.back().map(String::as_str) != Some(line) {
+        let kept = !secret && !line.trim().is_empty();
+        if kept && self.lines.back().map(String::as_str) != Some(line) {
             if self.lines.len() == KEPT {
                 self.lines.pop_front();
             }

@@ -15,7 +15,7 @@
 //! cannot take yet wait in order in the painter.
 
 mod draw;
-mod input;
+pub(crate) mod input;
 mod view;
 
 use std::collections::VecDeque;

@@ -552,16 +552,8 @@ impl View {
 
     /// Pasted text: each line it completes is sent, in order; the rest stays typed.
     pub fn paste(&mut self, text: &str) -> Action {
-        let text = text.replace("\r\n", "\n").replace('\r', "\n");
-        let mut parts = text.split('\n');
-        let mut done = Vec::new();
-        if let Some(first) = parts.next() {
-            first.chars().for_each(|c| self.input.insert(c));
-        }
-        for part in parts {
-            done.extend(self.take_line());
-            part.chars().for_each(|c| self.input.insert(c));
-        }
+        let done: Vec<String> =
+            self.input.paste(text).into_iter().flat_map(|line| self.accept(line)).collect();
         if done.is_empty() { Action::None } else { Action::Send(done) }
     }
 
@@ -601,6 +593,11 @@ impl View {
 
     fn take_line(&mut self) -> Vec<String> {
         let line = self.input.take();
+        self.accept(line)
+    }
+
+    /// A line done: for the session, unless the view answers it itself (`/help`).
+    fn accept(&mut self, line: String) -> Vec<String> {
         if line.trim().is_empty() {
             return Vec::new();
         }

@@ -351,12 +351,7 @@ impl Lines {
                 let target = if *target { format!("; typing into {shown}") } else { String::new() };
                 format!("-- joined {shown} (newest message #{last_seq}){target}")
             }
-            Notice::Gap { room, gap } => format!(
-                "-- {}: messages #{}..#{} are no longer in the history and were missed",
-                shown(room),
-                gap.first,
-                gap.last
-            ),
+            Notice::Gap { room, gap } => format!("-- {}: {}", shown(room), missed(*gap)),
             Notice::HistoryEnd { room, ends } if ends.more_before => {
                 format!("-- {}: end of history; /history shows earlier messages", shown(room))
             }
@@ -420,8 +415,13 @@ impl Lines {
     }
 }
 
+/// What a gap in a room's history says.
+pub fn missed(gap: Gap) -> String {
+    format!("messages #{}..#{} are no longer in the history and were missed", gap.first, gap.last)
+}
+
 /// A room in a listing: `NAME (N online, newest #S, U unread): TOPIC`.
-fn room_line(room: &RoomInfo, shown: &str) -> String {
+pub fn room_line(room: &RoomInfo, shown: &str) -> String {
     let unread = match room.unread {
         Some(0) | None => String::new(),
         Some(n) if n >= chat_proto::UNREAD_COUNTED => format!(", {n}+ unread"),

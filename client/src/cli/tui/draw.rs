@@ -165,15 +165,15 @@ fn status_line(view: &View, narrow: bool) -> Line<'static> {
 fn room_rows(view: &mut View, width: u16, height: u16) -> Vec<Line<'static>> {
     let (width, height) = (usize::from(width.max(1)), usize::from(height));
     view.page = height.saturating_sub(2).max(1);
-    let me = view.me.clone();
-    let zone = view.zone.clone();
-    let room = match view.viewed {
-        Some(i) if i < view.rooms.len() => &mut view.rooms[i],
-        _ => &mut view.home,
-    };
-    // Newest first, until the screen and the scroll are filled.
+    let (me, zone) = (view.me.clone(), view.zone.clone());
+    let room = view.shown_room_mut();
+    // Newest first (each entry's rows pushed last row first), until the screen and the
+    // scroll are filled; turned the right way round at the end.
     let wanted = height + room.scroll;
     let mut rows: Vec<Line<'static>> = Vec::new();
+    let push = |rows: &mut Vec<Line<'static>>, lines: Vec<Line<'static>>| {
+        rows.extend(lines.into_iter().rev());
+    };
     for pending in room.pending.iter().rev() {
         let (text, style) = match &pending.failed {
             None => (
@@ -185,42 +185,34 @@ fn room_rows(view: &mut View, width: u16, height: u16) -> Vec<Line<'static>> {
                 Style::new().fg(Color::Red),
             ),
         };
-        prepend(&mut rows, wrap(&[(printable(&text), style)], width, INDENT));
+        push(&mut rows, wrap(&[(printable(&text), style)], width, INDENT));
     }
-    let mut entries = room.entries.values().rev().peekable();
+    let mut entries = room.entries.values().rev();
     let mut reached_top = true;
-    let marker = room.read_up_to;
     while let Some(entry) = entries.next() {
         if rows.len() >= wanted {
             reached_top = false;
             break;
         }
-        let mut lines = entry_rows(entry, &me, &zone, width);
-        if let Entry::Message { message, .. } = entry {
-            // A day line above the first message of each day.
-            let day = local_day(message.timestamp_ms, &zone);
-            let older_day = entries.clone().find_map(|e| match e {
-                Entry::Message { message, .. } => Some(local_day(message.timestamp_ms, &zone)),
-                _ => None,
-            });
-            let older_seq = entries.clone().find_map(|e| match e {
-                Entry::Message { message, .. } => Some(message.seq),
-                _ => None,
-            });
-            if let Some(read) = marker
-                && message.seq > read
-                && older_seq.is_none_or(|older| older <= read)
-                && !message.sender.eq_ignore_ascii_case(&me)
-            {
-                lines.insert(0, rule("new messages", width, Style::new().fg(Color::LightRed)));
-            }
-            if older_day.is_none_or(|older| older != day) {
-                let (day, style) =
-                    (day_name(message.timestamp_ms, &zone), Style::new().fg(Color::DarkGray));
-                lines.insert(0, rule(&day, width, style));
-            }
+        push(&mut rows, entry_rows(entry, &me, &zone, width));
+        let Entry::Message { message, .. } = entry else { continue };
+        let older = entries.clone().find_map(|e| match e {
+            Entry::Message { message, .. } => Some(message),
+            _ => None,
+        });
+        if let Some(read) = room.read_up_to
+            && message.seq > read
+            && older.is_none_or(|older| older.seq <= read)
+            && !message.sender.eq_ignore_ascii_case(&me)
+        {
+            rows.push(rule("new messages", width, Style::new().fg(Color::LightRed)));
         }
-        prepend(&mut rows, lines);
+        // A day line above the first message of each day.
+        let day = local_day(message.timestamp_ms, &zone);
+        if older.is_none_or(|older| local_day(older.timestamp_ms, &zone) != day) {
+            let style = Style::new().fg(Color::DarkGray);
+            rows.push(rule(&day_name(message.timestamp_ms, &zone), width, style));
+        }
     }
     if reached_top {
         let said = match (room.more_before, room.paging) {
@@ -230,27 +222,19 @@ fn room_rows(view: &mut View, width: u16, height: u16) -> Vec<Line<'static>> {
             (false, false) => String::new(),
         };
         if !said.is_empty() {
-            rows.insert(0, rule(&said, width, Style::new().fg(Color::DarkGray)));
+            rows.push(rule(&said, width, Style::new().fg(Color::DarkGray)));
         }
     }
     // How far up there is to scroll: unknown (more than asked for) until the top is reached.
-    view.top = if reached_top { rows.len().saturating_sub(height) } else { usize::MAX };
-    let room = match view.viewed {
-        Some(i) if i < view.rooms.len() => &mut view.rooms[i],
-        _ => &mut view.home,
-    };
-    room.scroll = room.scroll.min(view.top);
-    let end = rows.len().saturating_sub(room.scroll);
-    let start = end.saturating_sub(height);
-    let mut shown: Vec<Line<'static>> = rows.drain(start..end).collect();
+    let top = if reached_top { rows.len().saturating_sub(height) } else { usize::MAX };
+    room.scroll = room.scroll.min(top);
+    let skip = room.scroll;
+    view.top = top;
     // Fewer rows than the screen: they sit at the bottom, as in every chat.
-    let blank = height.saturating_sub(shown.len());
-    shown.splice(0..0, std::iter::repeat_n(Line::raw(""), blank));
+    let mut shown: Vec<Line<'static>> = rows.into_iter().skip(skip).take(height).collect();
+    shown.resize(height, Line::raw(""));
+    shown.reverse();
     shown
-}
-
-fn prepend(rows: &mut Vec<Line<'static>>, lines: Vec<Line<'static>>) {
-    rows.splice(0..0, lines);
 }
 
 fn entry_rows(

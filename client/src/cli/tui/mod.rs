@@ -199,7 +199,8 @@ fn paint(
     let mut dirty = true;
     let mut clear = false;
     loop {
-        // A key paints at once; notices alone wait for the next frame.
+        // A key paints at once; notices alone paint at once too, unless a paint for notices
+        // was less than a frame ago.
         let mut keyed = false;
         let wait = if !held.is_empty() {
             RETRY

@@ -160,7 +160,7 @@ pub struct View {
     /// `/switch`es sent and not yet answered: their answers do not move the view again.
     switches: VecDeque<String>,
     pub zone: jiff::tz::TimeZone,
-    /// Rows a page scroll moves, as the last paint measured them.
+    /// Rows a page scroll moves, as the last paint measured them (a guess before it).
     pub page: usize,
     /// How far up the room shown can scroll, as the last paint found (`usize::MAX` when it
     /// did not look that far).
@@ -227,7 +227,7 @@ impl View {
         self.viewed.and_then(|i| self.rooms.get(i)).unwrap_or(&self.home)
     }
 
-    fn shown_room_mut(&mut self) -> &mut Room {
+    pub fn shown_room_mut(&mut self) -> &mut Room {
         match self.viewed {
             Some(i) if i < self.rooms.len() => &mut self.rooms[i],
             _ => &mut self.home,
@@ -304,10 +304,7 @@ impl View {
                 r.joined = true;
                 r.paging = false;
                 if let Some(gap) = gap {
-                    r.line(Entry::Error(format!(
-                        "messages #{}..#{} are no longer in the history and were missed",
-                        gap.first, gap.last
-                    )));
+                    r.line(Entry::Error(output::missed(gap)));
                 }
                 if target {
                     self.follow(&room);
@@ -383,17 +380,7 @@ impl View {
             Notice::Rooms(rooms) => {
                 self.shown_room_mut().line(Entry::Info("rooms:".into()));
                 for info in rooms {
-                    let unread = match info.unread {
-                        Some(0) | None => String::new(),
-                        Some(n) => format!(", {n} unread"),
-                    };
-                    let topic = if info.topic.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", info.topic)
-                    };
-                    let shown = output::shown(&info.name, Some(&self.me));
-                    let line = format!("  {shown} ({} online{unread}){topic}", info.members);
+                    let line = output::room_line(&info, &output::shown(&info.name, Some(&self.me)));
                     self.shown_room_mut().line(Entry::Info(printable(&line)));
                 }
             }
@@ -411,10 +398,7 @@ impl View {
                 self.room_or_shown(room.as_deref()).line(Entry::Error(printable(&message)));
             }
             Notice::Status { waiting, link, .. } => (self.waiting, self.link) = (waiting, link),
-            Notice::Gap { room, gap } => self.room(&room).line(Entry::Error(format!(
-                "messages #{}..#{} are no longer in the history and were missed",
-                gap.first, gap.last
-            ))),
+            Notice::Gap { room, gap } => self.room(&room).line(Entry::Error(output::missed(gap))),
             Notice::Ack { .. } => {}
         }
     }
@@ -534,8 +518,8 @@ impl View {
             KeyCode::Enter => return self.submit(),
             KeyCode::Char('j' | 'm') if ctrl => return self.submit(),
             KeyCode::F(1) => self.help = true,
-            KeyCode::PageUp => return self.scroll_up(self.page_rows()),
-            KeyCode::PageDown => self.scroll_down(self.page_rows()),
+            KeyCode::PageUp => return self.scroll_up(self.page),
+            KeyCode::PageDown => self.scroll_down(self.page),
             KeyCode::Esc => self.shown_room_mut().scroll = 0,
             KeyCode::Tab => self.complete(),
             KeyCode::Up if self.input.on_first_row() => self.history.older(&mut self.input),
@@ -543,11 +527,6 @@ impl View {
             _ => self.input.key(key),
         }
         Action::None
-    }
-
-    /// The rows a page scroll moves: most of a screen (a guess before the first paint).
-    pub fn page_rows(&self) -> usize {
-        self.page.max(1)
     }
 
     /// Pasted text: each line it completes is sent, in order; the rest stays typed.
@@ -587,13 +566,9 @@ impl View {
 
     /// Enter: the line typed, for the session (or the help screen for `/help`).
     fn submit(&mut self) -> Action {
-        let lines = self.take_line();
-        if lines.is_empty() { Action::None } else { Action::Send(lines) }
-    }
-
-    fn take_line(&mut self) -> Vec<String> {
         let line = self.input.take();
-        self.accept(line)
+        let lines = self.accept(line);
+        if lines.is_empty() { Action::None } else { Action::Send(lines) }
     }
 
     /// A line done: for the session, unless the view answers it itself (`/help`).
@@ -643,7 +618,7 @@ impl View {
             return completion.next(&mut self.input);
         }
         let (start, word) = self.input.word_before_cursor();
-        let first_word = self.input.text()[..start].trim().is_empty();
+        let first_word = self.input.chars()[..start].iter().all(|c| c.is_whitespace());
         let command = self.input.text().split(' ').next().unwrap_or("").to_owned();
         let candidates: Vec<String> = if first_word && word.starts_with('/') {
             COMMANDS.iter().map(|c| format!("{c} ")).collect()

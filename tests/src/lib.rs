@@ -465,22 +465,26 @@ fn shell_quote(word: &std::ffi::OsStr) -> String {
 /// Installs tmux with apt-get when it is not there (as on a fresh CI machine).
 fn ensure_tmux() {
     static INSTALLED: std::sync::Once = std::sync::Once::new();
-    INSTALLED.call_once(|| {
-        let have = || Command::new("tmux").arg("-V").output().is_ok_and(|o| o.status.success());
-        if have() {
-            return;
-        }
-        let apt = |args: &[&str]| {
-            Command::new("apt-get")
-                .args(args)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !apt(&["install", "-y", "-q", "tmux"]) {
-            apt(&["update", "-q"]);
-            apt(&["install", "-y", "-q", "tmux"]);
-        }
-        assert!(have(), "the terminal tests need tmux, and apt-get could not install it");
-    });
+    INSTALLED.call_once(|| ensure_program("tmux", "-V", "tmux"));
+}
+
+/// Installs Debian's `package` with apt-get when `program` (run with `version_arg`) is not
+/// there, as on a fresh CI machine; fails the test if it cannot.
+pub fn ensure_program(program: &str, version_arg: &str, package: &str) {
+    let have = || Command::new(program).arg(version_arg).output().is_ok_and(|o| o.status.success());
+    if have() {
+        return;
+    }
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !apt(&["install", "-y", "-q", package]) {
+        apt(&["update", "-q"]);
+        apt(&["install", "-y", "-q", package]);
+    }
+    assert!(have(), "the tests need {program}, and apt-get could not install {package}");
 }

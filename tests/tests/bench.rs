@@ -88,6 +88,8 @@ fn requests_floods_joins_beside_a_bystander_and_reports_both() {
 
 #[test]
 fn screen_times_keys_and_messages_on_the_full_screen_chat_under_load() {
+    // The benchmark gives chat its pseudo-terminal with util-linux's `script`.
+    chat_tests::ensure_program("script", "--version", "bsdutils");
     let out = bench(&["screen", "--seconds", "1", "--rate", "200"]);
     for phase in ["quiet node", "load into the room shown", "load into another room"] {
         let row = out

@@ -53,6 +53,9 @@ impl Mailbox for Counter {
         black_box(message);
         Ok(())
     }
+    fn space(&self) -> usize {
+        usize::MAX
+    }
     fn evict(&self, _last_seq: Seq) {}
     fn remove(&self, _frame: Self::Message) {}
 }

@@ -37,6 +37,9 @@ pub enum ClientError {
     TooSlow { room: String, last_seq: Seq },
     #[error("{0}")]
     SlowDown(String),
+    /// The node could not confirm that the message was stored: it may have been.
+    #[error("{0}")]
+    MaybeStored(String),
     #[error("the node closed the connection because it kept sending after being told to slow down")]
     RateLimited,
     #[error(
@@ -69,6 +72,7 @@ impl ClientError {
             Self::TooManyLogins { .. } => 10,
             Self::ConnectionLost(_) | Self::GoingAway | Self::Replaced | Self::TooSlow { .. } => 9,
             Self::SlowDown(_) | Self::RateLimited | Self::NodeFull(_) => 10,
+            Self::MaybeStored(_) => 9,
             Self::Refused(_) | Self::Protocol(_) => 1,
         }
     }
@@ -101,6 +105,7 @@ impl ClientError {
             ErrorCode::MessageTooLong => Self::MessageTooLong(frame.message),
             ErrorCode::ShuttingDown => Self::GoingAway,
             ErrorCode::SlowDown => Self::SlowDown(frame.message),
+            ErrorCode::MaybeStored => Self::MaybeStored(frame.message),
             ErrorCode::LoginRequired | ErrorCode::AccountRequired => {
                 Self::LoginRequired(frame.message)
             }

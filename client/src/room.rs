@@ -183,9 +183,9 @@ struct Post {
 pub struct Posted {
     reply: oneshot::Receiver<Result<Seq, ClientError>>,
     sender: RoomSender,
-    /// The body, kept to send it again if the node finds it too fast (only when it limits
-    /// the rate).
-    resend: Option<String>,
+    /// The body, kept to send it again if the node finds it too fast or cannot confirm it.
+    body: String,
+    client_id: u64,
 }
 
 impl Room {
@@ -235,7 +235,7 @@ impl Room {
             stream,
             pending,
             pages: PendingPages::default(),
-            next_id: Arc::new(AtomicU64::new(1)),
+            next_id: Arc::new(AtomicU64::new(first_client_id())),
             limits: client.limits,
             pace: client.pace.clone(),
             requests: client.requests.clone(),
@@ -330,7 +330,20 @@ impl RoomSender {
     /// A body over the node's limit (checked before sending; the node checks the rest), or
     /// the room stream is gone.
     pub async fn post(&self, body: impl Into<String>) -> Result<Posted, ClientError> {
-        let body = body.into();
+        self.post_as(body.into(), None).await
+    }
+
+    /// Posts `body` again under the client id of an earlier post of it whose outcome was not
+    /// known (see [`Posted::client_id`]): a node that stored the first one (a cluster, within
+    /// two minutes) answers with its number instead of storing it twice.
+    ///
+    /// # Errors
+    /// As for [`post`](Self::post).
+    pub async fn post_again(&self, body: String, client_id: u64) -> Result<Posted, ClientError> {
+        self.post_as(body, Some(client_id)).await
+    }
+
+    async fn post_as(&self, body: String, client_id: Option<u64>) -> Result<Posted, ClientError> {
         let max = self.limits.max_message_len as usize;
         if body.len() > max {
             let len = body.len();
@@ -338,17 +351,17 @@ impl RoomSender {
                 "the message is {len} bytes long; this node accepts at most {max} bytes"
             )));
         }
-        let resend = self.pace.paced().then(|| body.clone());
-        let reply = self.enqueue(body).await?;
-        Ok(Posted { reply, sender: self.clone(), resend })
+        let client_id = client_id.unwrap_or_else(|| self.next_id.fetch_add(1, Ordering::Relaxed));
+        let reply = self.enqueue(body.clone(), client_id).await?;
+        Ok(Posted { reply, sender: self.clone(), body, client_id })
     }
 
     async fn enqueue(
         &self,
         body: String,
+        client_id: u64,
     ) -> Result<oneshot::Receiver<Result<Seq, ClientError>>, ClientError> {
         let (reply, answer) = oneshot::channel();
-        let client_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.posts
             .send(Post { client_id, body, reply })
             .await
@@ -480,22 +493,49 @@ impl Posted {
     /// # Errors
     /// A refusal from the node, or the connection was lost before the answer (then the
     /// message may or may not have been stored).
+    ///
+    /// One the node could not confirm ([`ClientError::MaybeStored`]) is sent again under its
+    /// own client id, up to [`MAYBE_STORED_RETRIES`] times, which stores it once.
     pub async fn acked(mut self) -> Result<Seq, ClientError> {
-        let mut retries = 0;
+        let (mut too_fast, mut unconfirmed) = (0, 0);
         loop {
             let result = (&mut self.reply)
                 .await
                 .unwrap_or_else(|_| Err(self.sender.lost("the room stream ended before the ack")));
-            match (result, &self.resend) {
-                (Err(ClientError::SlowDown(_)), Some(body)) if retries < SLOW_DOWN_RETRIES => {
-                    retries += 1;
-                    self.reply = self.sender.enqueue(body.clone()).await?;
+            let body = self.body.clone();
+            match result {
+                Err(ClientError::SlowDown(_))
+                    if self.sender.pace.paced() && too_fast < SLOW_DOWN_RETRIES =>
+                {
+                    too_fast += 1;
+                    let client_id = self.sender.next_id.fetch_add(1, Ordering::Relaxed);
+                    self.reply = self.sender.enqueue(body, client_id).await?;
                 }
-                (result, _) => return result,
+                Err(ClientError::MaybeStored(_)) if unconfirmed < MAYBE_STORED_RETRIES => {
+                    unconfirmed += 1;
+                    self.reply = self.sender.enqueue(body, self.client_id).await?;
+                }
+                result => return result,
             }
         }
     }
+
+    /// The client id the message was sent under, for [`RoomSender::post_again`].
+    pub fn client_id(&self) -> u64 {
+        self.client_id
+    }
 }
+
+/// Where a room's client ids start: a random number, so that the ids of one name's sends
+/// never repeat within the window in which a cluster takes a repeated id for a resend (two
+/// `chat`s of one user, or one restarted, would otherwise both start at 1).
+fn first_client_id() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now()) >> 2
+}
+
+/// How many times a send the node could not confirm is sent again under its own id.
+const MAYBE_STORED_RETRIES: usize = 2;
 
 /// Writes a history request for `request_id` on the room stream.
 async fn write_history_request(

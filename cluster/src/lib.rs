@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 
-pub use log::Log;
+pub use log::{Live, Log};
 pub use notices::{Direct, Notice, Notices};
 pub use presence::{Claim, Directory, Lost};
 pub use records::Records;
@@ -85,9 +85,28 @@ pub struct Cluster {
     /// Read markers, one record per account.
     pub markers: Records,
     client: async_nats::Client,
-    /// Counts the connections made to NATS.
-    connections: tokio::sync::watch::Receiver<u64>,
+    /// Counts the moments after which messages meant for this node may have been missed.
+    lapses: tokio::sync::watch::Receiver<u64>,
+    /// Moves the connection off a NATS server that cannot reach the stream's leader.
+    health: tokio::task::JoinHandle<()>,
 }
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.health.abort();
+    }
+}
+
+/// How often the NATS client pings its server: one that answers none of three pings (frozen,
+/// or cut off by the network) is given up for another after about three intervals, where the
+/// client's default of a minute kept a node on a dead server for minutes.
+pub const PING_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How often the node checks that its NATS server reaches the stream's leader, and how many
+/// checks in a row may fail before it moves to another server. A server cut off from the
+/// others still answers pings, but not for the stream.
+pub const HEALTH_CHECK: Duration = Duration::from_secs(2);
+const HEALTH_FAILURES: u32 = 3;
 
 impl Cluster {
     /// Connects to NATS and creates the stream and buckets if they are missing. NATS started
@@ -121,16 +140,25 @@ impl Cluster {
         urls: &str,
         servers: Vec<async_nats::ServerAddr>,
     ) -> Result<Self, ClusterError> {
-        let (connected, connections) = tokio::sync::watch::channel(0u64);
+        let (lapsed, lapses) = tokio::sync::watch::channel(0u64);
         let client = async_nats::ConnectOptions::new()
             .name("chat-node")
             .connection_timeout(Duration::from_secs(5))
             .request_timeout(Some(Duration::from_secs(5)))
+            .ping_interval(PING_INTERVAL)
             .event_callback(move |event| {
-                if matches!(event, async_nats::Event::Connected) {
-                    connected.send_modify(|n| *n += 1);
+                use async_nats::Event;
+                // A new connection may follow messages lost on the old one, and a subscription
+                // that overflowed has dropped some.
+                if matches!(event, Event::Connected | Event::SlowConsumer(_)) {
+                    lapsed.send_modify(|n| *n += 1);
                 }
-                async move { tracing::info!(%event, "NATS connection") }
+                async move {
+                    match event {
+                        Event::SlowConsumer(_) => tracing::warn!(%event, "NATS connection"),
+                        event => tracing::info!(%event, "NATS connection"),
+                    }
+                }
             })
             .connect(servers)
             .await
@@ -145,12 +173,24 @@ impl Cluster {
             Records::open(&js, config, records::ROOM_RULES_BUCKET, "chat rooms' rules").await?;
         let markers =
             Records::open(&js, config, records::MARKERS_BUCKET, "chat read markers").await?;
-        Ok(Self { log, directory, notices, accounts, room_rules, markers, client, connections })
+        let health = tokio::spawn(keep_healthy(client.clone(), log.stream_info_probe()));
+        Ok(Self {
+            log,
+            directory,
+            notices,
+            accounts,
+            room_rules,
+            markers,
+            client,
+            lapses,
+            health,
+        })
     }
 
-    /// Changes whenever the connection to NATS is made again (after a server was lost).
-    pub fn connections(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.connections.clone()
+    /// Changes whenever messages meant for this node may have been missed: the connection to
+    /// NATS was made again (after a server was lost), or a subscription overflowed.
+    pub fn lapses(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.lapses.clone()
     }
 
     /// Sends whatever the client still buffers.
@@ -202,6 +242,41 @@ pub(crate) async fn within<T>(
     tokio::time::timeout(limit, attempt)
         .await
         .unwrap_or_else(|_| Err(ClusterError::Unavailable(format!("no answer in {limit:?}"))))
+}
+
+/// Checks every [`HEALTH_CHECK`] that the server the client is connected to reaches the
+/// stream's leader, and moves the client to another server after [`HEALTH_FAILURES`] checks
+/// in a row fail. After a move it waits a few checks longer, so that a cluster without a
+/// majority (every server failing the check) is not hopped around quickly.
+async fn keep_healthy(
+    client: async_nats::Client,
+    probe: impl Fn() -> futures_util::future::BoxFuture<'static, Result<(), ClusterError>>,
+) {
+    let mut failures = 0;
+    let mut patience = HEALTH_FAILURES;
+    let mut tick = tokio::time::interval(HEALTH_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if client.connection_state() != async_nats::connection::State::Connected {
+            failures = 0; // The client is moving already.
+            continue;
+        }
+        match within(HEALTH_CHECK, probe()).await {
+            Ok(()) => (failures, patience) = (0, HEALTH_FAILURES),
+            Err(e) => {
+                failures += 1;
+                if failures >= patience {
+                    let server = client.server_info().server_name;
+                    tracing::warn!(%server, error = %e, "the NATS server does not reach the stream's leader; moving to another server");
+                    if let Err(e) = client.force_reconnect().await {
+                        tracing::warn!(error = %e, "could not move to another NATS server");
+                    }
+                    (failures, patience) = (0, (patience * 2).min(8 * HEALTH_FAILURES));
+                }
+            }
+        }
+    }
 }
 
 /// A random id for this process, to tell apart what different nodes write.

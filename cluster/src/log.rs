@@ -6,15 +6,17 @@
 //! number. A node's clients see those numbers as their room's sequence numbers: increasing
 //! in each room, never reused, with gaps where other rooms' messages went.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, kv, stream};
+use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
 use chat_history::{Message, Stored};
 use futures_util::{StreamExt, TryStreamExt, stream::BoxStream};
 
-use crate::subjects::{self, DIRECT_WILDCARD, ROOMS_WILDCARD, room_subject};
+use crate::subjects::{
+    self, DIRECT_WILDCARD, LIVE_DIRECT_WILDCARD, LIVE_ROOMS_WILDCARD, ROOMS_WILDCARD, room_subject,
+};
 use crate::{ClusterConfig, ClusterError};
 
 /// The stream holding every room's messages.
@@ -23,26 +25,31 @@ pub const STREAM: &str = "CHAT";
 pub const DIRECT_STREAM: &str = "CHAT_DIRECT";
 /// Most messages asked of one direct batch get.
 const BATCH: usize = 256;
+/// Most subjects in one request for their newest messages (the server answers at most
+/// 1,024 at a time).
+const MULTI_LAST: usize = 1000;
+/// How long the stream remembers a message's id, so that a publish carrying it again is
+/// acknowledged with the first one's number instead of stored twice.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// The bucket naming the rooms that exist.
 pub const ROOMS_BUCKET: &str = "chat_rooms";
 
 pub struct Log {
     js: jetstream::Context,
-    /// This process's prefix for message ids, and how many it has appended.
-    writer: u64,
-    appended: AtomicU64,
     stream: stream::Stream,
     direct: stream::Stream,
     rooms: kv::Store,
 }
 
 /// Creates the stream `name` over `subjects`, or brings an existing one to this node's cap
-/// and age.
+/// and age. The stream republishes every message it stores on `live`, with its number and
+/// the number of the message before it in its room: the live fan-out, which costs NATS no
+/// consumer (see [`Log::live`]).
 async fn open_stream(
     js: &jetstream::Context,
     config: &ClusterConfig,
     name: &str,
-    subjects: &str,
+    (subjects, live): (&str, &str),
     cap: u64,
 ) -> Result<stream::Stream, ClusterError> {
     let what = format!("the message stream {name}");
@@ -57,6 +64,12 @@ async fn open_stream(
         discard: stream::DiscardPolicy::Old,
         // Pages of history are direct batch gets, which any replica may answer.
         allow_direct: true,
+        duplicate_window: DUPLICATE_WINDOW,
+        republish: Some(stream::Republish {
+            source: subjects.into(),
+            destination: live.into(),
+            headers_only: false,
+        }),
         ..Default::default()
     };
     js.create_or_update_stream(stream_config).await.map_err(|e| ClusterError::setup(&what, e))?;
@@ -68,10 +81,11 @@ impl Log {
         js: &jetstream::Context,
         config: &ClusterConfig,
     ) -> Result<Self, ClusterError> {
-        let stream = open_stream(js, config, STREAM, ROOMS_WILDCARD, config.history_cap).await?;
+        let rooms = (ROOMS_WILDCARD, LIVE_ROOMS_WILDCARD);
+        let stream = open_stream(js, config, STREAM, rooms, config.history_cap).await?;
+        let directs = (DIRECT_WILDCARD, LIVE_DIRECT_WILDCARD);
         let direct =
-            open_stream(js, config, DIRECT_STREAM, DIRECT_WILDCARD, config.direct_history_cap)
-                .await?;
+            open_stream(js, config, DIRECT_STREAM, directs, config.direct_history_cap).await?;
         let rooms = js
             .create_or_update_key_value(kv::Config {
                 bucket: ROOMS_BUCKET.into(),
@@ -83,14 +97,7 @@ impl Log {
             })
             .await
             .map_err(|e| ClusterError::setup("the rooms bucket", e))?;
-        Ok(Self {
-            js: js.clone(),
-            writer: crate::random_id(),
-            appended: AtomicU64::new(0),
-            stream,
-            direct,
-            rooms,
-        })
+        Ok(Self { js: js.clone(), stream, direct, rooms })
     }
 
     /// Sends a message for `room` to NATS and returns the wait for the stream's
@@ -101,22 +108,24 @@ impl Log {
     ///
     /// A publish that fails (while the stream elects a new leader, say) is sent again until
     /// it is acknowledged (see [`patiently`](crate::patiently)); such a retry may land after
-    /// messages sent later. Every attempt carries the same message id, which the stream
-    /// deduplicates on: a retry whose first attempt was stored after all is acknowledged with
-    /// the first one's number, never stored twice.
+    /// messages sent later. Every attempt carries `id`, which the stream deduplicates on for
+    /// [`DUPLICATE_WINDOW`]: a retry whose first attempt was stored after all is acknowledged
+    /// with the first one's number, never stored twice, and so is a client's own resend of a
+    /// message whose outcome it was not told, when it carries the same id.
     ///
     /// # Errors
-    /// The message does not encode (outer); NATS did not acknowledge it in time (inner).
+    /// The message does not encode (outer); NATS did not acknowledge it in time (inner): it
+    /// may have been stored all the same.
     pub async fn publish(
         &self,
         room: &str,
         message: &Message,
+        id: &str,
     ) -> Result<impl Future<Output = Result<u64, ClusterError>> + Send + 'static, ClusterError>
     {
         let payload = Bytes::from(postcard::to_stdvec(message)?);
-        let id = format!("{}-{}", self.writer, self.appended.fetch_add(1, Ordering::Relaxed));
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
         let subject = room_subject(room);
         let js = self.js.clone();
         let first =
@@ -232,29 +241,40 @@ impl Log {
         from: u64,
         batch: usize,
     ) -> Result<(Vec<Stored>, u64), ClusterError> {
+        // Subjects hold no quote or backslash (see `subjects`): the request is written as is.
+        let request =
+            format!(r#"{{"seq":{from},"next_by_subj":"{}","batch":{batch}}}"#, room_subject(room));
+        let (got, pending) = self.direct_get(self.stream_name(room), request, batch).await?;
+        Ok((got.into_iter().map(|(_, stored)| stored).collect(), pending))
+    }
+
+    /// One direct get request to `stream`: the messages answered, each with its subject, and
+    /// how many more the answering server holds after them.
+    async fn direct_get(
+        &self,
+        stream: &str,
+        request: String,
+        expected: usize,
+    ) -> Result<(Vec<(String, Stored)>, u64), ClusterError> {
         let client = self.js.client();
         let inbox = client.new_inbox();
         let mut replies =
             client.subscribe(inbox.clone()).await.map_err(ClusterError::unavailable)?;
-        // Subjects hold no quote or backslash (see `subjects`): the request is written as is.
-        let request =
-            format!(r#"{{"seq":{from},"next_by_subj":"{}","batch":{batch}}}"#, room_subject(room));
-        let api = format!("$JS.API.DIRECT.GET.{}", self.stream_name(room));
+        let api = format!("$JS.API.DIRECT.GET.{stream}");
         client
             .publish_with_reply(api, inbox, request.into())
             .await
             .map_err(ClusterError::unavailable)?;
-        let mut got = Vec::with_capacity(batch);
-        let header = |message: &async_nats::Message, name: &str| -> Option<u64> {
-            message.headers.as_ref()?.get(name)?.as_str().parse().ok()
-        };
+        let mut got = Vec::with_capacity(expected);
         while let Some(reply) = replies.next().await {
             match reply.status.map(|s| s.as_u16()) {
                 None | Some(200) => {
                     let seq = header(&reply, "Nats-Sequence").ok_or_else(|| {
                         ClusterError::Unavailable("a direct get answer without its sequence".into())
                     })?;
-                    got.push(Stored { seq, message: postcard::from_bytes(&reply.payload)? });
+                    let subject = text_header(&reply, "Nats-Subject").unwrap_or_default();
+                    let message = postcard::from_bytes(&reply.payload)?;
+                    got.push((subject, Stored { seq, message }));
                     if header(&reply, "Nats-Num-Pending").is_none() {
                         // A server without batches answers with the one message.
                         return Ok((got, 1));
@@ -272,37 +292,55 @@ impl Log {
         Err(ClusterError::Unavailable("the direct get's answers stopped".into()))
     }
 
-    /// Every message of `room` after `after`, now and from now on, in order and without a
-    /// gap. It is an ordered push consumer: it recreates itself after the last message it
-    /// delivered when NATS loses track of it (a broken connection, a dead server, a new
-    /// stream leader), which its idle heartbeat of 5 s reveals.
+    /// The newest sequence number of each of `rooms` that has a message, in requests of a
+    /// thousand subjects each (JetStream's direct get of the last messages of many subjects,
+    /// which any replica answers and which may be a moment behind the leader).
     ///
     /// # Errors
     /// NATS did not answer.
-    pub async fn follow(
+    pub async fn last_seqs(&self, rooms: &[&str]) -> Result<HashMap<String, u64>, ClusterError> {
+        let mut lasts = HashMap::with_capacity(rooms.len());
+        let (direct, shared): (Vec<&str>, Vec<&str>) =
+            rooms.iter().partition(|room| subjects::is_direct(room));
+        for (stream, rooms) in [(STREAM, shared), (DIRECT_STREAM, direct)] {
+            for chunk in rooms.chunks(MULTI_LAST) {
+                let subjects: Vec<String> = chunk.iter().map(|room| room_subject(room)).collect();
+                let request = serde_json::json!({ "multi_last": subjects }).to_string();
+                let read = || {
+                    let request = request.clone();
+                    crate::within(crate::READ_TIMEOUT, self.direct_get(stream, request, chunk.len()))
+                };
+                let (got, _) = crate::patiently(read).await?;
+                for (subject, stored) in got {
+                    if let Some(room) = subjects::room_of(&subject) {
+                        lasts.insert(room, stored.seq);
+                    }
+                }
+            }
+        }
+        Ok(lasts)
+    }
+
+    /// The messages the stream stores in `room` from now on, as it republishes them once
+    /// stored: plain NATS, which keeps no state per room but the interest, and may lose a
+    /// message (a server or connection lost, a leader that fails before republishing). Each
+    /// names the message before it in the room, so the follower sees a loss at the next
+    /// message and reads what it missed with [`range`](Self::range).
+    ///
+    /// # Errors
+    /// NATS refused the subscription.
+    pub async fn live(
         &self,
         room: &str,
-        after: u64,
-    ) -> Result<BoxStream<'static, Result<Stored, ClusterError>>, ClusterError> {
-        let messages = crate::patiently(|| async {
-            let consumer = self
-                .stream_for(room)
-                .create_consumer(consumer::push::OrderedConfig {
-                    deliver_subject: self.js.client().new_inbox(),
-                    filter_subject: room_subject(room),
-                    deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                        start_sequence: after.saturating_add(1),
-                    },
-                    ..Default::default()
-                })
-                .await
-                .map_err(ClusterError::unavailable)?;
-            consumer.messages().await.map_err(ClusterError::unavailable)
-        })
-        .await?;
-        Ok(messages
-            .map(|message| message.map_err(ClusterError::unavailable).and_then(|m| decode(&m)))
-            .boxed())
+    ) -> Result<BoxStream<'static, Result<Live, ClusterError>>, ClusterError> {
+        let client = self.js.client();
+        let live = client
+            .subscribe(subjects::live_subject(room))
+            .await
+            .map_err(ClusterError::unavailable)?;
+        // So that the server has the interest before the room's last number is read.
+        client.flush().await.map_err(ClusterError::unavailable)?;
+        Ok(live.map(|message| live_message(&message)).boxed())
     }
 
     /// The stream holding `room`'s messages.
@@ -332,12 +370,10 @@ impl Log {
     /// # Errors
     /// NATS did not answer.
     pub async fn rooms_with_last_seq(&self) -> Result<Vec<(String, u64)>, ClusterError> {
-        let mut rooms = Vec::new();
-        for room in self.rooms().await? {
-            let last = self.last_seq(&room).await?;
-            rooms.push((room, last));
-        }
-        Ok(rooms)
+        let rooms = self.rooms().await?;
+        let names: Vec<&str> = rooms.iter().map(String::as_str).collect();
+        let lasts = self.last_seqs(&names).await?;
+        Ok(rooms.into_iter().map(|room| { let last = lasts.get(&room).copied().unwrap_or(0); (room, last) }).collect())
     }
 
     /// Creates `room` unless it exists; returns whether it was created.
@@ -377,6 +413,35 @@ impl Log {
         .await
     }
 
+    /// A check that the stream's leader answers (the stream's info comes from it alone),
+    /// as often as it is called.
+    pub(crate) fn stream_info_probe(
+        &self,
+    ) -> impl Fn() -> futures_util::future::BoxFuture<'static, Result<(), ClusterError>> + use<>
+    {
+        let stream = self.stream.clone();
+        move || {
+            let stream = stream.clone();
+            Box::pin(async move { stream.get_info().await.map(drop).map_err(ClusterError::unavailable) })
+        }
+    }
+
+    /// A tick each time either message stream elects a leader (JetStream's advisory).
+    ///
+    /// # Errors
+    /// NATS refused the subscription.
+    pub async fn leader_changes(&self) -> Result<BoxStream<'static, ()>, ClusterError> {
+        let client = self.js.client();
+        let elected = "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED";
+        let rooms = client.subscribe(format!("{elected}.{STREAM}")).await;
+        let direct = client.subscribe(format!("{elected}.{DIRECT_STREAM}")).await;
+        let (rooms, direct) = (
+            rooms.map_err(ClusterError::unavailable)?,
+            direct.map_err(ClusterError::unavailable)?,
+        );
+        Ok(futures_util::stream::select(rooms, direct).map(drop).boxed())
+    }
+
     /// The name of the NATS server leading the stream, when it has a leader.
     ///
     /// # Errors
@@ -387,7 +452,29 @@ impl Log {
     }
 }
 
-fn decode(message: &jetstream::Message) -> Result<Stored, ClusterError> {
-    let seq = message.info().map_err(ClusterError::unavailable)?.stream_sequence;
-    Ok(Stored { seq, message: postcard::from_bytes(&message.payload)? })
+/// A message as the stream republished it: its number in the stream, and the number of the
+/// message before it in the same room (0 for none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Live {
+    pub stored: Stored,
+    pub previous: u64,
+}
+
+fn live_message(message: &async_nats::Message) -> Result<Live, ClusterError> {
+    let missing = || ClusterError::Unavailable("a republished message without its numbers".into());
+    let seq = header(message, "Nats-Sequence").ok_or_else(missing)?;
+    let previous = header(message, "Nats-Last-Sequence").ok_or_else(missing)?;
+    let stored = Stored { seq, message: postcard::from_bytes(&message.payload)? };
+    Ok(Live { stored, previous })
+}
+
+/// A header's value as a number. The server appends its own headers after the publisher's,
+/// so the last value is the server's.
+fn header(message: &async_nats::Message, name: &str) -> Option<u64> {
+    text_header(message, name)?.parse().ok()
+}
+
+fn text_header(message: &async_nats::Message, name: &str) -> Option<String> {
+    let values = message.headers.as_ref()?.get_all(name);
+    values.last().map(|value| value.as_str().to_owned())
 }

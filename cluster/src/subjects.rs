@@ -10,6 +10,11 @@
 pub const ROOMS_WILDCARD: &str = "chat.room.>";
 /// The subjects of every direct conversation's messages.
 pub const DIRECT_WILDCARD: &str = "chat.dm.>";
+/// Where the stream republishes each room's messages once it has stored them, with their
+/// numbers: plain NATS subjects that the nodes with members there subscribe to.
+pub const LIVE_ROOMS_WILDCARD: &str = "chat.live.room.>";
+/// Where the direct conversations' stream republishes its messages.
+pub const LIVE_DIRECT_WILDCARD: &str = "chat.live.dm.>";
 
 /// Whether `room` names a direct conversation (whose messages have a stream of their own).
 pub fn is_direct(room: &str) -> bool {
@@ -22,6 +27,17 @@ pub fn room_subject(room: &str) -> String {
         true => format!("chat.dm.{}", token(room)),
         false => format!("chat.room.{}", token(room)),
     }
+}
+
+/// The subject on which the stream republishes a room's messages.
+pub fn live_subject(room: &str) -> String {
+    format!("chat.live.{}", &room_subject(room)["chat.".len()..])
+}
+
+/// The room a message subject (a room's or a direct conversation's) names.
+pub fn room_of(subject: &str) -> Option<String> {
+    let token = subject.strip_prefix("chat.room.").or_else(|| subject.strip_prefix("chat.dm."))?;
+    Some(name(token))
 }
 
 /// A name as one subject token or key part.
@@ -51,5 +67,10 @@ mod tests {
         assert_eq!(token("@ada.l+bob"), "/ada=l/bob");
         assert_eq!(name(&token("@ada.l+bob")), "@ada.l+bob");
         assert_eq!(room_subject("@ada+bob"), "chat.dm./ada/bob");
+        assert_eq!(live_subject("a.b"), "chat.live.room.a=b");
+        assert_eq!(live_subject("@ada+bob"), "chat.live.dm./ada/bob");
+        assert_eq!(room_of(&room_subject("@ada.l+bob")).as_deref(), Some("@ada.l+bob"));
+        assert_eq!(room_of(&room_subject("a.b")).as_deref(), Some("a.b"));
+        assert_eq!(room_of("chat.notice.a"), None);
     }
 }

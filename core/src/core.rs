@@ -140,6 +140,11 @@ pub enum Refusal {
     /// The history could not take the message; `0` says why.
     #[error("the message was not sent: {0}")]
     NotStored(String),
+    /// The history did not confirm the message in time; it may have been stored.
+    #[error(
+        "the message may have been stored ({0}); sending it again with the same client id within two minutes stores it at most once"
+    )]
+    MaybeStored(String),
     /// The history wrote the message and the room got it, but it could not be made durable:
     /// sending it again would show it twice.
     #[error("the room got the message, but {0}")]
@@ -212,6 +217,7 @@ impl Refusal {
             | Self::AccountsUnavailable(_)
             | Self::NotStored(_)
             | Self::NotSynced(_) => ErrorCode::HistoryUnavailable,
+            Self::MaybeStored(_) => ErrorCode::MaybeStored,
             Self::SlowDown { .. } | Self::RequestsTooFast { .. } | Self::RateLimited => {
                 ErrorCode::SlowDown
             }
@@ -923,6 +929,12 @@ impl<B: Mailbox> Core<B> {
             let name = gone.name.to_string();
             self.announce(&room, None, NodeFrame::Left { name, reason: LeftReason::Dropped });
         }
+    }
+
+    /// How many more messages every member of `room` can be offered now; `None` for a room
+    /// the core does not have. A log catching up paces itself by it.
+    pub fn room_space(&self, room: &RoomName) -> Option<usize> {
+        self.rooms.get(room).map(Room::space)
     }
 
     /// The newest sequence number handed to the members of `room`.

@@ -28,6 +28,8 @@ pub trait Mailbox {
     /// # Errors
     /// [`Full`] as for [`offer`](Self::offer); the member is then dropped.
     fn reply(&self, message: Self::Message) -> Result<(), Full>;
+    /// How many more messages the queue takes now.
+    fn space(&self) -> usize;
     /// The member has been dropped for falling behind; `last_seq` is the last one offered.
     fn evict(&self, last_seq: Seq);
     /// The member has been removed from the room (by an operator): write `frame`, the error
@@ -179,6 +181,11 @@ impl<B: Mailbox> Room<B> {
         names.sort_unstable_by_key(|n| n.to_ascii_lowercase());
         names.dedup_by_key(|n| n.to_ascii_lowercase());
         names
+    }
+
+    /// How many more messages every member's queue takes now (unbounded with no member).
+    pub fn space(&self) -> usize {
+        self.members.values().map(|m| m.mailbox.space()).min().unwrap_or(usize::MAX)
     }
 
     pub fn member_count(&self) -> usize {

@@ -74,6 +74,10 @@ impl Mailbox for Inbox {
         state.log.push(message.to_owned());
         Ok(())
     }
+    fn space(&self) -> usize {
+        let state = self.0.borrow();
+        state.capacity.saturating_sub(state.got.len() + state.replies.len())
+    }
     fn evict(&self, last_seq: Seq) {
         self.0.borrow_mut().evicted_after = Some(last_seq);
     }

@@ -24,6 +24,9 @@ impl Mailbox for Open {
     fn reply(&self, _message: ()) -> Result<(), Full> {
         Ok(())
     }
+    fn space(&self) -> usize {
+        usize::MAX
+    }
     fn evict(&self, _last_seq: Seq) {}
     fn remove(&self, _frame: Self::Message) {}
 }

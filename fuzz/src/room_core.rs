@@ -71,6 +71,10 @@ impl Mailbox for SimMailbox {
         self.0.borrow_mut().notices.push(message.0);
         Ok(())
     }
+    fn space(&self) -> usize {
+        let inbox = self.0.borrow();
+        inbox.capacity.saturating_sub(inbox.queued)
+    }
     fn evict(&self, last_seq: Seq) {
         let mut inbox = self.0.borrow_mut();
         assert!(inbox.evicted_after.is_none(), "a member is evicted once");

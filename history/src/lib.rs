@@ -147,6 +147,9 @@ pub enum HistoryError {
          directory; stop it, or give this node its own --data-dir"
     )]
     InUse(std::path::PathBuf),
+    /// A history kept elsewhere did not confirm a write in time: it may have been stored.
+    #[error("the history did not confirm the write in time: {0}")]
+    Unconfirmed(Arc<dyn std::error::Error + Send + Sync>),
     /// A history kept elsewhere (cluster mode's NATS) failed; its own error says why.
     #[error(transparent)]
     Remote(Arc<dyn std::error::Error + Send + Sync>),

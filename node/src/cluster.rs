@@ -4,8 +4,10 @@
 //! - [`ClusterHistory`]: an append is a publish to the room's subject, complete once the
 //!   stream has it on a majority of its replicas; pages are direct batch gets.
 //! - [`ClusterFanOut`]: the stream is the bus. An append's completion publishes nothing;
-//!   a room's first join on this node starts a follower that hands the core every message of
-//!   the room in stream order, from whichever node it came.
+//!   the stream republishes each message it stores on the room's live subject, and a room's
+//!   first join on this node starts a follower there that hands the core every message of the
+//!   room in stream order, from whichever node it came, reading from the stream what it
+//!   missed.
 //! - [`ClusterDirectory`]: names and memberships in expiring key-value entries that this
 //!   node refreshes while its connections last.
 
@@ -52,8 +54,8 @@ pub(crate) struct ClusterHistory {
     in_flight: watch::Sender<usize>,
 }
 
-/// An append on its way to the stream.
-type Append = (String, Message, Completion<Seq>);
+/// An append on its way to the stream: its room, the message, its id and its completion.
+type Append = (String, Message, String, Completion<Seq>);
 
 /// Appends queued for publishing before more are refused as `Busy`, as the single node's
 /// history queue holds.
@@ -76,25 +78,26 @@ async fn publish_in_order(
     mut queued: mpsc::Receiver<Append>,
     in_flight: watch::Sender<usize>,
 ) {
-    while let Some((room, message, durable)) = queued.recv().await {
-        let acked = cluster.log.publish(&room, &message).await;
+    while let Some((room, message, id, durable)) = queued.recv().await {
+        let acked = cluster.log.publish(&room, &message, &id).await;
         let in_flight = in_flight.clone();
         tokio::spawn(async move {
             let seq = match acked {
-                Ok(acked) => acked.await,
-                Err(e) => Err(e),
+                // Not acknowledged in time: it may have been stored all the same.
+                Ok(acked) => acked.await.map_err(|e| HistoryError::Unconfirmed(Arc::new(e))),
+                Err(e) => Err(remote(e)),
             };
-            durable(seq.map_err(remote));
+            durable(seq);
             in_flight.send_modify(|n| *n -= 1);
         });
     }
 }
 
 impl HistoryStore for ClusterHistory {
-    fn append(&self, room: &RoomName, message: Message, durable: Completion<Seq>) {
+    fn append(&self, room: &RoomName, message: Message, id: String, durable: Completion<Seq>) {
         self.in_flight.send_modify(|n| *n += 1);
-        if let Err(full) = self.appends.try_send((room.to_string(), message, durable)) {
-            let (_, _, durable) = full.into_inner();
+        if let Err(full) = self.appends.try_send((room.to_string(), message, id, durable)) {
+            let (_, _, _, durable) = full.into_inner();
             durable(Err(HistoryError::Busy));
             self.in_flight.send_modify(|n| *n -= 1);
         }
@@ -204,16 +207,28 @@ fn complete(
     }
 }
 
-/// Fan-out through the stream: a follower per room this node's clients are in, which also
-/// hears the other nodes' arrivals and departures there.
+/// Fan-out through the stream's republished messages: a follower per room this node's
+/// clients are in, subscribed to the room's live subject (plain NATS, no consumer), which
+/// also hears the other nodes' arrivals and departures there.
 pub(crate) struct ClusterFanOut {
     cluster: Arc<Cluster>,
     core: Arc<Mutex<Core<Outbox>>>,
-    /// The rooms followed, with their followers (which stop when the node drops this).
-    followed: tokio::sync::Mutex<HashMap<RoomName, AbortOnDrop>>,
-    /// Publishes this node's notices; hears the direct messages for its users.
-    _tasks: [AbortOnDrop; 2],
+    /// The rooms followed. Each entry is set once its follower runs; a room's first joins
+    /// wait for its entry alone, never for another room's.
+    followed: Arc<Mutex<HashMap<RoomName, Arc<tokio::sync::OnceCell<Follower>>>>>,
+    /// Publishes this node's notices; hears the direct messages for its users; looks for
+    /// messages the followers missed.
+    _tasks: [AbortOnDrop; 3],
 }
+
+/// A room's follower: its task, and the newest number the stream is known to hold in the
+/// room, which the task catches up to when it is raised.
+struct Follower {
+    stream_holds: watch::Sender<Seq>,
+    _task: AbortOnDrop,
+}
+
+type Followed = Arc<Mutex<HashMap<RoomName, Arc<tokio::sync::OnceCell<Follower>>>>>;
 
 /// What this node tells the others and has not published yet. A burst beyond it (a node
 /// whose NATS is gone) loses notices, not memory: a lost arrival is still in `Who`, a lost
@@ -265,12 +280,40 @@ impl ClusterFanOut {
             }
         });
         let hearer = tokio::spawn(hear_direct(Arc::clone(&cluster), Arc::clone(&core)));
+        let followed = Followed::default();
+        let sweeper = tokio::spawn(look_for_missed(
+            Arc::clone(&cluster),
+            Arc::clone(&core),
+            Arc::clone(&followed),
+        ));
         Self {
             cluster,
             core,
-            followed: tokio::sync::Mutex::new(HashMap::new()),
-            _tasks: [AbortOnDrop(publisher), AbortOnDrop(hearer)],
+            followed,
+            _tasks: [AbortOnDrop(publisher), AbortOnDrop(hearer), AbortOnDrop(sweeper)],
         }
+    }
+
+    /// Starts following `room`: its live messages from now on, and the other nodes' notices.
+    async fn start_following(&self, room: &RoomName) -> Result<Follower, ClusterError> {
+        let log = &self.cluster.log;
+        let live = log.live(room.as_str()).await?;
+        let notices = self.cluster.notices.hear(room.as_str()).await?;
+        // Subscribed first, then read: a message stored in between comes live, and the core
+        // skips what is at or below `last`.
+        let last = log.last_seq(room.as_str()).await?;
+        lock(&self.core).add_room(room.clone(), last);
+        debug!(%room, last, "following the room");
+        let (stream_holds, holds) = watch::channel(last);
+        let task = tokio::spawn(deliver(
+            Arc::clone(&self.cluster),
+            Arc::clone(&self.core),
+            room.clone(),
+            live,
+            notices,
+            holds,
+        ));
+        Ok(Follower { stream_holds, _task: AbortOnDrop(task) })
     }
 }
 
@@ -293,90 +336,162 @@ impl FanOut for ClusterFanOut {
     fn follow<'a>(&'a self, room: &'a str) -> Pending<'a, Result<(), FollowError>> {
         Box::pin(async move {
             let Ok(room) = RoomName::parse(room) else { return Ok(()) };
-            // Held while the follower starts, so that two first joins start one.
-            let mut followed = self.followed.lock().await;
-            if followed.contains_key(&room) {
+            let entry = Arc::clone(lock(&self.followed).entry(room.clone()).or_default());
+            if entry.initialized() {
                 return Ok(());
             }
-            let log = &self.cluster.log;
-            if !log.room_exists(room.as_str()).await? {
+            if !self.cluster.log.room_exists(room.as_str()).await? {
                 return Ok(());
             }
-            // Members that join from now on read the history up to `last` and get the rest
-            // from the follower, which starts right after it.
-            let last = log.last_seq(room.as_str()).await?;
-            let messages = log.follow(room.as_str(), last).await?;
-            let notices = self.cluster.notices.hear(room.as_str()).await?;
-            lock(&self.core).add_room(room.clone(), last);
-            debug!(%room, last, "following the room");
-            let follower = tokio::spawn(deliver(
-                Arc::clone(&self.cluster),
-                Arc::clone(&self.core),
-                room.clone(),
-                messages,
-                notices,
-            ));
-            followed.insert(room, AbortOnDrop(follower));
+            entry.get_or_try_init(|| self.start_following(&room)).await?;
             Ok(())
         })
     }
 }
 
-/// How long a followed room may be quiet before the follower checks that the stream is
-/// quiet too.
-const QUIET_CHECK: Duration = Duration::from_secs(10);
+/// How often the followed rooms are checked against the stream when nothing suggests that a
+/// message was missed: the backstop for a loss nothing reported (a server that was cut off
+/// from the stream's leader for a while, say). One request covers a thousand rooms.
+const SWEEP: Duration = Duration::from_secs(30);
 
-/// Hands every message of `room` to the core, in order, for as long as the node runs, and
-/// what the other nodes tell of their members arriving and leaving.
+/// Finds the followed rooms in which the stream holds more than this node delivered, and
+/// raises their followers' marks: at once when a message may have been missed (a new
+/// connection to NATS, a subscription that overflowed, a new leader of the stream, which may
+/// have stored messages its predecessor never republished), else every [`SWEEP`].
+async fn look_for_missed(cluster: Arc<Cluster>, core: Arc<Mutex<Core<Outbox>>>, followed: Followed) {
+    let mut lapses = cluster.lapses();
+    lapses.borrow_and_update();
+    let mut leaders = cluster.log.leader_changes().await.ok();
+    loop {
+        let why = tokio::select! {
+            _ = lapses.changed() => "messages may have been missed",
+            Some(()) = async { leaders.as_mut()?.next().await } => "the stream has a new leader",
+            () = tokio::time::sleep(SWEEP) => "",
+        };
+        let rooms: Vec<(RoomName, watch::Sender<Seq>)> = lock(&followed)
+            .iter()
+            .filter_map(|(room, f)| Some((room.clone(), f.get()?.stream_holds.clone())))
+            .collect();
+        if rooms.is_empty() {
+            continue;
+        }
+        let names: Vec<&str> = rooms.iter().map(|(room, _)| room.as_str()).collect();
+        let lasts = match cluster.log.last_seqs(&names).await {
+            Ok(lasts) => lasts,
+            Err(e) => {
+                warn!(error = %e, "cannot check the followed rooms against the stream yet");
+                continue;
+            }
+        };
+        for (room, stream_holds) in &rooms {
+            let Some(&last) = lasts.get(room.as_str()) else { continue };
+            if lock(&core).delivered(room).is_some_and(|delivered| delivered < last) {
+                if !why.is_empty() {
+                    info!(%room, last, why, "catching up with the stream");
+                }
+                stream_holds.send_if_modified(|holds| std::mem::replace(holds, last.max(*holds)) < last);
+            }
+        }
+    }
+}
+
+/// Hands every message of `room` to the core, in order and once, for as long as the node
+/// runs, and what the other nodes tell of their members arriving and leaving.
 ///
-/// The ordered consumer mends most breaks by itself. Two it may miss are mended here by
-/// following again after the last message delivered: a new connection to NATS (whose
-/// server may have held the consumer), and a room quiet for [`QUIET_CHECK`] while the
-/// stream has newer messages.
+/// A live message whose predecessor in the room was not delivered shows a loss: what is
+/// missing is read from the stream first. So is anything below `stream_holds` when
+/// [`look_for_missed`] raises it. Messages at or below the delivered number are skipped.
 async fn deliver(
     cluster: Arc<Cluster>,
     core: Arc<Mutex<Core<Outbox>>>,
     room: RoomName,
-    mut messages: BoxStream<'static, Result<chat_history::Stored, ClusterError>>,
+    mut live: BoxStream<'static, Result<chat_cluster::Live, ClusterError>>,
     mut notices: BoxStream<'static, Notice>,
+    mut stream_holds: watch::Receiver<Seq>,
 ) {
-    let mut connections = cluster.connections();
-    connections.borrow_and_update();
     loop {
-        let stalled = tokio::select! {
-            message = messages.next() => match message {
-                Some(Ok(stored)) => {
-                    hand_over(&core, &room, stored);
-                    continue;
+        tokio::select! {
+            message = live.next() => match message {
+                Some(Ok(live)) => {
+                    catch_up(&cluster, &core, &room, live.previous).await;
+                    hand_over(&core, &room, live.stored);
                 }
-                Some(Err(e)) => {
-                    warn!(%room, error = %e, "following the room: NATS trouble");
-                    continue;
+                Some(Err(e)) => warn!(%room, error = %e, "following the room: NATS trouble"),
+                None => {
+                    live = loop {
+                        match cluster.log.live(room.as_str()).await {
+                            Ok(live) => break live,
+                            Err(e) => warn!(%room, error = %e, "cannot follow the room again yet"),
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    };
+                    let last = cluster.log.last_seq(room.as_str()).await.unwrap_or(0);
+                    catch_up(&cluster, &core, &room, last).await;
                 }
-                None => "the consumer ended",
             },
             Some(notice) = notices.next() => {
                 lock(&core).heard(room.as_str(), &notice.name, notice.left);
-                continue;
             }
-            _ = connections.changed() => "NATS reconnected",
-            () = tokio::time::sleep(QUIET_CHECK) => {
-                let delivered = lock(&core).delivered(&room).unwrap_or(0);
-                match cluster.log.last_seq(room.as_str()).await {
-                    Ok(last) if last > delivered => "the room is quiet but the stream is not",
-                    _ => continue,
-                }
+            Ok(()) = stream_holds.changed() => {
+                let holds = *stream_holds.borrow_and_update();
+                catch_up(&cluster, &core, &room, holds).await;
+            }
+        }
+    }
+}
+
+/// Messages read from the stream at a time when catching up.
+const CATCH_UP_PAGE: usize = 256;
+/// Reads of a page from a replica that does not have it yet, before the catch-up gives up
+/// (and the next live message or check tries again).
+const CATCH_UP_ATTEMPTS: usize = 50;
+/// How long catching up waits for a member's queue to have room: a healthy member takes a
+/// backlog at its own pace, and one too slow for that is dropped.
+const CATCH_UP_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Reads from the stream and hands over every message of `room` after the delivered one up
+/// to `to`, a page at a time, each page once the members' queues have room for it.
+async fn catch_up(cluster: &Cluster, core: &Mutex<Core<Outbox>>, room: &RoomName, to: Seq) {
+    let mut attempts = 0;
+    loop {
+        let Some(delivered) = lock(core).delivered(room) else { return };
+        if delivered >= to {
+            return;
+        }
+        let page = cluster.log.range(room.as_str(), delivered + 1, to + 1, CATCH_UP_PAGE).await;
+        let page = match page {
+            Ok(page) => page,
+            Err(e) => {
+                warn!(%room, error = %e, "cannot read the messages missed yet");
+                return;
             }
         };
-        messages = loop {
-            let after = lock(&core).delivered(&room).unwrap_or(0);
-            info!(%room, after, why = stalled, "following the room again");
-            match cluster.log.follow(room.as_str(), after).await {
-                Ok(messages) => break messages,
-                Err(e) => warn!(%room, error = %e, "cannot follow the room again yet"),
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        };
+        // A replica a moment behind may not hold the page's end yet; one the history cap
+        // trimmed never will.
+        let complete = page.len() == CATCH_UP_PAGE || page.last().is_some_and(|s| s.seq == to);
+        if !complete && attempts < CATCH_UP_ATTEMPTS {
+            attempts += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
+        if page.is_empty() {
+            return;
+        }
+        for stored in page {
+            wait_for_room(core, room).await;
+            hand_over(core, room, stored);
+        }
+        attempts = 0;
+    }
+}
+
+/// Waits, up to [`CATCH_UP_PATIENCE`], until every member of `room` can take one more
+/// message. A member still full then is dropped by the next message, as one that falls
+/// behind live messages is.
+async fn wait_for_room(core: &Mutex<Core<Outbox>>, room: &RoomName) {
+    let deadline = tokio::time::Instant::now() + CATCH_UP_PATIENCE;
+    while lock(core).room_space(room) == Some(0) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -52,6 +52,10 @@ impl Mailbox for Outbox {
         self.queue.try_send(Outgoing::Frame(frame)).map_err(|_| Full)
     }
 
+    fn space(&self) -> usize {
+        self.queue.capacity()
+    }
+
     fn evict(&self, last_seq: Seq) {
         self.evicted.send_replace(Some(Ending::TooSlow(last_seq)));
     }

@@ -259,6 +259,14 @@ async fn read_page(
     Ok(NodeFrame::Page { request_id, messages, ends })
 }
 
+/// A send's id across the cluster: its sender's name and the client's id for it, which the
+/// protocol asks a client to keep unique for its name (the client library starts from a
+/// random number), and to use again when it sends a message again whose outcome it was not
+/// told.
+pub(crate) fn send_id(sender: &chat_core::UserName, client_id: u64) -> String {
+    format!("{}:{client_id:x}", sender.key())
+}
+
 /// Hands a send the core accepted to the history; its completion queues the ack.
 fn append(
     shared: &Arc<Shared>,
@@ -289,6 +297,7 @@ fn append(
                 metrics.error_code(ErrorCode::HistoryUnavailable);
                 let refusal = match e {
                     HistoryError::NotSynced(_) => Refusal::NotSynced(e.to_string()),
+                    HistoryError::Unconfirmed(_) => Refusal::MaybeStored(e.to_string()),
                     _ => Refusal::NotStored(e.to_string()),
                 };
                 NodeFrame::Error(error_frame(&refusal, Some(client_id)))
@@ -308,7 +317,8 @@ fn append(
         }
         drop(permit);
     });
-    shared.history.append(&room, record, acknowledge);
+    let id = send_id(&outgoing.sender, client_id);
+    shared.history.append(&room, record, id, acknowledge);
 }
 
 /// Ends a stream that never joined a room with an error frame.

@@ -40,8 +40,10 @@ pub struct DirectoryError(#[from] ClusterError);
 /// The rooms' message log.
 pub trait HistoryStore: Send + Sync + 'static {
     /// Appends `message`; `durable` hears its sequence number once it is durable (it may
-    /// be acknowledged). Must not block. Members get it through the fan-out.
-    fn append(&self, room: &RoomName, message: Message, durable: Completion<Seq>);
+    /// be acknowledged). Must not block. Members get it through the fan-out. `id` is the
+    /// sender's own name for the message (see [`send_id`](crate::room::send_id)): a history
+    /// that cannot always tell whether a write landed stores one message per id.
+    fn append(&self, room: &RoomName, message: Message, id: String, durable: Completion<Seq>);
     /// Hands every message stored from now on to `subscriber` (the single node's fan-out).
     /// Cluster mode relays through its followers of the stream instead, and ignores it.
     fn subscribe(&self, subscriber: Arc<dyn Subscriber>) -> Result<(), HistoryError>;
@@ -65,7 +67,8 @@ pub trait HistoryStore: Send + Sync + 'static {
 }
 
 impl HistoryStore for History {
-    fn append(&self, room: &RoomName, message: Message, durable: Completion<Seq>) {
+    fn append(&self, room: &RoomName, message: Message, _id: String, durable: Completion<Seq>) {
+        // Its writes are never in doubt while it runs: a failed one fails for certain.
         History::append(self, room.as_str(), message, durable);
     }
     fn subscribe(&self, subscriber: Arc<dyn Subscriber>) -> Result<(), HistoryError> {

@@ -453,6 +453,9 @@ pub enum ErrorCode {
     Kicked,
     /// Only the room's operators (or its owner) may do that.
     NotOperator,
+    /// The history did not confirm the message in time: it may have been stored. Sending it
+    /// again under the same `client_id` within two minutes stores it at most once.
+    MaybeStored,
 }
 
 impl ErrorFrame {

@@ -51,6 +51,9 @@ struct Line {
     /// When cut off by a lost connection: the join of its room it was sent in. It is sent
     /// again only in a later join, once that join's history is printed.
     cut_in: Option<u64>,
+    /// The client id it was last sent under: sent again, it keeps it, so that a node that
+    /// stored it already does not store it twice.
+    sent_as: Option<u64>,
 }
 
 struct Joined {
@@ -192,10 +195,11 @@ impl Session {
                 Some(message) = self.client.next_direct(), if self.reconnecting.is_none() => {
                     self.direct(message).await;
                 }
-                Some((line, posted)) = OptionFuture::from(self.posting.as_mut()) => {
+                Some((mut line, posted)) = OptionFuture::from(self.posting.as_mut()) => {
                     self.posting = None;
                     match posted {
                         Ok(posted) => {
+                            line.sent_as = Some(posted.client_id());
                             self.acks.spawn(async move { (line, posted.acked().await) });
                         }
                         Err(e) => self.not_sent(line, e),
@@ -306,7 +310,10 @@ impl Session {
             };
             let sender = joined.sender.clone();
             self.posting = Some(Box::pin(async move {
-                let posted = sender.post(line.text.clone()).await;
+                let posted = match line.sent_as {
+                    Some(id) => sender.post_again(line.text.clone(), id).await,
+                    None => sender.post(line.text.clone()).await,
+                };
                 (line, posted)
             }));
         }
@@ -349,7 +356,8 @@ impl Session {
             self.unconfirmed.push(line);
             return;
         }
-        self.out.not_sent(&line.room, Some(line.typed), &line.text, &error, cut_off);
+        let maybe = cut_off || matches!(error, ClientError::MaybeStored(_));
+        self.out.not_sent(&line.room, Some(line.typed), &line.text, &error, maybe);
         self.failed.get_or_insert(error);
         self.keep_failed(line);
     }
@@ -470,7 +478,7 @@ impl Session {
         }
         self.typed += 1;
         let (room, text) = (room, text.to_owned());
-        self.queue(Line { room, text, typed: self.typed, resent: false, cut_in: None });
+        self.queue(Line { room, text, typed: self.typed, resent: false, cut_in: None, sent_as: None });
     }
 
     /// The node's name for the room `room` means to this user: `@bob` is the conversation
@@ -639,7 +647,7 @@ impl Session {
                 Some(room) => {
                     self.typed += 1;
                     let (room, text) = (room.clone(), line.to_owned());
-                    self.queue(Line { room, text, typed: self.typed, resent: false, cut_in: None });
+                    self.queue(Line { room, text, typed: self.typed, resent: false, cut_in: None, sent_as: None });
                 }
                 None => self.out.usage("not in a room: /join ROOM first"),
             },

@@ -142,7 +142,8 @@ impl Cluster {
     ) -> Result<Self, ClusterError> {
         let (lapsed, lapses) = tokio::sync::watch::channel(0u64);
         let client = async_nats::ConnectOptions::new()
-            .name("chat-node")
+            // The process id tells the nodes of one machine apart in NATS's monitoring.
+            .name(format!("chat-node {}", std::process::id()))
             .connection_timeout(Duration::from_secs(5))
             .request_timeout(Some(Duration::from_secs(5)))
             .ping_interval(PING_INTERVAL)
@@ -174,17 +175,7 @@ impl Cluster {
         let markers =
             Records::open(&js, config, records::MARKERS_BUCKET, "chat read markers").await?;
         let health = tokio::spawn(keep_healthy(client.clone(), log.stream_info_probe()));
-        Ok(Self {
-            log,
-            directory,
-            notices,
-            accounts,
-            room_rules,
-            markers,
-            client,
-            lapses,
-            health,
-        })
+        Ok(Self { log, directory, notices, accounts, room_rules, markers, client, lapses, health })
     }
 
     /// Changes whenever messages meant for this node may have been missed: the connection to

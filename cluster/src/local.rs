@@ -143,6 +143,20 @@ impl LocalNats {
         self.servers.iter().filter_map(|s| s.child.as_ref().map(Child::id)).collect()
     }
 
+    /// The name of the server that the NATS client called `client` is connected to, from
+    /// each server's monitoring (`/connz`).
+    pub fn serving(&self, client: &str) -> Option<String> {
+        self.servers.iter().find(|server| server.serves(client)).map(|s| s.name.clone())
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to the server named `name`; returns whether it runs.
+    pub fn signal(&self, name: &str, signal: &str) -> bool {
+        let server = self.servers.iter().find(|s| s.name == name);
+        let Some(child) = server.and_then(|s| s.child.as_ref()) else { return false };
+        let sent = Command::new("kill").args(["-s", signal, &child.id().to_string()]).status();
+        sent.is_ok_and(|status| status.success())
+    }
+
     /// Kills the server named `name` with SIGKILL; returns whether there was one.
     pub fn kill(&mut self, name: &str) -> bool {
         let server = self.servers.iter_mut().find(|s| s.name == name);
@@ -223,12 +237,28 @@ impl NatsServer {
     }
 
     fn healthy(&self) -> bool {
-        let Ok(mut stream) = TcpStream::connect(&self.monitor) else { return false };
-        let request = "GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n";
+        self.monitoring("/healthz")
+            .is_some_and(|response| response.lines().next().is_some_and(|s| s.contains(" 200 ")))
+    }
+
+    /// Whether a client named `client` is connected to this server.
+    fn serves(&self, client: &str) -> bool {
+        let Some(response) = self.monitoring("/connz") else { return false };
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+        let Ok(connz) = serde_json::from_str::<serde_json::Value>(body) else { return false };
+        let connections = connz["connections"].as_array().cloned().unwrap_or_default();
+        connections.iter().any(|c| c["name"].as_str() == Some(client))
+    }
+
+    /// The whole HTTP response of the monitoring endpoint `path`.
+    fn monitoring(&self, path: &str) -> Option<String> {
+        let mut stream = TcpStream::connect(&self.monitor).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
         let mut response = String::new();
-        stream.write_all(request.as_bytes()).is_ok()
-            && stream.read_to_string(&mut response).is_ok()
-            && response.lines().next().is_some_and(|status| status.contains(" 200 "))
+        stream.write_all(request.as_bytes()).ok()?;
+        stream.read_to_string(&mut response).ok()?;
+        Some(response)
     }
 
     /// An error with the server's log unless `ok`.

@@ -308,7 +308,10 @@ impl Log {
                 let request = serde_json::json!({ "multi_last": subjects }).to_string();
                 let read = || {
                     let request = request.clone();
-                    crate::within(crate::READ_TIMEOUT, self.direct_get(stream, request, chunk.len()))
+                    crate::within(
+                        crate::READ_TIMEOUT,
+                        self.direct_get(stream, request, chunk.len()),
+                    )
                 };
                 let (got, _) = crate::patiently(read).await?;
                 for (subject, stored) in got {
@@ -373,7 +376,13 @@ impl Log {
         let rooms = self.rooms().await?;
         let names: Vec<&str> = rooms.iter().map(String::as_str).collect();
         let lasts = self.last_seqs(&names).await?;
-        Ok(rooms.into_iter().map(|room| { let last = lasts.get(&room).copied().unwrap_or(0); (room, last) }).collect())
+        Ok(rooms
+            .into_iter()
+            .map(|room| {
+                let last = lasts.get(&room).copied().unwrap_or(0);
+                (room, last)
+            })
+            .collect())
     }
 
     /// Creates `room` unless it exists; returns whether it was created.
@@ -422,7 +431,9 @@ impl Log {
         let stream = self.stream.clone();
         move || {
             let stream = stream.clone();
-            Box::pin(async move { stream.get_info().await.map(drop).map_err(ClusterError::unavailable) })
+            Box::pin(
+                async move { stream.get_info().await.map(drop).map_err(ClusterError::unavailable) },
+            )
         }
     }
 
@@ -435,10 +446,8 @@ impl Log {
         let elected = "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED";
         let rooms = client.subscribe(format!("{elected}.{STREAM}")).await;
         let direct = client.subscribe(format!("{elected}.{DIRECT_STREAM}")).await;
-        let (rooms, direct) = (
-            rooms.map_err(ClusterError::unavailable)?,
-            direct.map_err(ClusterError::unavailable)?,
-        );
+        let (rooms, direct) =
+            (rooms.map_err(ClusterError::unavailable)?, direct.map_err(ClusterError::unavailable)?);
         Ok(futures_util::stream::select(rooms, direct).map(drop).boxed())
     }
 

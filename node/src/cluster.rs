@@ -358,7 +358,11 @@ const SWEEP: Duration = Duration::from_secs(30);
 /// raises their followers' marks: at once when a message may have been missed (a new
 /// connection to NATS, a subscription that overflowed, a new leader of the stream, which may
 /// have stored messages its predecessor never republished), else every [`SWEEP`].
-async fn look_for_missed(cluster: Arc<Cluster>, core: Arc<Mutex<Core<Outbox>>>, followed: Followed) {
+async fn look_for_missed(
+    cluster: Arc<Cluster>,
+    core: Arc<Mutex<Core<Outbox>>>,
+    followed: Followed,
+) {
     let mut lapses = cluster.lapses();
     lapses.borrow_and_update();
     let mut leaders = cluster.log.leader_changes().await.ok();
@@ -389,7 +393,8 @@ async fn look_for_missed(cluster: Arc<Cluster>, core: Arc<Mutex<Core<Outbox>>>, 
                 if !why.is_empty() {
                     info!(%room, last, why, "catching up with the stream");
                 }
-                stream_holds.send_if_modified(|holds| std::mem::replace(holds, last.max(*holds)) < last);
+                stream_holds
+                    .send_if_modified(|holds| std::mem::replace(holds, last.max(*holds)) < last);
             }
         }
     }

@@ -481,3 +481,161 @@ async fn an_account_and_a_ban_made_on_one_node_hold_on_the_other_and_names_regis
     }
     assert_eq!(won.len(), 1, "one registration of dora across the two nodes");
 }
+
+/// The cluster's own connection to the chat's NATS, as a node would make it.
+async fn cluster_client(chat: &Chat) -> chat_cluster::Cluster {
+    let config = chat_cluster::ClusterConfig {
+        urls: vec![chat.nats.urls()],
+        replicas: 3,
+        history_cap: 40_000,
+        direct_history_cap: 10_000,
+        max_age: None,
+        presence_ttl: Duration::from_secs(15),
+    };
+    chat_cluster::Cluster::connect(&config).await.expect("NATS")
+}
+
+/// A fresh reader on `node` reads `room` from its start: every number in `stored`, once, in
+/// order, and nothing else.
+async fn read_whole(chat: &Chat, node: usize, reader: &str, room: &str, stored: &[u64]) {
+    let client = chat.connect(reader, node).await;
+    let mut joined = client.join(room, Some(0)).await.expect("joins");
+    let got = take_messages(&mut joined, stored.len()).await;
+    let seqs: Vec<u64> = got.iter().map(|(seq, ..)| *seq).collect();
+    if seqs != stored {
+        let first_wrong = seqs.iter().zip(stored).position(|(a, b)| a != b);
+        panic!(
+            "{reader} on node {node}: not every message once in order; first difference at {first_wrong:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_30000_message_room_is_read_whole_once_in_order_through_each_node_after_each_fault() {
+    let mut chat = Chat::start_with(&["--history-cap", "40000"]);
+    // Stored the way a node stores a send, 256 publishes in flight at a time.
+    let cluster = cluster_client(&chat).await;
+    let mut stored = Vec::with_capacity(30_000);
+    for chunk in 0..(30_000 / 256 + 1) {
+        let mut acks = Vec::new();
+        for i in chunk * 256..((chunk + 1) * 256).min(30_000) {
+            let message = chat_history::Message {
+                sender: "ada".into(),
+                timestamp_ms: 0,
+                body: format!("m{i}"),
+            };
+            let id = format!("fill:{i}");
+            acks.push(cluster.log.publish("general", &message, &id).await.expect("published"));
+        }
+        for ack in acks {
+            stored.push(ack.await.expect("acknowledged"));
+        }
+    }
+    assert!(stored.windows(2).all(|w| w[0] < w[1]), "stored in the order published");
+
+    for node in [0, 1] {
+        read_whole(&chat, node, &format!("calm{node}"), "general", &stored).await;
+    }
+    // The stream's leader killed: a new one answers the pages.
+    let leader = cluster.log.leader().await.expect("stream info").expect("a leader");
+    assert!(chat.nats.kill(&leader), "the leader {leader} is one of ours");
+    for node in [0, 1] {
+        read_whole(&chat, node, &format!("leaderless{node}"), "general", &stored).await;
+    }
+    // A node killed: the other serves the whole room still.
+    chat.nodes[1].child.kill().expect("killed");
+    read_whole(&chat, 0, "survivor", "general", &stored).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_nats_server_is_left_for_a_healthy_one_and_one_sender_s_messages_keep_their_order()
+{
+    let chat = Chat::start();
+    let node_pid = chat.nodes[0].child.id();
+    let serving = chat.nats.serving(&format!("chat-node {node_pid}")).expect("node 0 is on NATS");
+    let ada = chat.connect("ada", 0).await;
+    let sender = ada.join("general", None).await.expect("joins").sender();
+    let (acks_tx, mut acks) = tokio::sync::mpsc::unbounded_channel();
+    let sending = tokio::spawn(async move {
+        for i in 0.. {
+            let ack = sender.send_unchecked(format!("m{i}")).await.expect("the stream is open");
+            let _ = acks_tx.send((i, ack.await));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let mut acked: Vec<(u32, u64)> = Vec::new();
+    let mut refused = 0;
+    while acked.len() < 20 {
+        match acks.recv().await.expect("sending") {
+            (i, Ok(seq)) => acked.push((i, seq)),
+            (_, Err(e)) => panic!("a send before the freeze failed: {e}"),
+        }
+    }
+    assert!(chat.nats.signal(&serving, "STOP"), "froze {serving}");
+    let frozen = Instant::now();
+    let before = acked.len();
+    // Acks come again while the server is still frozen: the node moved to another one.
+    let deadline = frozen + Duration::from_secs(60);
+    while acked.len() < before + 20 {
+        let next = tokio::time::timeout_at(deadline.into(), acks.recv()).await;
+        match next.expect("acks came again while the server stayed frozen").expect("sending") {
+            (i, Ok(seq)) => acked.push((i, seq)),
+            (i, Err(e)) => {
+                if refused < 3 {
+                    println!("send {i} not acknowledged while {serving} was frozen: {e}");
+                }
+                refused += 1;
+            }
+        }
+    }
+    let moved = chat.nats.serving(&format!("chat-node {node_pid}"));
+    println!(
+        "{serving} frozen: acks again after {:?} ({refused} sends not acknowledged), node now on {moved:?}",
+        frozen.elapsed()
+    );
+    assert!(chat.nats.signal(&serving, "CONT"), "thawed {serving}");
+    sending.abort();
+    // One sender's messages are stored in the order sent, and read whole on either node.
+    acked.sort_unstable();
+    let stored: Vec<u64> = acked.iter().map(|(_, seq)| *seq).collect();
+    assert!(stored.windows(2).all(|w| w[0] < w[1]), "stored out of the order sent: {acked:?}");
+    for node in [0, 1] {
+        let client = chat.connect(&format!("reader{node}"), node).await;
+        let mut room = client.join("general", Some(0)).await.expect("joins");
+        let mut seen = Vec::new();
+        while seen.last() != stored.last() {
+            let (message, _) = next_message(&mut room).await;
+            seen.push(message.seq);
+        }
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "read once, in order, on node {node}");
+        for seq in &stored {
+            assert!(seen.contains(seq), "acked message {seq} missing on node {node}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_thousand_rooms_with_members_on_both_nodes_all_join() {
+    const ROOMS: usize = 2000;
+    let chat = Chat::start_with(&["--max-rooms-per-connection", "2000"]);
+    let maker = chat.connect("maker", 0).await;
+    for i in 0..ROOMS {
+        maker.create_room(&format!("r{i}")).await.expect("created");
+    }
+    let mut joins = Vec::new();
+    for node in [0, 1] {
+        let client = chat.connect(&format!("member{node}"), node).await;
+        let started = Instant::now();
+        let mut rooms = Vec::with_capacity(ROOMS);
+        for i in 0..ROOMS {
+            let joined = client.join(&format!("r{i}"), None).await;
+            rooms.push(joined.unwrap_or_else(|e| panic!("join {i} on node {node}: {e}")));
+        }
+        println!("node {node}: {ROOMS} joins in {:?}", started.elapsed());
+        joins.push((client, rooms));
+    }
+    // A message in the last room reaches its member on the other node.
+    let seq = joins[0].1[ROOMS - 1].sender().send("last").await.expect("acked");
+    let (message, history) = next_message(&mut joins[1].1[ROOMS - 1]).await;
+    assert_eq!((message.seq, message.body.as_str(), history), (seq, "last", false));
+}

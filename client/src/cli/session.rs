@@ -478,7 +478,14 @@ impl Session {
         }
         self.typed += 1;
         let (room, text) = (room, text.to_owned());
-        self.queue(Line { room, text, typed: self.typed, resent: false, cut_in: None, sent_as: None });
+        self.queue(Line {
+            room,
+            text,
+            typed: self.typed,
+            resent: false,
+            cut_in: None,
+            sent_as: None,
+        });
     }
 
     /// The node's name for the room `room` means to this user: `@bob` is the conversation

@@ -555,6 +555,9 @@ async fn a_frozen_nats_server_is_left_for_a_healthy_one_and_one_sender_s_message
     let serving = chat.nats.serving(&format!("chat-node {node_pid}")).expect("node 0 is on NATS");
     let ada = chat.connect("ada", 0).await;
     let sender = ada.join("general", None).await.expect("joins").sender();
+    // A member on the other node, reading live throughout.
+    let bob = chat.connect("bob", 1).await;
+    let mut bob_room = bob.join("general", None).await.expect("joins");
     let (acks_tx, mut acks) = tokio::sync::mpsc::unbounded_channel();
     let sending = tokio::spawn(async move {
         for i in 0.. {
@@ -599,6 +602,16 @@ async fn a_frozen_nats_server_is_left_for_a_healthy_one_and_one_sender_s_message
     acked.sort_unstable();
     let stored: Vec<u64> = acked.iter().map(|(_, seq)| *seq).collect();
     assert!(stored.windows(2).all(|w| w[0] < w[1]), "stored out of the order sent: {acked:?}");
+    // Bob got every one live, once, in order, whatever NATS server each node moved to.
+    let mut live = Vec::new();
+    while live.last() != stored.last() {
+        let (message, history) = next_message(&mut bob_room).await;
+        assert!(!history, "bob's messages are live");
+        live.push(message.seq);
+    }
+    assert!(live.windows(2).all(|w| w[0] < w[1]), "bob got them once, in order");
+    let missed: Vec<&u64> = stored.iter().filter(|seq| !live.contains(seq)).collect();
+    assert!(missed.is_empty(), "bob missed {missed:?}");
     for node in [0, 1] {
         let client = chat.connect(&format!("reader{node}"), node).await;
         let mut room = client.join("general", Some(0)).await.expect("joins");
@@ -638,4 +651,21 @@ async fn two_thousand_rooms_with_members_on_both_nodes_all_join() {
     let seq = joins[0].1[ROOMS - 1].sender().send("last").await.expect("acked");
     let (message, history) = next_message(&mut joins[1].1[ROOMS - 1]).await;
     assert_eq!((message.seq, message.body.as_str(), history), (seq, "last", false));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_send_repeated_under_its_id_is_stored_once() {
+    let chat = Chat::start();
+    let cluster = cluster_client(&chat).await;
+    let message =
+        chat_history::Message { sender: "ada".into(), timestamp_ms: 0, body: "once".into() };
+    let first = cluster.log.publish("general", &message, "ada:7").await.expect("published");
+    let first = first.await.expect("acknowledged");
+    let again = cluster.log.publish("general", &message, "ada:7").await.expect("published");
+    assert_eq!(again.await.expect("acknowledged"), first, "acknowledged under the first number");
+    let other = cluster.log.publish("general", &message, "ada:8").await.expect("published");
+    assert!(other.await.expect("acknowledged") > first, "another id is another message");
+    let stored = cluster.log.range("general", 1, u64::MAX, 10).await.expect("read");
+    let bodies: Vec<&str> = stored.iter().map(|s| s.message.body.as_str()).collect();
+    assert_eq!(bodies, ["once", "once"], "the repeat was not stored");
 }

@@ -18,6 +18,7 @@ mod plot;
 mod process;
 mod relay;
 mod requests;
+mod rooms;
 mod screen;
 mod soak;
 
@@ -166,6 +167,17 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         rate: u64,
     },
+    /// Many rooms in cluster mode (three NATS servers, two nodes) with a member of each on
+    /// both nodes: prints join latency, the CPU NATS and the nodes spend while the rooms are
+    /// idle, and a message from one node to the other (needs the release `chat-node`)
+    Rooms {
+        /// Rooms, each joined on both nodes
+        #[arg(long, default_value_t = 10_000)]
+        rooms: usize,
+        /// Seconds of idling to measure
+        #[arg(long, default_value_t = 30.0)]
+        idle: f64,
+    },
     /// The bare QUIC relay that `fanout --floor` measures (started by it)
     #[command(hide = true)]
     Relay {
@@ -229,6 +241,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Relay { listen, dir } => relay::serve(listen, &dir).await,
         Command::Requests { history, seconds } => requests::run(history, seconds).await,
+        Command::Rooms { rooms, idle } => rooms::run(rooms, idle).await,
         Command::Logins { tries, phase } => logins::run(tries, phase).await,
         Command::Screen { seconds, rate } => screen::run(seconds, rate).await,
         Command::Connections { count, node_args } => connections::run(count, &node_args).await,

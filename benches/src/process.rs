@@ -27,7 +27,7 @@ pub fn node(
         .args(["--max-connections", "1000000"])
         .args(flags)
         .args(user_flags)
-        .env("RUST_LOG", "warn");
+        .env("RUST_LOG", std::env::var("CHAT_BENCH_NODE_LOG").unwrap_or_else(|_| "warn".into()));
     ServerProcess::start(command, addr, None)
 }
 
@@ -57,9 +57,10 @@ pub fn node_options(addr: &str, data_dir: &Path, name: String) -> ConnectOptions
     ConnectOptions::new(addr, name, Trust::CaFile(data_dir.join("certs/ca.pem")))
 }
 
-/// Waits until a client can connect to the node.
+/// Waits until a client can connect to the node. A cluster node's first start sets up the
+/// streams and buckets, which three NATS servers on this machine take a while to agree on.
 pub async fn wait_until_up(options: &ConnectOptions) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         match Client::connect(options.clone()).await {
             Ok(client) => {

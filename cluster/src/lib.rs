@@ -184,18 +184,23 @@ impl Cluster {
         self.lapses.clone()
     }
 
-    /// Sends whatever the client still buffers.
+    /// Sends whatever the client still buffers, waiting at most [`FLUSH_PATIENCE`] (a node
+    /// that stops while NATS is unreachable would otherwise wait for it forever).
     ///
     /// # Errors
     /// The connection is gone.
     pub async fn flush(&self) -> Result<(), ClusterError> {
-        self.client.flush().await.map_err(ClusterError::unavailable)
+        let flushed = async { self.client.flush().await.map_err(ClusterError::unavailable) };
+        within(FLUSH_PATIENCE, flushed).await
     }
 }
 
 /// How long a request keeps being retried while NATS recovers: a stream's leader election
 /// after a server dies takes a few seconds. A client waits that long at most for its answer.
 pub const PATIENCE: Duration = Duration::from_secs(15);
+
+/// The longest a stopping node waits for NATS to take what it still has to send.
+pub const FLUSH_PATIENCE: Duration = Duration::from_secs(5);
 
 /// How long a starting node waits for NATS to come up and take the stream and buckets.
 pub const STARTUP_PATIENCE: Duration = Duration::from_secs(60);

@@ -84,6 +84,8 @@ pub struct NatsServer {
 /// A cluster of NATS servers with JetStream.
 pub struct LocalNats {
     pub servers: Vec<NatsServer>,
+    /// The servers' network namespaces, when they have them (dropped after the servers).
+    network: Option<Namespaces>,
     _dir: tempfile::TempDir,
 }
 
@@ -113,7 +115,6 @@ impl LocalNats {
     }
 
     fn start_once(program: &Path, size: usize) -> io::Result<Self> {
-        let dir = tempfile::tempdir()?;
         let held = (0..size)
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
             .collect::<io::Result<Vec<_>>>()?;
@@ -122,15 +123,62 @@ impl LocalNats {
             .map(|l| Ok(format!("nats-route://{}", l.local_addr()?)))
             .collect::<io::Result<Vec<String>>>()?;
         drop(held);
+        let hosts = vec![Host { address: "127.0.0.1".into(), namespace: None }; size];
+        Self::start_on(program, &hosts, &routes, None)
+    }
+
+    /// Starts `size` servers as [`start`](Self::start) does, each in a network namespace of
+    /// its own on a bridge, so that [`partition`](Self::partition) can cut one off the
+    /// network as a failing link would: no packet in or out, no connection refused. Clients
+    /// in this process's namespace reach them through the bridge.
+    ///
+    /// # Errors
+    /// As for [`start`](Self::start), or the namespaces cannot be made (it needs root, or
+    /// CAP_NET_ADMIN, and iproute2's `ip`).
+    pub fn start_partitionable(size: usize, install_dir: &Path) -> io::Result<Self> {
+        let program = nats_server(install_dir)?;
+        let network = Namespaces::create(size)?;
+        let hosts: Vec<Host> = (0..size)
+            .map(|i| Host { address: network.address(i), namespace: Some(network.namespace(i)) })
+            .collect();
+        let routes: Vec<String> =
+            hosts.iter().map(|h| format!("nats-route://{}:6222", h.address)).collect();
+        Self::start_on(&program, &hosts, &routes, Some(network))
+    }
+
+    fn start_on(
+        program: &Path,
+        hosts: &[Host],
+        routes: &[String],
+        network: Option<Namespaces>,
+    ) -> io::Result<Self> {
+        let dir = tempfile::tempdir()?;
         let mut servers = Vec::new();
-        for (i, route) in routes.iter().enumerate() {
+        for (i, (host, route)) in hosts.iter().zip(routes).enumerate() {
             let name = format!("n{}", i + 1);
-            servers.push(NatsServer::start(program, dir.path(), &name, route, &routes)?);
+            servers.push(NatsServer::start(program, dir.path(), &name, host, route, routes)?);
         }
         for server in &servers {
             server.wait_healthy()?;
         }
-        Ok(Self { servers, _dir: dir })
+        Ok(Self { servers, network, _dir: dir })
+    }
+
+    /// Cuts the server named `name` off the network (see
+    /// [`start_partitionable`](Self::start_partitionable)); returns whether it could.
+    pub fn partition(&self, name: &str) -> bool {
+        self.link(name, "down")
+    }
+
+    /// Puts the server named `name` back on the network.
+    pub fn heal(&self, name: &str) -> bool {
+        self.link(name, "up")
+    }
+
+    fn link(&self, name: &str, state: &str) -> bool {
+        let Some(network) = &self.network else { return false };
+        let Some(i) = self.servers.iter().position(|s| s.name == name) else { return false };
+        ip(&["link", "set", &network.veth(i), state]).is_ok()
     }
 
     /// Every server's URL, comma-separated, as `chat-node --nats` takes them.
@@ -164,11 +212,87 @@ impl LocalNats {
     }
 }
 
+/// Where a server runs: the address it listens on, in which network namespace.
+#[derive(Clone)]
+struct Host {
+    address: String,
+    namespace: Option<String>,
+}
+
+/// A bridge with a network namespace per server on it, each joined by a veth pair, on a
+/// subnet of 10.0.0.0/8 drawn from this process's id. Removed when dropped.
+struct Namespaces {
+    tag: String,
+    subnet: String,
+    size: usize,
+}
+
+fn ip(args: &[&str]) -> io::Result<()> {
+    let status = Command::new("ip").args(args).stderr(Stdio::null()).status()?;
+    match status.success() {
+        true => Ok(()),
+        false => Err(io::Error::other(format!("`ip {}` failed (it needs root)", args.join(" ")))),
+    }
+}
+
+impl Namespaces {
+    fn create(size: usize) -> io::Result<Self> {
+        let pid = std::process::id();
+        let network = Self {
+            tag: format!("{:x}", pid % 0xffff),
+            subnet: format!("10.{}.{}", 100 + pid % 100, (pid / 100) % 250),
+            size,
+        };
+        let bridge = network.bridge();
+        ip(&["link", "add", &bridge, "type", "bridge"])?;
+        ip(&["addr", "add", &format!("{}.1/24", network.subnet), "dev", &bridge])?;
+        ip(&["link", "set", &bridge, "up"])?;
+        for i in 0..size {
+            let (ns, veth) = (network.namespace(i), network.veth(i));
+            ip(&["netns", "add", &ns])?;
+            ip(&["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+            ip(&["link", "set", &veth, "master", &bridge])?;
+            ip(&["link", "set", &veth, "up"])?;
+            let address = format!("{}/24", network.address(i));
+            ip(&["-n", &ns, "addr", "add", &address, "dev", "eth0"])?;
+            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(network)
+    }
+
+    fn bridge(&self) -> String {
+        format!("chbr{}", self.tag)
+    }
+
+    fn namespace(&self, i: usize) -> String {
+        format!("chat{}n{}", self.tag, i + 1)
+    }
+
+    fn veth(&self, i: usize) -> String {
+        format!("chv{}n{}", self.tag, i + 1)
+    }
+
+    fn address(&self, i: usize) -> String {
+        format!("{}.{}", self.subnet, 10 + i)
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for i in 0..self.size {
+            let _ = ip(&["netns", "del", &self.namespace(i)]);
+        }
+        let _ = ip(&["link", "del", &self.bridge()]);
+    }
+}
+
 impl NatsServer {
     fn start(
         program: &Path,
         dir: &Path,
         name: &str,
+        host: &Host,
         route: &str,
         routes: &[String],
     ) -> io::Result<Self> {
@@ -178,17 +302,26 @@ impl NatsServer {
         let listen = route.trim_start_matches("nats-route://");
         let routes = routes.join(", ");
         let config = dir.join(format!("{name}.conf"));
+        let address = &host.address;
         std::fs::write(
             &config,
             format!(
-                "server_name: {name}\nlisten: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\n\
+                "server_name: {name}\nlisten: {address}:-1\nhttp: {address}:-1\n\
                  ports_file_dir: {ports_dir:?}\n\
                  jetstream {{ store_dir: {store:?}, max_memory_store: 64MB, max_file_store: 1GB }}\n\
                  cluster {{ name: chat, listen: {listen}, routes: [{routes}] }}\n"
             ),
         )?;
         let log = dir.join(format!("{name}.log"));
-        let child = Command::new(program)
+        let mut command = match &host.namespace {
+            Some(ns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", ns]).arg(program);
+                command
+            }
+            None => Command::new(program),
+        };
+        let child = command
             .arg("--config")
             .arg(&config)
             .stdout(Stdio::null())

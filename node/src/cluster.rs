@@ -540,15 +540,15 @@ impl ClusterDirectory {
 }
 
 /// Writes this node's joins and leaves to the members bucket in the order they happened
-/// (so that a quick leave never overtakes its join), and rewrites the memberships every
-/// `refresh` so that they do not expire.
+/// (so that a quick leave never overtakes its join), and every `refresh` says that the node
+/// runs, which keeps its memberships counting, and writes again those NATS did not take.
 async fn record_members(
     cluster: Arc<Cluster>,
     mut changes: mpsc::UnboundedReceiver<Membership>,
     refresh: Duration,
 ) {
     let directory = &cluster.directory;
-    // Room, user name and the entry's revision, when it was written.
+    // Room, user name and the entry's revision, once it was written.
     let mut members: HashMap<MemberId, (RoomName, String, Option<u64>)> = HashMap::new();
     let mut tick = tokio::time::interval(refresh);
     loop {
@@ -566,16 +566,19 @@ async fn record_members(
                         continue;
                     };
                     if let Err(e) = directory.leave(room.as_str(), &name, revision).await {
-                        debug!(error = %e, "a membership was not removed; it expires by itself");
+                        debug!(error = %e, "a membership was not removed; it goes with the node");
                     }
                 }
                 None => return,
             },
             _ = tick.tick() => {
-                for (room, name, revision) in members.values_mut() {
+                if let Err(e) = directory.alive().await {
+                    warn!(error = %e, "could not say that this node runs; retrying");
+                }
+                for (room, name, revision) in members.values_mut().filter(|m| m.2.is_none()) {
                     match directory.enter(room.as_str(), name).await {
                         Ok(written) => *revision = Some(written),
-                        Err(e) => warn!(error = %e, "could not refresh a membership; retrying"),
+                        Err(e) => warn!(error = %e, "could not record a membership; retrying"),
                     }
                 }
             }

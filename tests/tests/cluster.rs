@@ -24,7 +24,10 @@ impl Chat {
 
     /// With `extra` flags for both nodes.
     fn start_with(extra: &[&str]) -> Self {
-        let nats = nats_cluster(3);
+        Self::start_on(nats_cluster(3), extra)
+    }
+
+    fn start_on(nats: LocalNats, extra: &[&str]) -> Self {
         let certs = tempfile::tempdir().expect("tempdir");
         let files = chat_certs::ensure_node_files(certs.path(), &[]).expect("certificates");
         let mut dirs = vec![certs];
@@ -668,4 +671,74 @@ async fn a_send_repeated_under_its_id_is_stored_once() {
     let stored = cluster.log.range("general", 1, u64::MAX, 10).await.expect("read");
     let bodies: Vec<&str> = stored.iter().map(|s| s.message.body.as_str()).collect();
     assert_eq!(bodies, ["once", "once"], "the repeat was not stored");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nats_server_cut_off_the_network_is_left_and_nothing_is_missed_once_it_is_back() {
+    let install_dir = chat_tests::program_dir().join("..").join("nats-server");
+    let nats = LocalNats::start_partitionable(3, &install_dir).expect("NATS in namespaces");
+    let chat = Chat::start_on(nats, &[]);
+    let node_pid = chat.nodes[0].child.id();
+    let cut = chat.nats.serving(&format!("chat-node {node_pid}")).expect("node 0 is on NATS");
+    let ada = chat.connect("ada", 0).await;
+    let sender = ada.join("general", None).await.expect("joins").sender();
+    let bob = chat.connect("bob", 1).await;
+    let mut bob_room = bob.join("general", None).await.expect("joins");
+    let (acks_tx, mut acks) = tokio::sync::mpsc::unbounded_channel();
+    let sending = tokio::spawn(async move {
+        for i in 0.. {
+            let ack = sender.send_unchecked(format!("m{i}")).await.expect("the stream is open");
+            let _ = acks_tx.send((i, ack.await));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let mut acked: Vec<(u32, u64)> = Vec::new();
+    let mut next_ack = async |acked: &mut Vec<(u32, u64)>, deadline: Instant| {
+        let next = tokio::time::timeout_at(deadline.into(), acks.recv()).await;
+        match next.expect("acks came in time").expect("sending") {
+            (i, Ok(seq)) => acked.push((i, seq)),
+            (i, Err(e)) => println!("send {i} not acknowledged: {e}"),
+        }
+    };
+    while acked.len() < 20 {
+        next_ack(&mut acked, Instant::now() + PATIENCE).await;
+    }
+    assert!(chat.nats.partition(&cut), "cut {cut} off");
+    let partitioned = Instant::now();
+    let before = acked.len();
+    // Acks come again while the server is still cut off: the node moved to a healthy one.
+    while acked.len() < before + 20 {
+        next_ack(&mut acked, partitioned + Duration::from_secs(60)).await;
+    }
+    println!("{cut} cut off: acks again after {:?}", partitioned.elapsed());
+    assert!(chat.nats.heal(&cut), "mended {cut}");
+    // Some more once it is back, then stop.
+    let count = acked.len();
+    while acked.len() < count + 20 {
+        next_ack(&mut acked, Instant::now() + PATIENCE).await;
+    }
+    sending.abort();
+    acked.sort_unstable();
+    let stored: Vec<u64> = acked.iter().map(|(_, seq)| *seq).collect();
+    assert!(stored.windows(2).all(|w| w[0] < w[1]), "stored out of the order sent: {acked:?}");
+    let mut live = Vec::new();
+    while live.last() != stored.last() {
+        let (message, history) = next_message(&mut bob_room).await;
+        assert!(!history, "bob's messages are live");
+        live.push(message.seq);
+    }
+    assert!(live.windows(2).all(|w| w[0] < w[1]), "bob got them once, in order");
+    let missed: Vec<&u64> = stored.iter().filter(|seq| !live.contains(seq)).collect();
+    assert!(missed.is_empty(), "bob missed {missed:?}");
+    for node in [0, 1] {
+        let client = chat.connect(&format!("reader{node}"), node).await;
+        let mut room = client.join("general", Some(0)).await.expect("joins");
+        let mut seen = Vec::new();
+        while seen.last() != stored.last() {
+            let (message, _) = next_message(&mut room).await;
+            seen.push(message.seq);
+        }
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "read once, in order, on node {node}");
+        assert!(stored.iter().all(|seq| seen.contains(seq)), "every ack on node {node}");
+    }
 }

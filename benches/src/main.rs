@@ -177,6 +177,9 @@ enum Command {
         /// Seconds of idling to measure
         #[arg(long, default_value_t = 30.0)]
         idle: f64,
+        /// The same on one single node (no NATS), to compare
+        #[arg(long)]
+        single: bool,
     },
     /// The bare QUIC relay that `fanout --floor` measures (started by it)
     #[command(hide = true)]
@@ -241,7 +244,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Relay { listen, dir } => relay::serve(listen, &dir).await,
         Command::Requests { history, seconds } => requests::run(history, seconds).await,
-        Command::Rooms { rooms, idle } => rooms::run(rooms, idle).await,
+        Command::Rooms { rooms, idle, single } => rooms::run(rooms, idle, single).await,
         Command::Logins { tries, phase } => logins::run(tries, phase).await,
         Command::Screen { seconds, rate } => screen::run(seconds, rate).await,
         Command::Connections { count, node_args } => connections::run(count, &node_args).await,

@@ -1,6 +1,6 @@
 //! `chat-bench rooms`: many rooms in cluster mode, each with a member on both of two nodes
 //! (three NATS servers, replicas 3). Prints each node's join latency (every room joined one
-//! after the other by one connection), then the CPU that NATS and the nodes spend while the
+//! after the other by one connection, with the node's request budget off), then the CPU that NATS and the nodes spend while the
 //! rooms sit idle, and a message's way from one node to the other in the last room.
 
 use std::time::{Duration, Instant};
@@ -9,7 +9,7 @@ use chat_client::{Client, ConnectOptions, Trust};
 
 use crate::process::{self, ServerProcess, cpu_seconds};
 
-pub async fn run(rooms: usize, idle_secs: f64) -> anyhow::Result<()> {
+pub async fn run(rooms: usize, idle_secs: f64, single: bool) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let install_dir = std::env::current_exe()?.with_file_name("..").join("nats-server");
     let nats = chat_cluster::local::LocalNats::start(3, &install_dir)?;
@@ -17,11 +17,12 @@ pub async fn run(rooms: usize, idle_secs: f64) -> anyhow::Result<()> {
     let names: Vec<String> = (0..rooms).map(|r| format!("r{r}")).collect();
     let (cert, key) = (files.node_cert.display().to_string(), files.node_key.display().to_string());
     let (per_connection, most) = (rooms.to_string(), (rooms + 10).to_string());
+    let urls = nats.urls();
+    let cluster = ["--nats", &urls, "--replicas", "3"];
+    // The request budget off: the joins are timed, not paced at 50 a second.
     let flags = [
-        "--nats",
-        &nats.urls(),
-        "--replicas",
-        "3",
+        "--requests-per-second",
+        "0",
         "--cert",
         &cert,
         "--key",
@@ -36,7 +37,8 @@ pub async fn run(rooms: usize, idle_secs: f64) -> anyhow::Result<()> {
     };
     // One after the other: the first sets up the streams and buckets, the second finds them.
     let mut nodes = Vec::new();
-    for i in 0..2 {
+    let flags = if single { flags.to_vec() } else { [&cluster[..], &flags].concat() };
+    for i in 0..if single { 1 } else { 2 } {
         let data_dir = dir.path().join(format!("node{i}"));
         let node = process::node(&data_dir, &["lobby".into()], &flags, &[])?;
         process::wait_until_up(&options(&node, &format!("probe{i}"))).await?;
@@ -48,12 +50,14 @@ pub async fn run(rooms: usize, idle_secs: f64) -> anyhow::Result<()> {
         maker.create_room(room).await?;
     }
     println!(
-        "{rooms} rooms made in {:.1} s; a member of each room on each of two nodes",
-        started.elapsed().as_secs_f64()
+        "{rooms} rooms made in {:.1} s; two members of each room, {}",
+        started.elapsed().as_secs_f64(),
+        if single { "on a single node" } else { "one on each of two cluster nodes" }
     );
 
     let mut members = Vec::new();
-    for (i, node) in nodes.iter().enumerate() {
+    for i in 0..2 {
+        let node = &nodes[i % nodes.len()];
         let client = Client::connect(options(node, &format!("member{i}"))).await?;
         let mut joined = Vec::with_capacity(rooms);
         let mut took = Vec::with_capacity(rooms);

@@ -162,6 +162,10 @@ impl HistoryStore for ClusterHistory {
         self.runtime.block_on(self.cluster.log.rooms_with_last_seq()).map_err(remote)
     }
 
+    fn room_names(&self) -> Result<Vec<String>, HistoryError> {
+        self.runtime.block_on(self.cluster.log.rooms()).map_err(remote)
+    }
+
     fn create_room(&self, room: &RoomName) -> Result<bool, HistoryError> {
         self.runtime.block_on(self.cluster.log.create_room(room.as_str())).map_err(remote)
     }

@@ -358,11 +358,11 @@ async fn run(
 /// Makes `room` unless it exists or the node has its most rooms; returns whether it existed.
 /// An account that makes a room owns it.
 async fn create_room(shared: &Arc<Shared>, conn: &Conn, room: &RoomName) -> Result<bool, Refusal> {
-    let rooms = shared.room_list().await?;
-    if rooms.iter().any(|(existing, _)| *existing == room.as_str()) {
+    let rooms = shared.room_names().await?;
+    if rooms.iter().any(|existing| *existing == room.as_str()) {
         return Ok(true);
     }
-    let named = rooms.iter().filter(|(existing, _)| !existing.starts_with(DIRECT_PREFIX));
+    let named = rooms.iter().filter(|existing| !existing.starts_with(DIRECT_PREFIX));
     shared.core().check_room_count(named.count())?;
     shared.create_room(room).await.map_err(Refusal::Unanswerable)?;
     if shared.core().is_account(conn.id) {

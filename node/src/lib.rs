@@ -205,18 +205,17 @@ impl Shared {
         Some(incoming)
     }
 
-    /// Every room with its newest sequence number (from the history, or in cluster mode the
-    /// shared list), read on a blocking thread.
-    async fn room_list(&self) -> Result<Vec<(String, chat_core::Seq)>, Refusal> {
+    /// The names of every room, read on a blocking thread.
+    async fn room_names(&self) -> Result<Vec<String>, Refusal> {
         let history = Arc::clone(&self.history);
-        let rooms = tokio::task::spawn_blocking(move || history.rooms()).await;
-        let rooms = rooms.map_err(|e| Refusal::Unanswerable(e.to_string()))?;
-        rooms.map_err(|e| Refusal::Unanswerable(e.to_string()))
+        let names = tokio::task::spawn_blocking(move || history.room_names()).await;
+        let names = names.map_err(|e| Refusal::Unanswerable(e.to_string()))?;
+        names.map_err(|e| Refusal::Unanswerable(e.to_string()))
     }
 
     /// Whether `room` exists.
     async fn room_exists(&self, room: &RoomName) -> Result<bool, Refusal> {
-        Ok(self.room_list().await?.iter().any(|(name, _)| *name == room.as_str()))
+        Ok(self.room_names().await?.iter().any(|name| *name == room.as_str()))
     }
 
     fn next_id(&self) -> u64 {

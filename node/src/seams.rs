@@ -56,6 +56,11 @@ pub trait HistoryStore: Send + Sync + 'static {
     ) -> Result<HistoryPage, HistoryError>;
     /// Every room with its newest sequence number.
     fn rooms(&self) -> Result<Vec<(String, Seq)>, HistoryError>;
+    /// The names of the rooms that exist, which may cost less than [`rooms`](Self::rooms).
+    /// May block.
+    fn room_names(&self) -> Result<Vec<String>, HistoryError> {
+        Ok(self.rooms()?.into_iter().map(|(name, _)| name).collect())
+    }
     /// Creates a room if it is missing; returns whether it was created.
     fn create_room(&self, room: &RoomName) -> Result<bool, HistoryError>;
     /// Deletes a room and its messages; returns whether it existed. May block.

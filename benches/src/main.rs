@@ -14,6 +14,7 @@ mod appends;
 mod connections;
 mod fanout;
 mod logins;
+mod nats_floor;
 mod plot;
 mod process;
 mod relay;
@@ -181,6 +182,17 @@ enum Command {
         #[arg(long)]
         single: bool,
     },
+    /// Cluster mode's NATS path with no chat node: a publish as a node appends, its ack, and
+    /// its arrival on a second connection subscribed as a following node is (the floor under
+    /// `fanout --cluster`)
+    NatsFloor {
+        /// Messages to publish
+        #[arg(long, default_value_t = 2000)]
+        messages: usize,
+        /// Messages per second
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+    },
     /// The bare QUIC relay that `fanout --floor` measures (started by it)
     #[command(hide = true)]
     Relay {
@@ -244,6 +256,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Relay { listen, dir } => relay::serve(listen, &dir).await,
         Command::Requests { history, seconds } => requests::run(history, seconds).await,
+        Command::NatsFloor { messages, rate } => nats_floor::run(messages, rate).await,
         Command::Rooms { rooms, idle, single } => rooms::run(rooms, idle, single).await,
         Command::Logins { tries, phase } => logins::run(tries, phase).await,
         Command::Screen { seconds, rate } => screen::run(seconds, rate).await,

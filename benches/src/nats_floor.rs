@@ -1,0 +1,67 @@
+//! `chat-bench nats-floor`: what cluster mode's NATS path costs with no chat node in it, the
+//! floor under `fanout --cluster`. Three NATS servers (replicas 3) with the chat's streams;
+//! one NATS connection publishes to a room as a node appends (message id, one publish after
+//! another, acks awaited alongside), a second one subscribes to the room's republished
+//! messages as a following node does. Prints the publish-to-ack and publish-to-arrival
+//! latency percentiles at a fixed rate.
+
+use std::time::{Duration, Instant};
+
+use chat_cluster::{Cluster, ClusterConfig};
+use futures_util::StreamExt;
+
+pub async fn run(messages: usize, rate: u64) -> anyhow::Result<()> {
+    let install_dir = std::env::current_exe()?.with_file_name("..").join("nats-server");
+    let nats = chat_cluster::local::LocalNats::start(3, &install_dir)?;
+    let config = ClusterConfig {
+        urls: vec![nats.urls()],
+        replicas: 3,
+        history_cap: 10_000,
+        direct_history_cap: 10_000,
+        max_age: None,
+        presence_ttl: Duration::from_secs(15),
+    };
+    let (publisher, follower) =
+        (Cluster::connect(&config).await?, Cluster::connect(&config).await?);
+    publisher.log.create_room("floor").await?;
+    let mut live = follower.log.live("floor").await?;
+    let started = Instant::now();
+    let stamp = |at: Instant| at.duration_since(started).as_nanos().to_string();
+    let arrivals = tokio::spawn(async move {
+        let mut took = Vec::with_capacity(messages);
+        while took.len() < messages {
+            let Some(Ok(message)) = live.next().await else { break };
+            let sent: u128 = message.stored.message.body.parse().unwrap_or(0);
+            took.push(started.elapsed().as_nanos().saturating_sub(sent));
+        }
+        took
+    });
+    let mut acks = tokio::task::JoinSet::new();
+    let gap = Duration::from_secs_f64(1.0 / rate as f64);
+    for i in 0..messages {
+        tokio::time::sleep_until((started + gap * i as u32).into()).await;
+        let sent = Instant::now();
+        let message =
+            chat_history::Message { sender: "floor".into(), timestamp_ms: 0, body: stamp(sent) };
+        let ack = publisher.log.publish("floor", &message, &format!("floor:{i}")).await?;
+        acks.spawn(async move { ack.await.map(|_| sent.elapsed().as_nanos()) });
+    }
+    let mut acked = Vec::with_capacity(messages);
+    while let Some(ack) = acks.join_next().await {
+        acked.push(ack??);
+    }
+    let arrived = tokio::time::timeout(Duration::from_secs(30), arrivals).await??;
+    for (what, mut took) in [("publish to ack", acked), ("publish to arrival", arrived)] {
+        took.sort_unstable();
+        let at = |q: f64| took[((took.len() - 1) as f64 * q) as usize] as f64 / 1e3;
+        println!(
+            "{what}: p50 {:.0} µs, p90 {:.0}, p99 {:.0}, max {:.0} ({} messages at {rate}/s)",
+            at(0.5),
+            at(0.9),
+            at(0.99),
+            at(1.0),
+            took.len()
+        );
+    }
+    Ok(())
+}

@@ -484,6 +484,7 @@ async fn catch_up(cluster: &Cluster, core: &Mutex<Core<Outbox>>, room: &RoomName
             continue;
         }
         if page.is_empty() {
+            warn!(%room, after = delivered, to, "the stream did not give the messages missed; they stay in the history");
             return;
         }
         for stored in page {

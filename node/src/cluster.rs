@@ -484,7 +484,7 @@ async fn catch_up(cluster: &Cluster, core: &Mutex<Core<Outbox>>, room: &RoomName
             continue;
         }
         if page.is_empty() {
-            warn!(%room, after = delivered, to, "the stream did not give the messages missed; they stay in the history");
+            warn!(%room, after = delivered, to, "the stream did not give the messages missed: trimmed by the cap, or the replica read is behind");
             return;
         }
         for stored in page {

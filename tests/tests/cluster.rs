@@ -604,6 +604,8 @@ async fn a_frozen_nats_server_is_left_for_a_healthy_one_and_nothing_is_missed() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_nats_server_cut_off_the_network_is_left_and_nothing_is_missed_once_it_is_back() {
+    // The namespaces are made with iproute2's `ip` (and need root, as the tests run).
+    chat_tests::ensure_program("ip", "-V", "iproute2");
     let install_dir = chat_tests::program_dir().join("..").join("nats-server");
     let nats = LocalNats::start_partitionable(3, &install_dir).expect("NATS in namespaces");
     let chat = Chat::start_on(nats, &[]);

@@ -4,12 +4,13 @@
 //! - [`log`]: one JetStream stream, `CHAT`, with a subject per room (`chat.room.<room>`). A
 //!   message's sequence number is its stream sequence: it increases in each room, but with
 //!   gaps (the rooms share the numbering). The stream is replicated, keeps
-//!   `max_messages_per_subject` = the history cap, and doubles as the fan-out bus: every node
-//!   follows the rooms its own clients are in with an ordered consumer.
+//!   `max_messages_per_subject` = the history cap, and doubles as the fan-out bus: it
+//!   republishes each message it stores on a plain subject per room, to which every node
+//!   with clients in the room subscribes (no consumer per room).
 //! - [`notices`]: arrivals and departures, published to every node on core NATS.
 //! - [`presence`]: key-value buckets for the names online (claimed with an atomic create),
-//!   who is in which room, and which rooms exist. Entries expire unless their node refreshes
-//!   them, so a dead node's names come free on their own.
+//!   who is in which room, and the nodes running. Names and nodes expire unless their node
+//!   refreshes them, so a dead node's names and memberships go on their own.
 //!
 //! NATS keeps no state of a node that the node needs back: a node can die and its clients
 //! carry on at any other one.

@@ -422,8 +422,10 @@ async fn deliver(
         tokio::select! {
             message = live.next() => match message {
                 Some(Ok(live)) => {
-                    catch_up(&cluster, &core, &room, live.previous).await;
-                    hand_over(&core, &room, live.stored);
+                    if let Err(stored) = hand_over_next(&core, &room, live) {
+                        catch_up(&cluster, &core, &room, stored.previous).await;
+                        hand_over(&core, &room, stored.stored);
+                    }
                 }
                 Some(Err(e)) => warn!(%room, error = %e, "following the room: NATS trouble"),
                 None => {
@@ -507,7 +509,30 @@ async fn wait_for_room(core: &Mutex<Core<Outbox>>, room: &RoomName) {
 
 fn hand_over(core: &Mutex<Core<Outbox>>, room: &RoomName, stored: chat_history::Stored) {
     let frame = message_frame(room.as_str(), stored.seq, &stored.message);
-    for gone in lock(core).committed_in_order(room.as_str(), stored.seq, frame) {
+    let gone = lock(core).committed_in_order(room.as_str(), stored.seq, frame);
+    report_dropped(room, gone);
+}
+
+/// Hands `live` over, under one lock of the core, when its predecessor in the room was
+/// delivered (the common case); gives it back when messages before it are missing.
+fn hand_over_next(
+    core: &Mutex<Core<Outbox>>,
+    room: &RoomName,
+    live: chat_cluster::Live,
+) -> Result<(), chat_cluster::Live> {
+    let frame = message_frame(room.as_str(), live.stored.seq, &live.stored.message);
+    let mut core = lock(core);
+    if core.delivered(room).is_some_and(|delivered| delivered < live.previous) {
+        return Err(live);
+    }
+    let gone = core.committed_in_order(room.as_str(), live.stored.seq, frame);
+    drop(core);
+    report_dropped(room, gone);
+    Ok(())
+}
+
+fn report_dropped(room: &RoomName, gone: Vec<chat_core::room::Evicted>) {
+    for gone in gone {
         info!(member = gone.member.0, last_seq = gone.last_seq, %room, "dropped a member that fell behind");
     }
 }

@@ -337,15 +337,7 @@ async fn killing_the_stream_leader_loses_no_acknowledged_message() {
     let room = ada.join("general", None).await.expect("joins");
     let sender = room.sender();
     let leader = {
-        let config = chat_cluster::ClusterConfig {
-            urls: vec![chat.nats.urls()],
-            replicas: 3,
-            history_cap: 10_000,
-            direct_history_cap: 10_000,
-            max_age: None,
-            presence_ttl: Duration::from_secs(15),
-        };
-        let cluster = chat_cluster::Cluster::connect(&config).await.expect("NATS");
+        let cluster = cluster_client(&chat, 10_000).await;
         cluster.log.leader().await.expect("stream info").expect("the stream has a leader")
     };
 
@@ -485,12 +477,13 @@ async fn an_account_and_a_ban_made_on_one_node_hold_on_the_other_and_names_regis
     assert_eq!(won.len(), 1, "one registration of dora across the two nodes");
 }
 
-/// The cluster's own connection to the chat's NATS, as a node would make it.
-async fn cluster_client(chat: &Chat) -> chat_cluster::Cluster {
+/// The cluster's own connection to the chat's NATS, as a node with `history_cap` would make
+/// it (it sets the stream's cap, so give the nodes' own).
+async fn cluster_client(chat: &Chat, history_cap: u64) -> chat_cluster::Cluster {
     let config = chat_cluster::ClusterConfig {
         urls: vec![chat.nats.urls()],
         replicas: 3,
-        history_cap: 40_000,
+        history_cap,
         direct_history_cap: 10_000,
         max_age: None,
         presence_ttl: Duration::from_secs(15),
@@ -517,7 +510,7 @@ async fn read_whole(chat: &Chat, node: usize, reader: &str, room: &str, stored: 
 async fn a_30000_message_room_is_read_whole_once_in_order_through_each_node_after_each_fault() {
     let mut chat = Chat::start_with(&["--history-cap", "40000"]);
     // Stored the way a node stores a send, 256 publishes in flight at a time.
-    let cluster = cluster_client(&chat).await;
+    let cluster = cluster_client(&chat, 40_000).await;
     let mut stored = Vec::with_capacity(30_000);
     for chunk in 0..(30_000 / 256 + 1) {
         let mut acks = Vec::new();
@@ -581,7 +574,7 @@ async fn two_thousand_rooms_with_members_on_both_nodes_all_join() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_send_repeated_under_its_id_is_stored_once() {
     let chat = Chat::start();
-    let cluster = cluster_client(&chat).await;
+    let cluster = cluster_client(&chat, 40_000).await;
     let message =
         chat_history::Message { sender: "ada".into(), timestamp_ms: 0, body: "once".into() };
     let first = cluster.log.publish("general", &message, "ada:7").await.expect("published");

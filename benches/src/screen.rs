@@ -160,8 +160,12 @@ pub async fn run(seconds: f64, rate: u64) -> anyhow::Result<()> {
             loading.await??;
         }
         let cpu = (cpu_seconds(chat_pid)? - cpu_before) / started.elapsed().as_secs_f64();
-        // The last probes and keys get their chance to show.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The last probes and keys get their chance to show: until they have, or for 5 s
+        // at most (a busy machine paints late; one scrolled past is never seen).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !lock(&glass).awaited.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let mut glass = lock(&glass);
         // Scrolled past between two paints, in a busy room shown: counted, not timed.
         let missed = glass.awaited.len();

@@ -146,6 +146,49 @@ pub fn issue_node(ca: &Pair, dns_names: &[String], ips: &[IpAddr]) -> Result<Pai
     Ok(Pair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
+/// How long a certificate for browsers lives. Chromium pins a certificate by its hash
+/// (WebTransport's `serverCertificateHashes`) only when it is ECDSA P-256 and valid for at
+/// most 14 days; a day less leaves room for clocks that disagree.
+pub const PINNED_LIFETIME: std::time::Duration = std::time::Duration::from_secs(13 * 86_400);
+
+/// A self-signed certificate that browsers pin by its SHA-256 hash instead of trusting a CA.
+#[derive(Debug)]
+pub struct PinnedCert {
+    pub cert: CertificateDer<'static>,
+    pub key: PrivateKeyDer<'static>,
+    /// The SHA-256 of `cert`, as a page hands it to `new WebTransport(url, {serverCertificateHashes})`.
+    pub sha256: [u8; 32],
+    pub not_before: std::time::SystemTime,
+    pub not_after: std::time::SystemTime,
+}
+
+/// Makes an ECDSA P-256 certificate for `names` and `ips`, valid for [`PINNED_LIFETIME`]
+/// from an hour before `from` (a browser whose clock is a little behind still takes it).
+///
+/// # Errors
+/// Key generation or signing failed.
+pub fn pinned_cert(
+    names: &[String],
+    ips: &[IpAddr],
+    from: std::time::SystemTime,
+) -> Result<PinnedCert, CertError> {
+    let not_before = from - std::time::Duration::from_secs(3600);
+    let not_after = not_before + PINNED_LIFETIME;
+    let mut params = CertificateParams::new(names.to_vec())?;
+    params.subject_alt_names.extend(ips.iter().map(|ip| rcgen::SanType::IpAddress(*ip)));
+    params.distinguished_name.push(DnType::CommonName, "chat node (for browsers)");
+    params.not_before = time::OffsetDateTime::from(not_before);
+    params.not_after = time::OffsetDateTime::from(not_after);
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let cert = params.self_signed(&key)?;
+    let der = cert.der().clone();
+    let mut sha256 = [0; 32];
+    sha256.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &der).as_ref());
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into();
+    Ok(PinnedCert { cert: der, key, sha256, not_before, not_after })
+}
+
 /// What a node found or made in its certificate directory.
 #[derive(Debug, Clone)]
 pub struct NodeFiles {

@@ -144,6 +144,10 @@ pub struct Settings {
     /// private network) [default: off]
     #[arg(long, env = "CHAT_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Address for browsers: WebTransport on its UDP port and the chat's web page on the
+    /// same TCP port (HTTPS off loopback, with the node's certificate) [default: off]
+    #[arg(long, env = "CHAT_WEB_LISTEN")]
+    pub web_listen: Option<SocketAddr>,
     /// Cluster mode: the `[cluster]` table of the file.
     #[command(flatten)]
     #[serde(default)]
@@ -275,6 +279,8 @@ pub struct NodeConfig {
     pub rate_limited_bar: Duration,
     /// Where `/metrics` is served; `None` serves none.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where browsers connect (UDP) and load the page (TCP); `None` serves no browsers.
+    pub web_listen: Option<SocketAddr>,
     /// NATS and how the chat's data is kept there; `None` for a single node.
     pub cluster: Option<ClusterConfig>,
 }
@@ -338,6 +344,7 @@ impl Settings {
             request_burst: self.request_burst.or(lower.request_burst),
             rate_limited_bar_secs: self.rate_limited_bar_secs.or(lower.rate_limited_bar_secs),
             metrics_listen: self.metrics_listen.or(lower.metrics_listen),
+            web_listen: self.web_listen.or(lower.web_listen),
             cluster: self.cluster.or(lower.cluster),
         }
     }
@@ -387,6 +394,7 @@ impl Settings {
             request_burst: self.request_burst.unwrap_or(200).max(1),
             rate_limited_bar: Duration::from_secs(self.rate_limited_bar_secs.unwrap_or(10)),
             metrics_listen: self.metrics_listen,
+            web_listen: self.web_listen,
             cluster: self.cluster.resolve(history_cap, direct_history_cap),
         }
     }

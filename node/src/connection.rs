@@ -20,10 +20,10 @@ use chat_proto::{
     ClientFrame, ErrorFrame, LeftReason, Login, NodeFrame, RoomInfo, Seq, UNREAD_COUNTED, Welcome,
     codec, codes,
 };
-use quinn::{RecvStream, SendStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
+use web_transport_quinn::{RecvStream, SendStream, Session};
 
 use crate::admission::Slot;
 use crate::admission::{HELLO_STRIKES, STRIKE_WINDOW, Strike};
@@ -32,38 +32,84 @@ use crate::reply::error_frame;
 use crate::seams::DirectoryError;
 use crate::{Conn, Shared, login, moderation, room};
 
+/// How a client reached the node: the native protocol on QUIC, or a browser's WebTransport
+/// session (HTTP/3), whose streams carry the same frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flavor {
+    Native,
+    Browser,
+}
+
+impl Flavor {
+    /// Bidirectional streams the connection keeps open besides its control and room
+    /// streams: a WebTransport session's CONNECT request stays open as long as it lasts.
+    pub(crate) fn other_streams(self) -> u32 {
+        match self {
+            Self::Native => 0,
+            Self::Browser => 1,
+        }
+    }
+}
+
 /// Serves one connection from handshake to close.
-pub(crate) async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, slot: Slot) {
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    incoming: quinn::Incoming,
+    slot: Slot,
+    flavor: Flavor,
+) {
     let id = ConnId(shared.next_id());
-    let span = info_span!("conn", id = id.0, remote = %incoming.remote_address());
+    let span = info_span!("conn", id = id.0, remote = %incoming.remote_address(), ?flavor);
     async move {
         let timeout = shared.config.handshake_timeout;
         shared.handshaking.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let handshake = tokio::time::timeout(timeout, incoming).await;
+        let handshake = tokio::time::timeout(timeout, open_session(incoming, flavor)).await;
         shared.handshaking.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let connection = match handshake {
             Ok(Ok(connection)) => connection,
             Ok(Err(e)) => return debug!(error = %e, "handshake failed"),
             Err(_) => return debug!("handshake timed out"),
         };
-        let Some(greeted) = greet(&shared, id, &connection, slot.id()).await else { return };
+        let Some(greeted) = greet(&shared, id, &connection, slot.id(), flavor).await else {
+            return;
+        };
         let Greeted { send, reader, name, token, pushed } = greeted;
         let frames =
             Arc::new(tokio::sync::Semaphore::new(2 * shared.limits.max_frame_len as usize));
         let (quic, slot_id) = (connection.clone(), slot.id());
-        let conn = Arc::new(Conn { id, connection: quic, name, token, slot: slot_id, frames });
+        let conn =
+            Arc::new(Conn { id, connection: quic, name, token, slot: slot_id, frames, flavor });
         let rooms = run(&shared, &conn, send, reader, pushed, &slot).await;
         shared.core().disconnect(id, departure(&connection));
         shared.directory.release(id);
         shared.connections().remove(&id);
         drain(rooms).await;
         if *shared.stopping.borrow() {
-            connection.close(codes::close::GOING_AWAY.into(), b"the node is shutting down");
+            connection.close(codes::close::GOING_AWAY, b"the node is shutting down");
         }
         info!("disconnected");
     }
     .instrument(span)
     .await;
+}
+
+/// The QUIC handshake, and for a browser the WebTransport one after it: its HTTP/3
+/// settings and its CONNECT request, which must ask for [`crate::web::SESSION_PATH`].
+async fn open_session(incoming: quinn::Incoming, flavor: Flavor) -> anyhow::Result<Session> {
+    let connection = incoming.await?;
+    if flavor == Flavor::Native {
+        return Ok(Session::raw(connection));
+    }
+    let request = web_transport_quinn::Request::accept(connection).await?;
+    if request.url.path() != crate::web::SESSION_PATH {
+        let path = request.url.path().to_owned();
+        request.reject(web_transport_quinn::http::StatusCode::NOT_FOUND).await?;
+        anyhow::bail!(
+            "a WebTransport session asked for {path:?}, not {}",
+            crate::web::SESSION_PATH
+        );
+    }
+    Ok(request.ok().await?)
 }
 
 /// Direct messages waiting to be pushed on a connection's control stream.
@@ -82,8 +128,9 @@ struct Greeted {
 async fn greet(
     shared: &Shared,
     id: ConnId,
-    connection: &quinn::Connection,
+    connection: &Session,
     slot: u64,
+    flavor: Flavor,
 ) -> Option<Greeted> {
     let hello = async {
         let (send, recv) = connection.accept_bi().await.ok()?;
@@ -95,7 +142,7 @@ async fn greet(
     let timeout = shared.config.handshake_timeout;
     let Ok(Some((mut send, reader, received))) = tokio::time::timeout(timeout, hello).await else {
         shared.metrics.error("hello_timeout");
-        connection.close(codes::close::HELLO_TIMEOUT.into(), b"no hello in time");
+        connection.close(codes::close::HELLO_TIMEOUT, b"no hello in time");
         return None;
     };
     let Hello { name, resume, login } = match control::greeting(received) {
@@ -147,12 +194,13 @@ async fn greet(
         && let Some((stale, _)) = shared.connections().remove(&old)
     {
         info!(name = %connected.name, old = old.0, "session taken over by a reconnect");
-        stale.close(codes::close::SESSION_REPLACED.into(), b"this session was resumed elsewhere");
+        stale.close(codes::close::SESSION_REPLACED, b"this session was resumed elsewhere");
     }
     shared.connections().insert(id, (connection.clone(), slot));
     // Now its room streams, and the window for them (see `endpoint`), before the welcome
     // so that the client has them when it joins.
-    connection.set_max_concurrent_bi_streams((first_room_streams(shared) + 1).into());
+    let beside_rooms = 1 + flavor.other_streams(); // The control stream, and the CONNECT's.
+    connection.set_max_concurrent_bi_streams((first_room_streams(shared) + beside_rooms).into());
     connection.set_receive_window(shared.windows.welcomed.into());
     let welcome = NodeFrame::Welcome(Welcome {
         name: connected.name.to_string(),
@@ -282,7 +330,7 @@ async fn run(
                         shared.core().disconnect(conn.id, LeftReason::Disconnected);
                         say_last(&mut send, &reply).await;
                         info!(name = %conn.name, "logged out");
-                        connection.close(codes::close::NORMAL.into(), b"logged out");
+                        connection.close(codes::close::NORMAL, b"logged out");
                         break;
                     }
                     ControlAction::Moderate { room, action } => {
@@ -304,7 +352,7 @@ async fn run(
                         // Before the close, so that its rooms hear the user quit, not that
                         // the node dropped it.
                         shared.core().disconnect(conn.id, LeftReason::Disconnected);
-                        connection.close(codes::close::NORMAL.into(), b"bye");
+                        connection.close(codes::close::NORMAL, b"bye");
                         break;
                     }
                 };
@@ -324,7 +372,7 @@ async fn run(
                     Ok(Err(_)) => break,
                     Err(_) => {
                         shared.metrics.error("write_timeout");
-                        connection.close(codes::close::PROTOCOL_VIOLATION.into(), b"the control stream was not read");
+                        connection.close(codes::close::PROTOCOL_VIOLATION, b"the control stream was not read");
                         break;
                     }
                 }
@@ -334,7 +382,7 @@ async fn run(
                 if told.is_ok() {
                     info!("closed to make room for a new connection: it had joined no room");
                     shared.metrics.error("made_room");
-                    connection.close(codes::close::MADE_ROOM.into(), b"the node is full, and this connection had joined no room");
+                    connection.close(codes::close::MADE_ROOM, b"the node is full, and this connection had joined no room");
                     break;
                 }
             }
@@ -346,7 +394,8 @@ async fn run(
                 if rooms.len() >= allowed_rooms as usize && allowed_rooms < most_rooms {
                     // All in use: allow twice as many (plus the control stream).
                     allowed_rooms = (allowed_rooms * 2).min(most_rooms);
-                    connection.set_max_concurrent_bi_streams((allowed_rooms + 1).into());
+                    let beside_rooms = 1 + conn.flavor.other_streams();
+                    connection.set_max_concurrent_bi_streams((allowed_rooms + beside_rooms).into());
                 }
             }
             () = crate::stopping(&mut stopping) => break,
@@ -413,11 +462,16 @@ async fn counted(shared: &Shared, room: &str, read: Seq) -> Seq {
 /// Why a member of `connection` is leaving its rooms, as the rooms are told: the connection
 /// timed out, was closed by the node, was closed or lost by the client, or is still open
 /// (the client closed the room's stream).
-pub(crate) fn departure(connection: &quinn::Connection) -> LeftReason {
+pub(crate) fn departure(connection: &Session) -> LeftReason {
+    use web_transport_quinn::SessionError;
     match connection.close_reason() {
         None => LeftReason::Left,
-        Some(quinn::ConnectionError::TimedOut) => LeftReason::TimedOut,
-        Some(quinn::ConnectionError::LocallyClosed) => LeftReason::Dropped,
+        Some(SessionError::ConnectionError(quinn::ConnectionError::TimedOut)) => {
+            LeftReason::TimedOut
+        }
+        Some(SessionError::ConnectionError(quinn::ConnectionError::LocallyClosed)) => {
+            LeftReason::Dropped
+        }
         Some(_) => LeftReason::Disconnected,
     }
 }
@@ -444,17 +498,12 @@ fn unavailable(e: &DirectoryError) -> ErrorFrame {
 
 /// Sends `refusal` on the control stream, gives it a moment to arrive, and closes the
 /// connection with its close code (whose reason repeats it, for clients that miss the frame).
-async fn refuse(
-    shared: &Shared,
-    connection: &quinn::Connection,
-    send: &mut SendStream,
-    refusal: &Refusal,
-) {
+async fn refuse(shared: &Shared, connection: &Session, send: &mut SendStream, refusal: &Refusal) {
     let error = error_frame(refusal, None);
     shared.metrics.error_code(error.code);
     let reason = error.message.clone();
     say_last(send, &NodeFrame::Error(error)).await;
-    connection.close(refusal.close_code().into(), reason.as_bytes());
+    connection.close(refusal.close_code(), reason.as_bytes());
 }
 
 /// Writes `frame` as the control stream's last and gives it a moment to arrive, before the

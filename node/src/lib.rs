@@ -20,6 +20,8 @@
 //! - `member`: the writing half of a room stream: the history up to the join, then the
 //!   member's queue.
 //! - `reply`: the frames the node answers with (below `connection` and `room`).
+//! - `web`: browsers: the WebTransport endpoint, its certificates, and the page.
+//! - `http`: the tiny HTTP listener of `/metrics` and of the page.
 //! - [`Node`]: the endpoint, the accept loop and the orderly shutdown.
 //!
 //! All room rules (names, membership, order, limits) live in `chat_core`, which knows nothing
@@ -29,6 +31,7 @@ mod admission;
 mod cluster;
 pub mod config;
 mod connection;
+mod http;
 mod login;
 mod mailbox;
 mod member;
@@ -37,6 +40,7 @@ mod moderation;
 mod reply;
 mod room;
 pub mod seams;
+mod web;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -108,7 +112,7 @@ const SEND_WINDOW: u64 = 2 << 20;
 /// A connection that has said hello, as its room streams see it.
 pub(crate) struct Conn {
     pub id: ConnId,
-    pub connection: quinn::Connection,
+    pub connection: web_transport_quinn::Session,
     pub name: chat_core::UserName,
     /// The session's token: an account's session while it is one.
     pub token: chat_core::SessionToken,
@@ -116,6 +120,7 @@ pub(crate) struct Conn {
     pub slot: u64,
     /// What its long frames in progress may hold: two frames at the length limit.
     pub frames: Arc<tokio::sync::Semaphore>,
+    pub flavor: connection::Flavor,
 }
 
 /// What every connection task shares.
@@ -135,7 +140,7 @@ pub(crate) struct Shared {
     /// What the long frames in progress of every connection may hold together.
     frames: Arc<tokio::sync::Semaphore>,
     /// Open connections by id, so that a session taken over can be closed.
-    connections: Mutex<HashMap<ConnId, (quinn::Connection, u64)>>,
+    connections: Mutex<HashMap<ConnId, (web_transport_quinn::Session, u64)>>,
     next_id: AtomicU64,
     /// Turns true when the node starts shutting down: stop reading requests.
     stopping: watch::Receiver<bool>,
@@ -150,7 +155,7 @@ impl Shared {
         self.core.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn connections(&self) -> MutexGuard<'_, HashMap<ConnId, (quinn::Connection, u64)>> {
+    fn connections(&self) -> MutexGuard<'_, HashMap<ConnId, (web_transport_quinn::Session, u64)>> {
         self.connections.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -174,7 +179,7 @@ impl Shared {
 
     /// `connection` was closed for ignoring "slow down": its address may not connect again
     /// for `rate_limited_bar` (else a new connection would have a fresh budget at once).
-    fn bar(&self, connection: &quinn::Connection) {
+    fn bar(&self, connection: &web_transport_quinn::Session) {
         let ip = connection.remote_address().ip();
         info!(%ip, secs = self.config.rate_limited_bar.as_secs(), "barred an address that ignored its limit");
         self.admission.bar(ip, self.config.rate_limited_bar);
@@ -232,6 +237,7 @@ pub struct Node {
     stop: watch::Sender<bool>,
     ca_cert: Option<PathBuf>,
     metrics_listener: Option<tokio::net::TcpListener>,
+    web: Option<web::Web>,
 }
 
 impl Node {
@@ -262,7 +268,21 @@ impl Node {
         let core = Arc::new(Mutex::new(room_core(&config, prepared.rooms, cluster.is_some())));
         let history = prepared.history;
         let (fanout, directory) = seams(&config, cluster.as_ref(), &core, history.as_ref())?;
-        let endpoint = endpoint(&config, prepared.tls)?;
+        let secret = node_secret(&config.data_dir)?;
+        let web = match config.web_listen {
+            Some(addr) => Some(
+                web::bind(
+                    addr,
+                    config.tls.as_ref(),
+                    &prepared.tls,
+                    web_transport(&config)?,
+                    endpoint_config(&secret),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        let endpoint = endpoint(&config, prepared.tls, &secret)?;
         let metrics_listener = match config.metrics_listen {
             Some(addr) => Some(metrics::bind(addr).await?),
             None => None,
@@ -309,6 +329,7 @@ impl Node {
             stop,
             ca_cert: prepared.ca_cert,
             metrics_listener,
+            web,
         })
     }
 
@@ -325,6 +346,12 @@ impl Node {
         self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// The address of the browser side (WebTransport on UDP, the page on TCP), when the node
+    /// serves browsers.
+    pub fn web_addr(&self) -> Option<SocketAddr> {
+        self.web.as_ref().and_then(|web| web.endpoint.local_addr().ok())
+    }
+
     /// The CA certificate that signed the node's certificate, when the node made it.
     pub fn ca_cert(&self) -> Option<&std::path::Path> {
         self.ca_cert.as_deref()
@@ -337,10 +364,19 @@ impl Node {
     /// # Errors
     /// The history could not be flushed at the end.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let Self { endpoint, shared, stop, metrics_listener, _rules_watch, .. } = self;
+        let Self { endpoint, shared, stop, metrics_listener, _rules_watch, web, .. } = self;
         let _metrics = metrics_listener.map(|listener| {
             AbortOnDrop(tokio::spawn(metrics::serve(listener, Arc::clone(&shared.metrics))))
         });
+        let (web_endpoint, _page, _rotation) = match web {
+            Some(web::Web { endpoint, page, page_tls, pinned }) => {
+                let addr = endpoint.local_addr()?;
+                let serving = http::serve(page, page_tls, web::page(addr, pinned.clone()));
+                let rotation = pinned.map(|pinned| AbortOnDrop(tokio::spawn(web::rotate(pinned))));
+                (Some(endpoint), Some(AbortOnDrop(tokio::spawn(serving))), rotation)
+            }
+            None => (None, None, None),
+        };
         let _refresh = shared.config.cluster.as_ref().map(|cluster| {
             AbortOnDrop(tokio::spawn(refresh_names(Arc::clone(&shared), cluster.presence_ttl / 3)))
         });
@@ -348,8 +384,9 @@ impl Node {
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
-            let incoming = tokio::select! {
-                incoming = endpoint.accept() => incoming,
+            let (incoming, flavor) = tokio::select! {
+                incoming = endpoint.accept() => (incoming, connection::Flavor::Native),
+                Some(incoming) = accept(web_endpoint.as_ref()) => (Some(incoming), connection::Flavor::Browser),
                 () = &mut shutdown => break,
             };
             let Some(incoming) = incoming else { break };
@@ -370,13 +407,16 @@ impl Node {
             let shared = Arc::clone(&shared);
             tasks.spawn(async move {
                 shared.metrics.connections.inc();
-                connection::serve(Arc::clone(&shared), incoming, slot).await;
+                connection::serve(Arc::clone(&shared), incoming, slot, flavor).await;
                 shared.metrics.connections.dec();
             });
         }
 
         info!("shutting down: no new connections; finishing the acks in flight");
         endpoint.set_server_config(None);
+        if let Some(web) = &web_endpoint {
+            web.set_server_config(None);
+        }
         shared.core().stop_announcing();
         stop.send_replace(true);
         let history = Arc::clone(&shared.history);
@@ -387,13 +427,29 @@ impl Node {
         {
             warn!("some clients did not drain in time; closing them");
         }
-        endpoint.close(codes::close::GOING_AWAY.into(), b"the node is shutting down");
-        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        for endpoint in std::iter::once(&endpoint).chain(&web_endpoint) {
+            endpoint.close(codes::close::GOING_AWAY.into(), b"the node is shutting down");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            endpoint.wait_idle().await;
+            if let Some(web) = &web_endpoint {
+                web.wait_idle().await;
+            }
+        })
+        .await;
         let history = Arc::clone(&shared.history);
         tokio::task::spawn_blocking(move || history.close()).await??;
         flushed?;
         info!("stopped");
         Ok(())
+    }
+}
+
+/// The next connection on the browsers' endpoint; never, for a node that serves none.
+async fn accept(web: Option<&quinn::Endpoint>) -> Option<quinn::Incoming> {
+    match web {
+        Some(web) => web.accept().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -481,14 +537,15 @@ async fn follow_migrations(shared: Arc<Shared>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let open: Vec<(quinn::Connection, u64)> = shared.connections().values().cloned().collect();
+        let open: Vec<(web_transport_quinn::Session, u64)> =
+            shared.connections().values().cloned().collect();
         for (connection, slot) in open {
             let remote = connection.remote_address();
             if let Err(full) = shared.admission.moved(slot, remote.ip()) {
                 info!(%remote, reason = full.as_str(), "closed a connection that moved to an address at its limit");
                 shared.metrics.refused(full.as_str());
                 connection.close(
-                    codes::close::REFUSED.into(),
+                    codes::close::REFUSED,
                     b"this connection moved to an address that has its most connections",
                 );
             }
@@ -504,10 +561,8 @@ async fn refresh_names(shared: Arc<Shared>, every: Duration) {
         for conn in refresh.await {
             if let Some((connection, _)) = shared.connections().remove(&conn) {
                 info!(conn = conn.0, "session resumed on another node; closing this one");
-                connection.close(
-                    codes::close::SESSION_REPLACED.into(),
-                    b"this session was resumed elsewhere",
-                );
+                connection
+                    .close(codes::close::SESSION_REPLACED, b"this session was resumed elsewhere");
             }
         }
     }
@@ -580,7 +635,47 @@ fn seams(
 
 /// The QUIC endpoint on the configured address. Its connection ids and stateless resets
 /// come from the data dir's secret, so that a restarted node recognises its previous run's.
-fn endpoint(config: &NodeConfig, tls: rustls::ServerConfig) -> anyhow::Result<quinn::Endpoint> {
+fn endpoint(
+    config: &NodeConfig,
+    tls: rustls::ServerConfig,
+    secret: &[u8],
+) -> anyhow::Result<quinn::Endpoint> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server_config.transport_config(Arc::new(transport(config)?));
+    no_address_tokens(&mut server_config);
+    let socket = std::net::UdpSocket::bind(config.listen)
+        .with_context(|| format!("binding UDP {}", config.listen))?;
+    Ok(quinn::Endpoint::new(
+        endpoint_config(secret),
+        Some(server_config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?)
+}
+
+/// No NEW_TOKEN frames: the node proves addresses with a Retry when it is busy (see
+/// `Shared::validate`), and a token log would hold memory for tokens nobody needs.
+pub(crate) fn no_address_tokens(server: &mut quinn::ServerConfig) {
+    let mut tokens = quinn::ValidationTokenConfig::default();
+    tokens.log(Arc::new(quinn_proto::NoneTokenLog)).sent(0);
+    server.validation_token_config(tokens);
+}
+
+/// The browsers' transport: the native one, with room for a WebTransport session's own
+/// streams (its CONNECT request, HTTP/3's control stream and QPACK's two) and the one
+/// packet of datagrams that HTTP/3 with WebTransport must offer.
+fn web_transport(config: &NodeConfig) -> anyhow::Result<quinn::TransportConfig> {
+    let mut transport = transport(config)?;
+    transport
+        .max_concurrent_bidi_streams(2u8.into())
+        .max_concurrent_uni_streams(3u8.into())
+        .datagram_receive_buffer_size(Some(web::DATAGRAM_BUFFER));
+    Ok(transport)
+}
+
+/// The native connections' transport.
+fn transport(config: &NodeConfig) -> anyhow::Result<quinn::TransportConfig> {
     let windows = ReceiveWindows::new(config);
     let mut transport = quinn::TransportConfig::default();
     // Until its welcome a connection may open its control stream only, and have a hello's
@@ -594,28 +689,20 @@ fn endpoint(config: &NodeConfig, tls: rustls::ServerConfig) -> anyhow::Result<qu
         .datagram_receive_buffer_size(None)
         .send_window(SEND_WINDOW)
         .max_idle_timeout(Some(config.idle_timeout.try_into()?));
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
-    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server_config.transport_config(Arc::new(transport));
-    let socket = std::net::UdpSocket::bind(config.listen)
-        .with_context(|| format!("binding UDP {}", config.listen))?;
-    let secret = node_secret(&config.data_dir)?;
-    let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
-        ring::hmac::HMAC_SHA256,
-        &secret,
-    )));
+    Ok(transport)
+}
+
+/// Connection ids and stateless resets from the data dir's secret (see `node_secret`).
+fn endpoint_config(secret: &[u8]) -> quinn::EndpointConfig {
+    let mut endpoint_config =
+        quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret)));
     let cid_key = u64::from_le_bytes([
         secret[0], secret[1], secret[2], secret[3], secret[4], secret[5], secret[6], secret[7],
     ]);
     endpoint_config.cid_generator(move || {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
-    Ok(quinn::Endpoint::new(
-        endpoint_config,
-        Some(server_config),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )?)
+    endpoint_config
 }
 
 /// The limits the welcome announces.

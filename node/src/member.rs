@@ -8,9 +8,9 @@ use chat_core::{Refusal, RoomName, Seq};
 use chat_history::{Anchor, PageLimit};
 use chat_proto::io;
 use chat_proto::{ErrorCode, ErrorFrame, Gap, NodeFrame, PageEnds, codes};
-use quinn::SendStream;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
+use web_transport_quinn::SendStream;
 
 use crate::Shared;
 use crate::mailbox::{Ending, Outgoing};
@@ -132,7 +132,7 @@ impl Writer {
                     self.write(encode(&NodeFrame::Error(frame))).await?;
                     self.send.finish()?;
                     let _ = tokio::time::timeout(FLUSH_TIMEOUT, self.send.stopped()).await;
-                    let _ = self.send.reset(codes::reset::TOO_SLOW.into());
+                    let _ = self.send.reset(codes::reset::TOO_SLOW);
                     anyhow::bail!("member dropped as too slow");
                 }
                 n = queued.recv_many(&mut batch, WRITE_BATCH) => {
@@ -168,7 +168,7 @@ impl Writer {
             Ok(written) => Ok(written?),
             Err(_) => {
                 self.shared.metrics.error("write_timeout");
-                let _ = self.send.reset(codes::reset::TOO_SLOW.into());
+                let _ = self.send.reset(codes::reset::TOO_SLOW);
                 anyhow::bail!("the client read nothing for {timeout:?}; the stream was reset")
             }
         }

@@ -7,7 +7,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use chat_proto::ErrorCode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -16,16 +15,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tracing::{debug, info, warn};
-
-/// Longest request head read from a scraper.
-const MAX_REQUEST: usize = 8 * 1024;
-/// Scrapes answered at once; more wait for the listener.
-const MAX_SCRAPES: usize = 8;
-const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+use tokio::net::TcpListener;
+use tracing::{info, warn};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct Kind {
@@ -179,52 +170,12 @@ pub(crate) async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 
 /// Answers scrapes until the task is dropped.
 pub(crate) async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
-    let scrapes = Arc::new(Semaphore::new(MAX_SCRAPES));
-    loop {
-        let Ok(permit) = Arc::clone(&scrapes).acquire_owned().await else { return };
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                debug!(error = %e, "metrics accept failed");
-                continue;
-            }
-        };
-        let metrics = Arc::clone(&metrics);
-        tokio::spawn(async move {
-            if let Err(e) = tokio::time::timeout(SCRAPE_TIMEOUT, answer(stream, &metrics)).await {
-                debug!(error = %e, "metrics scrape timed out");
-            }
-            drop(permit);
-        });
-    }
-}
-
-/// Reads one request head and answers it.
-async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(1024);
-    let mut buf = [0; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 || head.len() + n > MAX_REQUEST {
-            return Ok(());
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-    let mut parts = line.split(|&b| b == b' ');
-    let (status, content_type, body) = match (parts.next(), parts.next()) {
-        (Some(b"GET"), Some(b"/metrics")) => (
-            "200 OK",
+    let handler: crate::http::Handler = Arc::new(move |path| match path {
+        "/metrics" => crate::http::Response::ok(
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             metrics.render(),
         ),
-        (Some(b"GET"), _) => ("404 Not Found", "text/plain", "try /metrics\n".to_owned()),
-        _ => ("405 Method Not Allowed", "text/plain", "only GET\n".to_owned()),
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+        _ => crate::http::Response::not_found("try /metrics\n"),
+    });
+    crate::http::serve(listener, None, handler).await;
 }

@@ -19,9 +19,9 @@ use chat_proto::io::FrameReader;
 use chat_proto::{
     Anchor, ChatMessage, ClientFrame, ErrorCode, ErrorFrame, LeftReason, NodeFrame, PageEnds, codec,
 };
-use quinn::{RecvStream, SendStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{debug, warn};
+use web_transport_quinn::{RecvStream, SendStream};
 
 use crate::connection::departure;
 use crate::mailbox::{Ending, Outbox, Outgoing};
@@ -114,7 +114,7 @@ pub(crate) async fn serve(
 fn close_rate_limited(shared: &Shared, conn: &Conn, refusal: &Refusal) {
     warn!(%refusal, "closed a connection that kept on over its rate limit");
     shared.metrics.error("rate_limited");
-    conn.connection.close(refusal.close_code().into(), refusal.to_string().as_bytes());
+    conn.connection.close(refusal.close_code(), refusal.to_string().as_bytes());
     shared.bar(&conn.connection);
 }
 

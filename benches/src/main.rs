@@ -8,9 +8,12 @@
 //! - `requests` (`requests.rs`): a connection that joins as fast as it can, beside a
 //!   bystander's latency.
 //!
+//! - `browser` (`browser.rs`): the page in headless Chromium beside the native client.
+//!
 //! `process.rs` starts the server under test as its own process and reads its costs.
 
 mod appends;
+mod browser;
 mod connections;
 mod fanout;
 mod logins;
@@ -168,6 +171,21 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         rate: u64,
     },
+    /// The browser page (headless Chromium, Playwright) beside the native client in one room:
+    /// each one's latency from a publisher's send to the message on the page or in the
+    /// client, and the node's CPU per session (needs the release `chat-node`, Chromium, and
+    /// `npm ci` in web/)
+    Browser {
+        /// Browser pages, and as many native members
+        #[arg(long, default_value_t = 5)]
+        sessions: usize,
+        /// Probe messages
+        #[arg(long, default_value_t = 500)]
+        messages: usize,
+        /// Probes per second
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+    },
     /// Many rooms in cluster mode (three NATS servers, two nodes) with a member of each on
     /// both nodes: prints join latency, the CPU NATS and the nodes spend while the rooms are
     /// idle, and a message from one node to the other (needs the release `chat-node`)
@@ -257,6 +275,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Relay { listen, dir } => relay::serve(listen, &dir).await,
         Command::Requests { history, seconds } => requests::run(history, seconds).await,
         Command::NatsFloor { messages, rate } => nats_floor::run(messages, rate).await,
+        Command::Browser { sessions, messages, rate } => {
+            browser::run(sessions, messages, rate).await
+        }
         Command::Rooms { rooms, idle, single } => rooms::run(rooms, idle, single).await,
         Command::Logins { tries, phase } => logins::run(tries, phase).await,
         Command::Screen { seconds, rate } => screen::run(seconds, rate).await,

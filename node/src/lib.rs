@@ -663,14 +663,17 @@ pub(crate) fn no_address_tokens(server: &mut quinn::ServerConfig) {
 }
 
 /// The browsers' transport: the native one, with room for a WebTransport session's own
-/// streams (its CONNECT request, HTTP/3's control stream and QPACK's two) and the one
-/// packet of datagrams that HTTP/3 with WebTransport must offer.
+/// streams (its CONNECT request, HTTP/3's control stream and QPACK's two), the one packet
+/// of datagrams that HTTP/3 with WebTransport must offer, and keep-alives.
 fn web_transport(config: &NodeConfig) -> anyhow::Result<quinn::TransportConfig> {
     let mut transport = transport(config)?;
     transport
         .max_concurrent_bidi_streams(2u8.into())
         .max_concurrent_uni_streams(3u8.into())
-        .datagram_receive_buffer_size(Some(web::DATAGRAM_BUFFER));
+        .datagram_receive_buffer_size(Some(web::DATAGRAM_BUFFER))
+        // Browsers send no keep-alives of their own: the node does, so that a quiet tab is
+        // not taken for a dead one.
+        .keep_alive_interval(Some(config.idle_timeout / 3));
     Ok(transport)
 }
 

@@ -216,7 +216,7 @@ fn session_info(addr: SocketAddr, pinned: Option<&PinnedCerts>) -> String {
         IpAddr::V4(ip) => format!("\"{ip}\""),
         IpAddr::V6(ip) => format!("\"[{ip}]\""),
     };
-    let hashes = pinned.map(PinnedCerts::hashes).unwrap_or_default();
+    let hashes = pinned.map(|pinned| pinned.hashes().to_vec()).unwrap_or_default();
     let hashes: Vec<String> = hashes
         .iter()
         .map(|hash| {

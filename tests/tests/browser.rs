@@ -1,0 +1,174 @@
+//! The browser page, in a real browser: headless Chromium (Debian's package) driven by
+//! Playwright (`web/test/e2e.mjs`), against the built `chat-node` with `--web-listen`,
+//! beside a native user of the client library. And the page's build and codec: `web/dist`
+//! is what `web/src` builds, and the codec reads and writes chat-proto's frames.
+//!
+//! What is missing is installed the way CI needs it: Chromium with apt-get, the page's
+//! npm packages with `npm ci` (Node.js and npm are on the machine).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use chat_client::Client;
+use chat_tests::{NodeProcess, PATIENCE, ensure_program, spawn_line_reader, wait_child};
+
+fn web_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../web")
+}
+
+/// `npm ci` in `web/` once, when its packages are not there yet.
+fn ensure_npm_packages() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        if web_dir().join("node_modules/playwright-core").exists()
+            && web_dir().join("node_modules/esbuild").exists()
+        {
+            return;
+        }
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(web_dir())
+            .status()
+            .expect("npm runs (Node.js and npm are needed for the page's tests)");
+        assert!(status.success(), "npm ci in web/ failed");
+    });
+}
+
+fn node_script(args: &[&str]) -> std::process::Output {
+    Command::new("node").args(args).current_dir(web_dir()).output().expect("node runs")
+}
+
+#[test]
+fn the_embedded_page_is_what_its_sources_build_and_its_codec_speaks_chat_proto() {
+    ensure_npm_packages();
+    let built = node_script(&["build.mjs", "--check"]);
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let typed = node_script(&["node_modules/typescript/bin/tsc", "--noEmit"]);
+    assert!(typed.status.success(), "tsc: {}", String::from_utf8_lossy(&typed.stdout));
+    let tested = node_script(&["build.mjs", "--test"]);
+    let out = String::from_utf8_lossy(&tested.stdout);
+    assert!(tested.status.success(), "the codec's tests failed:\n{out}");
+    // Every vector was tried (100 today), and none failed.
+    let passed: usize = out
+        .lines()
+        .find_map(|line| line.strip_prefix("# pass "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("a pass count");
+    assert!(passed >= 90, "only {passed} codec tests ran:\n{out}");
+    assert!(out.contains("# fail 0"), "{out}");
+}
+
+/// A loopback port free in both UDP and TCP (WebTransport and the page share its number).
+fn free_web_addr() -> String {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+        let port = udp.local_addr().expect("addr").port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return format!("127.0.0.1:{port}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_browser_user_and_a_native_user_talk_and_the_page_misses_nothing_across_a_restart() {
+    ensure_program("chromium", "--version", "chromium");
+    ensure_npm_packages();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let addr = chat_harness::free_addr().expect("a free port");
+    let web = free_web_addr();
+    let flags = [
+        "--web-listen",
+        web.as_str(),
+        "--max-message-len",
+        "300",
+        "--room",
+        "general,random",
+        "--max-history-page",
+        "20",
+    ];
+    let mut node = NodeProcess::start_on(dir.path(), &addr, &flags);
+    let port = web.rsplit(':').next().expect("port");
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/browser-screenshots");
+    let mut script = Command::new("node")
+        .arg("test/e2e.mjs")
+        .current_dir(web_dir())
+        .env("CHAT_PAGE", format!("http://localhost:{port}/"))
+        .env("CHAT_SCREENSHOTS", &shots)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the browser script starts");
+    let steps = spawn_line_reader(script.stdout.take().expect("stdout"));
+    let mut answer = script.stdin.take().expect("stdin");
+    let mut next_step = |wanted: &str| loop {
+        let line = steps
+            .recv_timeout(PATIENCE * 3)
+            .unwrap_or_else(|_| panic!("the browser script did not reach {wanted}"));
+        eprintln!("browser: {line}");
+        assert!(
+            !line.starts_with("FAIL"),
+            "the browser test failed: {line} (screenshots in {})",
+            shots.display()
+        );
+        if line == format!("STEP {wanted}") {
+            return;
+        }
+    };
+    let go = |answer: &mut std::process::ChildStdin| {
+        answer.write_all(b"GO\n").and_then(|()| answer.flush()).expect("the script reads");
+    };
+
+    // ada in the browser wrote first; bob on the native client reads her and answers.
+    next_step("sent");
+    let bob = Client::connect(node.options("bob")).await.expect("bob connects");
+    let mut general = bob.join("general", None).await.expect("bob joins");
+    let (said, history) = chat_tests::next_message(&mut general).await;
+    assert_eq!(
+        (said.sender.as_str(), said.body.as_str(), history),
+        ("ada", "hello from the browser", true)
+    );
+    general.sender().send("hello from native").await.expect("stored");
+    go(&mut answer);
+
+    // ada's burst and cyd's history were checked in the browser; bob sees the burst too.
+    next_step("burst");
+    let mut burst = Vec::new();
+    while burst.len() < 30 {
+        let (m, _) = chat_tests::next_message(&mut general).await;
+        if m.body.starts_with("burst ") {
+            burst.push(m.body);
+        }
+    }
+    let expected: Vec<String> = (0..30).map(|i| format!("burst {i}")).collect();
+    assert_eq!(burst, expected, "the burst, in the order typed");
+    let random = bob.join("random", None).await.expect("bob joins random");
+    random.sender().send("over in random").await.expect("stored");
+    go(&mut answer);
+
+    // The node restarts; what is said while the pages are away reaches them after.
+    next_step("restart");
+    drop((general, random, bob));
+    node.signal("TERM");
+    assert_eq!(wait_child(&mut node.child).code(), Some(0));
+    let node = NodeProcess::start_on(dir.path(), &addr, &flags);
+    let dan = Client::connect(node.options("dan")).await.expect("dan connects");
+    let general = dan.join("general", None).await.expect("dan joins");
+    for i in 1..=50 {
+        general.sender().send(format!("while you were away {i}")).await.expect("stored");
+    }
+    go(&mut answer);
+
+    next_step("done");
+    go(&mut answer);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = script.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "the browser script did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "the browser script failed (screenshots in {})", shots.display());
+}

@@ -16,7 +16,7 @@ use hdrhistogram::Histogram;
 
 use crate::process;
 
-const IDLE: Duration = Duration::from_secs(5);
+const IDLE: Duration = Duration::from_secs(10);
 
 fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
@@ -90,7 +90,13 @@ pub async fn run(sessions: usize, messages: usize, rate: u64) -> anyhow::Result<
                         }
                     }
                     Ok(Some(_)) => {}
-                    _ => break,
+                    other => {
+                        eprintln!(
+                            "browser: a native member stopped after {} probes: {other:?}",
+                            latencies.len()
+                        );
+                        break;
+                    }
                 }
             }
             drop(client);
@@ -125,6 +131,7 @@ pub async fn run(sessions: usize, messages: usize, rate: u64) -> anyhow::Result<
         }
     };
     let delivery_cpu = (cpu()? - before) / (messages * 2 * sessions) as f64;
+    drop(to_script); // The script reads its input until it ends.
     let _ = script.wait();
     let mut page = Histogram::<u64>::new(3)?;
     for ms in result["latencies_ms"].as_array().context("latencies")? {

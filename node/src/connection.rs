@@ -63,10 +63,13 @@ pub(crate) async fn serve(
     async move {
         let timeout = shared.config.handshake_timeout;
         shared.handshaking.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let handshake = tokio::time::timeout(timeout, open_session(incoming, flavor)).await;
+        // Boxed: the WebTransport handshake's futures are large, and held inline they would
+        // size every connection's task for its whole life.
+        let opening = Box::pin(open_session(incoming, flavor));
+        let handshake = tokio::time::timeout(timeout, opening).await;
         shared.handshaking.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let connection = match handshake {
-            Ok(Ok(connection)) => connection,
+            Ok(Ok(connection)) => Arc::new(connection),
             Ok(Err(e)) => return debug!(error = %e, "handshake failed"),
             Err(_) => return debug!("handshake timed out"),
         };
@@ -76,7 +79,7 @@ pub(crate) async fn serve(
         let Greeted { send, reader, name, token, pushed } = greeted;
         let frames =
             Arc::new(tokio::sync::Semaphore::new(2 * shared.limits.max_frame_len as usize));
-        let (quic, slot_id) = (connection.clone(), slot.id());
+        let (quic, slot_id) = (Arc::clone(&connection), slot.id());
         let conn =
             Arc::new(Conn { id, connection: quic, name, token, slot: slot_id, frames, flavor });
         let rooms = run(&shared, &conn, send, reader, pushed, &slot).await;
@@ -128,7 +131,7 @@ struct Greeted {
 async fn greet(
     shared: &Shared,
     id: ConnId,
-    connection: &Session,
+    connection: &Arc<Session>,
     slot: u64,
     flavor: Flavor,
 ) -> Option<Greeted> {
@@ -196,7 +199,7 @@ async fn greet(
         info!(name = %connected.name, old = old.0, "session taken over by a reconnect");
         stale.close(codes::close::SESSION_REPLACED, b"this session was resumed elsewhere");
     }
-    shared.connections().insert(id, (connection.clone(), slot));
+    shared.connections().insert(id, (Arc::clone(connection), slot));
     // Now its room streams, and the window for them (see `endpoint`), before the welcome
     // so that the client has them when it joins.
     let beside_rooms = 1 + flavor.other_streams(); // The control stream, and the CONNECT's.

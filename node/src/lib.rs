@@ -112,7 +112,8 @@ const SEND_WINDOW: u64 = 2 << 20;
 /// A connection that has said hello, as its room streams see it.
 pub(crate) struct Conn {
     pub id: ConnId,
-    pub connection: web_transport_quinn::Session,
+    /// Shared, not cloned: a session handle is about a KiB.
+    pub connection: Arc<web_transport_quinn::Session>,
     pub name: chat_core::UserName,
     /// The session's token: an account's session while it is one.
     pub token: chat_core::SessionToken,
@@ -140,7 +141,7 @@ pub(crate) struct Shared {
     /// What the long frames in progress of every connection may hold together.
     frames: Arc<tokio::sync::Semaphore>,
     /// Open connections by id, so that a session taken over can be closed.
-    connections: Mutex<HashMap<ConnId, (web_transport_quinn::Session, u64)>>,
+    connections: Mutex<HashMap<ConnId, (Arc<web_transport_quinn::Session>, u64)>>,
     next_id: AtomicU64,
     /// Turns true when the node starts shutting down: stop reading requests.
     stopping: watch::Receiver<bool>,
@@ -155,7 +156,9 @@ impl Shared {
         self.core.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn connections(&self) -> MutexGuard<'_, HashMap<ConnId, (web_transport_quinn::Session, u64)>> {
+    fn connections(
+        &self,
+    ) -> MutexGuard<'_, HashMap<ConnId, (Arc<web_transport_quinn::Session>, u64)>> {
         self.connections.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -537,7 +540,7 @@ async fn follow_migrations(shared: Arc<Shared>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let open: Vec<(web_transport_quinn::Session, u64)> =
+        let open: Vec<(Arc<web_transport_quinn::Session>, u64)> =
             shared.connections().values().cloned().collect();
         for (connection, slot) in open {
             let remote = connection.remote_address();

@@ -40,7 +40,7 @@ pub(crate) const DATAGRAM_BUFFER: usize = 1500;
 /// How often the node checks whether its browser certificate is due to move on.
 const ROTATION_CHECK: Duration = Duration::from_secs(3600);
 
-/// The page and its script, built from `web/` (see the README there) and embedded.
+/// The page and its script, built from `web/src` into `web/dist` (README.md, "In a browser").
 const INDEX_HTML: &[u8] = include_bytes!("../../web/dist/index.html");
 const APP_JS: &[u8] = include_bytes!("../../web/dist/app.js");
 

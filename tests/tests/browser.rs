@@ -102,7 +102,7 @@ async fn a_browser_user_and_a_native_user_talk_and_the_page_misses_nothing_acros
         .expect("the browser script starts");
     let steps = spawn_line_reader(script.stdout.take().expect("stdout"));
     let mut answer = script.stdin.take().expect("stdin");
-    let mut next_step = |wanted: &str| loop {
+    let next_step = |wanted: &str| loop {
         let line = steps
             .recv_timeout(PATIENCE * 3)
             .unwrap_or_else(|_| panic!("the browser script did not reach {wanted}"));
@@ -171,4 +171,43 @@ async fn a_browser_user_and_a_native_user_talk_and_the_page_misses_nothing_acros
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "the browser script failed (screenshots in {})", shots.display());
+}
+
+/// `GET path` over TLS from `addr`, trusting `ca`; the whole response.
+fn https_get(addr: &str, ca: &Path, path: &str) -> String {
+    use std::io::Read;
+    let trust = chat_certs::Trust::CaFile(ca.to_path_buf());
+    let config = chat_certs::client_config(&trust, b"http/1.1").expect("client config");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let tls = rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("tls");
+    let tcp = std::net::TcpStream::connect(addr).expect("the page's port");
+    let mut stream = rustls::StreamOwned::new(tls, tcp);
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("request");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+}
+
+#[test]
+fn off_loopback_the_page_is_served_over_https_with_the_nodes_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_web_addr().rsplit(':').next().expect("port").to_owned();
+    let everywhere = format!("0.0.0.0:{port}");
+    let node = NodeProcess::start(dir.path(), &["--web-listen", &everywhere]);
+    let ca = Path::new(&node.ca);
+    let page = https_get(&format!("127.0.0.1:{port}"), ca, "/");
+    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+    assert!(page.contains("<script type=\"module\" src=\"/app.js\">"), "{page}");
+    // On every address, the page connects to the host it was loaded from.
+    let info = https_get(&format!("127.0.0.1:{port}"), ca, "/session.json");
+    assert!(
+        info.contains(&format!("{{\"host\":null,\"port\":{port},\"path\":\"/chat\",\"hashes\":[[")),
+        "{info}"
+    );
+    // Plain HTTP gets nothing there.
+    let mut plain = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).expect("connects");
+    plain.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("request");
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut plain, &mut answer);
+    assert!(!answer.starts_with(b"HTTP/1.1 200"), "plain HTTP was answered off loopback");
 }

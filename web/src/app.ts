@@ -23,7 +23,7 @@ class RoomView {
   /// Whether the user wants to be in it (rejoined after a reconnect).
   joined = false;
 
-  constructor(readonly name: string) {
+  constructor(public name: string) {
     this.list.className = "messages";
     this.list.dataset.room = name;
   }
@@ -44,8 +44,25 @@ function setStatus(text: string, state: string): void {
   status.dataset.state = state;
 }
 
+const clock = new Intl.DateTimeFormat([], { hour: "2-digit", minute: "2-digit" });
+
 function timeOf(ms: number): string {
-  return new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  return clock.format(ms);
+}
+
+/// Whether the view follows new messages: the reader is at the bottom. Kept from the scroll
+/// events, so that a message never has to ask the layout (which reflows the whole list).
+let following = true;
+let scrollQueued = false;
+
+/// Scrolls to the newest once, at the next frame, however many messages came meanwhile.
+function follow(): void {
+  if (scrollQueued) return;
+  scrollQueued = true;
+  requestAnimationFrame(() => {
+    scrollQueued = false;
+    scrollToBottom();
+  });
 }
 
 function messageElement(m: ChatMessage): HTMLElement {
@@ -72,9 +89,8 @@ function notice(view: RoomView, text: string, kind = "notice"): void {
   const li = document.createElement("li");
   li.className = kind;
   li.textContent = text;
-  const atBottom = nearBottom();
   view.list.append(li);
-  if (view === current && atBottom) scrollToBottom();
+  if (view === current && following) follow();
 }
 
 function nearBottom(): boolean {
@@ -91,7 +107,6 @@ function scrollToBottom(): void {
 /// in any order across a reconnect, the view shows each once, in order.
 function show(view: RoomView, m: ChatMessage, live: boolean): void {
   if (view.shown.has(m.seq)) return;
-  const atBottom = nearBottom();
   const element = messageElement(m);
   const mine = welcome !== null && m.sender === welcome.name;
   if (mine) {
@@ -115,8 +130,8 @@ function show(view: RoomView, m: ChatMessage, live: boolean): void {
   }
   if (m.seq > view.lastSeq) {
     // The newest: at the end, before the pending lines.
-    const firstPending = view.list.querySelector(".pending");
-    view.list.insertBefore(element, firstPending);
+    if (view.pending.size === 0) view.list.append(element);
+    else view.list.insertBefore(element, view.list.querySelector(".pending"));
   } else if (after) after.after(element);
   else {
     const later = [...view.list.querySelectorAll<HTMLElement>(".message")].find((e) => Number(e.dataset.seq) > m.seq);
@@ -128,7 +143,7 @@ function show(view: RoomView, m: ChatMessage, live: boolean): void {
     view.unread++;
     drawRooms();
   }
-  if (view === current && (atBottom || mine)) scrollToBottom();
+  if (view === current && (following || mine)) follow();
 }
 
 function drawRooms(): void {
@@ -170,6 +185,7 @@ async function switchTo(name: string): Promise<void> {
   $("topic").textContent = view.topic;
   ($("input") as HTMLTextAreaElement).placeholder = `Message ${$("title").textContent}`;
   drawRooms();
+  following = true;
   scrollToBottom();
   if (!view.joined) {
     view.joined = true;
@@ -197,6 +213,15 @@ async function enter(view: RoomView): Promise<void> {
       other: (frame) => presence(view, frame),
       ended: (error) => streamEnded(view, error),
     });
+    const joinedAs = view.stream.joined.room;
+    if (joinedAs !== view.name) {
+      // `@bob` is the conversation `@ada+bob`: the view goes by the name messages carry.
+      rooms.delete(view.name);
+      view.name = joinedAs;
+      view.list.dataset.room = joinedAs;
+      rooms.set(joinedAs, view);
+      drawRooms();
+    }
     view.topic = view.stream.joined.topic;
     if (view === current) $("topic").textContent = view.topic;
     if (view.stream.joined.gap) {
@@ -348,9 +373,12 @@ async function run(): Promise<void> {
     sessionStorage.setItem("chat-session", JSON.stringify(login));
     setStatus(`connected as ${welcome.name}${welcome.account ? "" : " (guest)"}`, "connected");
     connection.onDirect = (m) => {
+      // A conversation this page is not in: counted, and shown once it is opened (its
+      // join reads the newest page, this message with it).
       const view = room(m.room);
+      if (view.joined) return;
+      view.unread++;
       drawRooms();
-      show(view, m, true);
     };
     await listRooms();
     for (const view of rooms.values()) if (view.joined) await enter(view);
@@ -421,6 +449,7 @@ function main(): void {
     for (const line of lines) send(line);
   });
   $("pane").addEventListener("scroll", () => {
+    following = nearBottom();
     if (current && $("pane").scrollTop < 60) loadOlder(current);
   });
   window.addEventListener("pagehide", () => {

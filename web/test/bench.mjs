@@ -9,7 +9,8 @@ import { createInterface } from "node:readline";
 
 const PAGE = process.env.CHAT_PAGE;
 const SESSIONS = Number(process.env.CHAT_SESSIONS ?? 5);
-const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+const input = createInterface({ input: process.stdin });
+const lines = input[Symbol.asyncIterator]();
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
@@ -35,8 +36,11 @@ try {
     await page.waitForFunction(
       (n) => document.querySelectorAll(".messages[data-room=general] .message[data-sender=publisher]").length >= n,
       probes,
-      { timeout: 120_000, polling: 100 },
-    );
+      { timeout: Number(process.env.CHAT_PATIENCE_MS ?? 120_000), polling: 100 },
+    ).catch(async (e) => {
+      const have = await page.$$eval(".messages[data-room=general] .message", (items) => items.length);
+      throw new Error(`${e.message}: the page shows ${have} messages; status: ${await page.textContent("#status")}`);
+    });
     const rows = await page.$$eval(".messages[data-room=general] .message[data-sender=publisher]", (items) =>
       items.map((e) => [e.querySelector(".body").textContent, Number(e.dataset.shownAt)]),
     );
@@ -48,4 +52,5 @@ try {
   console.log(`RESULT ${JSON.stringify({ latencies_ms: latencies })}`);
 } finally {
   await browser.close();
+  input.close();
 }

@@ -36,12 +36,14 @@ const browser = await chromium.launch({
 });
 const pages = {};
 
-async function open(name) {
+async function open(name, { password = "", register = false } = {}) {
   const page = await (await browser.newContext()).newPage();
   pages[name] = page;
   page.on("pageerror", (e) => console.log(`${name}: page error: ${e.message}`));
   await page.goto(PAGE);
   await page.fill("#name", name);
+  await page.fill("#password", password);
+  if (register) await page.check("#register");
   await page.click("#connect");
   await page.waitForSelector("#status[data-state=connected]", { timeout: PATIENCE });
   await page.waitForSelector(".messages[data-room=general]", { state: "attached", timeout: PATIENCE });
@@ -144,6 +146,22 @@ try {
   await ada.waitForSelector(".messages[data-room=general] .error", { timeout: PATIENCE });
   const error = await ada.textContent(".messages[data-room=general] .error");
   check(/400 bytes long; the limit is 300/.test(error), `the error shown: ${error}`);
+  // Accounts: a name registered from the page needs its password afterwards.
+  const eve = await open("eve", { password: "correct horse battery", register: true });
+  check((await eve.textContent("#status")) === "connected as eve", `eve's status: ${await eve.textContent("#status")}`);
+  await eve.close();
+  const impostor = await (await browser.newContext()).newPage();
+  pages.impostor = impostor;
+  await impostor.goto(PAGE);
+  await impostor.fill("#name", "eve");
+  await impostor.click("#connect");
+  await impostor.waitForFunction(() => document.querySelector("#login-error")?.textContent !== "", null, { timeout: PATIENCE });
+  const refusal = await impostor.textContent("#login-error");
+  check(/password/i.test(refusal), `a guest taking a registered name is told: ${refusal}`);
+  await impostor.fill("#password", "correct horse battery");
+  await impostor.click("#connect");
+  await impostor.waitForSelector("#status[data-state=connected]", { timeout: PATIENCE });
+  check((await impostor.textContent("#status")) === "connected as eve", "the owner logs in with the password");
   await step("done");
   await browser.close();
   process.exit(0);

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use chat_client::{Client, RoomEvent};
 use hdrhistogram::Histogram;
 
@@ -22,21 +22,9 @@ fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
-/// A loopback port free in both UDP and TCP (WebTransport and the page share its number).
-fn free_web_addr() -> anyhow::Result<String> {
-    for _ in 0..100 {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
-        let port = udp.local_addr()?.port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(format!("127.0.0.1:{port}"));
-        }
-    }
-    bail!("no port free in both UDP and TCP")
-}
-
 pub async fn run(sessions: usize, messages: usize, rate: u64) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let web = free_web_addr()?;
+    let web = chat_harness::free_udp_and_tcp_addr()?;
     let server = process::node(dir.path(), &["general".into()], &["--web-listen", &web], &[])?;
     let options = |name: String| process::node_options(&server.addr, dir.path(), name);
     process::wait_until_up(&options("probe".into())).await?;

@@ -128,6 +128,22 @@ pub fn free_addr() -> anyhow::Result<String> {
     Ok(format!("127.0.0.1:{port}"))
 }
 
+/// A loopback address whose port was free a moment ago in both UDP and TCP (a node's
+/// `--web-listen` uses the number for both).
+///
+/// # Errors
+/// No such port was found.
+pub fn free_udp_and_tcp_addr() -> anyhow::Result<String> {
+    for _ in 0..100 {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let port = udp.local_addr()?.port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(format!("127.0.0.1:{port}"));
+        }
+    }
+    anyhow::bail!("no port was free in both UDP and TCP")
+}
+
 /// The lines `out` writes, as they come, until it ends.
 pub fn spawn_line_reader(out: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();

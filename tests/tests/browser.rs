@@ -60,24 +60,13 @@ fn the_embedded_page_is_what_its_sources_build_and_its_codec_speaks_chat_proto()
     assert!(out.contains("# fail 0"), "{out}");
 }
 
-/// A loopback port free in both UDP and TCP (WebTransport and the page share its number).
-fn free_web_addr() -> String {
-    loop {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
-        let port = udp.local_addr().expect("addr").port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return format!("127.0.0.1:{port}");
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_browser_user_and_a_native_user_talk_and_the_page_misses_nothing_across_a_restart() {
     ensure_program("chromium", "--version", "chromium");
     ensure_npm_packages();
     let dir = tempfile::tempdir().expect("tempdir");
     let addr = chat_harness::free_addr().expect("a free port");
-    let web = free_web_addr();
+    let web = chat_harness::free_udp_and_tcp_addr().expect("a free port");
     let flags = [
         "--web-listen",
         web.as_str(),
@@ -191,7 +180,8 @@ fn https_get(addr: &str, ca: &Path, path: &str) -> String {
 #[test]
 fn off_loopback_the_page_is_served_over_https_with_the_nodes_certificate() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_web_addr().rsplit(':').next().expect("port").to_owned();
+    let free = chat_harness::free_udp_and_tcp_addr().expect("a free port");
+    let port = free.rsplit(':').next().expect("port");
     let everywhere = format!("0.0.0.0:{port}");
     let node = NodeProcess::start(dir.path(), &["--web-listen", &everywhere]);
     let ca = Path::new(&node.ca);

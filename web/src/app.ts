@@ -22,6 +22,8 @@ class RoomView {
   readonly pending = new Map<number, HTMLElement>();
   /// Whether the user wants to be in it (rejoined after a reconnect).
   joined = false;
+  /// The account's read marker, as far as this page moved it.
+  marked = 0;
 
   constructor(public name: string) {
     this.list.className = "messages";
@@ -290,7 +292,28 @@ function presence(view: RoomView, frame: Record<string, any>): void {
       view.topic = action.Topic;
       if (view === current) $("topic").textContent = view.topic;
     }
-    notice(view, `${frame.RoomEvent.by}: ${JSON.stringify(action)}`);
+    notice(view, `${frame.RoomEvent.by} ${moderation(action)}`);
+  }
+}
+
+/// A moderation as a few words: "kicked eve (spam)".
+function moderation(action: Record<string, any> | string): string {
+  if (action === "DeleteRoom") return "deleted the room";
+  const [kind, detail] = Object.entries(action)[0];
+  const why = detail?.reason ? ` (${detail.reason})` : "";
+  const time = detail?.minutes ? ` for ${detail.minutes} minutes` : "";
+  switch (kind) {
+    case "Kick": return `kicked ${detail.name}${why}`;
+    case "Ban": return `banned ${detail.name}${time}${why}`;
+    case "Unban": return `unbanned ${detail.name}`;
+    case "Mute": return `muted ${detail.name}${time}`;
+    case "Unmute": return `unmuted ${detail.name}`;
+    case "Op": return `made ${detail.name} an operator`;
+    case "Deop": return `made ${detail.name} no longer an operator`;
+    case "Invite": return `invited ${detail.name}`;
+    case "InviteOnly": return detail ? "made the room invite-only" : "opened the room to everyone";
+    case "Topic": return detail ? `set the topic: ${detail}` : "cleared the topic";
+    default: return kind;
   }
 }
 
@@ -405,6 +428,18 @@ async function listRooms(): Promise<void> {
   }
 }
 
+/// Moves an account's read marker to what the view shows, every 2 s at most, as `chat` does.
+function markRead(): void {
+  const view = current;
+  if (!connection || !welcome?.account || !view || document.hidden) return;
+  if (view.lastSeq <= view.marked) return;
+  const seq = view.lastSeq;
+  connection.request({ MarkRead: { room: view.name, seq } }).then(
+    () => { view.marked = Math.max(view.marked, seq); },
+    () => {},
+  );
+}
+
 function showLogin(error?: string): void {
   $("login").hidden = false;
   $("chat").hidden = true;
@@ -456,6 +491,7 @@ function main(): void {
     stopped = true;
     connection?.close();
   });
+  setInterval(markRead, 2000);
   const saved = sessionStorage.getItem("chat-session");
   if (saved) start(JSON.parse(saved));
 }

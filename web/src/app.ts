@@ -122,23 +122,7 @@ function show(view: RoomView, m: ChatMessage, live: boolean): void {
     }
   }
   view.shown.set(m.seq, element);
-  let after: HTMLElement | null = null;
-  for (let seq = m.seq - 1; seq >= view.firstSeq && seq > 0 && m.seq - seq < 64; seq--) {
-    const found = view.shown.get(seq);
-    if (found) {
-      after = found;
-      break;
-    }
-  }
-  if (m.seq > view.lastSeq) {
-    // The newest: at the end, before the pending lines.
-    if (view.pending.size === 0) view.list.append(element);
-    else view.list.insertBefore(element, view.list.querySelector(".pending"));
-  } else if (after) after.after(element);
-  else {
-    const later = [...view.list.querySelectorAll<HTMLElement>(".message")].find((e) => Number(e.dataset.seq) > m.seq);
-    view.list.insertBefore(element, later ?? view.list.querySelector(".pending"));
-  }
+  place(view, element, m.seq);
   view.lastSeq = Math.max(view.lastSeq, m.seq);
   if (view.firstSeq === 0 || m.seq < view.firstSeq) view.firstSeq = m.seq;
   if (live && view !== current && !mine) {
@@ -146,6 +130,25 @@ function show(view: RoomView, m: ChatMessage, live: boolean): void {
     drawRooms();
   }
   if (view === current && (following || mine)) follow();
+}
+
+/// Inserts a message's row in sequence order: after the newest (before any pending line),
+/// or after the nearest older row shown, or before the first newer one.
+function place(view: RoomView, element: HTMLElement, seq: number): void {
+  if (seq > view.lastSeq) {
+    if (view.pending.size === 0) view.list.append(element);
+    else view.list.insertBefore(element, view.list.querySelector(".pending"));
+    return;
+  }
+  for (let older = seq - 1; older >= view.firstSeq && older > 0 && seq - older < 64; older--) {
+    const found = view.shown.get(older);
+    if (found) {
+      found.after(element);
+      return;
+    }
+  }
+  const later = [...view.list.querySelectorAll<HTMLElement>(".message")].find((e) => Number(e.dataset.seq) > seq);
+  view.list.insertBefore(element, later ?? view.list.querySelector(".pending"));
 }
 
 function drawRooms(): void {

@@ -201,3 +201,108 @@ fn off_loopback_the_page_is_served_over_https_with_the_nodes_certificate() {
     let _ = std::io::Read::read_to_end(&mut plain, &mut answer);
     assert!(!answer.starts_with(b"HTTP/1.1 200"), "plain HTTP was answered off loopback");
 }
+
+/// `GET path` in plain HTTP from `addr`: the body.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr).expect("the page's port");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
+}
+
+/// A WebTransport client that accepts the certificates the node's page names.
+fn web_client(web: std::net::SocketAddr) -> web_transport_quinn::Client {
+    let info: serde_json::Value =
+        serde_json::from_str(&http_get(web, "/session.json")).expect("session info");
+    let hashes: Vec<Vec<u8>> = info["hashes"]
+        .as_array()
+        .expect("hashes")
+        .iter()
+        .map(|hash| {
+            hash.as_array()
+                .expect("bytes")
+                .iter()
+                .map(|b| b.as_u64().expect("byte") as u8)
+                .collect()
+        })
+        .collect();
+    assert_eq!(hashes.len(), 2, "the served certificate's hash and the next one's");
+    web_transport_quinn::ClientBuilder::new()
+        .with_server_certificate_hashes(hashes)
+        .expect("a client")
+}
+
+fn url(web: std::net::SocketAddr, path: &str) -> url::Url {
+    url::Url::parse(&format!("https://127.0.0.1:{}{path}", web.port())).expect("url")
+}
+
+/// The same protocol as a native connection, over WebTransport without a browser: the
+/// hello, a join, a send that a native member gets; a session at another path is refused,
+/// and one that says nothing is closed with the hello timeout's code, as natives are.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webtransport_session_speaks_the_native_frames_and_keeps_the_native_limits() {
+    use chat_proto::io::FrameReader;
+    use chat_proto::{ClientFrame, NodeFrame, codec, codes};
+    let web: std::net::SocketAddr =
+        chat_harness::free_udp_and_tcp_addr().expect("a free port").parse().expect("addr");
+    let node = chat_tests::TestNode::start(|config| {
+        config.web_listen = Some(web);
+        config.handshake_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let client = web_client(web);
+    let native = Client::connect(node.options("bob")).await.expect("bob connects");
+    let mut bobs_room = native.join("general", None).await.expect("bob joins");
+
+    let session = client.connect(url(web, "/chat")).await.expect("a session");
+    let (mut control, control_in) = session.open_bi().await.expect("a control stream");
+    let hello = ClientFrame::Hello { name: "ada".into(), resume: None, login: None };
+    control.write_all(&chat_tests::encoded(&hello)).await.expect("hello sent");
+    let mut control_in = FrameReader::new(control_in, codec::MAX_NODE_FRAME_LEN);
+    match control_in.read::<NodeFrame>().await.expect("an answer").expect("a frame, not the end") {
+        NodeFrame::Welcome(welcome) => assert_eq!(welcome.name, "ada"),
+        other => panic!("expected a welcome, got {other:?}"),
+    }
+    let (mut room, room_in) = session.open_bi().await.expect("a room stream");
+    let join = ClientFrame::Join { room: "general".into(), after: None, limit: 10 };
+    room.write_all(&chat_tests::encoded(&join)).await.expect("join sent");
+    let mut room_in = FrameReader::new(room_in, codec::MAX_NODE_FRAME_LEN);
+    assert!(matches!(
+        room_in.read::<NodeFrame>().await.expect("joined").expect("a frame, not the end"),
+        NodeFrame::Joined { .. }
+    ));
+    let too_long = ClientFrame::Send { client_id: 1, body: "x".repeat(5000) };
+    room.write_all(&chat_tests::encoded(&too_long)).await.expect("sent");
+    let send = ClientFrame::Send { client_id: 2, body: "over webtransport".into() };
+    room.write_all(&chat_tests::encoded(&send)).await.expect("sent");
+    let (mut refused, mut acked) = (false, false);
+    while !(refused && acked) {
+        match room_in.read::<NodeFrame>().await.expect("a frame").expect("a frame, not the end") {
+            NodeFrame::Error(e) if e.client_id == Some(1) => {
+                assert_eq!(e.code, chat_proto::ErrorCode::MessageTooLong, "{e:?}");
+                refused = true;
+            }
+            NodeFrame::Ack { client_id: 2, .. } => acked = true,
+            NodeFrame::Message(_) | NodeFrame::HistoryEnd(_) | NodeFrame::Arrived { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let (said, _) = chat_tests::next_message(&mut bobs_room).await;
+    assert_eq!((said.sender.as_str(), said.body.as_str()), ("ada", "over webtransport"));
+
+    // Another path: no session.
+    assert!(client.connect(url(web, "/elsewhere")).await.is_err(), "only /chat is served");
+
+    // A session that says nothing is closed once the hello is late, with its code.
+    let silent = client.connect(url(web, "/chat")).await.expect("a session");
+    let closed = tokio::time::timeout(PATIENCE, silent.closed()).await.expect("closed in time");
+    match closed {
+        web_transport_quinn::SessionError::WebTransportError(
+            web_transport_quinn::WebTransportError::Closed(code, _),
+        ) => assert_eq!(code, codes::close::HELLO_TIMEOUT),
+        other => panic!("expected the hello timeout's close, got {other:?}"),
+    }
+    node.stop().await;
+}

@@ -122,8 +122,8 @@ impl Records {
         Err(ClusterError::Unavailable(format!("{key} kept changing under the update")))
     }
 
-    /// Every record written from now on (by any node), as its key and value, for as long
-    /// as the stream is read.
+    /// Every record as it stands now, then every one written from now on (by any node), as
+    /// its key and value, for as long as the stream is read.
     ///
     /// # Errors
     /// NATS did not answer.
@@ -132,7 +132,7 @@ impl Records {
     ) -> Result<impl futures_util::Stream<Item = (String, Bytes)> + Send + use<>, ClusterError>
     {
         use futures_util::StreamExt;
-        let watch = self.store.watch_all().await.map_err(ClusterError::unavailable)?;
+        let watch = self.store.watch_with_history(">").await.map_err(ClusterError::unavailable)?;
         Ok(watch.filter_map(|entry| async move {
             let entry = entry.ok().filter(|e| e.operation == kv::Operation::Put)?;
             Some((crate::subjects::name(&entry.key), entry.value))

@@ -687,7 +687,7 @@ impl Directory for ClusterDirectory {
                 })
                 .map(|(name, last_seq)| {
                     let members = counts.get(&name).copied().unwrap_or(0) as u32;
-                    // Topics are read at each join in cluster mode, not for listings.
+                    // The topic is the core's (`connection::with_topics`).
                     RoomInfo { name, last_seq, members, topic: String::new(), unread: None }
                 })
                 .collect())
@@ -850,7 +850,8 @@ fn decode_markers(
 
 /// Carries out rooms' rules as any node changes them: a kick, ban or mute made on another
 /// node reaches this node's members at once (the core ignores revisions it has, such as its
-/// own). Watches again after NATS fails, every second until it can.
+/// own). The watch starts with every room's rules as they stand, so the core knows each
+/// room's topic for listings. Watches again after NATS fails, every second until it can.
 pub(crate) async fn follow_room_rules(cluster: Arc<Cluster>, core: Arc<Mutex<Core<Outbox>>>) {
     loop {
         match cluster.room_rules.watch().await {

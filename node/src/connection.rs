@@ -284,7 +284,7 @@ async fn run(
                 let action = shared.core().on_control(conn.id, Received::from_read(read), Instant::now());
                 let reply = match action {
                     ControlAction::ListRooms => match shared.directory.rooms(&conn.name).await {
-                        Ok(rooms) => match with_unread(shared, conn, rooms).await {
+                        Ok(rooms) => match with_unread(shared, conn, with_topics(shared, rooms)).await {
                             Ok(rooms) => NodeFrame::Rooms { rooms },
                             Err(refusal) => error_frame(&refusal, None).into(),
                         },
@@ -422,6 +422,18 @@ async fn create_room(shared: &Arc<Shared>, conn: &Conn, room: &RoomName) -> Resu
     }
     info!(%room, by = %conn.name, "room made");
     Ok(false)
+}
+
+/// `rooms` with their topics, which the core has from the rooms' rules (on every node in
+/// cluster mode: it watches them all).
+fn with_topics(shared: &Shared, mut rooms: Vec<RoomInfo>) -> Vec<RoomInfo> {
+    let core = shared.core();
+    for room in &mut rooms {
+        if let Ok(name) = RoomName::parse(&room.name) {
+            room.topic = core.topic(&name);
+        }
+    }
+    rooms
 }
 
 /// `rooms` with, for an account, the messages after its read marker in each room it marked:

@@ -211,8 +211,8 @@ impl Directory for LocalDirectory {
                 name: r.name.to_string(),
                 last_seq: r.last_seq,
                 members: r.members as u32,
-                topic: core.topic(&r.name),
-                unread: None, // The node counts them for accounts (`connection`).
+                topic: String::new(), // The core's, for either seam (`connection`).
+                unread: None,         // The node counts them for accounts (`connection`).
             })
             .collect();
         Box::pin(ready(Ok(rooms)))

@@ -14,6 +14,9 @@ struct Chat {
     nats: LocalNats,
     nodes: Vec<NodeProcess>,
     ca: std::path::PathBuf,
+    /// The nodes' flags, for a restart.
+    args: Vec<String>,
+    /// The certificates', then each node's data.
     _dirs: Vec<tempfile::TempDir>,
 }
 
@@ -32,28 +35,43 @@ impl Chat {
         let files = chat_certs::ensure_node_files(certs.path(), &[]).expect("certificates");
         let mut dirs = vec![certs];
         let mut nodes = Vec::new();
+        let urls = nats.urls();
+        let args: Vec<String> = [
+            "--nats",
+            &urls,
+            "--replicas",
+            "3",
+            "--room",
+            "general",
+            "--room",
+            "random",
+            "--messages-per-second",
+            "0",
+            "--cert",
+            files.node_cert.to_str().expect("utf-8 path"),
+            "--key",
+            files.node_key.to_str().expect("utf-8 path"),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|arg| (*arg).to_owned())
+        .collect();
+        let flags: Vec<&str> = args.iter().map(String::as_str).collect();
         for _ in 0..2 {
             let data = tempfile::tempdir().expect("tempdir");
-            let args = [
-                "--nats",
-                &nats.urls(),
-                "--replicas",
-                "3",
-                "--room",
-                "general",
-                "--room",
-                "random",
-                "--messages-per-second",
-                "0",
-                "--cert",
-                files.node_cert.to_str().expect("utf-8 path"),
-                "--key",
-                files.node_key.to_str().expect("utf-8 path"),
-            ];
-            nodes.push(NodeProcess::start(data.path(), &[&args[..], extra].concat()));
+            nodes.push(NodeProcess::start(data.path(), &flags));
             dirs.push(data);
         }
-        Self { nats, nodes, ca: files.ca_cert, _dirs: dirs }
+        Self { nats, nodes, ca: files.ca_cert, args, _dirs: dirs }
+    }
+
+    /// Stops node `i` as SIGTERM does and starts it again on its address and data.
+    fn restart(&mut self, i: usize) {
+        self.nodes[i].signal("TERM");
+        chat_tests::wait_child(&mut self.nodes[i].child);
+        let addr = self.nodes[i].addr.clone();
+        let flags: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.nodes[i] = NodeProcess::start_on(self._dirs[i + 1].path(), &addr, &flags);
     }
 
     /// Options for a client of node `i`, or of every node (starting with `i`) for `all`.
@@ -408,7 +426,7 @@ fn record(done: Option<Sent>, acked: &mut BTreeMap<u64, String>, refused: &mut u
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_account_and_a_ban_made_on_one_node_hold_on_the_other_and_names_register_once() {
-    let chat = Chat::start();
+    let mut chat = Chat::start();
     let password = "correct horse battery";
     let ada = Client::connect(chat.options("ada", 0, false).registering(password))
         .await
@@ -427,6 +445,18 @@ async fn an_account_and_a_ban_made_on_one_node_hold_on_the_other_and_names_regis
 
     // A ban made on node 1 removes the member on node 0 at once, and keeps it out there.
     assert!(!on_one.create_room("club").await.expect("made"));
+    // A topic set on node 1 is in node 0's listings, node 0 started after it or not.
+    let topic = chat_client::Moderation::Topic("members only".into());
+    on_one.moderate("club", topic).await.expect("the owner sets the topic");
+    chat.restart(0);
+    let listed = chat.connect("lister", 0).await;
+    let rooms = eventually(|| async {
+        let rooms = listed.rooms().await.ok()?;
+        rooms.iter().any(|r| r.name == "club").then_some(rooms)
+    })
+    .await;
+    let club = rooms.iter().find(|r| r.name == "club").expect("listed");
+    assert_eq!(club.topic, "members only", "node 0's listing, after a restart");
     let bob = chat.connect("bob", 0).await;
     let mut bobs = eventually(|| async { bob.join("club", None).await.ok() }).await;
     let ban =

@@ -4,7 +4,7 @@
 // `probe <i> <sent, µs since the epoch>`), and prints `RESULT` with each probe's time from
 // its send to its row on the page, in ms, read from the rows' `data-shown-at`.
 
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 import { createInterface } from "node:readline";
 
 const PAGE = process.env.CHAT_PAGE;
@@ -12,11 +12,7 @@ const SESSIONS = Number(process.env.CHAT_SESSIONS ?? 5);
 const input = createInterface({ input: process.stdin });
 const lines = input[Symbol.asyncIterator]();
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch();
 try {
   const pages = [];
   for (let i = 0; i < SESSIONS; i++) {

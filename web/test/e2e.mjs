@@ -6,7 +6,7 @@
 //
 //   CHAT_PAGE=http://localhost:PORT/ CHAT_SCREENSHOTS=DIR node test/e2e.mjs
 
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 import { createInterface } from "node:readline";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
@@ -28,12 +28,7 @@ function check(condition, what) {
   if (!condition) throw new Error(what);
 }
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-  // The machine's network is closed: Chromium's own background traffic only fails.
-  args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch();
 const pages = {};
 
 async function open(name, { password = "", register = false } = {}) {

@@ -41,12 +41,12 @@ pub(crate) enum Flavor {
 }
 
 impl Flavor {
-    /// Bidirectional streams the connection keeps open besides its control and room
-    /// streams: a WebTransport session's CONNECT request stays open as long as it lasts.
-    pub(crate) fn other_streams(self) -> u32 {
+    /// Bidirectional streams the connection keeps open besides its room streams: the
+    /// control stream, and a WebTransport session's CONNECT request, open as long as it is.
+    pub(crate) fn streams_beside_rooms(self) -> u32 {
         match self {
-            Self::Native => 0,
-            Self::Browser => 1,
+            Self::Native => 1,
+            Self::Browser => 2,
         }
     }
 }
@@ -202,8 +202,8 @@ async fn greet(
     shared.connections().insert(id, (Arc::clone(connection), slot));
     // Now its room streams, and the window for them (see `endpoint`), before the welcome
     // so that the client has them when it joins.
-    let beside_rooms = 1 + flavor.other_streams(); // The control stream, and the CONNECT's.
-    connection.set_max_concurrent_bi_streams((first_room_streams(shared) + beside_rooms).into());
+    let streams = first_room_streams(shared) + flavor.streams_beside_rooms();
+    connection.set_max_concurrent_bi_streams(streams.into());
     connection.set_receive_window(shared.windows.welcomed.into());
     let welcome = NodeFrame::Welcome(Welcome {
         name: connected.name.to_string(),
@@ -395,10 +395,10 @@ async fn run(
                 rooms.spawn(room::serve(Arc::clone(shared), Arc::clone(conn), room_send, room_recv).in_current_span());
                 while rooms.try_join_next().is_some() {}
                 if rooms.len() >= allowed_rooms as usize && allowed_rooms < most_rooms {
-                    // All in use: allow twice as many (plus the control stream).
+                    // All in use: allow twice as many (plus the streams beside them).
                     allowed_rooms = (allowed_rooms * 2).min(most_rooms);
-                    let beside_rooms = 1 + conn.flavor.other_streams();
-                    connection.set_max_concurrent_bi_streams((allowed_rooms + beside_rooms).into());
+                    let streams = allowed_rooms + conn.flavor.streams_beside_rooms();
+                    connection.set_max_concurrent_bi_streams(streams.into());
                 }
             }
             () = crate::stopping(&mut stopping) => break,

@@ -349,12 +349,6 @@ impl Node {
         self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// The address of the browser side (WebTransport on UDP, the page on TCP), when the node
-    /// serves browsers.
-    pub fn web_addr(&self) -> Option<SocketAddr> {
-        self.web.as_ref().and_then(|web| web.endpoint.local_addr().ok())
-    }
-
     /// The CA certificate that signed the node's certificate, when the node made it.
     pub fn ca_cert(&self) -> Option<&std::path::Path> {
         self.ca_cert.as_deref()

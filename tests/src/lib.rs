@@ -235,6 +235,19 @@ impl NodeProcess {
 
 pub use chat_harness::spawn_line_reader;
 
+/// One HTTP GET by hand over `stream` (plain TCP or TLS): the status line and the body.
+pub fn http_get(mut stream: impl std::io::Read + std::io::Write, path: &str) -> (String, String) {
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("request");
+    let mut response = String::new();
+    // A TLS peer that closes without close_notify ends the read with an error, after the
+    // whole response.
+    if let Err(e) = stream.read_to_string(&mut response) {
+        assert!(!response.is_empty(), "no response: {e}");
+    }
+    let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+    (head.lines().next().unwrap_or_default().to_owned(), body.to_owned())
+}
+
 /// Waits for `child` to exit, failing the test after [`PATIENCE`].
 pub fn wait_child(child: &mut Child) -> std::process::ExitStatus {
     let deadline = std::time::Instant::now() + PATIENCE;

@@ -162,19 +162,14 @@ async fn a_browser_user_and_a_native_user_talk_and_the_page_misses_nothing_acros
     assert!(status.success(), "the browser script failed (screenshots in {})", shots.display());
 }
 
-/// `GET path` over TLS from `addr`, trusting `ca`; the whole response.
-fn https_get(addr: &str, ca: &Path, path: &str) -> String {
-    use std::io::Read;
+/// `GET path` over TLS from `addr`, trusting `ca`: the status line and the body.
+fn https_get(addr: &str, ca: &Path, path: &str) -> (String, String) {
     let trust = chat_certs::Trust::CaFile(ca.to_path_buf());
     let config = chat_certs::client_config(&trust, b"http/1.1").expect("client config");
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
     let tls = rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("tls");
     let tcp = std::net::TcpStream::connect(addr).expect("the page's port");
-    let mut stream = rustls::StreamOwned::new(tls, tcp);
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("request");
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response
+    chat_tests::http_get(rustls::StreamOwned::new(tls, tcp), path)
 }
 
 #[test]
@@ -185,11 +180,11 @@ fn off_loopback_the_page_is_served_over_https_with_the_nodes_certificate() {
     let everywhere = format!("0.0.0.0:{port}");
     let node = NodeProcess::start(dir.path(), &["--web-listen", &everywhere]);
     let ca = Path::new(&node.ca);
-    let page = https_get(&format!("127.0.0.1:{port}"), ca, "/");
-    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+    let (status, page) = https_get(&format!("127.0.0.1:{port}"), ca, "/");
+    assert_eq!(status, "HTTP/1.1 200 OK", "{page}");
     assert!(page.contains("<script type=\"module\" src=\"/app.js\">"), "{page}");
     // On every address, the page connects to the host it was loaded from.
-    let info = https_get(&format!("127.0.0.1:{port}"), ca, "/session.json");
+    let (_, info) = https_get(&format!("127.0.0.1:{port}"), ca, "/session.json");
     assert!(
         info.contains(&format!("{{\"host\":null,\"port\":{port},\"path\":\"/chat\",\"hashes\":[[")),
         "{info}"
@@ -202,20 +197,11 @@ fn off_loopback_the_page_is_served_over_https_with_the_nodes_certificate() {
     assert!(!answer.starts_with(b"HTTP/1.1 200"), "plain HTTP was answered off loopback");
 }
 
-/// `GET path` in plain HTTP from `addr`: the body.
-fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use std::io::Read;
-    let mut stream = std::net::TcpStream::connect(addr).expect("the page's port");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
-    response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
-}
-
 /// A WebTransport client that accepts the certificates the node's page names.
 fn web_client(web: std::net::SocketAddr) -> web_transport_quinn::Client {
-    let info: serde_json::Value =
-        serde_json::from_str(&http_get(web, "/session.json")).expect("session info");
+    let page = std::net::TcpStream::connect(web).expect("the page's port");
+    let (_, info) = chat_tests::http_get(page, "/session.json");
+    let info: serde_json::Value = serde_json::from_str(&info).expect("session info");
     let hashes: Vec<Vec<u8>> = info["hashes"]
         .as_array()
         .expect("hashes")

@@ -1,7 +1,7 @@
 //! What an operator sees and survives: the `/metrics` endpoint, a data directory that fills
 //! up and frees again, and one that is read-only.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,15 +10,11 @@ use std::time::{Duration, Instant};
 use chat_client::{ClientError, ErrorCode};
 use chat_tests::{PATIENCE, TestNode, next_message, program};
 
-/// One HTTP GET by hand: the status line and the body.
+/// One HTTP GET of the metrics listener: the status line and the body.
 fn get(addr: SocketAddr, path: &str) -> (String, String) {
-    let mut stream = TcpStream::connect(addr).expect("metrics listener");
+    let stream = TcpStream::connect(addr).expect("metrics listener");
     stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
-    let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
-    (head.lines().next().unwrap_or_default().to_owned(), body.to_owned())
+    chat_tests::http_get(stream, path)
 }
 
 /// The value of the sample `name` (with its labels) in a metrics text.

@@ -260,7 +260,10 @@ export class RoomStream {
   private ask(frame: (id: number) => unknown): { id: number; answer: Promise<NodeFrame> } {
     const id = this.nextId++;
     const answer = new Promise<NodeFrame>((resolve, reject) => this.waiting.set(id, { resolve, reject }));
-    this.stream.send(frame(id)).catch((e) => this.answer(id, { Error: { code: "Lost", message: String(e), client_id: id } }));
+    this.stream.send(frame(id)).catch((e) => {
+      this.waiting.get(id)?.reject(e instanceof Error ? e : new Error(String(e)));
+      this.waiting.delete(id);
+    });
     return { id, answer };
   }
 

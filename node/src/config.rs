@@ -119,6 +119,11 @@ pub struct Settings {
     /// all; a frame waits for room, unread, within its deadline [default: 256]
     #[arg(long, env = "CHAT_FRAME_MEMORY_MIB")]
     pub frame_memory_mib: Option<u64>,
+    /// MiB that the pages of history on their way to clients (read, not yet taken by QUIC)
+    /// may hold on all connections together; a page waits for room before it is read
+    /// [default: 256]
+    #[arg(long, env = "CHAT_PAGE_MEMORY_MIB")]
+    pub page_memory_mib: Option<u64>,
     /// Seconds a new connection has for the TLS handshake and its hello, and a new room
     /// stream for its join [default: 10]
     #[arg(long, env = "CHAT_HANDSHAKE_TIMEOUT_SECS")]
@@ -270,6 +275,8 @@ pub struct NodeConfig {
     pub frame_timeout: Duration,
     /// Bytes the long frames in progress of every connection may hold together.
     pub frame_memory: usize,
+    /// Bytes the pages of history on their way to clients may hold together.
+    pub page_memory: usize,
     pub handshake_timeout: Duration,
     /// Sends per second per connection; 0 for no limit.
     pub messages_per_second: u32,
@@ -336,6 +343,7 @@ impl Settings {
             write_timeout_secs: self.write_timeout_secs.or(lower.write_timeout_secs),
             frame_timeout_secs: self.frame_timeout_secs.or(lower.frame_timeout_secs),
             frame_memory_mib: self.frame_memory_mib.or(lower.frame_memory_mib),
+            page_memory_mib: self.page_memory_mib.or(lower.page_memory_mib),
             max_connections_per_ip: self.max_connections_per_ip.or(lower.max_connections_per_ip),
             handshake_timeout_secs: self.handshake_timeout_secs.or(lower.handshake_timeout_secs),
             messages_per_second: self.messages_per_second.or(lower.messages_per_second),
@@ -384,6 +392,8 @@ impl Settings {
             write_timeout: Duration::from_secs(self.write_timeout_secs.unwrap_or(30).max(1)),
             frame_timeout: Duration::from_secs(self.frame_timeout_secs.unwrap_or(30).max(1)),
             frame_memory: usize::try_from(self.frame_memory_mib.unwrap_or(256).max(1) << 20)
+                .unwrap_or(usize::MAX >> 4),
+            page_memory: usize::try_from(self.page_memory_mib.unwrap_or(256).max(1) << 20)
                 .unwrap_or(usize::MAX >> 4),
             handshake_timeout: Duration::from_secs(
                 self.handshake_timeout_secs.unwrap_or(10).max(1),

@@ -79,9 +79,18 @@ pub(crate) async fn serve(
         let Greeted { send, reader, name, token, pushed } = greeted;
         let frames =
             Arc::new(tokio::sync::Semaphore::new(2 * shared.limits.max_frame_len as usize));
+        let pages = Arc::new(tokio::sync::Semaphore::new(crate::pages::PAGES_PER_CONNECTION));
         let (quic, slot_id) = (Arc::clone(&connection), slot.id());
-        let conn =
-            Arc::new(Conn { id, connection: quic, name, token, slot: slot_id, frames, flavor });
+        let conn = Arc::new(Conn {
+            id,
+            connection: quic,
+            name,
+            token,
+            slot: slot_id,
+            frames,
+            pages,
+            flavor,
+        });
         let rooms = run(&shared, &conn, send, reader, pushed, &slot).await;
         shared.core().disconnect(id, departure(&connection));
         shared.directory.release(id);
@@ -362,22 +371,16 @@ async fn run(
                 if let NodeFrame::Error(e) = &reply {
                     shared.metrics.error_code(e.code);
                 }
-                if write_frame(&mut send, &reply, codec::MAX_NODE_FRAME_LEN).await.is_err() {
+                let Ok(reply) = codec::encode(&reply, codec::MAX_NODE_FRAME_LEN) else { break };
+                let _room = shared.pages.hold(reply.len()).await;
+                if !write_control(shared, connection, &mut send, reply).await {
                     break;
                 }
             }
+            // A direct message of a conversation the user is not in.
             Some(Outgoing::Message(_, frame) | Outgoing::Frame(frame)) = pushed.recv() => {
-                // A direct message of a conversation the user is not in. A client that
-                // reads nothing of its control stream is closed, not waited for.
-                let timeout = shared.config.write_timeout;
-                match tokio::time::timeout(timeout, send.write_chunk(frame)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => break,
-                    Err(_) => {
-                        shared.metrics.error("write_timeout");
-                        connection.close(codes::close::PROTOCOL_VIOLATION, b"the control stream was not read");
-                        break;
-                    }
+                if !write_control(shared, connection, &mut send, frame).await {
+                    break;
                 }
             }
             told = &mut make_room, if idle => {
@@ -519,6 +522,25 @@ async fn refuse(shared: &Shared, connection: &Session, send: &mut SendStream, re
     let reason = error.message.clone();
     say_last(send, &NodeFrame::Error(error)).await;
     connection.close(refusal.close_code(), reason.as_bytes());
+}
+
+/// Writes `bytes` to the control stream; false if the connection is gone, or was closed
+/// because its client let the write make no progress for `write_timeout` (it reads nothing
+/// of its control stream: it is closed, not waited for).
+async fn write_control(
+    shared: &Shared,
+    connection: &Session,
+    send: &mut SendStream,
+    bytes: bytes::Bytes,
+) -> bool {
+    match tokio::time::timeout(shared.config.write_timeout, send.write_chunk(bytes)).await {
+        Ok(written) => written.is_ok(),
+        Err(_) => {
+            shared.metrics.error("write_timeout");
+            connection.close(codes::close::PROTOCOL_VIOLATION, b"the control stream was not read");
+            false
+        }
+    }
 }
 
 /// Writes `frame` as the control stream's last and gives it a moment to arrive, before the

@@ -37,6 +37,7 @@ mod mailbox;
 mod member;
 mod metrics;
 mod moderation;
+mod pages;
 mod reply;
 mod room;
 pub mod seams;
@@ -121,6 +122,8 @@ pub(crate) struct Conn {
     pub slot: u64,
     /// What its long frames in progress may hold: two frames at the length limit.
     pub frames: Arc<tokio::sync::Semaphore>,
+    /// Its turns for pages of history in hand (`pages::PAGES_PER_CONNECTION`).
+    pub pages: Arc<tokio::sync::Semaphore>,
     pub flavor: connection::Flavor,
 }
 
@@ -140,6 +143,8 @@ pub(crate) struct Shared {
     windows: ReceiveWindows,
     /// What the long frames in progress of every connection may hold together.
     frames: Arc<tokio::sync::Semaphore>,
+    /// What the pages of history on their way to clients may hold together.
+    pages: pages::PageMemory,
     /// Open connections by id, so that a session taken over can be closed.
     connections: Mutex<HashMap<ConnId, (Arc<web_transport_quinn::Session>, u64)>>,
     next_id: AtomicU64,
@@ -303,6 +308,7 @@ impl Node {
             frames: Arc::new(tokio::sync::Semaphore::new(
                 config.frame_memory.max(limits(&config).max_frame_len as usize),
             )),
+            pages: pages::PageMemory::new(config.page_memory, page_reserve(&limits(&config))),
             connections: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             stopping,
@@ -703,6 +709,14 @@ fn endpoint_config(secret: &[u8]) -> quinn::EndpointConfig {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
     endpoint_config
+}
+
+/// The most a page of history can be once encoded: its text (or one message longer than
+/// that), and each message's frame around it.
+fn page_reserve(limits: &Limits) -> u32 {
+    let text = (chat_core::PAGE_BYTES as u32).max(limits.max_message_len);
+    let framing = chat_core::names::MAX_ROOM_NAME_LEN + chat_core::names::MAX_USER_NAME_LEN + 32;
+    text + limits.max_history_page * framing as u32
 }
 
 /// The limits the welcome announces.

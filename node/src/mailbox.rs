@@ -12,6 +12,8 @@ use chat_core::{Full, Mailbox, Seq};
 use chat_proto::NodeFrame;
 use tokio::sync::{mpsc, watch};
 
+use crate::pages::PageRoom;
+
 /// One frame on its way to a member's room stream.
 #[derive(Debug)]
 pub enum Outgoing {
@@ -19,6 +21,8 @@ pub enum Outgoing {
     Message(Seq, Bytes),
     /// Any other frame (an ack, an error).
     Frame(Bytes),
+    /// A page of history, with its room in the node's page budget until it is written.
+    Page(Bytes, PageRoom),
 }
 
 /// The core's handle on one member; a clone goes with each of its sends to queue the ack.

@@ -12,18 +12,23 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 use web_transport_quinn::SendStream;
 
-use crate::Shared;
 use crate::mailbox::{Ending, Outgoing};
 use crate::reply::{encode, error_frame, message_frame};
+use crate::{Conn, Shared};
 
 /// How long a finished stream waits for the client to acknowledge its last bytes.
 const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
-/// Frames written to the stream in one call.
+/// Frames taken from the member's queue at once.
 const WRITE_BATCH: usize = 64;
+/// The most bytes of frames copied together into one write: what a stream's write in
+/// progress holds of its own, besides a page of history (whose room is counted in
+/// `pages`) or a frame shared with the room.
+const COPIED: usize = crate::pages::SHORT;
 
 /// The writing half of a room stream.
 pub(crate) struct Writer {
     shared: Arc<Shared>,
+    conn: Arc<Conn>,
     room: RoomName,
     send: SendStream,
     /// The newest message this stream has written.
@@ -31,8 +36,13 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(crate) fn new(shared: Arc<Shared>, room: RoomName, send: SendStream) -> Self {
-        Self { shared, room, send, last_written: 0 }
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        conn: Arc<Conn>,
+        room: RoomName,
+        send: SendStream,
+    ) -> Self {
+        Self { shared, conn, room, send, last_written: 0 }
     }
 
     pub(crate) async fn run(
@@ -72,6 +82,7 @@ impl Writer {
             None => Anchor::Before(until.saturating_add(1)),
         };
         let limit = PageLimit { messages: limit, bytes: chat_core::PAGE_BYTES };
+        let mut page_room = self.shared.pages.reserve(&self.conn.pages).await;
         let (history, room) = (Arc::clone(&self.shared.history), self.room.clone());
         let page = tokio::task::spawn_blocking(move || history.page(&room, anchor, limit)).await?;
         let page = match page {
@@ -103,7 +114,9 @@ impl Writer {
             first_seq: page.first_seq,
         };
         frames.push(encode(&NodeFrame::HistoryEnd(ends)));
-        self.write(io::concat(&mut frames)).await
+        let written = io::concat(&mut frames);
+        page_room.fit(written.len());
+        self.write(written).await
     }
 
     /// Drains the member's queue until every sender is gone, or the member is dropped.
@@ -140,18 +153,34 @@ impl Writer {
                         return Ok(());
                     }
                     let mut messages = 0;
+                    // Given back once their pages are written.
+                    let mut page_rooms = Vec::new();
+                    let mut joined = 0;
                     for item in batch.drain(..) {
-                        chunks.push(match item {
+                        let frame = match item {
                             Outgoing::Message(seq, frame) => {
                                 self.last_written = seq;
                                 messages += 1;
                                 frame
                             }
                             Outgoing::Frame(frame) => frame,
-                        });
+                            Outgoing::Page(frame, room) => {
+                                page_rooms.push(room);
+                                frame
+                            }
+                        };
+                        // Small frames are copied into one write, up to `COPIED`; a long
+                        // one goes as it is.
+                        if !chunks.is_empty() && joined + frame.len() > COPIED {
+                            self.write(io::concat(&mut chunks)).await?;
+                            joined = 0;
+                        }
+                        joined += frame.len();
+                        chunks.push(frame);
                     }
                     self.shared.metrics.deliveries.inc_by(messages);
                     self.write(io::concat(&mut chunks)).await?;
+                    drop(page_rooms);
                 }
             }
         }

@@ -90,7 +90,7 @@ pub(crate) async fn serve(
     shared.admission.joined(conn.slot);
     shared.directory.entered(member, &joined.room, &conn.name);
     debug!(room = %joined.room, member = member.0, ?after, "joined");
-    let writer = Writer::new(Arc::clone(&shared), joined.room.clone(), send);
+    let writer = Writer::new(Arc::clone(&shared), Arc::clone(&conn), joined.room.clone(), send);
     let page_len = shared.core().rules().page_len(limit);
     let writing =
         tokio::spawn(writer.run(after, page_len, joined.history_until, queued, eviction.clone()));
@@ -195,11 +195,14 @@ async fn read_sends(
                 continue;
             }
             StreamAction::Page { request_id, anchor, messages } => {
+                let mut page_room = shared.pages.reserve(&conn.pages).await;
                 let frame = match read_page(shared, room, request_id, anchor, messages).await {
                     Ok(page) => page,
                     Err(refusal) => NodeFrame::Error(error_frame(&refusal, Some(request_id))),
                 };
-                if outbox.queue.send(Outgoing::Frame(encode(&frame))).await.is_err() {
+                let frame = encode(&frame);
+                page_room.fit(frame.len());
+                if outbox.queue.send(Outgoing::Page(frame, page_room)).await.is_err() {
                     return Ended::Left(LeftReason::Left);
                 }
                 continue;

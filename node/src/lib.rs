@@ -28,6 +28,7 @@
 //! of sockets; this crate carries its decisions out.
 
 mod admission;
+mod cids;
 mod cluster;
 pub mod config;
 mod connection;
@@ -702,12 +703,8 @@ fn transport(config: &NodeConfig) -> anyhow::Result<quinn::TransportConfig> {
 fn endpoint_config(secret: &[u8]) -> quinn::EndpointConfig {
     let mut endpoint_config =
         quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret)));
-    let cid_key = u64::from_le_bytes([
-        secret[0], secret[1], secret[2], secret[3], secret[4], secret[5], secret[6], secret[7],
-    ]);
-    endpoint_config.cid_generator(move || {
-        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
-    });
+    let secret = secret.to_vec();
+    endpoint_config.cid_generator(move || Box::new(cids::SignedConnectionIds::new(&secret)));
     endpoint_config
 }
 

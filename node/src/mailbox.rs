@@ -22,7 +22,8 @@ pub enum Outgoing {
     /// Any other frame (an ack, an error).
     Frame(Bytes),
     /// A page of history, with its room in the node's page budget until it is written.
-    Page(Bytes, PageRoom),
+    /// Boxed: every slot of every member's queue is as large as the largest variant.
+    Page(Box<(Bytes, PageRoom)>),
 }
 
 /// The core's handle on one member; a clone goes with each of its sends to queue the ack.

@@ -164,7 +164,8 @@ impl Writer {
                                 frame
                             }
                             Outgoing::Frame(frame) => frame,
-                            Outgoing::Page(frame, room) => {
+                            Outgoing::Page(page) => {
+                                let (frame, room) = *page;
                                 page_rooms.push(room);
                                 frame
                             }

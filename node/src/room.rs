@@ -202,7 +202,7 @@ async fn read_sends(
                 };
                 let frame = encode(&frame);
                 page_room.fit(frame.len());
-                if outbox.queue.send(Outgoing::Page(frame, page_room)).await.is_err() {
+                if outbox.queue.send(Outgoing::Page(Box::new((frame, page_room)))).await.is_err() {
                     return Ended::Left(LeftReason::Left);
                 }
                 continue;

@@ -1,5 +1,6 @@
 //! What an operator sees and survives: the `/metrics` endpoint, a data directory that fills
-//! up and frees again, and one that is read-only.
+//! up and frees again, one that is read-only, and a restart that tells the last run's
+//! clients at once.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -204,4 +205,36 @@ async fn a_node_that_validates_every_address_still_lets_clients_in() {
     let retried = sample(&text, r#"chat_connections_refused_total{kind="address_validation"}"#);
     assert_eq!(retried, Some(2.0), "one Retry per connection: {text}");
     drop((room, ada, bob));
+}
+
+/// A node killed and started again on its data dir recognises the connection ids of its last
+/// run (`reset.key`, `node/src/cids.rs`) and resets their connections at once (a QUIC
+/// stateless reset), so a client learns that its connection is gone within a round trip,
+/// not after its idle timeout of a minute.
+#[tokio::test]
+async fn a_restarted_node_resets_the_connections_of_its_last_run_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = chat_tests::NodeProcess::start(dir.path(), &[]);
+    let trust = chat_client::Trust::CaFile(node.ca.clone().into());
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(Some(Duration::from_secs(60).try_into().expect("idle timeout")));
+    let bind = "127.0.0.1:0".parse().expect("addr");
+    let endpoint = chat_client::quic_endpoint(&trust, chat_proto::codes::ALPN, bind, transport)
+        .expect("endpoint");
+    let addr = node.addr.clone();
+    let connecting =
+        endpoint.connect(addr.parse().expect("address"), "localhost").expect("connect");
+    let connection = connecting.await.expect("handshake");
+
+    node.signal("KILL");
+    drop(node);
+    let _restarted = chat_tests::NodeProcess::start_on(dir.path(), &addr, &[]);
+    let started = Instant::now();
+    // Anything the client sends now reaches the new process, which knows the id as its own.
+    let (mut send, _recv) = connection.open_bi().await.expect("a stream");
+    let _ = send.write_all(b"anyone there?").await;
+    let closed = tokio::time::timeout(PATIENCE, connection.closed()).await;
+    let reason = closed.expect("the connection ended long before its idle timeout");
+    assert!(matches!(reason, quinn::ConnectionError::Reset), "{reason:?}");
+    println!("the client learned of the restart {:?} after it", started.elapsed());
 }

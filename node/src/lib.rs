@@ -107,9 +107,10 @@ impl ReceiveWindows {
 
 /// What quinn keeps of the node's writes to one connection (sent or not, until the client
 /// acknowledges them): a client that grants much credit and acknowledges little would have
-/// it hold quinn's default of 10 MB. 2 MiB holds a history page (256 KiB of text) and a full
-/// write batch many times over; the saturated fan-out is no slower (benches/RESULTS.md).
-const SEND_WINDOW: u64 = 2 << 20;
+/// it hold quinn's default of 10 MB, and every connection of the node that much. 256 KiB is a
+/// history page's text, and 2.5 MB/s at a round trip of 100 ms; the saturated fan-out is no
+/// slower than with 2 MiB (benches/RESULTS.md).
+const SEND_WINDOW: u64 = 256 << 10;
 
 /// A connection that has said hello, as its room streams see it.
 pub(crate) struct Conn {

@@ -5,8 +5,8 @@
 //! taken before the page is read, and given back once it is written: every stream's pages
 //! together hold at most `page_memory_mib`. A connection has at most
 //! [`PAGES_PER_CONNECTION`] in hand, so a few connections that read nothing cannot take the
-//! whole budget. Once QUIC has a page, quinn's
-//! send window bounds what the connection holds until the client acknowledges it.
+//! whole budget. Once QUIC has a page, quinn's send window bounds what the connection holds
+//! until the client acknowledges it.
 
 use std::sync::Arc;
 

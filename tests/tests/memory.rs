@@ -50,6 +50,27 @@ async fn welcomed(
     (connection, endpoint, send, recv)
 }
 
+/// `connections` connections with small windows, each joining room `big` and asking for 40
+/// more pages of it, reading none: the pages stay in the node. What they hold is returned.
+async fn pages_nobody_reads(node: &NodeProcess, connections: usize) -> Vec<impl Sized> {
+    let mut held = Vec::new();
+    for c in 0..connections {
+        let mut small = quinn::TransportConfig::default();
+        small.stream_receive_window(16_000u32.into()).receive_window(64_000u32.into());
+        let (connection, endpoint, send, recv) = welcomed(node, &format!("unread{c}"), small).await;
+        let (mut room_send, room_recv) = connection.open_bi().await.expect("a room stream");
+        let join = ClientFrame::Join { room: "big".into(), after: None, limit: 500 };
+        room_send.write_all(&encoded(&join)).await.expect("join");
+        for request_id in 0..40 {
+            let anchor = chat_proto::Anchor::After(request_id);
+            let page = ClientFrame::History { request_id, anchor, limit: 500 };
+            room_send.write_all(&encoded(&page)).await.expect("a history request");
+        }
+        held.push((connection, endpoint, send, recv, room_send, room_recv));
+    }
+    held
+}
+
 /// The node's resident memory now, in KiB.
 fn rss(node: &NodeProcess) -> u64 {
     node.memory_kib().expect("the node's /proc status").0
@@ -109,22 +130,7 @@ async fn floods_hold_what_the_readme_says_and_no_more() {
     // 1. 50 connections join the big room and ask for 40 more pages of it, and read none of
     //    them: their windows are small, so the pages stay in the node.
     let before = rss(&node);
-    let mut held = Vec::new();
-    for c in 0..50 {
-        let mut small = quinn::TransportConfig::default();
-        small.stream_receive_window(16_000u32.into()).receive_window(64_000u32.into());
-        let (connection, endpoint, send, recv) =
-            welcomed(&node, &format!("unread{c}"), small).await;
-        let (mut room_send, room_recv) = connection.open_bi().await.expect("a room stream");
-        let join = ClientFrame::Join { room: "big".into(), after: None, limit: 500 };
-        room_send.write_all(&encoded(&join)).await.expect("join");
-        for request_id in 0..40 {
-            let anchor = chat_proto::Anchor::After(request_id);
-            let page = ClientFrame::History { request_id, anchor, limit: 500 };
-            room_send.write_all(&encoded(&page)).await.expect("a history request");
-        }
-        held.push((connection, endpoint, send, recv, room_send, room_recv));
-    }
+    let held = pages_nobody_reads(&node, 50).await;
     bystander(&node, "pages nobody reads", &room).await;
     let unread = rss(&node).saturating_sub(before);
     println!(
@@ -227,22 +233,7 @@ async fn pages_nobody_reads_hold_the_node_budget_and_no_more() {
         ack.acked().await.expect("stored");
     }
     let before = rss(&node);
-    let mut held = Vec::new();
-    for c in 0..10 {
-        let mut small = quinn::TransportConfig::default();
-        small.stream_receive_window(16_000u32.into()).receive_window(64_000u32.into());
-        let (connection, endpoint, send, recv) =
-            welcomed(&node, &format!("unread{c}"), small).await;
-        let (mut room_send, room_recv) = connection.open_bi().await.expect("a room stream");
-        let join = ClientFrame::Join { room: "big".into(), after: None, limit: 500 };
-        room_send.write_all(&encoded(&join)).await.expect("join");
-        for request_id in 0..40 {
-            let anchor = chat_proto::Anchor::After(request_id);
-            let page = ClientFrame::History { request_id, anchor, limit: 500 };
-            room_send.write_all(&encoded(&page)).await.expect("a history request");
-        }
-        held.push((connection, endpoint, send, recv, room_send, room_recv));
-    }
+    let held = pages_nobody_reads(&node, 10).await;
     // The newcomer's join waits for room in the budget.
     let started = Instant::now();
     let newcomer = Client::connect(node.options("newcomer")).await.expect("connects");

@@ -298,6 +298,11 @@ impl Default for NodeConfig {
     }
 }
 
+/// A budget given in MiB (256 unless set, at least 1), in bytes.
+fn mib_or_256(mib: Option<u64>) -> usize {
+    usize::try_from(mib.unwrap_or(256).max(1) << 20).unwrap_or(usize::MAX >> 4)
+}
+
 impl Settings {
     /// Reads a TOML config file.
     ///
@@ -391,10 +396,8 @@ impl Settings {
             max_connections_per_ip: self.max_connections_per_ip.unwrap_or(100).max(1),
             write_timeout: Duration::from_secs(self.write_timeout_secs.unwrap_or(30).max(1)),
             frame_timeout: Duration::from_secs(self.frame_timeout_secs.unwrap_or(30).max(1)),
-            frame_memory: usize::try_from(self.frame_memory_mib.unwrap_or(256).max(1) << 20)
-                .unwrap_or(usize::MAX >> 4),
-            page_memory: usize::try_from(self.page_memory_mib.unwrap_or(256).max(1) << 20)
-                .unwrap_or(usize::MAX >> 4),
+            frame_memory: mib_or_256(self.frame_memory_mib),
+            page_memory: mib_or_256(self.page_memory_mib),
             handshake_timeout: Duration::from_secs(
                 self.handshake_timeout_secs.unwrap_or(10).max(1),
             ),

@@ -39,8 +39,7 @@ impl PageMemory {
     /// stream reset, within `write_timeout`).
     pub(crate) async fn reserve(&self, turns: &Arc<Semaphore>) -> PageRoom {
         let turn = Arc::clone(turns).acquire_owned().await.ok();
-        let permit = Arc::clone(&self.budget).acquire_many_owned(self.reserve).await;
-        PageRoom { permit: permit.expect("the page budget is never closed"), _turn: turn }
+        PageRoom { permit: self.take(self.reserve).await, _turn: turn }
     }
 
     /// Room for a reply already made, `len` bytes long (a room listing, say), while it is
@@ -50,8 +49,12 @@ impl PageMemory {
             return None;
         }
         let len = u32::try_from(len.min(self.total)).unwrap_or(u32::MAX);
-        let permit = Arc::clone(&self.budget).acquire_many_owned(len).await;
-        Some(PageRoom { permit: permit.expect("the page budget is never closed"), _turn: None })
+        Some(PageRoom { permit: self.take(len).await, _turn: None })
+    }
+
+    async fn take(&self, bytes: u32) -> OwnedSemaphorePermit {
+        let permit = Arc::clone(&self.budget).acquire_many_owned(bytes).await;
+        permit.expect("the page budget is never closed")
     }
 
     /// Bytes not held by any page now.

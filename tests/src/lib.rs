@@ -162,10 +162,24 @@ pub async fn raw_connection_with(
     alpn: &[u8],
     transport: quinn::TransportConfig,
 ) -> Result<(quinn::Connection, quinn::Endpoint), quinn::ConnectionError> {
-    let trust = Trust::CaFile(node.ca.clone());
+    raw_connection_to(&node.ca, node.addr, alpn, transport).await
+}
+
+/// A bare QUIC connection to the node at `addr` whose CA is the file `ca` (a
+/// [`NodeProcess`] as well as a [`TestNode`]).
+///
+/// # Errors
+/// The handshake failed.
+pub async fn raw_connection_to(
+    ca: &Path,
+    addr: std::net::SocketAddr,
+    alpn: &[u8],
+    transport: quinn::TransportConfig,
+) -> Result<(quinn::Connection, quinn::Endpoint), quinn::ConnectionError> {
+    let trust = Trust::CaFile(ca.to_path_buf());
     let bind = "127.0.0.1:0".parse().expect("addr");
     let endpoint = chat_client::quic_endpoint(&trust, alpn, bind, transport).expect("endpoint");
-    let connection = endpoint.connect(node.addr, "localhost").expect("connect").await?;
+    let connection = endpoint.connect(addr, "localhost").expect("connect").await?;
     Ok((connection, endpoint))
 }
 

@@ -23,14 +23,9 @@ async fn raw_with(
     node: &NodeProcess,
     transport: quinn::TransportConfig,
 ) -> (quinn::Connection, quinn::Endpoint) {
-    let trust = Trust::CaFile(node.ca.clone().into());
-    let bind = "127.0.0.1:0".parse().expect("addr");
-    let endpoint =
-        chat_client::quic_endpoint(&trust, codes::ALPN, bind, transport).expect("endpoint");
     let addr = node.addr.parse().expect("the node's address");
-    let connection =
-        endpoint.connect(addr, "localhost").expect("connect").await.expect("handshake");
-    (connection, endpoint)
+    let connected = chat_tests::raw_connection_to(node.ca.as_ref(), addr, codes::ALPN, transport);
+    connected.await.expect("handshake")
 }
 
 /// A bare connection that said hello, with its control stream kept open.

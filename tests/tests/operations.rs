@@ -215,16 +215,16 @@ async fn a_node_that_validates_every_address_still_lets_clients_in() {
 async fn a_restarted_node_resets_the_connections_of_its_last_run_at_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = chat_tests::NodeProcess::start(dir.path(), &[]);
-    let trust = chat_client::Trust::CaFile(node.ca.clone().into());
     let mut transport = quinn::TransportConfig::default();
     transport.max_idle_timeout(Some(Duration::from_secs(60).try_into().expect("idle timeout")));
-    let bind = "127.0.0.1:0".parse().expect("addr");
-    let endpoint = chat_client::quic_endpoint(&trust, chat_proto::codes::ALPN, bind, transport)
-        .expect("endpoint");
     let addr = node.addr.clone();
-    let connecting =
-        endpoint.connect(addr.parse().expect("address"), "localhost").expect("connect");
-    let connection = connecting.await.expect("handshake");
+    let connected = chat_tests::raw_connection_to(
+        node.ca.as_ref(),
+        addr.parse().expect("address"),
+        chat_proto::codes::ALPN,
+        transport,
+    );
+    let (connection, _endpoint) = connected.await.expect("handshake");
 
     node.signal("KILL");
     drop(node);

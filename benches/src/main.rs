@@ -210,6 +210,10 @@ enum Command {
         /// Messages per second
         #[arg(long, default_value_t = 1000)]
         rate: u64,
+        /// Publish as fast as NATS takes them, this many unacknowledged at once, instead of
+        /// at `--rate` (the floor under `fanout --cluster --window`)
+        #[arg(long)]
+        window: Option<usize>,
     },
     /// The bare QUIC relay that `fanout --floor` measures (started by it)
     #[command(hide = true)]
@@ -274,7 +278,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Relay { listen, dir } => relay::serve(listen, &dir).await,
         Command::Requests { history, seconds } => requests::run(history, seconds).await,
-        Command::NatsFloor { messages, rate } => nats_floor::run(messages, rate).await,
+        Command::NatsFloor { messages, rate, window } => {
+            nats_floor::run(messages, rate, window).await
+        }
         Command::Browser { sessions, messages, rate } => {
             browser::run(sessions, messages, rate).await
         }

@@ -3,14 +3,18 @@
 //! one NATS connection publishes to a room as a node appends (message id, one publish after
 //! another, acks awaited alongside), a second one subscribes to the room's republished
 //! messages as a following node does. Prints the publish-to-ack and publish-to-arrival
-//! latency percentiles at a fixed rate.
+//! latency percentiles at a fixed rate, or with `window` the messages a second that NATS
+//! takes with that many unacknowledged (as the node publishes: one after the other, acks
+//! awaited alongside).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chat_cluster::{Cluster, ClusterConfig};
 use futures_util::StreamExt;
+use tokio::sync::Semaphore;
 
-pub async fn run(messages: usize, rate: u64) -> anyhow::Result<()> {
+pub async fn run(messages: usize, rate: u64, window: Option<usize>) -> anyhow::Result<()> {
     let install_dir = std::env::current_exe()?.with_file_name("..").join("nats-server");
     let nats = chat_cluster::local::LocalNats::start(3, &install_dir)?;
     let config = ClusterConfig {
@@ -38,24 +42,43 @@ pub async fn run(messages: usize, rate: u64) -> anyhow::Result<()> {
     });
     let mut acks = tokio::task::JoinSet::new();
     let gap = Duration::from_secs_f64(1.0 / rate as f64);
+    // Without a window every message may be unacknowledged: the rate alone paces them.
+    let unacknowledged = Arc::new(Semaphore::new(window.unwrap_or(messages)));
     for i in 0..messages {
-        tokio::time::sleep_until((started + gap * i as u32).into()).await;
+        if window.is_none() {
+            tokio::time::sleep_until((started + gap * i as u32).into()).await;
+        }
+        let turn = Arc::clone(&unacknowledged).acquire_owned().await?;
         let sent = Instant::now();
         let message =
             chat_history::Message { sender: "floor".into(), timestamp_ms: 0, body: stamp(sent) };
         let ack = publisher.log.publish("floor", &message, &format!("floor:{i}")).await?;
-        acks.spawn(async move { ack.await.map(|_| sent.elapsed().as_nanos()) });
+        acks.spawn(async move {
+            let took = ack.await.map(|_| sent.elapsed().as_nanos());
+            drop(turn);
+            took
+        });
     }
     let mut acked = Vec::with_capacity(messages);
     while let Some(ack) = acks.join_next().await {
         acked.push(ack??);
     }
+    let all_acked = started.elapsed();
     let arrived = tokio::time::timeout(Duration::from_secs(30), arrivals).await??;
+    let all_arrived = started.elapsed();
+    if let Some(window) = window {
+        let per_second = |took: Duration| messages as f64 / took.as_secs_f64();
+        println!(
+            "window {window}: {:.0} messages/s acknowledged, {:.0} messages/s arrived",
+            per_second(all_acked),
+            per_second(all_arrived)
+        );
+    }
     for (what, mut took) in [("publish to ack", acked), ("publish to arrival", arrived)] {
         took.sort_unstable();
         let at = |q: f64| took[((took.len() - 1) as f64 * q) as usize] as f64 / 1e3;
         println!(
-            "{what}: p50 {:.0} µs, p90 {:.0}, p99 {:.0}, max {:.0} ({} messages at {rate}/s)",
+            "{what}: p50 {:.0} µs, p90 {:.0}, p99 {:.0}, max {:.0} ({} messages)",
             at(0.5),
             at(0.9),
             at(0.99),

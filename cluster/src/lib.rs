@@ -101,12 +101,12 @@ impl Drop for Cluster {
 /// How often the NATS client pings its server: one that answers none of three pings (frozen,
 /// or cut off by the network) is given up for another after about three intervals, where the
 /// client's default of a minute kept a node on a dead server for minutes.
-pub const PING_INTERVAL: Duration = Duration::from_secs(2);
+pub const PING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often the node checks that its NATS server reaches the stream's leader, and how many
 /// checks in a row may fail before it moves to another server. A server cut off from the
 /// others still answers pings, but not for the stream.
-pub const HEALTH_CHECK: Duration = Duration::from_secs(2);
+pub const HEALTH_CHECK: Duration = Duration::from_secs(1);
 const HEALTH_FAILURES: u32 = 3;
 
 impl Cluster {
@@ -142,12 +142,16 @@ impl Cluster {
         servers: Vec<async_nats::ServerAddr>,
     ) -> Result<Self, ClusterError> {
         let (lapsed, lapses) = tokio::sync::watch::channel(0u64);
+        let last_tried = std::sync::Mutex::new(None);
         let client = async_nats::ConnectOptions::new()
             // The process id tells the nodes of one machine apart in NATS's monitoring.
             .name(format!("chat-node {}", std::process::id()))
             .connection_timeout(Duration::from_secs(5))
             .request_timeout(Some(Duration::from_secs(5)))
             .ping_interval(PING_INTERVAL)
+            .reconnect_to_server_callback(move |pool, _| {
+                std::future::ready(next_server(&last_tried, pool))
+            })
             .event_callback(move |event| {
                 use async_nats::Event;
                 // A new connection may follow messages lost on the old one, and a subscription
@@ -166,7 +170,7 @@ impl Cluster {
             .await
             .map_err(|e| ClusterError::Connect { urls: urls.to_owned(), detail: e.to_string() })?;
         let js = jetstream::new(client.clone());
-        let log = Log::open(&js, config).await?;
+        let log = Log::open(&js, config, lapses.clone()).await?;
         let directory = Directory::open(&js, config).await?;
         let notices = Notices::new(client.clone());
         let accounts =
@@ -175,7 +179,8 @@ impl Cluster {
             Records::open(&js, config, records::ROOM_RULES_BUCKET, "chat rooms' rules").await?;
         let markers =
             Records::open(&js, config, records::MARKERS_BUCKET, "chat read markers").await?;
-        let health = tokio::spawn(keep_healthy(client.clone(), log.stream_info_probe()));
+        let health =
+            tokio::spawn(keep_healthy(client.clone(), lapses.clone(), log.stream_info_probe()));
         Ok(Self { log, directory, notices, accounts, room_rules, markers, client, lapses, health })
     }
 
@@ -244,9 +249,12 @@ pub(crate) async fn within<T>(
 /// Checks every [`HEALTH_CHECK`] that the server the client is connected to reaches the
 /// stream's leader, and moves the client to another server after [`HEALTH_FAILURES`] checks
 /// in a row fail. After a move it waits a few checks longer, so that a cluster without a
-/// majority (every server failing the check) is not hopped around quickly.
+/// majority (every server failing the check) is not hopped around quickly. Failures counted
+/// before the client connected again (it left a frozen server on its own) are forgotten: they
+/// were the old server's.
 async fn keep_healthy(
     client: async_nats::Client,
+    mut lapses: tokio::sync::watch::Receiver<u64>,
     probe: impl Fn() -> futures_util::future::BoxFuture<'static, Result<(), ClusterError>>,
 ) {
     let mut failures = 0;
@@ -259,7 +267,13 @@ async fn keep_healthy(
             failures = 0; // The client is moving already.
             continue;
         }
-        match within(HEALTH_CHECK, probe()).await {
+        let checked = within(HEALTH_CHECK, probe()).await;
+        if lapses.has_changed().unwrap_or(false) {
+            lapses.borrow_and_update();
+            failures = 0;
+            continue;
+        }
+        match checked {
             Ok(()) => (failures, patience) = (0, HEALTH_FAILURES),
             Err(e) => {
                 failures += 1;
@@ -274,6 +288,26 @@ async fn keep_healthy(
             }
         }
     }
+}
+
+/// The server to connect to next: never the one tried last while the pool has another, so
+/// that a move away from a frozen or cut-off server (which may still take connections, and
+/// whose failures the client has not counted) goes to another one; among the rest, those
+/// that failed least, at random between equals.
+fn next_server(
+    last_tried: &std::sync::Mutex<Option<async_nats::ServerAddr>>,
+    pool: Vec<async_nats::Server>,
+) -> Option<async_nats::ReconnectToServer> {
+    let mut last_tried = last_tried.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let others: Vec<_> = pool.iter().filter(|s| Some(&s.addr) != last_tried.as_ref()).collect();
+    let candidates = if others.is_empty() { pool.iter().collect() } else { others };
+    let fewest = candidates.iter().map(|s| s.failed_attempts).min()?;
+    let least_failed: Vec<_> = candidates.iter().filter(|s| s.failed_attempts == fewest).collect();
+    let pick = least_failed[random_id() as usize % least_failed.len()].addr.clone();
+    *last_tried = Some(pick.clone());
+    // No delay of our own: the client's backoff (growing with the attempts since the last
+    // connection) applies.
+    Some(async_nats::ReconnectToServer { addr: pick, delay: None })
 }
 
 /// A random id for this process, to tell apart what different nodes write.

@@ -14,6 +14,7 @@ use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
 use chat_history::{Message, Stored};
 use futures_util::{StreamExt, TryStreamExt, stream::BoxStream};
+use tokio::sync::watch;
 
 use crate::subjects::{
     self, DIRECT_WILDCARD, LIVE_DIRECT_WILDCARD, LIVE_ROOMS_WILDCARD, ROOMS_WILDCARD, room_subject,
@@ -45,6 +46,8 @@ pub struct Log {
     /// 1,000). `None` until the watch has read them all once, and while it is broken.
     known: Arc<RwLock<Option<BTreeSet<String>>>>,
     watching: tokio::task::JoinHandle<()>,
+    /// Changes when the client connects again ([`Cluster::lapses`](crate::Cluster::lapses)).
+    lapses: watch::Receiver<u64>,
 }
 
 impl Drop for Log {
@@ -88,10 +91,39 @@ async fn open_stream(
     js.get_stream(name).await.map_err(|e| ClusterError::setup(&what, e))
 }
 
+/// How long a publish waits for its ack before it is sent again: an ack takes milliseconds,
+/// and one sent to a stream leader that died meanwhile never comes, while the new leader is
+/// elected in a few seconds (the client's own timeout is 5 s).
+const ACK_PATIENCE: Duration = Duration::from_secs(2);
+
+/// The sequence number a publish was stored under; unavailable after [`ACK_PATIENCE`], or
+/// once the client connects again before the ack came: a publish sent on the lost connection
+/// may never be answered, and is better sent again at once (its id makes that safe).
+async fn ack_unless_lapsed(
+    ack: jetstream::context::PublishAckFuture,
+    mut lapse: watch::Receiver<u64>,
+) -> Result<u64, ClusterError> {
+    let ack = async { ack.await.map(|ack| ack.sequence).map_err(ClusterError::unavailable) };
+    tokio::select! {
+        ack = crate::within(ACK_PATIENCE, ack) => ack,
+        Ok(()) = lapse.changed() => {
+            Err(ClusterError::Unavailable("the connection to NATS was made again".into()))
+        }
+    }
+}
+
+/// A watch of `lapses` that changes at the next lapse, not at one already past.
+fn lapse_after_now(lapses: &watch::Receiver<u64>) -> watch::Receiver<u64> {
+    let mut lapse = lapses.clone();
+    lapse.borrow_and_update();
+    lapse
+}
+
 impl Log {
     pub(crate) async fn open(
         js: &jetstream::Context,
         config: &ClusterConfig,
+        lapses: watch::Receiver<u64>,
     ) -> Result<Self, ClusterError> {
         let rooms = (ROOMS_WILDCARD, LIVE_ROOMS_WILDCARD);
         let stream = open_stream(js, config, STREAM, rooms, config.history_cap).await?;
@@ -111,7 +143,7 @@ impl Log {
             .map_err(|e| ClusterError::setup("the rooms bucket", e))?;
         let known = Arc::new(RwLock::new(None));
         let watching = tokio::spawn(know_rooms(rooms.clone(), Arc::clone(&known)));
-        Ok(Self { js: js.clone(), stream, direct, rooms, known, watching })
+        Ok(Self { js: js.clone(), stream, direct, rooms, known, watching, lapses })
     }
 
     /// Sends a message for `room` to NATS and returns the wait for the stream's
@@ -120,8 +152,9 @@ impl Log {
     /// `Log` reach the stream, and are stored, in that order (the wait for each ack may
     /// then run alongside the others').
     ///
-    /// A publish that fails (while the stream elects a new leader, say) is sent again until
-    /// it is acknowledged (see [`patiently`](crate::patiently)); such a retry may land after
+    /// A publish that fails (while the stream elects a new leader, say), or whose connection
+    /// is made again before its ack came, is sent again until it is acknowledged (see
+    /// [`patiently`](crate::patiently)); such a retry may land after
     /// messages sent later. Every attempt carries `id`, which the stream deduplicates on for
     /// [`DUPLICATE_WINDOW`]: a retry whose first attempt was stored after all is acknowledged
     /// with the first one's number, never stored twice, and so is a client's own resend of a
@@ -142,22 +175,25 @@ impl Log {
         headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
         let subject = room_subject(room);
         let js = self.js.clone();
+        let lapses = self.lapses.clone();
+        let first_lapse = lapse_after_now(&lapses);
         let first =
             js.publish_with_headers(subject.clone(), headers.clone(), payload.clone()).await;
         Ok(async move {
             if let Ok(ack) = first
-                && let Ok(ack) = ack.await
+                && let Ok(seq) = ack_unless_lapsed(ack, first_lapse).await
             {
-                return Ok(ack.sequence);
+                return Ok(seq);
             }
-            let ack = crate::patiently(|| async {
+            let seq = crate::patiently(|| async {
+                let lapse = lapse_after_now(&lapses);
                 let ack = js
                     .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
                     .await
                     .map_err(ClusterError::unavailable)?;
-                ack.await.map_err(ClusterError::unavailable)
+                ack_unless_lapsed(ack, lapse).await
             });
-            Ok(ack.await?.sequence)
+            seq.await
         })
     }
 

@@ -661,22 +661,27 @@ async fn through_a_fault(
         }
     });
     let mut acked: Vec<(u32, u64)> = Vec::new();
+    // Returns when the first of the twenty was acknowledged.
     let mut ack_twenty_more = async |acked: &mut Vec<(u32, u64)>, patience: Duration| {
         let (count, deadline) = (acked.len(), Instant::now() + patience);
+        let mut first = None;
         while acked.len() < count + 20 {
             let next = tokio::time::timeout_at(deadline.into(), acks.recv()).await;
             match next.expect("acks came in time").expect("sending") {
                 (i, Ok(seq)) => acked.push((i, seq)),
                 (i, Err(e)) => println!("send {i} not acknowledged: {e}"),
             }
+            first = first.or_else(|| (acked.len() > count).then(Instant::now));
         }
+        first.expect("twenty were acknowledged")
     };
     ack_twenty_more(&mut acked, PATIENCE).await;
     assert!(fault(&chat.nats, &server), "{what}: {server}");
     let struck = Instant::now();
-    ack_twenty_more(&mut acked, Duration::from_secs(60)).await;
+    let back = ack_twenty_more(&mut acked, Duration::from_secs(60)).await;
     let now_on = chat.nats.serving(&format!("chat-node {node_pid}"));
-    println!("{server} {what}: acks again after {:?}, node 0 now on {now_on:?}", struck.elapsed());
+    println!("{server} {what}: acks again after {:?}, node 0 now on {now_on:?}", back - struck);
+    assert!(now_on.is_some_and(|now_on| now_on != server), "node 0 moved off {server}");
     assert!(mend(&chat.nats, &server), "mended {server}");
     ack_twenty_more(&mut acked, PATIENCE).await;
     sending.abort();

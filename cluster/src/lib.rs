@@ -18,6 +18,7 @@
 #[cfg(feature = "local")]
 pub mod local;
 pub mod log;
+mod mirror;
 pub mod notices;
 pub mod presence;
 pub mod records;

@@ -197,6 +197,20 @@ impl LocalNats {
         self.servers.iter().find(|server| server.serves(client)).map(|s| s.name.clone())
     }
 
+    /// How many consumers the stream `stream` has, from the first server's monitoring
+    /// (`/jsz`) that answers for it.
+    pub fn consumers(&self, stream: &str) -> Option<u64> {
+        self.servers.iter().find_map(|server| {
+            let response = server.monitoring("/jsz?streams=true")?;
+            let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+            let jsz = serde_json::from_str::<serde_json::Value>(body).ok()?;
+            let accounts = jsz["account_details"].as_array()?;
+            let streams = accounts.iter().filter_map(|a| a["stream_detail"].as_array()).flatten();
+            let found = streams.into_iter().find(|s| s["name"].as_str() == Some(stream))?;
+            found["state"]["consumer_count"].as_u64()
+        })
+    }
+
     /// Sends `signal` (`STOP`, `CONT`) to the server named `name`; returns whether it runs.
     pub fn signal(&self, name: &str, signal: &str) -> bool {
         let server = self.servers.iter().find(|s| s.name == name);

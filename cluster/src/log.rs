@@ -6,16 +6,16 @@
 //! number. A node's clients see those numbers as their room's sequence numbers: increasing
 //! in each room, never reused, with gaps where other rooms' messages went.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
 use chat_history::{Message, Stored};
-use futures_util::{StreamExt, TryStreamExt, stream::BoxStream};
+use futures_util::{StreamExt, stream::BoxStream};
 use tokio::sync::watch;
 
+use crate::mirror::Mirror;
 use crate::subjects::{
     self, DIRECT_WILDCARD, LIVE_DIRECT_WILDCARD, LIVE_ROOMS_WILDCARD, ROOMS_WILDCARD, room_subject,
 };
@@ -41,19 +41,10 @@ pub struct Log {
     stream: stream::Stream,
     direct: stream::Stream,
     rooms: kv::Store,
-    /// The rooms that exist, as one watch of the rooms bucket keeps them: listing them costs
-    /// NATS nothing (reading the bucket's keys makes a consumer each time, and a stream takes
-    /// 1,000). `None` until the watch has read them all once, and while it is broken.
-    known: Arc<RwLock<Option<BTreeSet<String>>>>,
-    watching: tokio::task::JoinHandle<()>,
+    /// The rooms that exist (the rooms bucket's keys, as tokens).
+    known: Mirror,
     /// Changes when the client connects again ([`Cluster::lapses`](crate::Cluster::lapses)).
     lapses: watch::Receiver<u64>,
-}
-
-impl Drop for Log {
-    fn drop(&mut self) {
-        self.watching.abort();
-    }
 }
 
 /// Creates the stream `name` over `subjects`, or brings an existing one to this node's cap
@@ -141,9 +132,8 @@ impl Log {
             })
             .await
             .map_err(|e| ClusterError::setup("the rooms bucket", e))?;
-        let known = Arc::new(RwLock::new(None));
-        let watching = tokio::spawn(know_rooms(rooms.clone(), Arc::clone(&known)));
-        Ok(Self { js: js.clone(), stream, direct, rooms, known, watching, lapses })
+        let known = Mirror::start(rooms.clone());
+        Ok(Self { js: js.clone(), stream, direct, rooms, known, lapses })
     }
 
     /// Sends a message for `room` to NATS and returns the wait for the stream's
@@ -410,16 +400,7 @@ impl Log {
     /// # Errors
     /// NATS did not answer.
     pub async fn rooms(&self) -> Result<Vec<String>, ClusterError> {
-        let known = self.known.read().unwrap_or_else(PoisonError::into_inner).clone();
-        if let Some(known) = known {
-            return Ok(known.into_iter().collect());
-        }
-        let keys: Vec<String> = crate::patiently(|| async {
-            let keys = self.rooms.keys().await.map_err(ClusterError::unavailable)?;
-            keys.try_collect().await.map_err(ClusterError::unavailable)
-        })
-        .await?;
-        Ok(keys.iter().map(|key| subjects::name(key)).collect())
+        self.known.read(|known| known.keys().map(|key| subjects::name(key)).collect()).await
     }
 
     /// Every room that exists, with its newest sequence number.
@@ -446,7 +427,7 @@ impl Log {
     pub async fn create_room(&self, room: &str) -> Result<bool, ClusterError> {
         match self.rooms.create(subjects::token(room), Bytes::new()).await {
             Ok(_) => {
-                self.learn(|known| known.insert(room.to_owned()));
+                self.known.change(|known| drop(known.insert(subjects::token(room), Bytes::new())));
                 Ok(true)
             }
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
@@ -461,7 +442,7 @@ impl Log {
     pub async fn delete_room(&self, room: &str) -> Result<bool, ClusterError> {
         let existed = self.room_exists(room).await?;
         self.rooms.purge(subjects::token(room)).await.map_err(ClusterError::unavailable)?;
-        self.learn(|known| known.remove(room));
+        self.known.change(|known| drop(known.remove(&subjects::token(room))));
         let purge = self.stream.purge().filter(subjects::room_subject(room));
         purge.await.map_err(ClusterError::unavailable)?;
         Ok(existed)
@@ -526,63 +507,8 @@ impl Log {
 impl Log {
     /// Whether the watch has seen `room` made.
     fn knows(&self, room: &str) -> bool {
-        let known = self.known.read().unwrap_or_else(PoisonError::into_inner);
-        known.as_ref().is_some_and(|known| known.contains(room))
-    }
-
-    /// Changes what the watch keeps, at once, for a change this node made itself.
-    fn learn(&self, change: impl FnOnce(&mut BTreeSet<String>) -> bool) {
-        if let Some(known) = &mut *self.known.write().unwrap_or_else(PoisonError::into_inner) {
-            change(known);
-        }
-    }
-}
-
-/// Keeps `known` as the rooms bucket says, through one watch (read from the start, then
-/// every change), watching again a second after it breaks.
-async fn know_rooms(rooms: kv::Store, known: Arc<RwLock<Option<BTreeSet<String>>>>) {
-    let set = |value| *known.write().unwrap_or_else(PoisonError::into_inner) = value;
-    loop {
-        let empty = match rooms.status().await {
-            Ok(status) => status.values() == 0,
-            Err(_) => false,
-        };
-        match rooms.watch_with_history(">").await {
-            Ok(mut watch) => {
-                let mut seen = BTreeSet::new();
-                let mut ready = empty;
-                if ready {
-                    set(Some(BTreeSet::new()));
-                }
-                while let Some(Ok(entry)) = watch.next().await {
-                    let room = subjects::name(&entry.key);
-                    let put = entry.operation == kv::Operation::Put;
-                    if ready {
-                        let mut known = known.write().unwrap_or_else(PoisonError::into_inner);
-                        let known = known.get_or_insert_with(BTreeSet::new);
-                        if put {
-                            known.insert(room)
-                        } else {
-                            known.remove(&room)
-                        };
-                        continue;
-                    }
-                    if put {
-                        seen.insert(room)
-                    } else {
-                        seen.remove(&room)
-                    };
-                    if entry.delta == 0 {
-                        ready = true;
-                        set(Some(std::mem::take(&mut seen)));
-                    }
-                }
-                tracing::debug!("the rooms' watch ended; watching again");
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot watch the rooms yet"),
-        }
-        set(None);
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        let key = subjects::token(room);
+        self.known.peek(|known| known.contains_key(&key)).unwrap_or(false)
     }
 }
 

@@ -602,6 +602,42 @@ async fn two_thousand_rooms_with_members_on_both_nodes_all_join() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn who_and_room_lists_in_a_burst_all_answer_and_make_no_consumer() {
+    // More requests within a consumer's 30 s lifetime than a stream takes consumers (1,000),
+    // as many clients asking at once would make them.
+    const REQUESTS: usize = 1500;
+    let chat = Chat::start_with(&["--requests-per-second", "0"]);
+    let (ada, bob) = (chat.connect("ada", 0).await, chat.connect("bob", 1).await);
+    let _rooms = (ada.join("general", None).await, bob.join("general", None).await);
+    for client in [&ada, &bob] {
+        eventually(|| async {
+            (client.who("general").await.ok()? == ["ada", "bob"]).then_some(())
+        })
+        .await;
+    }
+    let before: Vec<_> = ["KV_chat_members", "KV_chat_nodes"]
+        .iter()
+        .map(|stream| chat.nats.consumers(stream).expect("the bucket's stream"))
+        .collect();
+    for i in 0..REQUESTS {
+        let client = if i % 2 == 0 { &ada } else { &bob };
+        if i % 3 == 0 {
+            let rooms = client.rooms().await.unwrap_or_else(|e| panic!("room list {i}: {e}"));
+            let general = rooms.iter().find(|room| room.name == "general").expect("general");
+            assert_eq!(general.members, 2, "request {i}");
+        } else {
+            let who = client.who("general").await.unwrap_or_else(|e| panic!("who {i}: {e}"));
+            assert_eq!(who, ["ada", "bob"], "request {i}");
+        }
+    }
+    let after: Vec<_> = ["KV_chat_members", "KV_chat_nodes"]
+        .iter()
+        .map(|stream| chat.nats.consumers(stream).expect("the bucket's stream"))
+        .collect();
+    assert_eq!(before, after, "{REQUESTS} requests made no consumer (one watch per node each)");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_send_repeated_under_its_id_is_stored_once() {
     let chat = Chat::start();
     let cluster = cluster_client(&chat, 40_000).await;

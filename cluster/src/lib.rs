@@ -147,7 +147,8 @@ impl Cluster {
         let client = async_nats::ConnectOptions::new()
             // The process id tells the nodes of one machine apart in NATS's monitoring.
             .name(format!("chat-node {}", std::process::id()))
-            .connection_timeout(Duration::from_secs(5))
+            // A server cut off the network holds a connection attempt this long.
+            .connection_timeout(Duration::from_secs(2))
             .request_timeout(Some(Duration::from_secs(5)))
             .ping_interval(PING_INTERVAL)
             .reconnect_to_server_callback(move |pool, _| {

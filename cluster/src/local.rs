@@ -7,7 +7,7 @@
 //! official binary), so that a fresh clone needs no set-up step.
 
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, PoisonError};
@@ -399,8 +399,10 @@ impl NatsServer {
 
     /// The whole HTTP response of the monitoring endpoint `path`.
     fn monitoring(&self, path: &str) -> Option<String> {
-        let mut stream = TcpStream::connect(&self.monitor).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        // A server cut off the network would otherwise hold a connect for minutes.
+        let address = self.monitor.to_socket_addrs().ok()?.next()?;
+        let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
         let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
         let mut response = String::new();
         stream.write_all(request.as_bytes()).ok()?;

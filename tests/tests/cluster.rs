@@ -663,12 +663,95 @@ async fn a_frozen_nats_server_is_left_for_a_healthy_one_and_nothing_is_missed() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_nats_server_cut_off_the_network_is_left_and_nothing_is_missed_once_it_is_back() {
+    let chat = Chat::start_on(partitionable_nats(), &[]);
+    through_a_fault(&chat, "cut off", LocalNats::partition, LocalNats::heal).await;
+}
+
+/// Three NATS servers in network namespaces of their own, so that one can be cut off.
+fn partitionable_nats() -> LocalNats {
     // The namespaces are made with iproute2's `ip` (and need root, as the tests run).
     chat_tests::ensure_program("ip", "-V", "iproute2");
     let install_dir = chat_tests::program_dir().join("..").join("nats-server");
-    let nats = LocalNats::start_partitionable(3, &install_dir).expect("NATS in namespaces");
-    let chat = Chat::start_on(nats, &[]);
-    through_a_fault(&chat, "cut off", LocalNats::partition, LocalNats::heal).await;
+    LocalNats::start_partitionable(3, &install_dir).expect("NATS in namespaces")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_whose_nats_server_froze_catches_its_members_up_and_drops_none() {
+    // A cap above any backlog here: what the cap trims, no node can catch up on.
+    let chat = Chat::start_with(&["--history-cap", "1000000"]);
+    let server = chat.nats.serving(&format!("chat-node {}", chat.nodes[1].child.id()));
+    let server = server.expect("node 1 is on NATS");
+    let ada = chat.connect("ada", 0).await;
+    let sender = ada.join("general", None).await.expect("joins").sender();
+    let bob = chat.connect("bob", 1).await;
+    let mut bob_room = bob.join("general", None).await.expect("joins");
+    // Bob reads throughout, as a client does, until he has seen the last acked message.
+    let (last_tx, mut last_rx) = tokio::sync::watch::channel(u64::MAX);
+    let reading = tokio::spawn(async move {
+        let mut live = Vec::new();
+        while live.last() < Some(&*last_rx.borrow_and_update()) {
+            tokio::select! {
+                (message, history) = next_message(&mut bob_room) => {
+                    assert!(!history, "bob's messages are live");
+                    live.push(message.seq);
+                }
+                _ = last_rx.changed() => {}
+            }
+        }
+        live
+    });
+    // Ada keeps 32 sends in flight throughout.
+    let (acks_tx, mut acks) = tokio::sync::mpsc::unbounded_channel();
+    let sending = tokio::spawn(async move {
+        let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
+        for i in 0.. {
+            let turn = std::sync::Arc::clone(&in_flight).acquire_owned().await.expect("open");
+            let ack = sender.send_unchecked(format!("m{i}")).await.expect("the stream is open");
+            let acks_tx = acks_tx.clone();
+            tokio::spawn(async move {
+                let _ = acks_tx.send(ack.await);
+                drop(turn);
+            });
+        }
+    });
+    let mut acked = Vec::new();
+    let mut ack_more = async |acked: &mut Vec<u64>, n: usize| {
+        let (count, deadline) = (acked.len(), Instant::now() + Duration::from_secs(60));
+        while acked.len() < count + n {
+            let next = tokio::time::timeout_at(deadline.into(), acks.recv()).await;
+            if let Ok(seq) = next.expect("acks came in time").expect("sending") {
+                acked.push(seq);
+            }
+        }
+    };
+    ack_more(&mut acked, 100).await;
+    assert!(chat.nats.signal(&server, "STOP"), "froze {server}");
+    // Until node 1 is on another server, node 0 stores a backlog that node 1's subscription
+    // never hears (unless node 0 was on the frozen server too).
+    let node_1 = format!("chat-node {}", chat.nodes[1].child.id());
+    let before = acked.len();
+    let moved = eventually(|| async {
+        let now_on = chat.nats.serving(&node_1).filter(|now_on| *now_on != server);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        now_on
+    });
+    let moved = tokio::select! {
+        moved = moved => moved,
+        () = async { loop { ack_more(&mut acked, 1).await } } => unreachable!(),
+    };
+    println!("node 1 moved from {server} to {moved}; {} acked meanwhile", acked.len() - before);
+    ack_more(&mut acked, 100).await;
+    assert!(chat.nats.signal(&server, "CONT"), "thawed {server}");
+    ack_more(&mut acked, 100).await;
+    sending.abort();
+
+    acked.sort_unstable();
+    last_tx.send_replace(*acked.last().expect("acked"));
+    let live = reading.await.expect("bob read");
+    println!("bob read {} messages", live.len());
+    assert!(live.windows(2).all(|w| w[0] < w[1]), "bob got them once, in order");
+    let missed: Vec<&u64> = acked.iter().filter(|seq| live.binary_search(seq).is_err()).collect();
+    assert!(missed.is_empty(), "bob missed {} acked messages: {missed:?}", missed.len());
 }
 
 /// Ada on node 0 sends one message after another while `fault` strikes the NATS server that

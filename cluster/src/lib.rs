@@ -317,3 +317,47 @@ fn random_id() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(std::time::SystemTime::now())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(url: &str, failed_attempts: usize) -> async_nats::Server {
+        async_nats::Server {
+            addr: url.parse().expect("a server address"),
+            failed_attempts,
+            did_connect: true,
+            is_discovered: false,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn the_next_server_is_never_the_one_tried_last_while_there_is_another() {
+        let last_tried = std::sync::Mutex::new(None);
+        let pool = || vec![server("nats://a:4222", 0), server("nats://b:4222", 0)];
+        let mut picks = Vec::new();
+        for _ in 0..20 {
+            picks.push(next_server(&last_tried, pool()).expect("a server").addr);
+        }
+        assert!(picks.windows(2).all(|w| w[0] != w[1]), "{picks:?}");
+        let alone = vec![server("nats://a:4222", 3)];
+        let again = next_server(&last_tried, alone.clone()).expect("the only server");
+        assert_eq!(next_server(&last_tried, alone).expect("again").addr, again.addr);
+    }
+
+    #[test]
+    fn among_the_others_the_least_failed_server_is_picked() {
+        let last_tried = std::sync::Mutex::new(Some("nats://a:4222".parse().expect("address")));
+        for _ in 0..20 {
+            let pool = vec![
+                server("nats://a:4222", 0),
+                server("nats://b:4222", 2),
+                server("nats://c:4222", 1),
+            ];
+            let pick = next_server(&last_tried, pool).expect("a server").addr;
+            assert_eq!(pick, "nats://c:4222".parse().expect("address"));
+            *last_tried.lock().expect("lock") = Some("nats://a:4222".parse().expect("address"));
+        }
+    }
+}

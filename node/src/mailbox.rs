@@ -26,7 +26,6 @@ pub enum Outgoing {
     Page(Box<(Bytes, PageRoom)>),
 }
 
-/// The core's handle on one member; a clone goes with each of its sends to queue the ack.
 /// Why the core ended a member's stream.
 #[derive(Debug, Clone)]
 pub enum Ending {
@@ -36,6 +35,7 @@ pub enum Ending {
     Removed(Bytes),
 }
 
+/// The core's handle on one member; a clone goes with each of its sends to queue the ack.
 #[derive(Clone)]
 pub struct Outbox {
     pub queue: mpsc::Sender<Outgoing>,

@@ -3,7 +3,6 @@
 //! stream takes 1,000, which a burst of requests from many clients would use up.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
@@ -14,13 +13,11 @@ use tokio::sync::watch;
 use crate::ClusterError;
 
 /// A bucket's live entries, key to value. `None` until the watch has read them all once,
-/// and while it is broken.
-type Entries = Arc<RwLock<Option<BTreeMap<String, Bytes>>>>;
+/// and while it is broken. A watch channel, so that a reader can wait for them.
+type Entries = watch::Sender<Option<BTreeMap<String, Bytes>>>;
 
 pub(crate) struct Mirror {
     entries: Entries,
-    /// Whether `entries` holds the bucket (it is `Some`).
-    ready: watch::Receiver<bool>,
     watching: tokio::task::JoinHandle<()>,
 }
 
@@ -33,10 +30,9 @@ impl Drop for Mirror {
 impl Mirror {
     /// Starts watching `store`.
     pub(crate) fn start(store: kv::Store) -> Self {
-        let entries = Entries::default();
-        let (ready_tx, ready) = watch::channel(false);
-        let watching = tokio::spawn(keep(store, Arc::clone(&entries), ready_tx));
-        Self { entries, ready, watching }
+        let entries = Entries::new(None);
+        let watching = tokio::spawn(keep(store, entries.clone()));
+        Self { entries, watching }
     }
 
     /// `read` of the entries, once the watch has them (waiting up to [`crate::PATIENCE`]
@@ -48,35 +44,30 @@ impl Mirror {
         &self,
         read: impl FnOnce(&BTreeMap<String, Bytes>) -> T,
     ) -> Result<T, ClusterError> {
-        let mut ready = self.ready.clone();
-        let waited = tokio::time::timeout(crate::PATIENCE, ready.wait_for(|ready| *ready)).await;
-        if !matches!(waited, Ok(Ok(_))) {
-            return Err(ClusterError::Unavailable("the bucket's watch is not ready".into()));
-        }
-        self.peek(read).ok_or_else(|| ClusterError::Unavailable("the bucket's watch broke".into()))
+        let mut entries = self.entries.subscribe();
+        let ready = tokio::time::timeout(crate::PATIENCE, entries.wait_for(Option::is_some)).await;
+        let ready = ready.ok().and_then(Result::ok);
+        let entries = ready.as_ref().and_then(|entries| entries.as_ref());
+        entries
+            .map(read)
+            .ok_or_else(|| ClusterError::Unavailable("the bucket's watch is not ready".into()))
     }
 
     /// `read` of the entries if the watch has them now.
     pub(crate) fn peek<T>(&self, read: impl FnOnce(&BTreeMap<String, Bytes>) -> T) -> Option<T> {
-        self.entries.read().unwrap_or_else(PoisonError::into_inner).as_ref().map(read)
+        self.entries.borrow().as_ref().map(read)
     }
 
     /// Changes the entries at once for a change this node made itself, which its watch
     /// reports a moment later.
     pub(crate) fn change(&self, change: impl FnOnce(&mut BTreeMap<String, Bytes>)) {
-        if let Some(entries) = &mut *self.entries.write().unwrap_or_else(PoisonError::into_inner) {
-            change(entries);
-        }
+        self.entries.send_if_modified(|entries| entries.as_mut().map(change).is_some());
     }
 }
 
 /// Keeps `entries` as the bucket says, through one watch (read from the start, then every
 /// change), watching again a second after it breaks.
-async fn keep(store: kv::Store, entries: Entries, ready: watch::Sender<bool>) {
-    let set = |value: Option<BTreeMap<String, Bytes>>| {
-        ready.send_replace(value.is_some());
-        *entries.write().unwrap_or_else(PoisonError::into_inner) = value;
-    };
+async fn keep(store: kv::Store, entries: Entries) {
     let apply = |entries: &mut BTreeMap<String, Bytes>, entry: kv::Entry| match entry.operation {
         kv::Operation::Put => drop(entries.insert(entry.key, entry.value)),
         kv::Operation::Delete | kv::Operation::Purge => drop(entries.remove(&entry.key)),
@@ -87,21 +78,20 @@ async fn keep(store: kv::Store, entries: Entries, ready: watch::Sender<bool>) {
         match store.watch_with_history(">").await {
             Ok(mut watch) => {
                 let mut seen = BTreeMap::new();
-                let mut synced = empty;
-                if synced {
-                    set(Some(BTreeMap::new()));
+                if empty {
+                    entries.send_replace(Some(BTreeMap::new()));
                 }
                 while let Some(Ok(entry)) = watch.next().await {
-                    if synced {
-                        let mut entries = entries.write().unwrap_or_else(PoisonError::into_inner);
-                        apply(entries.get_or_insert_with(BTreeMap::new), entry);
+                    if entries.borrow().is_some() {
+                        entries.send_modify(|entries| {
+                            apply(entries.get_or_insert_with(BTreeMap::new), entry);
+                        });
                         continue;
                     }
                     let last = entry.delta == 0;
                     apply(&mut seen, entry);
                     if last {
-                        synced = true;
-                        set(Some(std::mem::take(&mut seen)));
+                        entries.send_replace(Some(std::mem::take(&mut seen)));
                     }
                 }
                 tracing::debug!(bucket = %store.name, "the bucket's watch ended; watching again");
@@ -110,7 +100,7 @@ async fn keep(store: kv::Store, entries: Entries, ready: watch::Sender<bool>) {
                 tracing::warn!(bucket = %store.name, error = %e, "cannot watch the bucket yet")
             }
         }
-        set(None);
+        entries.send_replace(None);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

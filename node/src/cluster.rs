@@ -470,7 +470,8 @@ async fn catch_up(cluster: &Cluster, core: &Mutex<Core<Outbox>>, room: &RoomName
             return;
         }
         let page = cluster.log.range(room.as_str(), delivered + 1, to + 1, CATCH_UP_PAGE).await;
-        tracing::debug!(%room, delivered, to, read = ?page.as_ref().map(Vec::len), "catching up: a page");
+        let read = page.as_ref().map(Vec::len);
+        tracing::debug!(%room, delivered, to, ?read, "catching up: a page");
         let page = match page {
             Ok(page) => page,
             Err(e) => {

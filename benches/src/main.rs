@@ -86,6 +86,11 @@ enum Command {
         /// does not move; prints how many the node dropped as too slow
         #[arg(long, default_value_t = 0)]
         stalled: usize,
+        /// The node's members use the client library (its reader task and event channel)
+        /// instead of reading their stream by hand; "harness CPU" then shows what the
+        /// library costs a member
+        #[arg(long)]
+        library: bool,
         /// Run it this many times and report the run with the median p99 (a shared machine's
         /// disk and neighbours make single runs' tails noisy)
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
@@ -256,6 +261,7 @@ async fn main() -> anyhow::Result<()> {
             json,
             plot,
             stalled,
+            library,
             runs,
             node_args,
         } => {
@@ -269,6 +275,7 @@ async fn main() -> anyhow::Result<()> {
                 window: window.unwrap_or(0),
                 stalled,
                 progress: !json,
+                library,
             };
             let also = Also { floor, cluster };
             if !compare(scenario, also, json, plot.as_deref(), &node_args, runs.into()).await? {

@@ -19,7 +19,16 @@ use crate::process;
 /// One member's stream of message bodies.
 pub(super) enum Subscription {
     Node(Box<Member>),
-    Floor { _connection: quinn::Connection, _send: quinn::SendStream, recv: quinn::RecvStream },
+    /// A member through the client library, as a program would be one (`--library`).
+    Library {
+        _client: Box<Client>,
+        room: Box<chat_client::Room>,
+    },
+    Floor {
+        _connection: quinn::Connection,
+        _send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    },
 }
 
 impl Subscription {
@@ -29,6 +38,15 @@ impl Subscription {
                 match member.room.read::<NodeFrame>().await.ok()?? {
                     NodeFrame::Message(message) => return Some(message.body.into_bytes()),
                     NodeFrame::Error(_) => return None,
+                    _ => {}
+                }
+            },
+            Self::Library { room, .. } => loop {
+                match room.next().await? {
+                    chat_client::RoomEvent::Message { message, .. } => {
+                        return Some(message.body.into_bytes());
+                    }
+                    chat_client::RoomEvent::Error(_) => return None,
                     _ => {}
                 }
             },
@@ -138,6 +156,7 @@ pub(super) async fn measure(
 
     let cpu = || pids.iter().map(|pid| process::cpu_seconds(*pid)).sum::<anyhow::Result<f64>>();
     let cpu_before = cpu()?;
+    let harness_cpu_before = process::cpu_seconds(std::process::id())?;
     let stalls_before = process::io_stall_us();
     let began = Instant::now();
     let mut in_flight = std::collections::VecDeque::new();
@@ -174,6 +193,7 @@ pub(super) async fn measure(
         duplicated: 0,
         seconds: 0.0,
         cpu_seconds: 0.0,
+        harness_cpu_seconds: 0.0,
         peak_rss_kib: 0,
         io_stall_ms: None,
     };
@@ -190,6 +210,7 @@ pub(super) async fn measure(
     }
     outcome.seconds = (last_receipt - began).as_secs_f64().max(1e-6);
     outcome.cpu_seconds = cpu()? - cpu_before;
+    outcome.harness_cpu_seconds = process::cpu_seconds(std::process::id())? - harness_cpu_before;
     outcome.io_stall_ms = stalls_before
         .zip(process::io_stall_us())
         .map(|(before, after)| after.saturating_sub(before) as f64 / 1000.0);

@@ -55,6 +55,9 @@ pub struct Scenario {
     pub stalled: usize,
     /// Progress bars on stderr while connecting and sending (when it is a terminal).
     pub progress: bool,
+    /// The node's members go through the client library rather than speaking the protocol
+    /// by hand, to measure what the library costs a member.
+    pub library: bool,
 }
 
 impl Scenario {
@@ -74,6 +77,7 @@ impl Scenario {
             window: 0,
             stalled: 0,
             progress: true,
+            library: false,
         }
     }
 }
@@ -105,8 +109,15 @@ pub async fn node(scenario: Scenario, node_args: &[String]) -> anyhow::Result<Ou
     let bar = progress(&scenario, scenario.members * scenario.rooms, "node: joining");
     for i in 0..scenario.members * scenario.rooms {
         let room = i % scenario.rooms;
-        let member = Member::join(&options(format!("member{i}")), &rooms[room]).await?;
-        subscriptions.push((room, Subscription::Node(Box::new(member))));
+        let options = options(format!("member{i}"));
+        let subscription = if scenario.library {
+            let client = Client::connect(options).await?;
+            let room = Box::new(client.join(&rooms[room], None).await?);
+            Subscription::Library { _client: Box::new(client), room }
+        } else {
+            Subscription::Node(Box::new(Member::join(&options, &rooms[room]).await?))
+        };
+        subscriptions.push((room, subscription));
         bar.inc(1);
     }
     bar.finish_and_clear();

@@ -14,6 +14,8 @@ pub struct Outcome {
     pub duplicated: u64,
     pub seconds: f64,
     pub cpu_seconds: f64,
+    /// This process's CPU: the members' and the publisher's.
+    pub harness_cpu_seconds: f64,
     pub peak_rss_kib: u64,
     /// Time during the run in which some task on the machine (the node's syncs included)
     /// waited for the disk, in ms: far more than the node's own syncs take says the disk
@@ -40,13 +42,15 @@ impl Outcome {
             .map_or(String::new(), |ms| format!("; waiting on the disk {ms:.0} ms"));
         println!(
             "{:>6}: p50 {p50} µs, p90 {p90}, p99 {p99}, p99.9 {p999}, max {max}; {:.0} deliveries/s; \
-             lost {}, duplicated {}; server CPU {:.2} s ({:.2} µs per delivery), peak memory {:.1} MiB{stalls}",
+             lost {}, duplicated {}; server CPU {:.2} s ({:.2} µs per delivery), harness CPU \
+             {:.2} µs per delivery, peak memory {:.1} MiB{stalls}",
             self.target,
             self.deliveries_per_second(),
             self.lost,
             self.duplicated,
             self.cpu_seconds,
             self.cpu_seconds * 1e6 / self.deliveries.max(1) as f64,
+            self.harness_cpu_seconds * 1e6 / self.deliveries.max(1) as f64,
             self.peak_rss_kib as f64 / 1024.0,
         );
     }
@@ -66,6 +70,7 @@ impl Outcome {
             "lost": self.lost,
             "duplicated": self.duplicated,
             "cpu_s": self.cpu_seconds,
+            "harness_cpu_s": self.harness_cpu_seconds,
             "peak_rss_kib": self.peak_rss_kib,
             "io_stall_ms": self.io_stall_ms,
         })
@@ -94,6 +99,7 @@ mod tests {
             duplicated: 0,
             seconds: 1.0,
             cpu_seconds: 0.0,
+            harness_cpu_seconds: 0.0,
             peak_rss_kib: 0,
             io_stall_ms: None,
         }

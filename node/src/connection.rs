@@ -52,57 +52,78 @@ impl Flavor {
 }
 
 /// Serves one connection from handshake to close.
+///
+/// The incoming connection comes boxed, and the handshakes run in a box of their own: the
+/// task is sized for the largest state it can be in, and it lives as long as the
+/// connection, so it is to hold only what the open connection needs.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
-    incoming: quinn::Incoming,
+    incoming: Box<quinn::Incoming>,
     slot: Slot,
     flavor: Flavor,
 ) {
     let id = ConnId(shared.next_id());
     let span = info_span!("conn", id = id.0, remote = %incoming.remote_address(), ?flavor);
-    async move {
-        let timeout = shared.config.handshake_timeout;
-        shared.handshaking.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // Boxed: the WebTransport handshake's futures are large, and held inline they would
-        // size every connection's task for its whole life.
-        let opening = Box::pin(open_session(incoming, flavor));
-        let handshake = tokio::time::timeout(timeout, opening).await;
-        shared.handshaking.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        let connection = match handshake {
-            Ok(Ok(connection)) => Arc::new(connection),
-            Ok(Err(e)) => return debug!(error = %e, "handshake failed"),
-            Err(_) => return debug!("handshake timed out"),
-        };
-        let Some(greeted) = greet(&shared, id, &connection, slot.id(), flavor).await else {
-            return;
-        };
-        let Greeted { send, reader, name, token, pushed } = greeted;
-        let frames =
-            Arc::new(tokio::sync::Semaphore::new(2 * shared.limits.max_frame_len as usize));
-        let pages = Arc::new(tokio::sync::Semaphore::new(crate::pages::PAGES_PER_CONNECTION));
-        let (quic, slot_id) = (Arc::clone(&connection), slot.id());
-        let conn = Arc::new(Conn {
-            id,
-            connection: quic,
-            name,
-            token,
-            slot: slot_id,
-            frames,
-            pages,
-            flavor,
-        });
-        let rooms = run(&shared, &conn, send, reader, pushed, &slot).await;
-        shared.core().disconnect(id, departure(&connection));
-        shared.directory.release(id);
-        shared.connections().remove(&id);
-        drain(rooms).await;
-        if *shared.stopping.borrow() {
-            connection.close(codes::close::GOING_AWAY, b"the node is shutting down");
-        }
-        info!("disconnected");
+    shared.metrics.connections.inc();
+    serve_in_span(&shared, id, incoming, &slot, flavor).instrument(span).await;
+    shared.metrics.connections.dec();
+}
+
+async fn serve_in_span(
+    shared: &Arc<Shared>,
+    id: ConnId,
+    incoming: Box<quinn::Incoming>,
+    slot: &Slot,
+    flavor: Flavor,
+) {
+    let opening = Box::pin(open_and_greet(shared, id, incoming, slot.id(), flavor));
+    let Some((connection, greeted)) = opening.await else { return };
+    let conn = Arc::new(Conn {
+        id,
+        connection: Arc::clone(&connection),
+        name: greeted.name,
+        token: greeted.token,
+        slot: slot.id(),
+        frames: Arc::new(tokio::sync::Semaphore::new(2 * shared.limits.max_frame_len as usize)),
+        pages: Arc::new(tokio::sync::Semaphore::new(crate::pages::PAGES_PER_CONNECTION)),
+        flavor,
+    });
+    let rooms = run(shared, &conn, greeted.send, greeted.reader, greeted.pushed, slot).await;
+    shared.core().disconnect(id, departure(&connection));
+    shared.directory.release(id);
+    shared.connections().remove(&id);
+    drain(rooms).await;
+    if *shared.stopping.borrow() {
+        connection.close(codes::close::GOING_AWAY, b"the node is shutting down");
     }
-    .instrument(span)
-    .await;
+    info!("disconnected");
+}
+
+/// The QUIC handshake (and WebTransport's) within the handshake timeout, then the hello.
+async fn open_and_greet(
+    shared: &Arc<Shared>,
+    id: ConnId,
+    incoming: Box<quinn::Incoming>,
+    slot: u64,
+    flavor: Flavor,
+) -> Option<(Arc<Session>, Greeted)> {
+    let timeout = shared.config.handshake_timeout;
+    shared.handshaking.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let handshake = tokio::time::timeout(timeout, open_session(*incoming, flavor)).await;
+    shared.handshaking.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    let connection = match handshake {
+        Ok(Ok(connection)) => Arc::new(connection),
+        Ok(Err(e)) => {
+            debug!(error = %e, "handshake failed");
+            return None;
+        }
+        Err(_) => {
+            debug!("handshake timed out");
+            return None;
+        }
+    };
+    let greeted = greet(shared, id, &connection, slot, flavor).await?;
+    Some((connection, greeted))
 }
 
 /// The QUIC handshake, and for a browser the WebTransport one after it: its HTTP/3
@@ -291,83 +312,9 @@ async fn run(
                     break;
                 }
                 let action = shared.core().on_control(conn.id, Received::from_read(read), Instant::now());
-                let reply = match action {
-                    ControlAction::ListRooms => match shared.directory.rooms(&conn.name).await {
-                        Ok(rooms) => match with_unread(shared, conn, with_topics(shared, rooms)).await {
-                            Ok(rooms) => NodeFrame::Rooms { rooms },
-                            Err(refusal) => error_frame(&refusal, None).into(),
-                        },
-                        Err(e) => unavailable(&e).into(),
-                    },
-                    ControlAction::MarkRead { room, seq } => {
-                        match shared.accounts.mark(conn.name.key(), room.clone(), seq).await {
-                            Ok(seq) => NodeFrame::Marked { room, seq },
-                            Err(e) => error_frame(&Refusal::AccountsUnavailable(e.to_string()), None).into(),
-                        }
-                    }
-                    ControlAction::Who { room } => match shared.directory.who(&room).await {
-                        Ok(Ok(names)) => NodeFrame::Members { room, names },
-                        Ok(Err(refusal)) => error_frame(&refusal, None).into(),
-                        Err(e) => unavailable(&e).into(),
-                    },
-                    ControlAction::CreateRoom { room } => match create_room(shared, conn, &room).await {
-                        Ok(existed) => NodeFrame::RoomCreated { room: room.to_string(), existed },
-                        Err(refusal) => error_frame(&refusal, None).into(),
-                    },
-                    ControlAction::Register { password } => {
-                        let ip = connection.remote_address().ip();
-                        match login::register(shared, conn.id, &conn.name, &password, conn.token, ip).await {
-                            Ok(()) => {
-                                info!(name = %conn.name, "registered");
-                                NodeFrame::Registered { name: conn.name.to_string() }
-                            }
-                            Err(refusal) => error_frame(&refusal, None).into(),
-                        }
-                    }
-                    ControlAction::ChangePassword { old, new } => {
-                        let ip = connection.remote_address().ip();
-                        match login::change_password(shared, &conn.name, &old, &new, conn.token, ip).await {
-                            Ok(ended) => {
-                                info!(name = %conn.name, sessions_ended = ended, "password changed");
-                                NodeFrame::PasswordChanged { sessions_ended: u32::try_from(ended).unwrap_or(u32::MAX) }
-                            }
-                            Err(refusal) => error_frame(&refusal, None).into(),
-                        }
-                    }
-                    ControlAction::Logout => {
-                        let reply = match login::logout(shared, &conn.name, conn.token).await {
-                            Ok(()) => NodeFrame::LoggedOut,
-                            Err(refusal) => error_frame(&refusal, None).into(),
-                        };
-                        shared.core().disconnect(conn.id, LeftReason::Disconnected);
-                        say_last(&mut send, &reply).await;
-                        info!(name = %conn.name, "logged out");
-                        connection.close(codes::close::NORMAL, b"logged out");
-                        break;
-                    }
-                    ControlAction::Moderate { room, action } => {
-                        match moderation::moderate(shared, &conn.name, &room, action).await {
-                            Ok(()) => NodeFrame::Moderated { room: room.to_string() },
-                            Err(refusal) => error_frame(&refusal, None).into(),
-                        }
-                    }
-                    ControlAction::Refuse(refusal) => error_frame(&refusal, None).into(),
-                    ControlAction::Close(refusal) => {
-                        warn!(%refusal, "closed a connection on its control stream");
-                        refuse(shared, connection, &mut send, &refusal).await;
-                        if refusal == Refusal::RateLimited {
-                            shared.bar(connection);
-                        }
-                        break;
-                    }
-                    ControlAction::Bye => {
-                        // Before the close, so that its rooms hear the user quit, not that
-                        // the node dropped it.
-                        shared.core().disconnect(conn.id, LeftReason::Disconnected);
-                        connection.close(codes::close::NORMAL, b"bye");
-                        break;
-                    }
-                };
+                // Boxed: the answers' futures are large, and held inline they would size
+                // every connection's task for its whole life.
+                let Some(reply) = Box::pin(answer(shared, conn, &mut send, action)).await else { break };
                 if let NodeFrame::Error(e) = &reply {
                     shared.metrics.error_code(e.code);
                 }
@@ -408,6 +355,97 @@ async fn run(
         }
     }
     rooms
+}
+
+/// The answer to a control request, or `None` once the connection is to end (the request
+/// said goodbye, logged out, or broke the protocol).
+async fn answer(
+    shared: &Arc<Shared>,
+    conn: &Conn,
+    send: &mut SendStream,
+    action: ControlAction,
+) -> Option<NodeFrame> {
+    let connection = &conn.connection;
+    let reply = match action {
+        ControlAction::ListRooms => match shared.directory.rooms(&conn.name).await {
+            Ok(rooms) => match with_unread(shared, conn, with_topics(shared, rooms)).await {
+                Ok(rooms) => NodeFrame::Rooms { rooms },
+                Err(refusal) => error_frame(&refusal, None).into(),
+            },
+            Err(e) => unavailable(&e).into(),
+        },
+        ControlAction::MarkRead { room, seq } => {
+            match shared.accounts.mark(conn.name.key(), room.clone(), seq).await {
+                Ok(seq) => NodeFrame::Marked { room, seq },
+                Err(e) => error_frame(&Refusal::AccountsUnavailable(e.to_string()), None).into(),
+            }
+        }
+        ControlAction::Who { room } => match shared.directory.who(&room).await {
+            Ok(Ok(names)) => NodeFrame::Members { room, names },
+            Ok(Err(refusal)) => error_frame(&refusal, None).into(),
+            Err(e) => unavailable(&e).into(),
+        },
+        ControlAction::CreateRoom { room } => match create_room(shared, conn, &room).await {
+            Ok(existed) => NodeFrame::RoomCreated { room: room.to_string(), existed },
+            Err(refusal) => error_frame(&refusal, None).into(),
+        },
+        ControlAction::Register { password } => {
+            let ip = connection.remote_address().ip();
+            match login::register(shared, conn.id, &conn.name, &password, conn.token, ip).await {
+                Ok(()) => {
+                    info!(name = %conn.name, "registered");
+                    NodeFrame::Registered { name: conn.name.to_string() }
+                }
+                Err(refusal) => error_frame(&refusal, None).into(),
+            }
+        }
+        ControlAction::ChangePassword { old, new } => {
+            let ip = connection.remote_address().ip();
+            match login::change_password(shared, &conn.name, &old, &new, conn.token, ip).await {
+                Ok(ended) => {
+                    info!(name = %conn.name, sessions_ended = ended, "password changed");
+                    NodeFrame::PasswordChanged {
+                        sessions_ended: u32::try_from(ended).unwrap_or(u32::MAX),
+                    }
+                }
+                Err(refusal) => error_frame(&refusal, None).into(),
+            }
+        }
+        ControlAction::Logout => {
+            let reply = match login::logout(shared, &conn.name, conn.token).await {
+                Ok(()) => NodeFrame::LoggedOut,
+                Err(refusal) => error_frame(&refusal, None).into(),
+            };
+            shared.core().disconnect(conn.id, LeftReason::Disconnected);
+            say_last(send, &reply).await;
+            info!(name = %conn.name, "logged out");
+            connection.close(codes::close::NORMAL, b"logged out");
+            return None;
+        }
+        ControlAction::Moderate { room, action } => {
+            match moderation::moderate(shared, &conn.name, &room, action).await {
+                Ok(()) => NodeFrame::Moderated { room: room.to_string() },
+                Err(refusal) => error_frame(&refusal, None).into(),
+            }
+        }
+        ControlAction::Refuse(refusal) => error_frame(&refusal, None).into(),
+        ControlAction::Close(refusal) => {
+            warn!(%refusal, "closed a connection on its control stream");
+            refuse(shared, connection, send, &refusal).await;
+            if refusal == Refusal::RateLimited {
+                shared.bar(connection);
+            }
+            return None;
+        }
+        ControlAction::Bye => {
+            // Before the close, so that its rooms hear the user quit, not that
+            // the node dropped it.
+            shared.core().disconnect(conn.id, LeftReason::Disconnected);
+            connection.close(codes::close::NORMAL, b"bye");
+            return None;
+        }
+    };
+    Some(reply)
 }
 
 /// Makes `room` unless it exists or the node has its most rooms; returns whether it existed.

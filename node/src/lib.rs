@@ -409,12 +409,7 @@ impl Node {
                     continue;
                 }
             };
-            let shared = Arc::clone(&shared);
-            tasks.spawn(async move {
-                shared.metrics.connections.inc();
-                connection::serve(Arc::clone(&shared), incoming, slot, flavor).await;
-                shared.metrics.connections.dec();
-            });
+            tasks.spawn(connection::serve(Arc::clone(&shared), Box::new(incoming), slot, flavor));
         }
 
         info!("shutting down: no new connections; finishing the acks in flight");

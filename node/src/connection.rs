@@ -20,14 +20,14 @@ use chat_proto::{
     ClientFrame, ErrorFrame, LeftReason, Login, NodeFrame, RoomInfo, Seq, UNREAD_COUNTED, Welcome,
     codec, codes,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 use web_transport_quinn::{RecvStream, SendStream, Session};
 
 use crate::admission::Slot;
 use crate::admission::{HELLO_STRIKES, STRIKE_WINDOW, Strike};
-use crate::mailbox::{Outbox, Outgoing};
+use crate::mailbox::{self, Outbox, Outgoing, Queued};
 use crate::reply::error_frame;
 use crate::seams::DirectoryError;
 use crate::{Conn, Shared, login, moderation, room};
@@ -154,7 +154,7 @@ struct Greeted {
     reader: FrameReader<RecvStream>,
     name: UserName,
     token: SessionToken,
-    pushed: mpsc::Receiver<Outgoing>,
+    pushed: Queued,
 }
 
 /// Waits for the hello and answers it. `None` when the connection was refused or lost.
@@ -220,7 +220,7 @@ async fn greet(
         }
     };
     // Pushed frames wait for the welcome: the loop that writes them starts after it.
-    let (inbox, pushed) = mpsc::channel(INBOX);
+    let (inbox, pushed) = mailbox::queue(INBOX);
     let evicted = Arc::new(watch::Sender::new(None)); // A full inbox misses a push only.
     shared.core().attach_inbox(id, Outbox { queue: inbox, evicted });
     if let Some(old) = connected.replaced
@@ -292,7 +292,7 @@ async fn run(
     conn: &Arc<Conn>,
     mut send: SendStream,
     mut reader: FrameReader<RecvStream>,
-    mut pushed: mpsc::Receiver<Outgoing>,
+    mut pushed: Queued,
     slot: &Slot,
 ) -> JoinSet<()> {
     let connection = &conn.connection;

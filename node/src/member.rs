@@ -8,11 +8,11 @@ use chat_core::{Refusal, RoomName, Seq};
 use chat_history::{Anchor, PageLimit};
 use chat_proto::io;
 use chat_proto::{ErrorCode, ErrorFrame, Gap, NodeFrame, PageEnds, codes};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tracing::{debug, warn};
 use web_transport_quinn::SendStream;
 
-use crate::mailbox::{Ending, Outgoing};
+use crate::mailbox::{Ending, Outgoing, Queued};
 use crate::reply::{encode, error_frame, message_frame};
 use crate::{Conn, Shared};
 
@@ -50,7 +50,7 @@ impl Writer {
         after: Option<Seq>,
         limit: usize,
         history_until: Seq,
-        queued: mpsc::Receiver<Outgoing>,
+        queued: Queued,
         eviction: watch::Receiver<Option<Ending>>,
     ) {
         let result = async {
@@ -122,7 +122,7 @@ impl Writer {
     /// Drains the member's queue until every sender is gone, or the member is dropped.
     async fn live(
         &mut self,
-        mut queued: mpsc::Receiver<Outgoing>,
+        mut queued: Queued,
         mut eviction: watch::Receiver<Option<Ending>>,
     ) -> anyhow::Result<()> {
         // Grown on first use: an idle member costs no buffers.

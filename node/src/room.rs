@@ -19,12 +19,12 @@ use chat_proto::io::FrameReader;
 use chat_proto::{
     Anchor, ChatMessage, ClientFrame, ErrorCode, ErrorFrame, LeftReason, NodeFrame, PageEnds, codec,
 };
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, watch};
 use tracing::{debug, warn};
 use web_transport_quinn::{RecvStream, SendStream};
 
 use crate::connection::departure;
-use crate::mailbox::{Ending, Outbox, Outgoing};
+use crate::mailbox::{self, Ending, Outbox, Outgoing};
 use crate::member::{Writer, evicted};
 use crate::reply::{encode, error_frame};
 use crate::{Conn, Shared, now_ms};
@@ -75,7 +75,7 @@ pub(crate) async fn serve(
         return end_with(&shared, &mut send, error_frame(&refusal, None)).await;
     }
     let member = MemberId(shared.next_id());
-    let (queue, queued) = mpsc::channel(shared.config.member_queue);
+    let (queue, queued) = mailbox::queue(shared.config.member_queue);
     let (evicted, eviction) = watch::channel(None);
     let outbox = Outbox { queue, evicted: Arc::new(evicted) };
     let joined = shared.core().join(conn.id, member, room.as_str(), outbox.clone());

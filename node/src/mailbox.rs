@@ -79,8 +79,8 @@ impl Mailbox for Outbox {
 /// Frames a drained queue keeps room for; it gives back the rest.
 const KEPT: usize = 32;
 
-/// A bounded queue of frames with one reader: [`queue`] makes one.
-struct Shared {
+/// What the two sides of a frame queue share: [`queue`] makes one.
+struct Channel {
     state: Mutex<State>,
     /// Wakes the reader: a frame came, or the last sender went.
     readable: Notify,
@@ -98,7 +98,7 @@ struct State {
     closed: bool,
 }
 
-impl Shared {
+impl Channel {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -106,21 +106,21 @@ impl Shared {
 
 /// The sending side of a frame queue. Cloning it adds a sender; the reader sees the queue
 /// end once every sender is gone and the frames are read.
-pub struct Queue(Arc<Shared>);
+pub struct Queue(Arc<Channel>);
 
 /// The reading side of a frame queue.
-pub struct Queued(Arc<Shared>);
+pub struct Queued(Arc<Channel>);
 
 /// A queue that holds at most `capacity` frames.
 pub fn queue(capacity: usize) -> (Queue, Queued) {
     let state = State { frames: VecDeque::new(), senders: 1, waiting: 0, closed: false };
-    let shared = Arc::new(Shared {
+    let channel = Arc::new(Channel {
         state: Mutex::new(state),
         readable: Notify::new(),
         writable: Notify::new(),
         capacity: capacity.max(1),
     });
-    (Queue(Arc::clone(&shared)), Queued(shared))
+    (Queue(Arc::clone(&channel)), Queued(channel))
 }
 
 impl Queue {
@@ -171,7 +171,7 @@ impl Queue {
 }
 
 /// A sender counted among those waiting for room, until it stops waiting.
-struct Waiting<'a>(&'a Shared);
+struct Waiting<'a>(&'a Channel);
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {

@@ -45,7 +45,9 @@ pub enum Ending {
 #[derive(Clone)]
 pub struct Outbox {
     pub queue: Queue,
-    pub evicted: Arc<watch::Sender<Option<Ending>>>,
+    /// `None` for a connection's inbox of direct messages, which the core never ends: a full
+    /// inbox misses a push only.
+    pub evicted: Option<Arc<watch::Sender<Option<Ending>>>>,
 }
 
 impl Mailbox for Outbox {
@@ -68,11 +70,15 @@ impl Mailbox for Outbox {
     }
 
     fn evict(&self, last_seq: Seq) {
-        self.evicted.send_replace(Some(Ending::TooSlow(last_seq)));
+        if let Some(evicted) = &self.evicted {
+            evicted.send_replace(Some(Ending::TooSlow(last_seq)));
+        }
     }
 
     fn remove(&self, frame: Bytes) {
-        self.evicted.send_replace(Some(Ending::Removed(frame)));
+        if let Some(evicted) = &self.evicted {
+            evicted.send_replace(Some(Ending::Removed(frame)));
+        }
     }
 }
 

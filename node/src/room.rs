@@ -77,7 +77,7 @@ pub(crate) async fn serve(
     let member = MemberId(shared.next_id());
     let (queue, queued) = mailbox::queue(shared.config.member_queue);
     let (evicted, eviction) = watch::channel(None);
-    let outbox = Outbox { queue, evicted: Arc::new(evicted) };
+    let outbox = Outbox { queue, evicted: Some(Arc::new(evicted)) };
     let joined = shared.core().join(conn.id, member, room.as_str(), outbox.clone());
     let joined = match joined {
         Ok(joined) => joined,

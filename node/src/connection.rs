@@ -220,7 +220,7 @@ async fn greet(
     };
     // Pushed frames wait for the welcome: the loop that writes them starts after it.
     let (inbox, pushed) = mailbox::queue(INBOX);
-    shared.core().attach_inbox(id, Outbox { queue: inbox, evicted: None });
+    shared.core().attach_inbox(id, Outbox { queue: inbox });
     if let Some(old) = connected.replaced
         && let Some((stale, _)) = shared.connections().remove(&old)
     {
@@ -290,7 +290,7 @@ async fn run(
     conn: &Arc<Conn>,
     mut send: SendStream,
     mut reader: FrameReader<RecvStream>,
-    mut pushed: Queued,
+    pushed: Queued,
     slot: &Slot,
 ) -> JoinSet<()> {
     let connection = &conn.connection;

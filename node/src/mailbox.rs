@@ -2,8 +2,9 @@
 //! member's room stream.
 //!
 //! The core offers each message without waiting; when the queue is full the member is
-//! dropped from the room instead of slowing everyone else down, and the writer learns, through
-//! the eviction signal, to tell the client where it stopped.
+//! dropped from the room instead of slowing everyone else down: the queue is ended
+//! ([`Queue::end`]), and the writer, and the task reading the member's sends, learn of it
+//! ahead of any frames still queued, the writer to tell the client where it stopped.
 //!
 //! The queue is a `VecDeque` under a lock rather than a tokio channel: every member and every
 //! connection has one, most of them empty most of the time, and a tokio channel holds a block
@@ -16,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use bytes::Bytes;
 use chat_core::{Full, Mailbox, Seq};
 use chat_proto::NodeFrame;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 
 use crate::pages::PageRoom;
 
@@ -45,9 +46,6 @@ pub enum Ending {
 #[derive(Clone)]
 pub struct Outbox {
     pub queue: Queue,
-    /// `None` for a connection's inbox of direct messages, which the core never ends: a full
-    /// inbox misses a push only.
-    pub evicted: Option<Arc<watch::Sender<Option<Ending>>>>,
 }
 
 impl Mailbox for Outbox {
@@ -70,15 +68,11 @@ impl Mailbox for Outbox {
     }
 
     fn evict(&self, last_seq: Seq) {
-        if let Some(evicted) = &self.evicted {
-            evicted.send_replace(Some(Ending::TooSlow(last_seq)));
-        }
+        self.queue.end(Ending::TooSlow(last_seq));
     }
 
     fn remove(&self, frame: Bytes) {
-        if let Some(evicted) = &self.evicted {
-            evicted.send_replace(Some(Ending::Removed(frame)));
-        }
+        self.queue.end(Ending::Removed(frame));
     }
 }
 
@@ -92,6 +86,8 @@ struct Channel {
     readable: Notify,
     /// Wakes senders waiting for room.
     writable: Notify,
+    /// Wakes whoever waits for the member's end.
+    ended: Notify,
     capacity: usize,
 }
 
@@ -102,11 +98,27 @@ struct State {
     waiting: usize,
     /// The reader is gone: sends fail.
     closed: bool,
+    /// Why the core ended the member, once it has.
+    ending: Option<Ending>,
 }
 
 impl Channel {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Completes once the core has ended the member, with why; never if it does not (a
+    /// member that leaves is not ended).
+    async fn ending(&self) -> Ending {
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if let Some(ending) = self.lock().ending.clone() {
+                return ending;
+            }
+            ended.await;
+        }
     }
 }
 
@@ -119,11 +131,13 @@ pub struct Queued(Arc<Channel>);
 
 /// A queue that holds at most `capacity` frames.
 pub fn queue(capacity: usize) -> (Queue, Queued) {
-    let state = State { frames: VecDeque::new(), senders: 1, waiting: 0, closed: false };
+    let state =
+        State { frames: VecDeque::new(), senders: 1, waiting: 0, closed: false, ending: None };
     let channel = Arc::new(Channel {
         state: Mutex::new(state),
         readable: Notify::new(),
         writable: Notify::new(),
+        ended: Notify::new(),
         capacity: capacity.max(1),
     });
     (Queue(Arc::clone(&channel)), Queued(channel))
@@ -170,6 +184,18 @@ impl Queue {
         }
     }
 
+    /// Ends the member (the core dropped it, or an operator removed it): the writer and the
+    /// reader of its sends learn why, past any frames still queued.
+    pub fn end(&self, ending: Ending) {
+        self.0.lock().ending = Some(ending);
+        self.0.ended.notify_waiters();
+    }
+
+    /// Completes once the member is ended; see [`Queue::end`].
+    pub async fn ending(&self) -> Ending {
+        self.0.ending().await
+    }
+
     /// How many more frames fit.
     pub fn space(&self) -> usize {
         self.0.capacity.saturating_sub(self.0.lock().frames.len())
@@ -208,7 +234,7 @@ impl Drop for Queue {
 impl Queued {
     /// Moves up to `limit` frames into `batch`, waiting for one if there is none; 0 once
     /// every sender is gone and every frame read.
-    pub async fn recv_many(&mut self, batch: &mut Vec<Outgoing>, limit: usize) -> usize {
+    pub async fn recv_many(&self, batch: &mut Vec<Outgoing>, limit: usize) -> usize {
         loop {
             {
                 let mut state = self.0.lock();
@@ -234,8 +260,13 @@ impl Queued {
         }
     }
 
+    /// Completes once the member is ended; see [`Queue::end`].
+    pub async fn ending(&self) -> Ending {
+        self.0.ending().await
+    }
+
     /// The next frame; `None` once every sender is gone and every frame read.
-    pub async fn recv(&mut self) -> Option<Outgoing> {
+    pub async fn recv(&self) -> Option<Outgoing> {
         let mut one = Vec::with_capacity(1);
         self.recv_many(&mut one, 1).await;
         one.pop()
@@ -269,7 +300,7 @@ mod tests {
 
     #[tokio::test]
     async fn frames_come_out_in_order_and_a_full_queue_refuses() {
-        let (queue, mut queued) = queue(3);
+        let (queue, queued) = queue(3);
         for n in 1..=3 {
             assert!(queue.try_send(frame(n)).is_ok());
         }
@@ -284,7 +315,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_reader_wakes_for_a_frame_and_ends_after_the_last_sender() {
-        let (queue, mut queued) = queue(8);
+        let (queue, queued) = queue(8);
         let other = queue.clone();
         let reader = tokio::spawn(async move {
             let mut seen = Vec::new();
@@ -303,7 +334,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_send_goes_once_there_is_room_and_fails_once_the_reader_is_gone() {
-        let (queue, mut queued) = queue(1);
+        let (queue, queued) = queue(1);
         queue.try_send(frame(1)).expect("room");
         let sender = queue.clone();
         let waiting = tokio::spawn(async move { sender.send(frame(2)).await.is_ok() });
@@ -323,8 +354,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn both_sides_learn_that_the_member_ended_even_with_the_queue_full() {
+        let (queue, queued) = queue(1);
+        queue.try_send(frame(1)).expect("room");
+        let sender = queue.clone();
+        let reader = tokio::spawn(async move { queued.ending().await });
+        let writer = tokio::spawn(async move { sender.ending().await });
+        tokio::task::yield_now().await;
+        queue.end(Ending::TooSlow(7));
+        for ended in [reader.await.expect("reader"), writer.await.expect("writer")] {
+            assert!(matches!(ended, Ending::TooSlow(7)));
+        }
+        assert!(matches!(queue.ending().await, Ending::TooSlow(7)), "and later callers");
+    }
+
+    #[tokio::test]
     async fn a_drained_queue_gives_its_room_back() {
-        let (queue, mut queued) = queue(1000);
+        let (queue, queued) = queue(1000);
         for n in 0..500 {
             queue.try_send(frame(n)).expect("room");
         }

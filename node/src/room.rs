@@ -19,13 +19,13 @@ use chat_proto::io::FrameReader;
 use chat_proto::{
     Anchor, ChatMessage, ClientFrame, ErrorCode, ErrorFrame, LeftReason, NodeFrame, PageEnds, codec,
 };
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 use web_transport_quinn::{RecvStream, SendStream};
 
 use crate::connection::departure;
-use crate::mailbox::{self, Ending, Outbox, Outgoing};
-use crate::member::{Writer, evicted};
+use crate::mailbox::{self, Outbox, Outgoing};
+use crate::member::Writer;
 use crate::reply::{encode, error_frame};
 use crate::{Conn, Shared, now_ms};
 
@@ -76,8 +76,7 @@ pub(crate) async fn serve(
     }
     let member = MemberId(shared.next_id());
     let (queue, queued) = mailbox::queue(shared.config.member_queue);
-    let (evicted, eviction) = watch::channel(None);
-    let outbox = Outbox { queue, evicted: Some(Arc::new(evicted)) };
+    let outbox = Outbox { queue };
     let joined = shared.core().join(conn.id, member, room.as_str(), outbox.clone());
     let joined = match joined {
         Ok(joined) => joined,
@@ -92,9 +91,8 @@ pub(crate) async fn serve(
     debug!(room = %joined.room, member = member.0, ?after, "joined");
     let writer = Writer::new(Arc::clone(&shared), Arc::clone(&conn), joined.room.clone(), send);
     let page_len = shared.core().rules().page_len(limit);
-    let writing =
-        tokio::spawn(writer.run(after, page_len, joined.history_until, queued, eviction.clone()));
-    let ended = read_sends(&shared, &conn, member, &joined.room, &mut reader, &outbox, eviction);
+    let writing = tokio::spawn(writer.run(after, page_len, joined.history_until, queued));
+    let ended = read_sends(&shared, &conn, member, &joined.room, &mut reader, &outbox);
     let ended = ended.await;
     let reason = match &ended {
         Ended::Left(reason) => *reason,
@@ -155,7 +153,6 @@ async fn read_sends(
     room: &RoomName,
     reader: &mut FrameReader<RecvStream>,
     outbox: &Outbox,
-    mut eviction: watch::Receiver<Option<Ending>>,
 ) -> Ended {
     let in_flight =
         Arc::new(Semaphore::new(chat_core::sends_in_flight(shared.config.member_queue)));
@@ -163,7 +160,7 @@ async fn read_sends(
     loop {
         let frame = tokio::select! {
             frame = reader.read::<ClientFrame>() => frame,
-            _ = evicted(&mut eviction) => return Ended::Left(LeftReason::Dropped),
+            _ = outbox.queue.ending() => return Ended::Left(LeftReason::Dropped),
             () = crate::stopping(&mut stopping) => return Ended::Left(LeftReason::Disconnected),
         };
         let input = match frame {

@@ -65,6 +65,16 @@ fn fanout_saturates_a_window_of_unacknowledged_messages() {
 }
 
 #[test]
+fn fanout_through_the_client_library_delivers_every_message_once_and_reports_the_harness_cpu() {
+    let args = ["--members", "2", "--messages", "500", "--window", "16", "--library", "--json"];
+    let out = bench(&[&["fanout"], &args[..]].concat());
+    let runs = runs(&out);
+    assert_eq!(runs.len(), 1, "{out}");
+    assert_clean(&runs[0]);
+    assert!(runs[0]["harness_cpu_s"].as_f64().is_some_and(|s| s >= 0.0), "{out}");
+}
+
+#[test]
 fn connections_holds_every_connection_and_reports_its_cost() {
     let out = bench(&["connections", "20"]);
     assert!(out.contains("connections: 20 open and joined"), "{out}");

@@ -34,13 +34,7 @@ pub async fn serve(listen: SocketAddr, dir: &Path) -> anyhow::Result<()> {
     let key = chat_certs::load_key(&files.node_key)?;
     let tls = chat_certs::server_config(chain, key, ALPN)?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    // As the node does (`ack_frequency` in chat-node): peers acknowledge every 16th packet.
-    let mut ack = quinn::AckFrequencyConfig::default();
-    ack.ack_eliciting_threshold(15u8.into());
-    let mut transport = quinn::TransportConfig::default();
-    transport.ack_frequency_config(Some(ack));
-    server.transport_config(Arc::new(transport));
+    let server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let endpoint = quinn::Endpoint::server(server, listen).context("binding the relay")?;
     let rooms = Rooms::default();
     while let Some(incoming) = endpoint.accept().await {

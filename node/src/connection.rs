@@ -20,13 +20,14 @@ use chat_proto::{
     ClientFrame, ErrorFrame, LeftReason, Login, NodeFrame, RoomInfo, Seq, UNREAD_COUNTED, Welcome,
     codec, codes,
 };
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 use web_transport_quinn::{RecvStream, SendStream, Session};
 
 use crate::admission::Slot;
 use crate::admission::{HELLO_STRIKES, STRIKE_WINDOW, Strike};
-use crate::mailbox::{self, Outbox, Outgoing, Queued};
+use crate::mailbox::{Outbox, Outgoing};
 use crate::reply::error_frame;
 use crate::seams::DirectoryError;
 use crate::{Conn, Shared, login, moderation, room};
@@ -153,7 +154,7 @@ struct Greeted {
     reader: FrameReader<RecvStream>,
     name: UserName,
     token: SessionToken,
-    pushed: Queued,
+    pushed: mpsc::Receiver<Outgoing>,
 }
 
 /// Waits for the hello and answers it. `None` when the connection was refused or lost.
@@ -219,8 +220,9 @@ async fn greet(
         }
     };
     // Pushed frames wait for the welcome: the loop that writes them starts after it.
-    let (inbox, pushed) = mailbox::queue(INBOX);
-    shared.core().attach_inbox(id, Outbox { queue: inbox });
+    let (inbox, pushed) = mpsc::channel(INBOX);
+    let evicted = Arc::new(watch::Sender::new(None)); // A full inbox misses a push only.
+    shared.core().attach_inbox(id, Outbox { queue: inbox, evicted });
     if let Some(old) = connected.replaced
         && let Some((stale, _)) = shared.connections().remove(&old)
     {
@@ -290,7 +292,7 @@ async fn run(
     conn: &Arc<Conn>,
     mut send: SendStream,
     mut reader: FrameReader<RecvStream>,
-    pushed: Queued,
+    mut pushed: mpsc::Receiver<Outgoing>,
     slot: &Slot,
 ) -> JoinSet<()> {
     let connection = &conn.connection;
@@ -312,8 +314,7 @@ async fn run(
                 let action = shared.core().on_control(conn.id, Received::from_read(read), Instant::now());
                 // Boxed: the answers' futures are large, and held inline they would size
                 // every connection's task for its whole life.
-                let answering = Box::pin(answer(shared, conn, &mut send, action));
-                let Some(reply) = answering.await else { break };
+                let Some(reply) = Box::pin(answer(shared, conn, &mut send, action)).await else { break };
                 if let NodeFrame::Error(e) = &reply {
                     shared.metrics.error_code(e.code);
                 }

@@ -691,21 +691,8 @@ fn transport(config: &NodeConfig) -> anyhow::Result<quinn::TransportConfig> {
         .stream_receive_window(windows.stream.into())
         .datagram_receive_buffer_size(None)
         .send_window(SEND_WINDOW)
-        .ack_frequency_config(Some(ack_frequency()))
         .max_idle_timeout(Some(config.idle_timeout.try_into()?));
     Ok(transport)
-}
-
-/// Peers acknowledge every 16th packet (or after their ack delay, 25 ms by default) rather
-/// than every other: a member that only receives otherwise sends an ACK for every second
-/// message, which cost it (and the node) a UDP packet each. Measured at 100 members and
-/// 1,000 messages a second: 15 to 20% less CPU in the members, 5 to 10% less in the node, and
-/// a lower median (benches/RESULTS.md). A gap in the packet numbers is still acknowledged at
-/// once (the reordering threshold), so loss is found as fast as before.
-fn ack_frequency() -> quinn::AckFrequencyConfig {
-    let mut ack = quinn::AckFrequencyConfig::default();
-    ack.ack_eliciting_threshold(15u8.into());
-    ack
 }
 
 /// Connection ids and stateless resets from the data dir's secret (see `node_secret`).

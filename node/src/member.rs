@@ -8,10 +8,11 @@ use chat_core::{Refusal, RoomName, Seq};
 use chat_history::{Anchor, PageLimit};
 use chat_proto::io;
 use chat_proto::{ErrorCode, ErrorFrame, Gap, NodeFrame, PageEnds, codes};
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 use web_transport_quinn::SendStream;
 
-use crate::mailbox::{Ending, Outgoing, Queued};
+use crate::mailbox::{Ending, Outgoing};
 use crate::reply::{encode, error_frame, message_frame};
 use crate::{Conn, Shared};
 
@@ -49,11 +50,12 @@ impl Writer {
         after: Option<Seq>,
         limit: usize,
         history_until: Seq,
-        queued: Queued,
+        queued: mpsc::Receiver<Outgoing>,
+        eviction: watch::Receiver<Option<Ending>>,
     ) {
         let result = async {
             self.history(after, limit, history_until).await?;
-            self.live(queued).await
+            self.live(queued, eviction).await
         };
         match result.await {
             Ok(()) => {
@@ -118,14 +120,18 @@ impl Writer {
     }
 
     /// Drains the member's queue until every sender is gone, or the member is dropped.
-    async fn live(&mut self, queued: Queued) -> anyhow::Result<()> {
+    async fn live(
+        &mut self,
+        mut queued: mpsc::Receiver<Outgoing>,
+        mut eviction: watch::Receiver<Option<Ending>>,
+    ) -> anyhow::Result<()> {
         // Grown on first use: an idle member costs no buffers.
         let mut batch = Vec::new();
         let mut chunks = Vec::new();
         loop {
             tokio::select! {
                 biased;
-                ending = queued.ending() => {
+                ending = evicted(&mut eviction) => {
                     if let Ending::Removed(frame) = ending {
                         self.write(frame).await?;
                         self.send.finish()?;
@@ -196,5 +202,16 @@ impl Writer {
                 anyhow::bail!("the client read nothing for {timeout:?}; the stream was reset")
             }
         }
+    }
+}
+
+/// Completes once the core drops the member for falling behind or an operator removes it,
+/// with why. The sender going away (the member left the room) is not an eviction, so then
+/// this never completes.
+pub(crate) async fn evicted(eviction: &mut watch::Receiver<Option<Ending>>) -> Ending {
+    let ending = eviction.wait_for(Option::is_some).await.ok().and_then(|e| e.clone());
+    match ending {
+        Some(ending) => ending,
+        None => std::future::pending().await,
     }
 }

@@ -19,30 +19,83 @@ use chat_proto::io::FrameReader;
 use chat_proto::{
     Anchor, ChatMessage, ClientFrame, ErrorCode, ErrorFrame, LeftReason, NodeFrame, PageEnds, codec,
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{debug, warn};
 use web_transport_quinn::{RecvStream, SendStream};
 
 use crate::connection::departure;
-use crate::mailbox::{self, Outbox, Outgoing};
-use crate::member::Writer;
+use crate::mailbox::{Ending, Outbox, Outgoing};
+use crate::member::{Writer, evicted};
 use crate::reply::{encode, error_frame};
 use crate::{Conn, Shared, now_ms};
 
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     conn: Arc<Conn>,
-    send: SendStream,
+    mut send: SendStream,
     recv: RecvStream,
 ) {
     let mut reader = FrameReader::new(recv, shared.limits.max_frame_len as usize)
         .with_frame_deadline(shared.config.frame_timeout)
         .with_budgets(vec![Arc::clone(&conn.frames), Arc::clone(&shared.frames)]);
-    // Boxed: the join's steps run once, and inline they would size the stream's task for
-    // its whole life.
-    let Some(entered) = Box::pin(enter(&shared, &conn, send, &mut reader)).await else { return };
-    let Entered { member, room, outbox, writing } = entered;
-    let ended = read_sends(&shared, &conn, member, &room, &mut reader, &outbox).await;
+    let (room, after, limit) = match read_join(&shared, &mut reader).await {
+        Ok(Some(join)) => join,
+        Ok(None) => return,
+        Err(error) => return end_with(&shared, &mut send, error).await,
+    };
+    let budget = shared.core().check_request(conn.id, Instant::now());
+    if let Err(refusal) = budget {
+        end_with(&shared, &mut send, error_frame(&refusal, None)).await;
+        if refusal == Refusal::RateLimited {
+            close_rate_limited(&shared, &conn, &refusal);
+        }
+        return;
+    }
+    let admitted = shared.core().admit(conn.id, &room);
+    let room = match admitted {
+        Ok(Admitted { room, known: true }) => room,
+        // A direct conversation is made when one of its two first opens it.
+        Ok(Admitted { room, known: false }) if room.direct_pair().is_some() => {
+            if let Err(detail) = shared.create_room(&room).await {
+                let refusal = Refusal::JoinUnavailable { room: room.to_string(), detail };
+                return end_with(&shared, &mut send, error_frame(&refusal, None)).await;
+            }
+            room
+        }
+        // In cluster mode a room enters the core when the node follows it.
+        Ok(Admitted { room, known: false }) => room,
+        Err(refusal) => return end_with(&shared, &mut send, error_frame(&refusal, None)).await,
+    };
+    if let Err(e) = shared.fanout.follow(room.as_str()).await {
+        let refusal = Refusal::JoinUnavailable { room: room.to_string(), detail: e.to_string() };
+        return end_with(&shared, &mut send, error_frame(&refusal, None)).await;
+    }
+    if let Err(refusal) = crate::moderation::check_join(&shared, conn.id, &room).await {
+        debug!(%room, %refusal, "join refused by the room's rules");
+        return end_with(&shared, &mut send, error_frame(&refusal, None)).await;
+    }
+    let member = MemberId(shared.next_id());
+    let (queue, queued) = mpsc::channel(shared.config.member_queue);
+    let (evicted, eviction) = watch::channel(None);
+    let outbox = Outbox { queue, evicted: Arc::new(evicted) };
+    let joined = shared.core().join(conn.id, member, room.as_str(), outbox.clone());
+    let joined = match joined {
+        Ok(joined) => joined,
+        Err(refusal) => {
+            debug!(?room, %refusal, "join refused");
+            return end_with(&shared, &mut send, error_frame(&refusal, None)).await;
+        }
+    };
+    shared.metrics.members.inc();
+    shared.admission.joined(conn.slot);
+    shared.directory.entered(member, &joined.room, &conn.name);
+    debug!(room = %joined.room, member = member.0, ?after, "joined");
+    let writer = Writer::new(Arc::clone(&shared), Arc::clone(&conn), joined.room.clone(), send);
+    let page_len = shared.core().rules().page_len(limit);
+    let writing =
+        tokio::spawn(writer.run(after, page_len, joined.history_until, queued, eviction.clone()));
+    let ended = read_sends(&shared, &conn, member, &joined.room, &mut reader, &outbox, eviction);
+    let ended = ended.await;
     let reason = match &ended {
         Ended::Left(reason) => *reason,
         Ended::Closing(_) => LeftReason::Dropped,
@@ -56,86 +109,6 @@ pub(crate) async fn serve(
         // Only now, so that the client has its acks and "slow down" errors first.
         close_rate_limited(&shared, &conn, &refusal);
     }
-}
-
-/// A member that has joined: its room, its queue, and the task writing its stream.
-struct Entered {
-    member: MemberId,
-    room: RoomName,
-    outbox: Outbox,
-    writing: tokio::task::JoinHandle<()>,
-}
-
-/// Reads the join and admits it: checks it with the core and the room's rules, makes a
-/// direct conversation on first use, joins the core and starts the member's writer. `None`
-/// when the join was refused (the client is told why) or the stream ended first.
-async fn enter(
-    shared: &Arc<Shared>,
-    conn: &Arc<Conn>,
-    mut send: SendStream,
-    reader: &mut FrameReader<RecvStream>,
-) -> Option<Entered> {
-    let (room, after, limit) = match read_join(shared, reader).await {
-        Ok(Some(join)) => join,
-        Ok(None) => return None,
-        Err(error) => return refused(shared, &mut send, error).await,
-    };
-    let budget = shared.core().check_request(conn.id, Instant::now());
-    if let Err(refusal) = budget {
-        end_with(shared, &mut send, error_frame(&refusal, None)).await;
-        if refusal == Refusal::RateLimited {
-            close_rate_limited(shared, conn, &refusal);
-        }
-        return None;
-    }
-    let admitted = shared.core().admit(conn.id, &room);
-    let room = match admitted {
-        Ok(Admitted { room, known: true }) => room,
-        // A direct conversation is made when one of its two first opens it.
-        Ok(Admitted { room, known: false }) if room.direct_pair().is_some() => {
-            if let Err(detail) = shared.create_room(&room).await {
-                let refusal = Refusal::JoinUnavailable { room: room.to_string(), detail };
-                return refused(shared, &mut send, error_frame(&refusal, None)).await;
-            }
-            room
-        }
-        // In cluster mode a room enters the core when the node follows it.
-        Ok(Admitted { room, known: false }) => room,
-        Err(refusal) => return refused(shared, &mut send, error_frame(&refusal, None)).await,
-    };
-    if let Err(e) = shared.fanout.follow(room.as_str()).await {
-        let refusal = Refusal::JoinUnavailable { room: room.to_string(), detail: e.to_string() };
-        return refused(shared, &mut send, error_frame(&refusal, None)).await;
-    }
-    if let Err(refusal) = crate::moderation::check_join(shared, conn.id, &room).await {
-        debug!(%room, %refusal, "join refused by the room's rules");
-        return refused(shared, &mut send, error_frame(&refusal, None)).await;
-    }
-    let member = MemberId(shared.next_id());
-    let (queue, queued) = mailbox::queue(shared.config.member_queue);
-    let outbox = Outbox { queue };
-    let joined = shared.core().join(conn.id, member, room.as_str(), outbox.clone());
-    let joined = match joined {
-        Ok(joined) => joined,
-        Err(refusal) => {
-            debug!(?room, %refusal, "join refused");
-            return refused(shared, &mut send, error_frame(&refusal, None)).await;
-        }
-    };
-    shared.metrics.members.inc();
-    shared.admission.joined(conn.slot);
-    shared.directory.entered(member, &joined.room, &conn.name);
-    debug!(room = %joined.room, member = member.0, ?after, "joined");
-    let writer = Writer::new(Arc::clone(shared), Arc::clone(conn), joined.room.clone(), send);
-    let page_len = shared.core().rules().page_len(limit);
-    let writing = tokio::spawn(writer.run(after, page_len, joined.history_until, queued));
-    Some(Entered { member, room: joined.room, outbox, writing })
-}
-
-/// Refuses a join with `error`.
-async fn refused(shared: &Shared, send: &mut SendStream, error: ErrorFrame) -> Option<Entered> {
-    end_with(shared, send, error).await;
-    None
 }
 
 fn close_rate_limited(shared: &Shared, conn: &Conn, refusal: &Refusal) {
@@ -182,6 +155,7 @@ async fn read_sends(
     room: &RoomName,
     reader: &mut FrameReader<RecvStream>,
     outbox: &Outbox,
+    mut eviction: watch::Receiver<Option<Ending>>,
 ) -> Ended {
     let in_flight =
         Arc::new(Semaphore::new(chat_core::sends_in_flight(shared.config.member_queue)));
@@ -189,7 +163,7 @@ async fn read_sends(
     loop {
         let frame = tokio::select! {
             frame = reader.read::<ClientFrame>() => frame,
-            _ = outbox.queue.ending() => return Ended::Left(LeftReason::Dropped),
+            _ = evicted(&mut eviction) => return Ended::Left(LeftReason::Dropped),
             () = crate::stopping(&mut stopping) => return Ended::Left(LeftReason::Disconnected),
         };
         let input = match frame {
@@ -221,10 +195,14 @@ async fn read_sends(
                 continue;
             }
             StreamAction::Page { request_id, anchor, messages } => {
-                // Boxed: a page's futures are large, and inline they would size the task.
-                let page =
-                    Box::pin(queue_page(shared, conn, room, outbox, request_id, anchor, messages));
-                if page.await.is_err() {
+                let mut page_room = shared.pages.reserve(&conn.pages).await;
+                let frame = match read_page(shared, room, request_id, anchor, messages).await {
+                    Ok(page) => page,
+                    Err(refusal) => NodeFrame::Error(error_frame(&refusal, Some(request_id))),
+                };
+                let frame = encode(&frame);
+                page_room.fit(frame.len());
+                if outbox.queue.send(Outgoing::Page(Box::new((frame, page_room)))).await.is_err() {
                     return Ended::Left(LeftReason::Left);
                 }
                 continue;
@@ -241,27 +219,6 @@ async fn read_sends(
             return Ended::Left(LeftReason::Dropped);
         }
     }
-}
-
-/// Reads a page of `room`'s history for a history request, within the page budget, and
-/// queues it for the member; fails if the member's writer is gone.
-async fn queue_page(
-    shared: &Shared,
-    conn: &Conn,
-    room: &RoomName,
-    outbox: &Outbox,
-    request_id: u64,
-    anchor: Anchor,
-    messages: usize,
-) -> Result<(), Outgoing> {
-    let mut page_room = shared.pages.reserve(&conn.pages).await;
-    let frame = match read_page(shared, room, request_id, anchor, messages).await {
-        Ok(page) => page,
-        Err(refusal) => NodeFrame::Error(error_frame(&refusal, Some(request_id))),
-    };
-    let frame = encode(&frame);
-    page_room.fit(frame.len());
-    outbox.queue.send(Outgoing::Page(Box::new((frame, page_room)))).await
 }
 
 /// A page of `room`'s history for a history request.

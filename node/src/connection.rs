@@ -314,7 +314,8 @@ async fn run(
                 let action = shared.core().on_control(conn.id, Received::from_read(read), Instant::now());
                 // Boxed: the answers' futures are large, and held inline they would size
                 // every connection's task for its whole life.
-                let Some(reply) = Box::pin(answer(shared, conn, &mut send, action)).await else { break };
+                let answering = Box::pin(answer(shared, conn, &mut send, action));
+                let Some(reply) = answering.await else { break };
                 if let NodeFrame::Error(e) = &reply {
                     shared.metrics.error_code(e.code);
                 }

@@ -69,6 +69,7 @@ pub(crate) async fn serve(
     shared.metrics.connections.dec();
 }
 
+/// The connection's life inside its span: opened and greeted, served, then cleaned up.
 async fn serve_in_span(
     shared: &Arc<Shared>,
     id: ConnId,

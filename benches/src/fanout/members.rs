@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use chat_client::{Client, ConnectOptions, RoomSender};
+use chat_client::{Client, ConnectOptions, Room, RoomEvent, RoomSender};
 use chat_proto::io::FrameReader;
 use chat_proto::{ClientFrame, NodeFrame, codes};
 use hdrhistogram::Histogram;
@@ -22,7 +22,7 @@ pub(super) enum Subscription {
     /// A member through the client library, as a program would be one (`--library`).
     Library {
         _client: Box<Client>,
-        room: Box<chat_client::Room>,
+        room: Box<Room>,
     },
     Floor {
         _connection: quinn::Connection,
@@ -43,10 +43,10 @@ impl Subscription {
             },
             Self::Library { room, .. } => loop {
                 match room.next().await? {
-                    chat_client::RoomEvent::Message { message, .. } => {
+                    RoomEvent::Message { message, .. } => {
                         return Some(message.body.into_bytes());
                     }
-                    chat_client::RoomEvent::Error(_) => return None,
+                    RoomEvent::Error(_) => return None,
                     _ => {}
                 }
             },

@@ -152,3 +152,13 @@ impl Rules {
 pub fn sends_in_flight(member_queue: usize) -> usize {
     (member_queue / 4).max(1)
 }
+
+/// The room a sender's queue must have free before its next send is read: the echoes and
+/// acks of a full window of sends in flight. An ack is queued when the send is durable,
+/// not when it is written, so without this a sender whose replies the node writes more
+/// slowly than it takes its sends would be dropped as too slow by its own acks; with it,
+/// the node stops reading its sends until its queue drains, and the stream's flow control
+/// slows the sender down.
+pub fn room_before_send(member_queue: usize) -> usize {
+    (2 * sends_in_flight(member_queue)).min(member_queue)
+}

@@ -698,3 +698,21 @@ fn new_room_rules_are_told_and_carried_out_once() {
     assert_eq!(core.check_send(MemberId(2), "hi", now).expect_err("gone"), Refusal::NotJoined);
     assert_eq!(core.who("general").expect("known"), ["ada"]);
 }
+
+/// The replies to a full window of sends (an echo and an ack each) fit the room a sender's
+/// queue must have free before its next send is read, and that room fits the queue: the
+/// node never waits for more room than there is.
+#[test]
+fn a_full_window_of_replies_fits_the_room_kept_for_it() {
+    for member_queue in [1, 2, 3, 4, 7, 64, 1024, 1025, 100_000] {
+        let in_flight = chat_core::sends_in_flight(member_queue);
+        let room = chat_core::room_before_send(member_queue);
+        assert!(room <= member_queue, "queue {member_queue}: room {room}");
+        if member_queue >= 2 {
+            assert!(
+                2 * in_flight <= room,
+                "queue {member_queue}: {in_flight} in flight, room {room}"
+            );
+        }
+    }
+}

@@ -8,7 +8,7 @@ use chat_core::{Refusal, RoomName, Seq};
 use chat_history::{Anchor, PageLimit};
 use chat_proto::io;
 use chat_proto::{ErrorCode, ErrorFrame, Gap, NodeFrame, PageEnds, codes};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tracing::{debug, warn};
 use web_transport_quinn::SendStream;
 
@@ -31,6 +31,9 @@ pub(crate) struct Writer {
     conn: Arc<Conn>,
     room: RoomName,
     send: SendStream,
+    /// Told whenever the writer has taken frames off the queue, and when it ends: the room
+    /// reader waits on it while the queue is too full for the replies to its next send.
+    drained: Arc<Notify>,
     /// The newest message this stream has written.
     last_written: Seq,
 }
@@ -41,8 +44,9 @@ impl Writer {
         conn: Arc<Conn>,
         room: RoomName,
         send: SendStream,
+        drained: Arc<Notify>,
     ) -> Self {
-        Self { shared, conn, room, send, last_written: 0 }
+        Self { shared, conn, room, send, drained, last_written: 0 }
     }
 
     pub(crate) async fn run(
@@ -57,7 +61,9 @@ impl Writer {
             self.history(after, limit, history_until).await?;
             self.live(queued, eviction).await
         };
-        match result.await {
+        let ended = result.await;
+        self.drained.notify_one();
+        match ended {
             Ok(()) => {
                 // Wait for the client to have everything (the acks of a shutdown above all)
                 // before the connection may be closed under it.
@@ -179,6 +185,7 @@ impl Writer {
                         joined += frame.len();
                         chunks.push(frame);
                     }
+                    self.drained.notify_one();
                     self.shared.metrics.deliveries.inc_by(messages);
                     self.write(io::concat(&mut chunks)).await?;
                     drop(page_rooms);

@@ -19,7 +19,7 @@ use chat_proto::io::FrameReader;
 use chat_proto::{
     Anchor, ChatMessage, ClientFrame, ErrorCode, ErrorFrame, LeftReason, NodeFrame, PageEnds, codec,
 };
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tracing::{debug, warn};
 use web_transport_quinn::{RecvStream, SendStream};
 
@@ -90,11 +90,19 @@ pub(crate) async fn serve(
     shared.admission.joined(conn.slot);
     shared.directory.entered(member, &joined.room, &conn.name);
     debug!(room = %joined.room, member = member.0, ?after, "joined");
-    let writer = Writer::new(Arc::clone(&shared), Arc::clone(&conn), joined.room.clone(), send);
+    let drained = Arc::new(Notify::new());
+    let writer = Writer::new(
+        Arc::clone(&shared),
+        Arc::clone(&conn),
+        joined.room.clone(),
+        send,
+        Arc::clone(&drained),
+    );
     let page_len = shared.core().rules().page_len(limit);
     let writing =
         tokio::spawn(writer.run(after, page_len, joined.history_until, queued, eviction.clone()));
-    let ended = read_sends(&shared, &conn, member, &joined.room, &mut reader, &outbox, eviction);
+    let queue = Queue { outbox: &outbox, drained: &drained };
+    let ended = read_sends(&shared, &conn, member, &joined.room, &mut reader, queue, eviction);
     let ended = ended.await;
     let reason = match &ended {
         Ended::Left(reason) => *reason,
@@ -154,11 +162,13 @@ async fn read_sends(
     member: MemberId,
     room: &RoomName,
     reader: &mut FrameReader<RecvStream>,
-    outbox: &Outbox,
+    queue: Queue<'_>,
     mut eviction: watch::Receiver<Option<Ending>>,
 ) -> Ended {
+    let Queue { outbox, drained } = queue;
     let in_flight =
         Arc::new(Semaphore::new(chat_core::sends_in_flight(shared.config.member_queue)));
+    let room_before_send = chat_core::room_before_send(shared.config.member_queue);
     let mut stopping = shared.stopping.clone();
     loop {
         let frame = tokio::select! {
@@ -191,6 +201,17 @@ async fn read_sends(
                 let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
                     return Ended::Left(LeftReason::Left);
                 };
+                // With the permit in hand, the sends in flight can no longer grow: room now
+                // for a full window's replies is room for theirs and this one's.
+                tokio::select! {
+                    biased;
+                    _ = evicted(&mut eviction) => return Ended::Left(LeftReason::Dropped),
+                    drained = room_for_replies(&outbox.queue, drained, room_before_send) => {
+                        if !drained {
+                            return Ended::Left(LeftReason::Left);
+                        }
+                    }
+                }
                 append(shared, member, client_id, outgoing, body, outbox.clone(), permit);
                 continue;
             }
@@ -219,6 +240,26 @@ async fn read_sends(
             return Ended::Left(LeftReason::Dropped);
         }
     }
+}
+
+/// The sender's queue as its room reader sees it: where its replies go, and the signal
+/// that its writer has taken some of them.
+#[derive(Clone, Copy)]
+struct Queue<'a> {
+    outbox: &'a Outbox,
+    drained: &'a Notify,
+}
+
+/// Waits until `queue` has `room` free (see `chat_core::room_before_send`). `false` when the
+/// writer is gone.
+async fn room_for_replies(queue: &mpsc::Sender<Outgoing>, drained: &Notify, room: usize) -> bool {
+    while queue.capacity() < room {
+        if queue.is_closed() {
+            return false;
+        }
+        drained.notified().await;
+    }
+    true
 }
 
 /// A page of `room`'s history for a history request.

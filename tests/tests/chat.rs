@@ -1,7 +1,12 @@
 //! The chat itself over real QUIC on loopback: history on join, fan-out, acks, rooms.
 
 use chat_client::RoomEvent;
-use chat_tests::{PATIENCE, TestNode, next_message, take_messages};
+use chat_proto::io::FrameReader;
+use chat_proto::{ClientFrame, NodeFrame, codec, codes};
+use chat_tests::{
+    PATIENCE, TestNode, encoded, expect_joined, next_frame, next_message, raw_connection_with,
+    take_messages,
+};
 
 #[tokio::test]
 async fn a_joiner_gets_the_history_in_order_then_live_messages() {
@@ -134,6 +139,78 @@ async fn two_rooms_on_one_connection_are_independent() {
     let (m, _) = next_message(&mut resumed).await;
     assert_eq!(m.seq, last + 1);
     bob_reads.abort();
+    node.stop().await;
+}
+
+/// A sender that writes a burst of sends faster than it takes their replies (each send comes
+/// back to it twice: its own copy of the message and the ack) is slowed down, not dropped:
+/// the node stops reading its sends while its queue could not take their replies.
+#[tokio::test]
+async fn a_sender_that_reads_its_replies_late_is_slowed_down_not_dropped() {
+    let node = TestNode::start(|c| {
+        c.member_queue = 64;
+        c.messages_per_second = 0;
+    })
+    .await;
+    // The sender's stream takes 1 KiB of replies at a time: about 30 frames, while its burst
+    // brings 600 of them back, ten times what its queue holds.
+    let mut transport = quinn::TransportConfig::default();
+    transport.stream_receive_window(1024u32.into());
+    let (connection, _endpoint) =
+        raw_connection_with(&node, codes::ALPN, transport).await.expect("handshake");
+    let (mut control, recv) = connection.open_bi().await.expect("control stream");
+    let hello = ClientFrame::Hello { name: "ada".into(), resume: None, login: None };
+    control.write_all(&encoded(&hello)).await.expect("hello");
+    let mut control_reader = FrameReader::new(recv, codec::MAX_NODE_FRAME_LEN);
+    let welcome = next_frame(&mut control_reader).await;
+    assert!(matches!(welcome, Some(NodeFrame::Welcome(_))), "{welcome:?}");
+
+    let burst = 300;
+    let mut bytes = encoded(&ClientFrame::Join { room: "general".into(), after: None, limit: 50 });
+    for client_id in 1..=burst {
+        bytes.extend(encoded(&ClientFrame::Send { client_id, body: format!("m{client_id}") }));
+    }
+    let bob = node.connect("bob").await;
+    let mut bobs = bob.join("general", None).await.expect("joins");
+    let (mut send, recv) = connection.open_bi().await.expect("room stream");
+    // The node reads the burst while it may; the rest waits in QUIC's flow control.
+    let writing = tokio::spawn(async move {
+        send.write_all(&bytes).await.expect("the burst is written");
+        send
+    });
+    // Not one reply is read until the node has stopped storing the burst: until then, Bob
+    // sees message after message, and no event says when the node stops, so a quiet spell
+    // in Bob's room stands for it. (If it comes early, the test proves less, never fails.)
+    let quiet = std::time::Duration::from_millis(300);
+    let mut seen = 0;
+    while seen < burst {
+        match tokio::time::timeout(quiet, bobs.next()).await {
+            Ok(Some(RoomEvent::Message { message, .. })) => seen = message.seq,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("bob's room ended"),
+            Err(_) => break,
+        }
+    }
+    assert!(seen < burst, "the node stored the whole burst while its replies waited ({seen})");
+    let mut reader = FrameReader::new(recv, codec::MAX_NODE_FRAME_LEN);
+    expect_joined(&mut reader).await;
+    let (mut acked, mut echoed) = (Vec::new(), Vec::new());
+    while acked.len() < burst as usize || echoed.len() < burst as usize {
+        match next_frame(&mut reader).await {
+            Some(NodeFrame::Ack { client_id, seq }) => acked.push((client_id, seq)),
+            Some(NodeFrame::Message(m)) => echoed.push((m.seq, m.body)),
+            other => panic!("expected acks and messages only, got {other:?}"),
+        }
+    }
+    let expected_acks: Vec<_> = (1..=burst).map(|i| (i, i)).collect();
+    assert_eq!(acked, expected_acks, "every send acked once, in order");
+    let expected_echoes: Vec<_> = (1..=burst).map(|i| (i, format!("m{i}"))).collect();
+    assert_eq!(echoed, expected_echoes, "every message came back once, in order");
+    drop(writing.await.expect("the burst was written"));
+    assert_eq!(
+        take_messages(&mut bobs, (burst - seen) as usize).await.len(),
+        (burst - seen) as usize
+    );
     node.stop().await;
 }
 

@@ -20,7 +20,7 @@ use chat_proto::{
     ClientFrame, ErrorFrame, LeftReason, Login, NodeFrame, RoomInfo, Seq, UNREAD_COUNTED, Welcome,
     codec, codes,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 use web_transport_quinn::{RecvStream, SendStream, Session};
@@ -222,8 +222,7 @@ async fn greet(
     };
     // Pushed frames wait for the welcome: the loop that writes them starts after it.
     let (inbox, pushed) = mpsc::channel(INBOX);
-    let evicted = Arc::new(watch::Sender::new(None)); // A full inbox misses a push only.
-    shared.core().attach_inbox(id, Outbox { queue: inbox, evicted });
+    shared.core().attach_inbox(id, Outbox { queue: inbox, evicted: None });
     if let Some(old) = connected.replaced
         && let Some((stale, _)) = shared.connections().remove(&old)
     {

@@ -39,7 +39,9 @@ pub enum Ending {
 #[derive(Clone)]
 pub struct Outbox {
     pub queue: mpsc::Sender<Outgoing>,
-    pub evicted: Arc<watch::Sender<Option<Ending>>>,
+    /// Where the core ends a member; `None` for a connection's inbox, which the core never
+    /// ends (a full inbox misses a push only), so that no connection pays for one.
+    pub evicted: Option<Arc<watch::Sender<Option<Ending>>>>,
 }
 
 impl Mailbox for Outbox {
@@ -62,10 +64,18 @@ impl Mailbox for Outbox {
     }
 
     fn evict(&self, last_seq: Seq) {
-        self.evicted.send_replace(Some(Ending::TooSlow(last_seq)));
+        self.end(Ending::TooSlow(last_seq));
     }
 
     fn remove(&self, frame: Bytes) {
-        self.evicted.send_replace(Some(Ending::Removed(frame)));
+        self.end(Ending::Removed(frame));
+    }
+}
+
+impl Outbox {
+    fn end(&self, ending: Ending) {
+        if let Some(evicted) = &self.evicted {
+            evicted.send_replace(Some(ending));
+        }
     }
 }

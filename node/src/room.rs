@@ -32,78 +32,18 @@ use crate::{Conn, Shared, now_ms};
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     conn: Arc<Conn>,
-    mut send: SendStream,
+    send: SendStream,
     recv: RecvStream,
 ) {
     let mut reader = FrameReader::new(recv, shared.limits.max_frame_len as usize)
         .with_frame_deadline(shared.config.frame_timeout)
         .with_budgets(vec![Arc::clone(&conn.frames), Arc::clone(&shared.frames)]);
-    let (room, after, limit) = match read_join(&shared, &mut reader).await {
-        Ok(Some(join)) => join,
-        Ok(None) => return,
-        Err(error) => return end_with(&shared, &mut send, error).await,
-    };
-    let budget = shared.core().check_request(conn.id, Instant::now());
-    if let Err(refusal) = budget {
-        end_with(&shared, &mut send, error_frame(&refusal, None)).await;
-        if refusal == Refusal::RateLimited {
-            close_rate_limited(&shared, &conn, &refusal);
-        }
-        return;
-    }
-    let admitted = shared.core().admit(conn.id, &room);
-    let room = match admitted {
-        Ok(Admitted { room, known: true }) => room,
-        // A direct conversation is made when one of its two first opens it.
-        Ok(Admitted { room, known: false }) if room.direct_pair().is_some() => {
-            if let Err(detail) = shared.create_room(&room).await {
-                let refusal = Refusal::JoinUnavailable { room: room.to_string(), detail };
-                return end_with(&shared, &mut send, error_frame(&refusal, None)).await;
-            }
-            room
-        }
-        // In cluster mode a room enters the core when the node follows it.
-        Ok(Admitted { room, known: false }) => room,
-        Err(refusal) => return end_with(&shared, &mut send, error_frame(&refusal, None)).await,
-    };
-    if let Err(e) = shared.fanout.follow(room.as_str()).await {
-        let refusal = Refusal::JoinUnavailable { room: room.to_string(), detail: e.to_string() };
-        return end_with(&shared, &mut send, error_frame(&refusal, None)).await;
-    }
-    if let Err(refusal) = crate::moderation::check_join(&shared, conn.id, &room).await {
-        debug!(%room, %refusal, "join refused by the room's rules");
-        return end_with(&shared, &mut send, error_frame(&refusal, None)).await;
-    }
-    let member = MemberId(shared.next_id());
-    let (queue, queued) = mpsc::channel(shared.config.member_queue);
-    let (evicted, eviction) = watch::channel(None);
-    let outbox = Outbox { queue, evicted: Arc::new(evicted) };
-    let joined = shared.core().join(conn.id, member, room.as_str(), outbox.clone());
-    let joined = match joined {
-        Ok(joined) => joined,
-        Err(refusal) => {
-            debug!(?room, %refusal, "join refused");
-            return end_with(&shared, &mut send, error_frame(&refusal, None)).await;
-        }
-    };
-    shared.metrics.members.inc();
-    shared.admission.joined(conn.slot);
-    shared.directory.entered(member, &joined.room, &conn.name);
-    debug!(room = %joined.room, member = member.0, ?after, "joined");
-    let drained = Arc::new(Notify::new());
-    let writer = Writer::new(
-        Arc::clone(&shared),
-        Arc::clone(&conn),
-        joined.room.clone(),
-        send,
-        Arc::clone(&drained),
-    );
-    let page_len = shared.core().rules().page_len(limit);
-    let writing =
-        tokio::spawn(writer.run(after, page_len, joined.history_until, queued, eviction.clone()));
+    // Boxed: the join's steps run once, and inline they would size the stream's task for
+    // its whole life.
+    let Some(entered) = Box::pin(enter(&shared, &conn, send, &mut reader)).await else { return };
+    let Entered { member, room, outbox, eviction, drained, writing } = entered;
     let queue = Queue { outbox: &outbox, drained: &drained };
-    let ended = read_sends(&shared, &conn, member, &joined.room, &mut reader, queue, eviction);
-    let ended = ended.await;
+    let ended = read_sends(&shared, &conn, member, &room, &mut reader, queue, eviction).await;
     let reason = match &ended {
         Ended::Left(reason) => *reason,
         Ended::Closing(_) => LeftReason::Dropped,
@@ -117,6 +57,97 @@ pub(crate) async fn serve(
         // Only now, so that the client has its acks and "slow down" errors first.
         close_rate_limited(&shared, &conn, &refusal);
     }
+}
+
+/// A member that has joined: its room, its queue, and the task writing its stream.
+struct Entered {
+    member: MemberId,
+    room: RoomName,
+    outbox: Outbox,
+    eviction: watch::Receiver<Option<Ending>>,
+    drained: Arc<Notify>,
+    writing: tokio::task::JoinHandle<()>,
+}
+
+/// Reads the join and admits it: checks it with the core and the room's rules, makes a
+/// direct conversation on first use, joins the core and starts the member's writer. `None`
+/// when the join was refused (the client is told why) or the stream ended first.
+async fn enter(
+    shared: &Arc<Shared>,
+    conn: &Arc<Conn>,
+    mut send: SendStream,
+    reader: &mut FrameReader<RecvStream>,
+) -> Option<Entered> {
+    let (room, after, limit) = match read_join(shared, reader).await {
+        Ok(Some(join)) => join,
+        Ok(None) => return None,
+        Err(error) => return refused(shared, &mut send, error).await,
+    };
+    let budget = shared.core().check_request(conn.id, Instant::now());
+    if let Err(refusal) = budget {
+        end_with(shared, &mut send, error_frame(&refusal, None)).await;
+        if refusal == Refusal::RateLimited {
+            close_rate_limited(shared, conn, &refusal);
+        }
+        return None;
+    }
+    let admitted = shared.core().admit(conn.id, &room);
+    let room = match admitted {
+        Ok(Admitted { room, known: true }) => room,
+        // A direct conversation is made when one of its two first opens it.
+        Ok(Admitted { room, known: false }) if room.direct_pair().is_some() => {
+            if let Err(detail) = shared.create_room(&room).await {
+                let refusal = Refusal::JoinUnavailable { room: room.to_string(), detail };
+                return refused(shared, &mut send, error_frame(&refusal, None)).await;
+            }
+            room
+        }
+        // In cluster mode a room enters the core when the node follows it.
+        Ok(Admitted { room, known: false }) => room,
+        Err(refusal) => return refused(shared, &mut send, error_frame(&refusal, None)).await,
+    };
+    if let Err(e) = shared.fanout.follow(room.as_str()).await {
+        let refusal = Refusal::JoinUnavailable { room: room.to_string(), detail: e.to_string() };
+        return refused(shared, &mut send, error_frame(&refusal, None)).await;
+    }
+    if let Err(refusal) = crate::moderation::check_join(shared, conn.id, &room).await {
+        debug!(%room, %refusal, "join refused by the room's rules");
+        return refused(shared, &mut send, error_frame(&refusal, None)).await;
+    }
+    let member = MemberId(shared.next_id());
+    let (queue, queued) = mpsc::channel(shared.config.member_queue);
+    let (evicted, eviction) = watch::channel(None);
+    let outbox = Outbox { queue, evicted: Some(Arc::new(evicted)) };
+    let joined = shared.core().join(conn.id, member, room.as_str(), outbox.clone());
+    let joined = match joined {
+        Ok(joined) => joined,
+        Err(refusal) => {
+            debug!(?room, %refusal, "join refused");
+            return refused(shared, &mut send, error_frame(&refusal, None)).await;
+        }
+    };
+    shared.metrics.members.inc();
+    shared.admission.joined(conn.slot);
+    shared.directory.entered(member, &joined.room, &conn.name);
+    debug!(room = %joined.room, member = member.0, ?after, "joined");
+    let drained = Arc::new(Notify::new());
+    let writer = Writer::new(
+        Arc::clone(shared),
+        Arc::clone(conn),
+        joined.room.clone(),
+        send,
+        Arc::clone(&drained),
+    );
+    let page_len = shared.core().rules().page_len(limit);
+    let writing =
+        tokio::spawn(writer.run(after, page_len, joined.history_until, queued, eviction.clone()));
+    Some(Entered { member, room: joined.room, outbox, eviction, drained, writing })
+}
+
+/// Refuses a join with `error`.
+async fn refused(shared: &Shared, send: &mut SendStream, error: ErrorFrame) -> Option<Entered> {
+    end_with(shared, send, error).await;
+    None
 }
 
 fn close_rate_limited(shared: &Shared, conn: &Conn, refusal: &Refusal) {

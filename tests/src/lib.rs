@@ -283,7 +283,13 @@ pub struct Greeted {
 
 /// A bare connection that has said hello as `name`.
 pub async fn hello(node: &TestNode, name: &str) -> Greeted {
-    let (connection, endpoint) = raw_connection(node, codes::ALPN).await.expect("handshake");
+    hello_with(node, name, quinn::TransportConfig::default()).await
+}
+
+/// [`hello`] over a connection with the client's own transport settings.
+pub async fn hello_with(node: &TestNode, name: &str, transport: quinn::TransportConfig) -> Greeted {
+    let (connection, endpoint) =
+        raw_connection_with(node, codes::ALPN, transport).await.expect("handshake");
     let (mut send, recv) = connection.open_bi().await.expect("control stream");
     let frame = ClientFrame::Hello { name: name.into(), resume: None, login: None };
     send.write_all(&encoded(&frame)).await.expect("hello");

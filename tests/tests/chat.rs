@@ -2,10 +2,9 @@
 
 use chat_client::RoomEvent;
 use chat_proto::io::FrameReader;
-use chat_proto::{ClientFrame, NodeFrame, codec, codes};
+use chat_proto::{ClientFrame, NodeFrame, codec};
 use chat_tests::{
-    PATIENCE, TestNode, encoded, expect_joined, next_frame, next_message, raw_connection_with,
-    take_messages,
+    PATIENCE, TestNode, encoded, expect_joined, hello_with, next_frame, next_message, take_messages,
 };
 
 #[tokio::test]
@@ -156,14 +155,8 @@ async fn a_sender_that_reads_its_replies_late_is_slowed_down_not_dropped() {
     // brings 600 of them back, ten times what its queue holds.
     let mut transport = quinn::TransportConfig::default();
     transport.stream_receive_window(1024u32.into());
-    let (connection, _endpoint) =
-        raw_connection_with(&node, codes::ALPN, transport).await.expect("handshake");
-    let (mut control, recv) = connection.open_bi().await.expect("control stream");
-    let hello = ClientFrame::Hello { name: "ada".into(), resume: None, login: None };
-    control.write_all(&encoded(&hello)).await.expect("hello");
-    let mut control_reader = FrameReader::new(recv, codec::MAX_NODE_FRAME_LEN);
-    let welcome = next_frame(&mut control_reader).await;
-    assert!(matches!(welcome, Some(NodeFrame::Welcome(_))), "{welcome:?}");
+    let ada = hello_with(&node, "ada", transport).await;
+    let connection = &ada.connection;
 
     let burst = 300;
     let mut bytes = encoded(&ClientFrame::Join { room: "general".into(), after: None, limit: 50 });

@@ -257,6 +257,12 @@ impl Refusal {
     }
 }
 
+/// A reply that did not fit its member's mailbox (see [`Core::reply`]): the member is to be
+/// dropped, by handing this to [`Core::reply_overflowed`].
+#[must_use = "a reply that does not fit drops its member: hand it to Core::reply_overflowed"]
+#[derive(Debug, PartialEq, Eq)]
+pub struct ReplyOverflow(MemberId);
+
 /// A hello that was accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connected {
@@ -943,15 +949,25 @@ impl<B: Mailbox> Core<B> {
     }
 
     /// Sends `member`, through its `mailbox`, a frame meant only for it (the ack of its send).
-    /// One that does not fit drops the member, as a room message that does not fit would:
-    /// a client that reads too slowly to take its own acks has fallen behind. The mailbox is
-    /// handed in because the ack may come after the member left the room (it still goes out,
-    /// while the stream drains).
-    pub fn reply(&mut self, member: MemberId, mailbox: &B, message: B::Message) -> Option<Evicted> {
-        match mailbox.reply(message) {
-            Ok(()) => None,
-            Err(Full) => self.evict(member),
-        }
+    /// The mailbox is handed in because the ack may come after the member left the room (it
+    /// still goes out, while the stream drains).
+    ///
+    /// It takes no core: the thread that learns a message is durable queues its ack without
+    /// waiting for the lock that the fan-out and the readers hold, since a reply that fits
+    /// changes nothing here. One that does not fit comes back as a [`ReplyOverflow`] for
+    /// [`Core::reply_overflowed`], which drops the member as a room message that does not fit
+    /// would: a client that reads too slowly to take its own acks has fallen behind.
+    ///
+    /// # Errors
+    /// [`ReplyOverflow`] when the mailbox is full.
+    pub fn reply(member: MemberId, mailbox: &B, message: B::Message) -> Result<(), ReplyOverflow> {
+        mailbox.reply(message).map_err(|Full| ReplyOverflow(member))
+    }
+
+    /// Drops the member whose reply did not fit, unless it has left the room since (a reply
+    /// after leaving drops nobody).
+    pub fn reply_overflowed(&mut self, overflow: ReplyOverflow) -> Option<Evicted> {
+        self.evict(overflow.0)
     }
 
     fn evict(&mut self, member: MemberId) -> Option<Evicted> {

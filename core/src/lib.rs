@@ -32,7 +32,9 @@ pub mod rate;
 pub mod room;
 mod stream;
 
-pub use crate::core::{Admitted, Connected, Core, Joined, Outgoing, Refusal, RoomSummary, Share};
+pub use crate::core::{
+    Admitted, Connected, Core, Joined, Outgoing, Refusal, ReplyOverflow, RoomSummary, Share,
+};
 use accounts::{AccountsMode, LoginRules};
 pub use chat_proto::{ErrorCode, LeftReason, Seq, SessionToken};
 pub use control::{ControlAction, Received};

@@ -285,8 +285,9 @@ fn a_member_whose_own_ack_does_not_fit_is_dropped_like_one_that_falls_behind() {
     core.join(ConnId(1), MemberId(1), "general", sender.clone()).expect("joins");
 
     core.committed("general", 1, "mine");
-    assert_eq!(core.reply(MemberId(1), &sender, "ack 1"), None, "the ack fits");
-    let dropped = core.reply(MemberId(1), &sender, "ack 2").expect("no room for the ack");
+    assert_eq!(Core::reply(MemberId(1), &sender, "ack 1"), Ok(()), "the ack fits");
+    let overflow = Core::reply(MemberId(1), &sender, "ack 2").expect_err("no room for the ack");
+    let dropped = core.reply_overflowed(overflow).expect("dropped");
     assert_eq!((dropped.member, dropped.last_seq), (MemberId(1), 1));
     assert_eq!(sender.replies(), vec!["ack 1"]);
     assert_eq!(sender.evicted_after(), Some(1), "told where to resume");
@@ -297,8 +298,9 @@ fn a_member_whose_own_ack_does_not_fit_is_dropped_like_one_that_falls_behind() {
     let left = Inbox::with_capacity(1);
     core.join(ConnId(1), MemberId(2), "general", left.clone()).expect("rejoins");
     core.leave(MemberId(2), LeftReason::Left);
-    assert_eq!(core.reply(MemberId(2), &left, "ack 3"), None);
-    assert_eq!(core.reply(MemberId(2), &left, "ack 4"), None);
+    assert_eq!(Core::reply(MemberId(2), &left, "ack 3"), Ok(()));
+    let overflow = Core::reply(MemberId(2), &left, "ack 4").expect_err("no room");
+    assert_eq!(core.reply_overflowed(overflow), None);
     assert_eq!((left.replies(), left.evicted_after()), (vec!["ack 3"], None));
 }
 

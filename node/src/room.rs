@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chat_core::{
-    Admitted, MemberId, Opening, Received, Refusal, RoomName, Seq, StreamAction, StreamInput,
+    Admitted, Core, MemberId, Opening, Received, Refusal, RoomName, Seq, StreamAction, StreamInput,
 };
 use chat_history::HistoryError;
 use chat_history::PageLimit;
@@ -379,10 +379,11 @@ fn append(
             }
         };
         let frame = encode(&reply);
-        let dropped = core
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .reply(member, &outbox, frame);
+        let dropped = Core::reply(member, &outbox, frame).err().and_then(|overflow| {
+            core.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .reply_overflowed(overflow)
+        });
         if let Some(gone) = dropped {
             debug!(
                 member = gone.member.0,

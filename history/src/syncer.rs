@@ -19,6 +19,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak, mpsc};
+use std::time::{Duration, Instant};
 
 use fjall::PersistMode;
 
@@ -26,6 +27,15 @@ use crate::{Completion, Handles, HistoryError, Seq, Store};
 
 /// Committed batches that may wait for a sync; past it, the writer waits for the syncer.
 pub(crate) const MAX_UNSYNCED_BATCHES: usize = 256;
+
+/// While appends come faster than syncs, the shortest time from one sync's start to the
+/// next's (see [`Grouping`]). Each sync of this virtual disk costs the whole machine far
+/// more than the node's own CPU shows (benches/RESULTS.md, "Syncs grouped"); 5 ms caps them
+/// at 200 a second, and an ack 5 ms later is not one a person sees.
+const GROUP_WINDOW: Duration = Duration::from_millis(5);
+
+/// Requests enough for one sync: its cost is theirs to share, and a sync waits no longer.
+const GROUP_ENOUGH: usize = 64;
 
 /// A request's last completion with its outcome: an append's `durable`, or the one
 /// completion of a room change or a flush.
@@ -73,9 +83,33 @@ pub(crate) fn spawn(
 fn run(store: &Store, queue: &mpsc::Receiver<Committed>) {
     let mut batches = Vec::new();
     let mut journal = None;
-    while let Ok(first) = queue.recv() {
+    let mut grouping = Grouping::default();
+    // A batch that came while the last sync ran: the first of the next.
+    let mut next = None;
+    loop {
+        let first = match next.take() {
+            Some(batch) => batch,
+            None => match queue.recv() {
+                Ok(batch) => batch,
+                Err(mpsc::RecvError) => return,
+            },
+        };
+        let mut requests = first.outcomes.len();
         batches.push(first);
-        batches.extend(queue.try_iter().take(MAX_UNSYNCED_BATCHES));
+        if let Some(until) = grouping.until() {
+            // Waits for company until the window closes, or until there is enough of it.
+            while requests < GROUP_ENOUGH && batches.len() < MAX_UNSYNCED_BATCHES {
+                let Some(left) = until.checked_duration_since(Instant::now()) else { break };
+                let Ok(batch) = queue.recv_timeout(left) else { break };
+                requests += batch.outcomes.len();
+                batches.push(batch);
+            }
+        }
+        for batch in queue.try_iter().take(MAX_UNSYNCED_BATCHES) {
+            requests += batch.outcomes.len();
+            batches.push(batch);
+        }
+        let started = Instant::now();
         // Almost always one opening; after a failed write, batches of the closed one too.
         let mut openings: Vec<Arc<Handles>> = Vec::new();
         for handles in batches.iter().filter_map(|b| b.written_to.as_ref()) {
@@ -106,6 +140,34 @@ fn run(store: &Store, queue: &mpsc::Receiver<Committed>) {
                 outcome.run();
             }
         }
+        next = queue.try_recv().ok();
+        grouping.synced(started, requests, next.is_some());
+    }
+}
+
+/// When a sync waits for company. While appends come one at a time, each waiting for its
+/// ack before the next (one client typing, or sending in lockstep), a sync starts at once:
+/// waiting would only delay them. Once a sync has company (more than one request, or a batch
+/// that came while it ran), appends are coming faster than syncs, and the next sync waits
+/// until [`GROUP_WINDOW`] after the last one started, or until it has [`GROUP_ENOUGH`]
+/// requests: a few syncs a second at a moderate rate, each for everything written meanwhile,
+/// at the price of acks up to a window later; at a high rate, no wait at all, so that a
+/// sender's window of sends in flight never waits for the clock.
+#[derive(Debug, Default)]
+struct Grouping {
+    /// When the last sync started, if it had company.
+    crowded_since: Option<Instant>,
+}
+
+impl Grouping {
+    /// Until when a sync whose first batch is here may wait for more, if at all.
+    fn until(&self) -> Option<Instant> {
+        Some(self.crowded_since? + GROUP_WINDOW)
+    }
+
+    /// Records a sync that `started` with `requests` and whether more came while it ran.
+    fn synced(&mut self, started: Instant, requests: usize, more_came: bool) {
+        self.crowded_since = (requests > 1 || more_came).then_some(started);
     }
 }
 
@@ -240,6 +302,26 @@ mod tests {
         assert_ne!(newest, first, "fjall started no new journal");
         let message = Message { sender: "ada".into(), timestamp_ms: 1, body: "after".into() };
         assert_eq!(history.append_blocking("a", message).expect("durable"), count + 1);
+    }
+
+    #[test]
+    fn a_sync_waits_for_company_only_after_it_has_had_some() {
+        let start = Instant::now();
+        let ms = Duration::from_millis;
+        let mut grouping = Grouping::default();
+        assert_eq!(grouping.until(), None, "the first sync starts at once");
+        // One append that waited for its ack before the next: no company, no waiting.
+        grouping.synced(start, 1, false);
+        assert_eq!(grouping.until(), None);
+        // Several appends in one sync, or one that came while it ran: appends come faster
+        // than syncs, and the next may wait out the window from the last one's start.
+        for (requests, more_came) in [(2, false), (1, true)] {
+            grouping.synced(start, requests, more_came);
+            assert_eq!(grouping.until(), Some(start + GROUP_WINDOW));
+        }
+        // A quiet sync again: the next starts at once.
+        grouping.synced(start + ms(10), 1, false);
+        assert_eq!(grouping.until(), None);
     }
 
     #[test]

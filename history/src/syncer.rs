@@ -129,6 +129,9 @@ fn run(store: &Store, queue: &mpsc::Receiver<Committed>) {
             // Linux may drop the pages of a failed sync: only a reopening tells what is on disk.
             store.close_handles_if(handles);
         }
+        // Looked for before the completions run: a batch that comes after them may be their
+        // own appender's next, which is no company.
+        next = queue.try_recv().ok();
         for batch in batches.drain(..) {
             let error = batch.written_to.as_ref().and_then(|written| {
                 failed.iter().find(|(h, _)| Arc::ptr_eq(h, written)).map(|(_, e)| e)
@@ -140,7 +143,6 @@ fn run(store: &Store, queue: &mpsc::Receiver<Committed>) {
                 outcome.run();
             }
         }
-        next = queue.try_recv().ok();
         grouping.synced(started, requests, next.is_some());
     }
 }

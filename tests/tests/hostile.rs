@@ -11,8 +11,8 @@ use chat_client::{Client, ClientError, ConnectOptions, ErrorCode, RoomEvent};
 use chat_proto::io::FrameReader;
 use chat_proto::{ClientFrame, NodeFrame, codec, codes};
 use chat_tests::{
-    PATIENCE, TestNode, encoded, expect_joined, hello, next_frame, next_message, raw_connection,
-    raw_connection_with,
+    PATIENCE, TestNode, encoded, expect_joined, hello, hello_with, next_frame, next_message,
+    raw_connection,
 };
 
 /// A bystander's check: a send is acknowledged and comes back as the room's next message.
@@ -464,14 +464,8 @@ async fn a_write_that_makes_no_progress_is_given_up_and_the_stream_reset() {
     let mut bobs = bob.join("general", None).await.expect("joins");
     let mut transport = quinn::TransportConfig::default();
     transport.stream_receive_window(16_384u32.into());
-    let (connection, _endpoint) =
-        raw_connection_with(&node, codes::ALPN, transport).await.expect("handshake");
-    let (mut control, control_recv) = connection.open_bi().await.expect("control stream");
-    let hello = ClientFrame::Hello { name: "stalled".into(), resume: None, login: None };
-    control.write_all(&encoded(&hello)).await.expect("hello");
-    let mut control_reader = FrameReader::new(control_recv, codec::MAX_NODE_FRAME_LEN);
-    assert!(matches!(next_frame(&mut control_reader).await, Some(NodeFrame::Welcome(_))));
-    let (mut room, room_recv) = connection.open_bi().await.expect("room stream");
+    let stalled = hello_with(&node, "stalled", transport).await;
+    let (mut room, room_recv) = stalled.connection.open_bi().await.expect("room stream");
     let join = ClientFrame::Join { room: "general".into(), after: Some(u64::MAX), limit: 0 };
     room.write_all(&encoded(&join)).await.expect("join");
     let mut room_reader = FrameReader::new(room_recv, codec::MAX_NODE_FRAME_LEN);

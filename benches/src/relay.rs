@@ -35,14 +35,8 @@ pub async fn serve(listen: SocketAddr, dir: &Path) -> anyhow::Result<()> {
     let tls = chat_certs::server_config(chain, key, ALPN)?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    // As the node's transport (`ack_frequency` and `congestion` in chat-node): peers
-    // acknowledge every 16th packet, and the first congestion window is 32 packets.
-    let mut ack = quinn::AckFrequencyConfig::default();
-    ack.ack_eliciting_threshold(15u8.into());
-    let mut cubic = quinn::congestion::CubicConfig::default();
-    cubic.initial_window(32 * 1200);
-    let mut transport = quinn::TransportConfig::default();
-    transport.ack_frequency_config(Some(ack)).congestion_controller_factory(Arc::new(cubic));
+    // The node's ACK frequency and first congestion window.
+    let transport = chat_node::fan_out_transport(quinn::TransportConfig::default());
     server.transport_config(Arc::new(transport));
     let endpoint = quinn::Endpoint::server(server, listen).context("binding the relay")?;
     let rooms = Rooms::default();

@@ -691,10 +691,18 @@ fn transport(config: &NodeConfig) -> anyhow::Result<quinn::TransportConfig> {
         .stream_receive_window(windows.stream.into())
         .datagram_receive_buffer_size(None)
         .send_window(SEND_WINDOW)
-        .ack_frequency_config(Some(ack_frequency()))
-        .congestion_controller_factory(Arc::new(congestion()))
         .max_idle_timeout(Some(config.idle_timeout.try_into()?));
-    Ok(transport)
+    Ok(fan_out_transport(transport))
+}
+
+/// `transport` with the node's ACK frequency and first congestion window (below): what its
+/// fan-out's latency depends on, shared with the floor's relay in `chat-bench` so that the
+/// two are measured on the same transport.
+pub fn fan_out_transport(mut transport: quinn::TransportConfig) -> quinn::TransportConfig {
+    transport
+        .ack_frequency_config(Some(ack_frequency()))
+        .congestion_controller_factory(Arc::new(congestion()));
+    transport
 }
 
 /// Packets a peer may take before it must acknowledge them.

@@ -150,11 +150,12 @@ fn run(store: &Store, queue: &mpsc::Receiver<Committed>) {
 /// When a sync waits for company. While appends come one at a time, each waiting for its
 /// ack before the next (one client typing, or sending in lockstep), a sync starts at once:
 /// waiting would only delay them. Once a sync has company (more than one request, or a batch
-/// that came while it ran), appends are coming faster than syncs, and the next sync waits
-/// until [`GROUP_WINDOW`] after the last one started, or until it has [`GROUP_ENOUGH`]
-/// requests: a few syncs a second at a moderate rate, each for everything written meanwhile,
-/// at the price of acks up to a window later; at a high rate, no wait at all, so that a
-/// sender's window of sends in flight never waits for the clock.
+/// that came while it ran) but fewer than [`GROUP_ENOUGH`] requests, appends are coming
+/// faster than syncs, and the next sync waits until [`GROUP_WINDOW`] after the last one
+/// started, or until it has `GROUP_ENOUGH`: a few hundred syncs a second at most at a
+/// moderate rate, each for everything written meanwhile, at the price of acks up to a window
+/// later. At a high rate, where syncs have that many already, none waits, so that a sender's
+/// window of sends in flight never waits for the clock.
 #[derive(Debug, Default)]
 struct Grouping {
     /// When the last sync started, if it had company.
@@ -169,7 +170,8 @@ impl Grouping {
 
     /// Records a sync that `started` with `requests` and whether more came while it ran.
     fn synced(&mut self, started: Instant, requests: usize, more_came: bool) {
-        self.crowded_since = (requests > 1 || more_came).then_some(started);
+        let company = requests > 1 || more_came;
+        self.crowded_since = (company && requests < GROUP_ENOUGH).then_some(started);
     }
 }
 
@@ -321,7 +323,11 @@ mod tests {
             grouping.synced(start, requests, more_came);
             assert_eq!(grouping.until(), Some(start + GROUP_WINDOW));
         }
+        // A sync with enough company already: appends come in crowds that need no waiting.
+        grouping.synced(start, GROUP_ENOUGH, true);
+        assert_eq!(grouping.until(), None);
         // A quiet sync again: the next starts at once.
+        grouping.synced(start, 3, false);
         grouping.synced(start + ms(10), 1, false);
         assert_eq!(grouping.until(), None);
     }

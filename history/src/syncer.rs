@@ -4,7 +4,8 @@
 //! operating system, hands its messages to the subscriber and its completions here.
 //! The syncer takes every batch that queued up while it was busy, syncs once (fdatasync) and
 //! runs their completions in order. A slow sync thus delays acknowledgements only: meanwhile the
-//! next batches are written, numbered and relayed.
+//! next batches are written, numbered and relayed. While appends come faster than syncs, a
+//! sync also waits a little for more ([`Grouping`]).
 //!
 //! The sync goes through a file handle of its own on fjall's active journal rather than
 //! `Database::persist`, which holds the journal's lock for the whole sync, so that every commit
@@ -29,9 +30,9 @@ use crate::{Completion, Handles, HistoryError, Seq, Store};
 pub(crate) const MAX_UNSYNCED_BATCHES: usize = 256;
 
 /// While appends come faster than syncs, the shortest time from one sync's start to the
-/// next's (see [`Grouping`]). Each sync of this virtual disk costs the whole machine far
-/// more than the node's own CPU shows (benches/RESULTS.md, "Syncs grouped"); 5 ms caps them
-/// at 200 a second, and an ack 5 ms later is not one a person sees.
+/// next's (see [`Grouping`]). A sync costs the whole machine more than the node's own CPU
+/// shows (on the project's VM, benches/RESULTS.md, "Syncs that wait for company"); 5 ms caps
+/// them at 200 a second at a moderate rate, and an ack 5 ms later is not one a person sees.
 const GROUP_WINDOW: Duration = Duration::from_millis(5);
 
 /// Requests enough for one sync: its cost is theirs to share, and a sync waits no longer.

@@ -68,7 +68,7 @@ const MEMTABLE_SIZE: u64 = 16 << 20;
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// Synced to disk (fdatasync) before the completion runs. Survives power loss. While
-    /// appends come faster than syncs, at most one sync per 5 ms covers them all.
+    /// appends come faster than syncs, a sync may wait up to 5 ms for more to share it.
     #[default]
     Sync,
     /// Handed to the operating system before the completion runs. Survives the process

@@ -29,8 +29,8 @@ use crate::{Completion, Handles, HistoryError, Seq, Store};
 /// Committed batches that may wait for a sync; past it, the writer waits for the syncer.
 pub(crate) const MAX_UNSYNCED_BATCHES: usize = 256;
 
-/// While appends come faster than syncs, the shortest time from one sync's start to the
-/// next's (see [`Grouping`]). A sync costs the whole machine more than the node's own CPU
+/// While appends come faster than syncs, how long after one sync's start the next may wait
+/// for company (see [`Grouping`]). A sync costs the whole machine more than the node's own CPU
 /// shows (on the project's VM, benches/RESULTS.md, "Syncs that wait for company"); 5 ms caps
 /// them at 200 a second at a moderate rate, and an ack 5 ms later is not one a person sees.
 const GROUP_WINDOW: Duration = Duration::from_millis(5);

@@ -15,14 +15,16 @@
 //!   numbering goes on from what is on disk and no sequence number is used twice.
 //!
 //! # Durability and group commit
-//! All writes go through one writer thread. It takes every request that queued up while it
-//! was busy and writes them as one batch, which reaches the operating system at once: from
-//! then on a killed process loses none of it. Then the history's [`Subscriber`] (the node's
-//! fan-out, registered once) is handed every message of the batch with its number, in append
-//! order, and each append's completion runs once it is durable: synced with
-//! [`Durability::Sync`]. A second thread does the syncs, each covering every batch
-//! written while the one before ran, so throughput grows with load, and the writer goes on
-//! writing meanwhile: a caller can relay a message while its sync runs, even a slow one, and
+//! Writes are group-committed, one writer at a time (see `writer.rs`): whoever writes takes
+//! every request that queued up meanwhile and writes them as one batch, which reaches the
+//! operating system at once: from then on a killed process loses none of it. A caller that
+//! finds nobody writing writes its own request at once, on its own thread; while requests come
+//! fast, or a commit was slow, the history's writer thread takes them instead. Then the
+//! history's [`Subscriber`] (the node's fan-out, registered once) is handed every message of
+//! the batch with its number, in append order, and each append's completion runs once it is
+//! durable: synced with [`Durability::Sync`]. A second thread does the syncs, each covering
+//! every batch written while the one before ran, so throughput grows with load, and writes go
+//! on meanwhile: a caller can relay a message while its sync runs, even a slow one, and
 //! acknowledge it once synced. [`Durability::Buffered`] skips the sync: a power cut or
 //! kernel crash can lose the last moments of acknowledged messages.
 //!
@@ -55,7 +57,7 @@ use writer::Command;
 /// A per-room sequence number, starting at 1.
 pub type Seq = u64;
 
-/// Most requests waiting for the writer thread; past it, [`HistoryError::Busy`].
+/// Most requests waiting to be written; past it, [`HistoryError::Busy`].
 pub const MAX_QUEUED_WRITES: usize = 65_536;
 
 /// Bytes of recent writes the messages keyspace holds in memory before flushing them to a
@@ -172,12 +174,13 @@ impl From<fjall::Error> for HistoryError {
     }
 }
 
-/// Called on the writer thread, or for a synced write on the syncer thread, once a write is
-/// done (or has failed). It must not block.
+/// Called by whoever wrote the request (the caller that submitted it or another, or the
+/// writer thread), or for a synced write on the syncer thread, once a write is done (or has
+/// failed). It must not block, nor wait for another request to the history.
 pub type Completion<T> = Box<dyn FnOnce(Result<T, HistoryError>) + Send>;
 
 /// Told of every message the history stores, once it has its number and the operating
-/// system has it (a killed process loses nothing), before its sync: on the writer thread, in
+/// system has it (a killed process loses nothing), before its sync: by whoever wrote it, in
 /// append order, gap-free per room. The log is the bus: whoever relays messages subscribes
 /// once, instead of every append carrying a way back up.
 pub trait Subscriber: Send + Sync {
@@ -185,15 +188,14 @@ pub trait Subscriber: Send + Sync {
     fn stored(&self, room: &str, seq: Seq, message: &Message);
 }
 
-/// The history of every room. Cheap to clone; all clones share one writer thread.
+/// The history of every room. Cheap to clone; all clones share one inbox of writes.
 #[derive(Clone)]
 pub struct History {
     store: Arc<Store>,
-    writer: mpsc::SyncSender<Command>,
-    thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+    writing: Arc<writer::Writing>,
 }
 
-/// The database, shared by the readers and the writer thread.
+/// The database, shared by the readers and the writers.
 pub(crate) struct Store {
     path: PathBuf,
     cap: u64,
@@ -258,9 +260,8 @@ impl History {
             subscriber: OnceLock::new(),
             path: config.path,
         });
-        let (writer, queue) = mpsc::sync_channel(MAX_QUEUED_WRITES);
-        let thread = writer::spawn(Arc::clone(&store), queue)?;
-        Ok(Self { store, writer, thread: Arc::new(std::sync::Mutex::new(Some(thread))) })
+        let writing = Arc::new(writer::start(Arc::clone(&store))?);
+        Ok(Self { store, writing })
     }
 
     /// Registers the one [`Subscriber`] that is handed every message stored from now on.
@@ -273,12 +274,14 @@ impl History {
 
     /// Appends `message` to `room`. Once it is stored the subscriber has it; `durable` runs
     /// once it is as safe as the [`Durability`] asks (with `Sync`, synced: a power cut loses
-    /// nothing), on the writer or the syncer thread, with the message's sequence number, or
+    /// nothing), on whichever thread wrote it or on the syncer's, with the message's number, or
     /// with the error that kept it from being stored (then no number was used up, and the
     /// subscriber never saw it) or synced ([`HistoryError::NotSynced`], after the subscriber
     /// had it). Completions run in the order of the appends.
     ///
-    /// Never blocks: a full queue fails at once with [`HistoryError::Busy`].
+    /// Never waits for another writer: a full queue fails at once with [`HistoryError::Busy`].
+    /// When nobody is writing and requests come slowly, it writes the message to the
+    /// operating system itself (tens of microseconds, no sync) rather than wake a thread.
     pub fn append(&self, room: &str, message: Message, durable: Completion<Seq>) {
         self.submit(Command::Append { room: room.to_owned(), message, done: durable });
     }
@@ -326,15 +329,7 @@ impl History {
     }
 
     fn submit(&self, command: Command) {
-        if let Err(e) = self.writer.try_send(command) {
-            let (mpsc::TrySendError::Full(command) | mpsc::TrySendError::Disconnected(command)) = e;
-            let error = if self.writer_alive() { HistoryError::Busy } else { HistoryError::Closed };
-            command.fail(error);
-        }
-    }
-
-    fn writer_alive(&self) -> bool {
-        self.thread.lock().map(|t| t.as_ref().is_some_and(|t| !t.is_finished())).unwrap_or(false)
+        self.writing.submit(command);
     }
 
     /// A page of `room`'s retained messages at `anchor`, within `limit`, oldest first. The
@@ -421,16 +416,14 @@ impl History {
         Ok(rooms)
     }
 
-    /// Finishes every queued write, syncs and stops the writer thread. Later writes fail
-    /// with [`HistoryError::Closed`].
+    /// Finishes every queued write, syncs and stops the writer and syncer threads. Later
+    /// writes fail with [`HistoryError::Closed`].
     ///
     /// # Errors
     /// The final sync failed.
     pub fn close(&self) -> Result<(), HistoryError> {
         let _ = self.request(|done| Command::Shutdown { done });
-        if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
-            let _ = thread.join();
-        }
+        self.writing.join();
         if let Ok(handles) = self.store.handles() {
             handles.db.persist(fjall::PersistMode::SyncAll)?;
         }

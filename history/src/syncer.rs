@@ -1,4 +1,4 @@
-//! The syncer thread: makes committed batches durable while the writer goes on.
+//! The syncer thread: makes committed batches durable while writes go on.
 //!
 //! With [`Durability::Sync`](crate::Durability::Sync) the writer commits each batch to the
 //! operating system, hands its messages to the subscriber and its completions here.
@@ -26,7 +26,8 @@ use fjall::PersistMode;
 
 use crate::{Completion, Handles, HistoryError, Seq, Store};
 
-/// Committed batches that may wait for a sync; past it, the writer waits for the syncer.
+/// Committed batches that may wait for a sync; past it, the writer thread waits for the
+/// syncer (a caller that wrote hands its batch to the writer thread instead).
 pub(crate) const MAX_UNSYNCED_BATCHES: usize = 256;
 
 /// While appends come faster than syncs, how long after one sync's start the next may wait

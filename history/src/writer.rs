@@ -1,26 +1,44 @@
-//! The writer thread: group commit of appends, room changes and flushes.
+//! Group commit of appends, room changes and flushes, by whoever is free to write.
 //!
-//! The thread owns the in-memory copy of every room's numbering. It drains whatever requests
-//! queued up, applies them to one write batch, commits it once, and only then publishes the
-//! new numbering and hands every stored message to the subscriber, in request order. The
-//! completions run once the batch is synced (see `syncer.rs`), or at once without
-//! [`Durability::Sync`]. When the commit fails, none of the batch's numbers were used: the
-//! copy is left as it was and every request in the batch gets the error. The database is then
-//! closed and reopened (see the crate's "Failed writes").
+//! Requests queue in one inbox. A caller that finds nobody writing writes the batch itself:
+//! an append from an idle history reaches the disk and the subscriber without waking another
+//! thread (at a moderate rate every append is such a one). Whatever queues meanwhile is
+//! handed to the writer thread, which writes until the inbox is empty; so is everything after
+//! a commit that took longer than [`SLOW_COMMIT`] (fjall stalls writes when its flushes fall
+//! behind, and a caller's thread is an async runtime's) or whose batch the syncer had no room
+//! for. One writer at a time, in inbox order.
+//!
+//! The writer owns the in-memory copy of every room's numbering. It applies the requests to
+//! one write batch, commits it once, and only then publishes the new numbering and hands
+//! every stored message to the subscriber, in request order. The completions run once the
+//! batch is synced (see `syncer.rs`), or at once without [`Durability::Sync`]. When the commit
+//! fails, none of the batch's numbers were used: the copy is left as it was and every request
+//! in the batch gets the error. The database is then closed and reopened (see the crate's
+//! "Failed writes").
 
-use std::collections::HashMap;
-use std::sync::{Arc, mpsc};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
 use fjall::PersistMode;
 
 use crate::syncer::{self, Committed, Outcome};
-use crate::{Completion, Durability, Handles, HistoryError, Message, RoomState, Seq, Store};
+use crate::{
+    Completion, Durability, Handles, HistoryError, MAX_QUEUED_WRITES, Message, RoomState, Seq,
+    Store,
+};
 
 /// Most requests committed in one batch.
 const MAX_BATCH: usize = 4096;
 /// How often a database closed by a failed write is tried again.
 const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
+/// While requests come closer together than this on average (over 4,000 a second), they are
+/// left to the writer thread, so that whatever comes while it writes shares the next batch
+/// rather than each caller writing its own (benches/RESULTS.md, "Callers that write").
+const BUSY_GAP: Duration = Duration::from_micros(250);
+/// A commit slower than this (a write stall, a reopening, a fan-out to very many members)
+/// leaves the next one to the writer thread, so that callers' threads stay free.
+const SLOW_COMMIT: Duration = Duration::from_millis(2);
 
 pub(crate) enum Command {
     /// `done` runs once the message is durable.
@@ -57,19 +75,210 @@ impl Command {
     }
 }
 
-pub(crate) fn spawn(
-    store: Arc<Store>,
-    queue: mpsc::Receiver<Command>,
-) -> Result<std::thread::JoinHandle<()>, HistoryError> {
+/// The inbox, the writer, and the thread that writes when no caller can.
+pub(crate) struct Writes {
+    inbox: Mutex<Inbox>,
+    /// Wakes the writer thread when it has the turn, and at shutdown.
+    thread_turn: Condvar,
+    writer: Mutex<Writer>,
+}
+
+#[derive(Default)]
+struct Inbox {
+    queued: VecDeque<Command>,
+    turn: Turn,
+    /// The last commit was slow, or the syncer had no room for it: the next batch is the
+    /// thread's.
+    slowed: bool,
+    /// When the last request came, and the mean gap between requests (a moving average
+    /// over about the last eight).
+    last_request: Option<Instant>,
+    mean_gap: Duration,
+    /// A batch committed by a caller that the syncer had no room for; the writer thread
+    /// queues it for the syncer, waiting, before it writes anything else.
+    unsynced: Option<Committed>,
+    closed: bool,
+    /// Every handle on the history is gone: the writer thread stops once idle.
+    dropped: bool,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    #[default]
+    Idle,
+    Caller,
+    Thread,
+}
+
+impl Inbox {
+    fn has_work(&self) -> bool {
+        !self.queued.is_empty() || self.unsynced.is_some()
+    }
+}
+
+/// The history's hold on its writes: when the last clone goes, the writer thread finishes
+/// what is queued and stops.
+pub(crate) struct Writing {
+    writes: Arc<Writes>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Writing {
+    pub(crate) fn submit(&self, command: Command) {
+        self.writes.submit(command);
+    }
+
+    /// Waits for the writer thread to stop, after the shutdown's batch.
+    pub(crate) fn join(&self) {
+        let thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        self.writes.inbox().dropped = true;
+        self.writes.thread_turn.notify_all();
+    }
+}
+
+/// Starts the writer thread (and the syncer's, with [`Durability::Sync`]).
+pub(crate) fn start(store: Arc<Store>) -> Result<Writing, HistoryError> {
     let rooms = store.all_rooms()?.into_iter().collect();
     let syncer = match store.durability {
         Durability::Sync => Some(syncer::spawn(Arc::clone(&store))?),
         Durability::Buffered => None,
     };
-    std::thread::Builder::new()
-        .name("history-writer".into())
-        .spawn(move || Writer { store, rooms, next_reopen: None, syncer }.run(&queue))
-        .map_err(|e| HistoryError::io("start its writer thread", e))
+    let writer = Writer { store, rooms, next_reopen: None, syncer };
+    let writes = Arc::new(Writes {
+        inbox: Mutex::default(),
+        thread_turn: Condvar::new(),
+        writer: Mutex::new(writer),
+    });
+    let thread = {
+        let writes = Arc::clone(&writes);
+        std::thread::Builder::new()
+            .name("history-writer".into())
+            .spawn(move || writes.run_thread())
+            .map_err(|e| HistoryError::io("start its writer thread", e))?
+    };
+    Ok(Writing { writes, thread: Mutex::new(Some(thread)) })
+}
+
+impl Writes {
+    fn inbox(&self) -> MutexGuard<'_, Inbox> {
+        self.inbox.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `command`, and writes it at once on this thread if nobody is writing. Never
+    /// waits for another writer; a full inbox fails at once with [`HistoryError::Busy`].
+    pub(crate) fn submit(&self, command: Command) {
+        let mut inbox = self.inbox();
+        if inbox.closed {
+            drop(inbox);
+            return command.fail(HistoryError::Closed);
+        }
+        if inbox.queued.len() >= MAX_QUEUED_WRITES {
+            drop(inbox);
+            return command.fail(HistoryError::Busy);
+        }
+        inbox.queued.push_back(command);
+        if inbox.turn != Turn::Idle {
+            return;
+        }
+        let now = Instant::now();
+        if let Some(last) = inbox.last_request.replace(now) {
+            inbox.mean_gap = (inbox.mean_gap * 7 + (now - last)) / 8;
+        }
+        if inbox.slowed || inbox.mean_gap < BUSY_GAP {
+            inbox.turn = Turn::Thread;
+            self.thread_turn.notify_one();
+            return;
+        }
+        inbox.turn = Turn::Caller;
+        self.write(inbox, Turn::Caller);
+    }
+
+    fn run_thread(&self) {
+        let mut inbox = self.inbox();
+        loop {
+            if inbox.turn == Turn::Thread {
+                self.write(inbox, Turn::Thread);
+                inbox = self.inbox();
+            } else if inbox.closed {
+                return;
+            } else if inbox.dropped {
+                // Nothing is queued while nobody has the turn.
+                drop(inbox);
+                self.writer.lock().unwrap_or_else(PoisonError::into_inner).stop_syncer();
+                return;
+            } else {
+                inbox = self.thread_turn.wait(inbox).unwrap_or_else(PoisonError::into_inner);
+            }
+        }
+    }
+
+    /// Writes batches while `who` has the turn: a caller writes one, the thread until the
+    /// inbox is empty.
+    fn write<'a>(&'a self, mut inbox: MutexGuard<'a, Inbox>, who: Turn) {
+        let turn = TurnHeld(self);
+        loop {
+            let take = inbox.queued.len().min(MAX_BATCH);
+            let batch: Vec<Command> = inbox.queued.drain(..take).collect();
+            let unsynced = inbox.unsynced.take();
+            drop(inbox);
+            let started = Instant::now();
+            let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(committed) = unsynced {
+                writer.to_syncer(committed);
+            }
+            let wait_for_syncer = who == Turn::Thread;
+            let written = writer.commit(batch, wait_for_syncer);
+            drop(writer);
+            inbox = self.inbox();
+            inbox.slowed = started.elapsed() > SLOW_COMMIT || written.unsynced.is_some();
+            inbox.unsynced = written.unsynced;
+            if written.stopped {
+                return self.close(inbox, turn);
+            }
+            if !inbox.has_work() {
+                inbox.turn = Turn::Idle;
+                break;
+            }
+            if who == Turn::Caller {
+                inbox.turn = Turn::Thread;
+                self.thread_turn.notify_one();
+                break;
+            }
+        }
+        std::mem::forget(turn);
+    }
+
+    /// After the shutdown's batch: everything still queued came after it.
+    fn close(&self, mut inbox: MutexGuard<'_, Inbox>, turn: TurnHeld<'_>) {
+        std::mem::forget(turn);
+        inbox.closed = true;
+        inbox.turn = Turn::Idle;
+        let late: Vec<Command> = inbox.queued.drain(..).collect();
+        drop(inbox);
+        self.thread_turn.notify_all();
+        for command in late {
+            command.fail(HistoryError::Closed);
+        }
+    }
+}
+
+/// Held by whoever writes; a writer that panics closes the history rather than leave the
+/// turn taken forever.
+struct TurnHeld<'a>(&'a Writes);
+
+impl Drop for TurnHeld<'_> {
+    fn drop(&mut self) {
+        let inbox = self.0.inbox();
+        self.0.close(inbox, TurnHeld(self.0));
+    }
 }
 
 struct Writer {
@@ -82,29 +291,15 @@ struct Writer {
     syncer: Option<(mpsc::SyncSender<Committed>, std::thread::JoinHandle<()>)>,
 }
 
-impl Writer {
-    fn run(mut self, queue: &mpsc::Receiver<Command>) {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        while let Ok(first) = queue.recv() {
-            batch.push(first);
-            batch.extend(queue.try_iter().take(MAX_BATCH - 1));
-            let stop = batch.iter().any(|c| matches!(c, Command::Shutdown { .. }));
-            self.commit(batch.drain(..));
-            if stop {
-                break;
-            }
-        }
-        // Every completion of the shutdown's batch has run once the syncer is done.
-        if let Some((sender, thread)) = self.syncer.take() {
-            drop(sender);
-            let _ = thread.join();
-        }
-        // Anything still queued arrived after the shutdown.
-        for command in queue.try_iter() {
-            command.fail(HistoryError::Closed);
-        }
-    }
+/// What a commit left to do.
+struct Written {
+    /// The batch was the shutdown's: the syncer has finished it.
+    stopped: bool,
+    /// The batch's completions, for the syncer, which had no room for them.
+    unsynced: Option<Committed>,
+}
 
+impl Writer {
     /// The open database, reopening it if a failed write or sync closed it and it is time to
     /// retry.
     fn handles(&mut self) -> Result<Arc<Handles>, HistoryError> {
@@ -141,7 +336,10 @@ impl Writer {
         }
     }
 
-    fn commit(&mut self, commands: impl Iterator<Item = Command>) {
+    /// Commits `commands` as one batch. Its completions go to the syncer; when the syncer has
+    /// no room for them, they come back unless `wait_for_syncer`.
+    fn commit(&mut self, commands: Vec<Command>, wait_for_syncer: bool) -> Written {
+        let stopped = commands.iter().any(|c| matches!(c, Command::Shutdown { .. }));
         let handles = match self.handles() {
             Ok(handles) => handles,
             Err(error) => {
@@ -151,7 +349,10 @@ impl Writer {
                         other => other.fail(error.clone()),
                     }
                 }
-                return;
+                if stopped {
+                    self.stop_syncer();
+                }
+                return Written { stopped, unsynced: None };
             }
         };
         // The batch reaches the operating system at commit (so a killed process loses
@@ -208,16 +409,39 @@ impl Writer {
             }
         }
         let committed = Committed { written_to: written.then_some(handles), outcomes };
+        let mut unsynced = None;
+        match &self.syncer {
+            Some((syncer, _)) if wait_for_syncer || stopped => self.to_syncer(committed),
+            Some((syncer, _)) => match syncer.try_send(committed) {
+                Ok(()) => {}
+                Err(mpsc::TrySendError::Full(committed)) => unsynced = Some(committed),
+                Err(mpsc::TrySendError::Disconnected(committed)) => closed(committed),
+            },
+            None => committed.outcomes.into_iter().for_each(Outcome::run),
+        }
+        if stopped {
+            // Every completion of the shutdown's batch has run once the syncer is done.
+            self.stop_syncer();
+        }
+        Written { stopped, unsynced }
+    }
+
+    /// Queues a committed batch for the syncer, waiting for room.
+    fn to_syncer(&self, committed: Committed) {
         match &self.syncer {
             Some((syncer, _)) => {
                 if let Err(mpsc::SendError(committed)) = syncer.send(committed) {
-                    for mut outcome in committed.outcomes {
-                        outcome.fail(&HistoryError::Closed);
-                        outcome.run();
-                    }
+                    closed(committed);
                 }
             }
             None => committed.outcomes.into_iter().for_each(Outcome::run),
+        }
+    }
+
+    fn stop_syncer(&mut self) {
+        if let Some((sender, thread)) = self.syncer.take() {
+            drop(sender);
+            let _ = thread.join();
         }
     }
 
@@ -301,6 +525,14 @@ impl Writer {
         state = RoomState { first: state.last + 1, last: state.last, deleted: true };
         changed.insert(room, state);
         Ok(true)
+    }
+}
+
+/// A batch whose syncer is gone.
+fn closed(committed: Committed) {
+    for mut outcome in committed.outcomes {
+        outcome.fail(&HistoryError::Closed);
+        outcome.run();
     }
 }
 

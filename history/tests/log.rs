@@ -151,6 +151,73 @@ fn concurrent_appends_complete_in_order_with_distinct_numbers() {
 }
 
 #[test]
+fn appends_from_many_threads_keep_each_threads_order_whoever_writes_them() {
+    // One thread waits for every append, so it mostly finds the history idle and writes its
+    // own; two others append in bursts, which the writer thread takes over.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let history = open(dir.path(), 100_000);
+    history.create_room("r").expect("created");
+    type Log = Arc<Mutex<Vec<(u64, String)>>>;
+    struct Recorder(Log);
+    impl Subscriber for Recorder {
+        fn stored(&self, _room: &str, seq: u64, message: &Message) {
+            self.0.lock().expect("lock").push((seq, message.body.clone()));
+        }
+    }
+    let stored: Log = Arc::default();
+    let durable: Log = Arc::default();
+    history.subscribe(Arc::new(Recorder(Arc::clone(&stored)))).expect("subscribed");
+    const WAITED: usize = 300;
+    const BURSTS: usize = 10;
+    const BURST: usize = 200;
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for i in 0..WAITED {
+                let body = format!("w:{i}");
+                let seq = history.append_blocking("r", msg(&body)).expect("stored");
+                durable.lock().expect("lock").push((seq, body));
+            }
+        });
+        for thread in ["b0", "b1"] {
+            let (history, durable) = (&history, &durable);
+            scope.spawn(move || {
+                for i in 0..BURSTS * BURST {
+                    let body = format!("{thread}:{i}");
+                    let durable = Arc::clone(durable);
+                    history.append(
+                        "r",
+                        msg(&body),
+                        Box::new(move |r| {
+                            durable.lock().expect("lock").push((r.expect("durable"), body));
+                        }),
+                    );
+                    if i % BURST == BURST - 1 {
+                        history.flush().expect("flushed");
+                    }
+                }
+            });
+        }
+    });
+    history.flush().expect("flushed");
+    let total = WAITED + 2 * BURSTS * BURST;
+    let stored = stored.lock().expect("lock").clone();
+    let seqs: Vec<u64> = stored.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(seqs, (1..=total as u64).collect::<Vec<_>>(), "stored in order, gap-free");
+    let mut durable = durable.lock().expect("lock").clone();
+    durable.sort();
+    assert_eq!(durable, stored, "every append completed with the number it was stored under");
+    for thread in ["w", "b0", "b1"] {
+        let own: Vec<usize> = stored
+            .iter()
+            .filter_map(|(_, body)| body.strip_prefix(&format!("{thread}:")))
+            .map(|i| i.parse().expect("a number"))
+            .collect();
+        let sent = if thread == "w" { WAITED } else { BURSTS * BURST };
+        assert_eq!(own, (0..sent).collect::<Vec<_>>(), "{thread}'s appends in its order");
+    }
+}
+
+#[test]
 fn rooms_named_with_a_prefix_keep_their_own_cap() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = Config {

@@ -132,7 +132,8 @@ pub(crate) struct Conn {
 /// What every connection task shares.
 pub(crate) struct Shared {
     /// A `std` mutex, not tokio's: it is never held across an await, and the history's
-    /// writer thread takes it too.
+    /// writers take it too (whoever writes an append hands it to the fan-out), so nothing
+    /// appends while holding it.
     core: Arc<Mutex<Core<Outbox>>>,
     history: Arc<dyn HistoryStore>,
     fanout: Arc<dyn FanOut>,

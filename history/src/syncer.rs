@@ -17,9 +17,10 @@
 //! `stat`) and looks for the newest journal again only if it does. Should fjall ever keep its
 //! journals elsewhere, the syncer falls back to `persist`.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak, mpsc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use fjall::PersistMode;
@@ -71,46 +72,186 @@ pub(crate) struct Committed {
     pub(crate) outcomes: Vec<Outcome>,
 }
 
-pub(crate) fn spawn(
-    store: Arc<Store>,
-) -> Result<(mpsc::SyncSender<Committed>, std::thread::JoinHandle<()>), HistoryError> {
-    let (sender, queue) = mpsc::sync_channel(MAX_UNSYNCED_BATCHES);
-    let thread = std::thread::Builder::new()
-        .name("history-syncer".into())
-        .spawn(move || run(&store, &queue))
-        .map_err(|e| HistoryError::io("start its syncer thread", e))?;
-    Ok((sender, thread))
+/// The syncer thread and its queue of committed batches. Unlike a channel's, a batch wakes
+/// the syncer only when it waits for it: while a sync waits for company, only the batch that
+/// makes [`GROUP_ENOUGH`] requests does (at a moderate rate each append is a batch, and a
+/// wake-up per append cost the syncer's thread a task switch per message).
+pub(crate) struct Syncer {
+    queue: Arc<Queue>,
+    thread: std::thread::JoinHandle<()>,
 }
 
-fn run(store: &Store, queue: &mpsc::Receiver<Committed>) {
+struct Queue {
+    pending: Mutex<Pending>,
+    /// Wakes the syncer when it has what it waits for, and at shutdown.
+    syncer_wake: Condvar,
+    /// Wakes writers waiting for room, once a sync took the queue.
+    room: Condvar,
+}
+
+#[derive(Default)]
+struct Pending {
+    batches: VecDeque<Committed>,
+    /// Requests in `batches`.
+    requests: usize,
+    wanted: Wanted,
+    /// No more batches will come: the syncer finishes these and stops.
+    closed: bool,
+    /// The syncer's thread ended (it panicked): nothing sent would be synced.
+    gone: bool,
+}
+
+/// What the syncer waits for, so what wakes it.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Wanted {
+    /// Busy syncing or running completions: it looks at the queue when done.
+    #[default]
+    Nothing,
+    /// Idle: any batch.
+    Any,
+    /// Waiting for company: enough requests (or a full queue).
+    Enough,
+}
+
+/// Why [`Syncer::try_send`] gave a batch back.
+pub(crate) enum NotSent {
+    Full(Committed),
+    Gone(Committed),
+}
+
+impl Syncer {
+    pub(crate) fn spawn(store: Arc<Store>) -> Result<Self, HistoryError> {
+        let queue = Arc::new(Queue {
+            pending: Mutex::default(),
+            syncer_wake: Condvar::new(),
+            room: Condvar::new(),
+        });
+        let thread = {
+            let queue = Arc::clone(&queue);
+            std::thread::Builder::new()
+                .name("history-syncer".into())
+                .spawn(move || {
+                    let _gone = Gone(&queue);
+                    run(&store, &queue);
+                })
+                .map_err(|e| HistoryError::io("start its syncer thread", e))?
+        };
+        Ok(Self { queue, thread })
+    }
+
+    /// Queues `committed`, waiting for room; gives it back if the syncer is gone.
+    pub(crate) fn send(&self, committed: Committed) -> Result<(), Committed> {
+        let mut pending = self.queue.lock();
+        while pending.batches.len() >= MAX_UNSYNCED_BATCHES && !pending.gone {
+            pending = self.queue.room.wait(pending).unwrap_or_else(PoisonError::into_inner);
+        }
+        if pending.gone {
+            return Err(committed);
+        }
+        self.queue.push(pending, committed);
+        Ok(())
+    }
+
+    /// Queues `committed` if there is room.
+    pub(crate) fn try_send(&self, committed: Committed) -> Result<(), NotSent> {
+        let pending = self.queue.lock();
+        if pending.gone {
+            return Err(NotSent::Gone(committed));
+        }
+        if pending.batches.len() >= MAX_UNSYNCED_BATCHES {
+            return Err(NotSent::Full(committed));
+        }
+        self.queue.push(pending, committed);
+        Ok(())
+    }
+
+    /// Waits for the syncer to finish what is queued and stop.
+    pub(crate) fn stop(self) {
+        self.queue.lock().closed = true;
+        self.queue.syncer_wake.notify_one();
+        let _ = self.thread.join();
+    }
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn push(&self, mut pending: MutexGuard<'_, Pending>, committed: Committed) {
+        pending.requests += committed.outcomes.len();
+        pending.batches.push_back(committed);
+        let wake = match pending.wanted {
+            Wanted::Nothing => false,
+            Wanted::Any => true,
+            Wanted::Enough => {
+                pending.requests >= GROUP_ENOUGH || pending.batches.len() >= MAX_UNSYNCED_BATCHES
+            }
+        };
+        if wake {
+            pending.wanted = Wanted::Nothing;
+            drop(pending);
+            self.syncer_wake.notify_one();
+        }
+    }
+
+    /// Moves the next sync's batches into `batches`: once one has come, those that come
+    /// until `until` or until there are enough. `false` once closed and empty.
+    fn take(&self, until: Option<Instant>, batches: &mut Vec<Committed>) -> bool {
+        let mut pending = self.lock();
+        while pending.batches.is_empty() {
+            if pending.closed {
+                return false;
+            }
+            pending.wanted = Wanted::Any;
+            pending = self.syncer_wake.wait(pending).unwrap_or_else(PoisonError::into_inner);
+        }
+        if let Some(until) = until {
+            while pending.requests < GROUP_ENOUGH
+                && pending.batches.len() < MAX_UNSYNCED_BATCHES
+                && !pending.closed
+            {
+                let Some(left) = until.checked_duration_since(Instant::now()) else { break };
+                pending.wanted = Wanted::Enough;
+                pending = self
+                    .syncer_wake
+                    .wait_timeout(pending, left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+        }
+        pending.wanted = Wanted::Nothing;
+        let was_full = pending.batches.len() >= MAX_UNSYNCED_BATCHES;
+        batches.extend(pending.batches.drain(..));
+        pending.requests = 0;
+        drop(pending);
+        if was_full {
+            self.room.notify_all();
+        }
+        true
+    }
+
+    fn has_pending(&self) -> bool {
+        !self.lock().batches.is_empty()
+    }
+}
+
+/// Marks the queue gone when the syncer's thread ends, so that no writer waits for it.
+struct Gone<'a>(&'a Queue);
+
+impl Drop for Gone<'_> {
+    fn drop(&mut self) {
+        self.0.lock().gone = true;
+        self.0.room.notify_all();
+    }
+}
+
+fn run(store: &Store, queue: &Queue) {
     let mut batches = Vec::new();
     let mut journal = None;
     let mut grouping = Grouping::default();
-    // A batch that came while the last sync ran: the first of the next.
-    let mut next = None;
-    loop {
-        let first = match next.take() {
-            Some(batch) => batch,
-            None => match queue.recv() {
-                Ok(batch) => batch,
-                Err(mpsc::RecvError) => return,
-            },
-        };
-        let mut requests = first.outcomes.len();
-        batches.push(first);
-        if let Some(until) = grouping.until() {
-            // Waits for company until the window closes, or until there is enough of it.
-            while requests < GROUP_ENOUGH && batches.len() < MAX_UNSYNCED_BATCHES {
-                let Some(left) = until.checked_duration_since(Instant::now()) else { break };
-                let Ok(batch) = queue.recv_timeout(left) else { break };
-                requests += batch.outcomes.len();
-                batches.push(batch);
-            }
-        }
-        for batch in queue.try_iter().take(MAX_UNSYNCED_BATCHES) {
-            requests += batch.outcomes.len();
-            batches.push(batch);
-        }
+    while queue.take(grouping.until(), &mut batches) {
+        let requests = batches.iter().map(|b| b.outcomes.len()).sum();
         let started = Instant::now();
         // Almost always one opening; after a failed write, batches of the closed one too.
         let mut openings: Vec<Arc<Handles>> = Vec::new();
@@ -133,7 +274,7 @@ fn run(store: &Store, queue: &mpsc::Receiver<Committed>) {
         }
         // Looked for before the completions run: a batch that comes after them may be their
         // own appender's next, which is no company.
-        next = queue.try_recv().ok();
+        let more_came = queue.has_pending();
         for batch in batches.drain(..) {
             let error = batch.written_to.as_ref().and_then(|written| {
                 failed.iter().find(|(h, _)| Arc::ptr_eq(h, written)).map(|(_, e)| e)
@@ -145,7 +286,7 @@ fn run(store: &Store, queue: &mpsc::Receiver<Committed>) {
                 outcome.run();
             }
         }
-        grouping.synced(started, requests, next.is_some());
+        grouping.synced(started, requests, more_came);
     }
 }
 

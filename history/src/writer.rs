@@ -17,12 +17,12 @@
 //! "Failed writes").
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use fjall::PersistMode;
 
-use crate::syncer::{self, Committed, Outcome};
+use crate::syncer::{Committed, NotSent, Outcome, Syncer};
 use crate::{
     Completion, Durability, Handles, HistoryError, MAX_QUEUED_WRITES, Message, RoomState, Seq,
     Store,
@@ -148,7 +148,7 @@ impl Drop for Writing {
 pub(crate) fn start(store: Arc<Store>) -> Result<Writing, HistoryError> {
     let rooms = store.all_rooms()?.into_iter().collect();
     let syncer = match store.durability {
-        Durability::Sync => Some(syncer::spawn(Arc::clone(&store))?),
+        Durability::Sync => Some(Syncer::spawn(Arc::clone(&store))?),
         Durability::Buffered => None,
     };
     let writer = Writer { store, rooms, next_reopen: None, syncer };
@@ -288,7 +288,7 @@ struct Writer {
     /// again, and what went wrong.
     next_reopen: Option<(Instant, String)>,
     /// Where committed batches go to be synced, with [`Durability::Sync`].
-    syncer: Option<(mpsc::SyncSender<Committed>, std::thread::JoinHandle<()>)>,
+    syncer: Option<Syncer>,
 }
 
 /// What a commit left to do.
@@ -411,11 +411,11 @@ impl Writer {
         let committed = Committed { written_to: written.then_some(handles), outcomes };
         let mut unsynced = None;
         match &self.syncer {
-            Some((syncer, _)) if wait_for_syncer || stopped => self.to_syncer(committed),
-            Some((syncer, _)) => match syncer.try_send(committed) {
+            Some(_) if wait_for_syncer || stopped => self.to_syncer(committed),
+            Some(syncer) => match syncer.try_send(committed) {
                 Ok(()) => {}
-                Err(mpsc::TrySendError::Full(committed)) => unsynced = Some(committed),
-                Err(mpsc::TrySendError::Disconnected(committed)) => closed(committed),
+                Err(NotSent::Full(committed)) => unsynced = Some(committed),
+                Err(NotSent::Gone(committed)) => closed(committed),
             },
             None => committed.outcomes.into_iter().for_each(Outcome::run),
         }
@@ -429,8 +429,8 @@ impl Writer {
     /// Queues a committed batch for the syncer, waiting for room.
     fn to_syncer(&self, committed: Committed) {
         match &self.syncer {
-            Some((syncer, _)) => {
-                if let Err(mpsc::SendError(committed)) = syncer.send(committed) {
+            Some(syncer) => {
+                if let Err(committed) = syncer.send(committed) {
                     closed(committed);
                 }
             }
@@ -439,9 +439,8 @@ impl Writer {
     }
 
     fn stop_syncer(&mut self) {
-        if let Some((sender, thread)) = self.syncer.take() {
-            drop(sender);
-            let _ = thread.join();
+        if let Some(syncer) = self.syncer.take() {
+            syncer.stop();
         }
     }
 

@@ -90,8 +90,9 @@ struct Inbox {
     /// The last commit was slow, or the syncer had no room for it: the next batch is the
     /// thread's.
     slowed: bool,
-    /// When the last request came, and the mean gap between requests (a moving average
-    /// over about the last eight).
+    /// When the last request that found nobody writing came, and the mean gap between such
+    /// requests (a moving average over about the last eight). Those queued behind a writer
+    /// are not counted: they share its batches anyway.
     last_request: Option<Instant>,
     mean_gap: Duration,
     /// A batch committed by a caller that the syncer had no room for; the writer thread

@@ -98,6 +98,8 @@ struct Inbox {
     /// A batch committed by a caller that the syncer had no room for; the writer thread
     /// queues it for the syncer, waiting, before it writes anything else.
     unsynced: Option<Committed>,
+    /// The last batch's emptied vector, so that a batch costs no allocation.
+    spare: Vec<Command>,
     closed: bool,
     /// Every handle on the history is gone: the writer thread stops once idle.
     dropped: bool,
@@ -226,8 +228,9 @@ impl Writes {
     fn write<'a>(&'a self, mut inbox: MutexGuard<'a, Inbox>, who: Turn) {
         let turn = TurnHeld(self);
         loop {
+            let mut batch = std::mem::take(&mut inbox.spare);
             let take = inbox.queued.len().min(MAX_BATCH);
-            let batch: Vec<Command> = inbox.queued.drain(..take).collect();
+            batch.extend(inbox.queued.drain(..take));
             let unsynced = inbox.unsynced.take();
             drop(inbox);
             let started = Instant::now();
@@ -235,14 +238,20 @@ impl Writes {
             if let Some(committed) = unsynced {
                 writer.to_syncer(committed);
             }
-            let wait_for_syncer = who == Turn::Thread;
-            let written = writer.commit(batch, wait_for_syncer);
+            // Empty when the thread only had a caller's unsynced batch to hand on.
+            let written = if batch.is_empty() {
+                Written { stopped: false, unsynced: None }
+            } else {
+                writer.commit(&mut batch, who == Turn::Thread)
+            };
             drop(writer);
             inbox = self.inbox();
+            inbox.spare = batch;
             inbox.slowed = started.elapsed() > SLOW_COMMIT || written.unsynced.is_some();
             inbox.unsynced = written.unsynced;
             if written.stopped {
-                return self.close(inbox, turn);
+                std::mem::forget(turn);
+                return self.close(inbox);
             }
             if !inbox.has_work() {
                 inbox.turn = Turn::Idle;
@@ -258,8 +267,7 @@ impl Writes {
     }
 
     /// After the shutdown's batch: everything still queued came after it.
-    fn close(&self, mut inbox: MutexGuard<'_, Inbox>, turn: TurnHeld<'_>) {
-        std::mem::forget(turn);
+    fn close(&self, mut inbox: MutexGuard<'_, Inbox>) {
         inbox.closed = true;
         inbox.turn = Turn::Idle;
         let late: Vec<Command> = inbox.queued.drain(..).collect();
@@ -277,8 +285,7 @@ struct TurnHeld<'a>(&'a Writes);
 
 impl Drop for TurnHeld<'_> {
     fn drop(&mut self) {
-        let inbox = self.0.inbox();
-        self.0.close(inbox, TurnHeld(self.0));
+        self.0.close(self.0.inbox());
     }
 }
 
@@ -337,14 +344,14 @@ impl Writer {
         }
     }
 
-    /// Commits `commands` as one batch. Its completions go to the syncer; when the syncer has
-    /// no room for them, they come back unless `wait_for_syncer`.
-    fn commit(&mut self, commands: Vec<Command>, wait_for_syncer: bool) -> Written {
+    /// Commits `commands` as one batch, emptying it. Its completions go to the syncer; when
+    /// the syncer has no room for them, they come back unless `wait_for_syncer`.
+    fn commit(&mut self, commands: &mut Vec<Command>, wait_for_syncer: bool) -> Written {
         let stopped = commands.iter().any(|c| matches!(c, Command::Shutdown { .. }));
         let handles = match self.handles() {
             Ok(handles) => handles,
             Err(error) => {
-                for command in commands {
+                for command in commands.drain(..) {
                     match command {
                         Command::Flush { done } | Command::Shutdown { done } => done(Ok(true)),
                         other => other.fail(error.clone()),
@@ -363,7 +370,7 @@ impl Writer {
         let mut changed: HashMap<String, RoomState> = HashMap::new();
         let mut stored = Vec::new();
         let mut outcomes = Vec::new();
-        for command in commands {
+        for command in commands.drain(..) {
             outcomes.push(match command {
                 Command::Append { room, message, done } => {
                     let result = self.append(&handles, &mut batch, &mut changed, &room, &message);

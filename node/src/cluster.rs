@@ -511,7 +511,8 @@ async fn wait_for_room(core: &Mutex<Core<Outbox>>, room: &RoomName) {
 
 fn hand_over(core: &Mutex<Core<Outbox>>, room: &RoomName, stored: chat_history::Stored) {
     let frame = message_frame(room.as_str(), stored.seq, &stored.message);
-    let gone = lock(core).committed_in_order(room.as_str(), stored.seq, frame);
+    let gone =
+        crate::wakes::holding(|| lock(core).committed_in_order(room.as_str(), stored.seq, frame));
     report_dropped(room, gone);
 }
 
@@ -527,8 +528,11 @@ fn hand_over_next(
     if core.delivered(room).is_some_and(|delivered| delivered < live.previous) {
         return Err(live);
     }
-    let gone = core.committed_in_order(room.as_str(), live.stored.seq, frame);
-    drop(core);
+    let gone = crate::wakes::holding(move || {
+        let gone = core.committed_in_order(room.as_str(), live.stored.seq, frame);
+        drop(core); // before the wakes are handed over
+        gone
+    });
     report_dropped(room, gone);
     Ok(())
 }

@@ -145,6 +145,10 @@ pub struct Settings {
     /// may not connect again; 0 for none [default: 10]
     #[arg(long, env = "CHAT_RATE_LIMITED_BAR_SECS")]
     pub rate_limited_bar_secs: Option<u64>,
+    /// Threads that serve the QUIC port, each with its own endpoint and the connections it
+    /// takes (at most 64) [default: one per core]
+    #[arg(long, env = "CHAT_QUIC_THREADS")]
+    pub quic_threads: Option<usize>,
     /// Address of the Prometheus `/metrics` endpoint (plain HTTP; keep it on loopback or a
     /// private network) [default: off]
     #[arg(long, env = "CHAT_METRICS_LISTEN")]
@@ -284,6 +288,8 @@ pub struct NodeConfig {
     pub requests_per_second: u32,
     pub request_burst: u32,
     pub rate_limited_bar: Duration,
+    /// Threads serving the QUIC port, a QUIC endpoint each (1 to 64: more are 64).
+    pub quic_threads: usize,
     /// Where `/metrics` is served; `None` serves none.
     pub metrics_listen: Option<SocketAddr>,
     /// Where browsers connect (UDP) and load the page (TCP); `None` serves no browsers.
@@ -356,6 +362,7 @@ impl Settings {
             requests_per_second: self.requests_per_second.or(lower.requests_per_second),
             request_burst: self.request_burst.or(lower.request_burst),
             rate_limited_bar_secs: self.rate_limited_bar_secs.or(lower.rate_limited_bar_secs),
+            quic_threads: self.quic_threads.or(lower.quic_threads),
             metrics_listen: self.metrics_listen.or(lower.metrics_listen),
             web_listen: self.web_listen.or(lower.web_listen),
             cluster: self.cluster.or(lower.cluster),
@@ -406,6 +413,9 @@ impl Settings {
             requests_per_second: self.requests_per_second.unwrap_or(50),
             request_burst: self.request_burst.unwrap_or(200).max(1),
             rate_limited_bar: Duration::from_secs(self.rate_limited_bar_secs.unwrap_or(10)),
+            quic_threads: self
+                .quic_threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
             metrics_listen: self.metrics_listen,
             web_listen: self.web_listen,
             cluster: self.cluster.resolve(history_cap, direct_history_cap),

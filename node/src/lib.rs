@@ -22,7 +22,9 @@
 //! - `reply`: the frames the node answers with (below `connection` and `room`).
 //! - `web`: browsers: the WebTransport endpoint, its certificates, and the page.
 //! - `http`: the tiny HTTP listener of `/metrics` and of the page.
-//! - [`Node`]: the endpoint, the accept loop and the orderly shutdown.
+//! - `lanes`: the port's endpoints, one per thread, each with its connections.
+//! - `wakes`: a fan-out's wakes of other lanes' tasks, handed over once per lane.
+//! - [`Node`]: the lanes, the accept loops and the orderly shutdown.
 //!
 //! All room rules (names, membership, order, limits) live in `chat_core`, which knows nothing
 //! of sockets; this crate carries its decisions out.
@@ -33,6 +35,7 @@ mod cluster;
 pub mod config;
 mod connection;
 mod http;
+mod lanes;
 mod login;
 mod mailbox;
 mod member;
@@ -42,6 +45,7 @@ mod pages;
 mod reply;
 mod room;
 pub mod seams;
+mod wakes;
 mod web;
 
 use std::collections::HashMap;
@@ -241,7 +245,7 @@ impl Shared {
 
 /// A node bound to its address, ready to [`run`](Node::run).
 pub struct Node {
-    endpoint: quinn::Endpoint,
+    lanes: lanes::Lanes,
     /// Cluster mode's watch on rooms' rules, for as long as the node runs.
     _rules_watch: Option<AbortOnDrop>,
     shared: Arc<Shared>,
@@ -287,13 +291,13 @@ impl Node {
                     config.tls.as_ref(),
                     &prepared.tls,
                     web_transport(&config)?,
-                    endpoint_config(&secret),
+                    endpoint_config(&secret, 0),
                 )
                 .await?,
             ),
             None => None,
         };
-        let endpoint = endpoint(&config, prepared.tls, &secret)?;
+        let lanes = lanes(&config, prepared.tls, &secret)?;
         let metrics_listener = match config.metrics_listen {
             Some(addr) => Some(metrics::bind(addr).await?),
             None => None,
@@ -335,7 +339,7 @@ impl Node {
             }
         };
         Ok(Self {
-            endpoint,
+            lanes,
             _rules_watch: rules_watch,
             shared,
             stop,
@@ -350,7 +354,7 @@ impl Node {
     /// # Errors
     /// The socket's address cannot be read.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.endpoint.local_addr()
+        self.lanes.first().local_addr()
     }
 
     /// The address of the `/metrics` endpoint, when the node serves one.
@@ -370,16 +374,33 @@ impl Node {
     /// # Errors
     /// The history could not be flushed at the end.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let Self { endpoint, shared, stop, metrics_listener, _rules_watch, web, .. } = self;
+        let Self { lanes, shared, stop, metrics_listener, _rules_watch, web, .. } = self;
         let _metrics = metrics_listener.map(|listener| {
             AbortOnDrop(tokio::spawn(metrics::serve(listener, Arc::clone(&shared.metrics))))
         });
+        // Each lane serves its endpoint's connections on its own thread; browsers' on this
+        // runtime.
+        let mut serving: Vec<_> = lanes
+            .0
+            .iter()
+            .enumerate()
+            .map(|(number, lane)| {
+                let (endpoint, name) = (lane.endpoint.clone(), number.to_string());
+                let serving =
+                    serve(endpoint, name, Arc::clone(&shared), connection::Flavor::Native);
+                lane.runtime.spawn(serving)
+            })
+            .collect();
         let (web_endpoint, _page, _rotation) = match web {
             Some(web::Web { endpoint, page, page_tls, pinned }) => {
                 let addr = endpoint.local_addr()?;
-                let serving = http::serve(page, page_tls, web::page(addr, pinned.clone()));
+                let page_serving = http::serve(page, page_tls, web::page(addr, pinned.clone()));
                 let rotation = pinned.map(|pinned| AbortOnDrop(tokio::spawn(web::rotate(pinned))));
-                (Some(endpoint), Some(AbortOnDrop(tokio::spawn(serving))), rotation)
+                let browsers = endpoint.clone();
+                let browsers =
+                    serve(browsers, "web".into(), Arc::clone(&shared), connection::Flavor::Browser);
+                serving.push(tokio::spawn(browsers));
+                (Some(endpoint), Some(AbortOnDrop(tokio::spawn(page_serving))), rotation)
             }
             None => (None, None, None),
         };
@@ -387,57 +408,21 @@ impl Node {
             AbortOnDrop(tokio::spawn(refresh_names(Arc::clone(&shared), cluster.presence_ttl / 3)))
         });
         let _migrations = AbortOnDrop(tokio::spawn(follow_migrations(Arc::clone(&shared))));
-        let mut tasks = JoinSet::new();
-        tokio::pin!(shutdown);
-        loop {
-            let (incoming, flavor) = tokio::select! {
-                incoming = endpoint.accept() => (incoming, connection::Flavor::Native),
-                Some(incoming) = accept(web_endpoint.as_ref()) => (Some(incoming), connection::Flavor::Browser),
-                () = &mut shutdown => break,
-            };
-            let Some(incoming) = incoming else { break };
-            while tasks.try_join_next().is_some() {}
-            let Some(incoming) = shared.validate(incoming) else { continue };
-            let remote = incoming.remote_address();
-            let slot = match shared.admission.admit(remote.ip()) {
-                Ok(slot) => slot,
-                Err(full) => {
-                    // Debug, not warn: a flood of refusals must not flood the log too (the
-                    // metrics count them).
-                    debug!(%remote, reason = full.as_str(), "refused a connection: at the connection limit");
-                    shared.metrics.refused(full.as_str());
-                    incoming.refuse();
-                    continue;
-                }
-            };
-            tasks.spawn(connection::serve(Arc::clone(&shared), Box::new(incoming), slot, flavor));
-        }
+        shutdown.await;
 
         info!("shutting down: no new connections; finishing the acks in flight");
-        endpoint.set_server_config(None);
-        if let Some(web) = &web_endpoint {
-            web.set_server_config(None);
+        for endpoint in lanes.0.iter().map(|lane| &lane.endpoint).chain(&web_endpoint) {
+            endpoint.set_server_config(None);
         }
         shared.core().stop_announcing();
         stop.send_replace(true);
         let history = Arc::clone(&shared.history);
         let flushed = tokio::task::spawn_blocking(move || history.flush()).await?;
-        if tokio::time::timeout(DRAIN_TIMEOUT, async { while tasks.join_next().await.is_some() {} })
-            .await
-            .is_err()
-        {
-            warn!("some clients did not drain in time; closing them");
+        for served in serving {
+            let _ = served.await;
         }
-        for endpoint in std::iter::once(&endpoint).chain(&web_endpoint) {
-            endpoint.close(codes::close::GOING_AWAY.into(), b"the node is shutting down");
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            endpoint.wait_idle().await;
-            if let Some(web) = &web_endpoint {
-                web.wait_idle().await;
-            }
-        })
-        .await;
+        // Whatever a lane still runs ends with its runtime, before the history closes.
+        tokio::task::spawn_blocking(move || lanes.join()).await?;
         let history = Arc::clone(&shared.history);
         tokio::task::spawn_blocking(move || history.close()).await??;
         flushed?;
@@ -446,12 +431,53 @@ impl Node {
     }
 }
 
-/// The next connection on the browsers' endpoint; never, for a node that serves none.
-async fn accept(web: Option<&quinn::Endpoint>) -> Option<quinn::Incoming> {
-    match web {
-        Some(web) => web.accept().await,
-        None => std::future::pending().await,
+/// Admits and serves `endpoint`'s connections (counted under `name`) until the node stops;
+/// then lets them finish (the acks in flight reach their clients) for `DRAIN_TIMEOUT` at
+/// most, closes every one with the going-away code and waits for the endpoint to be idle.
+async fn serve(
+    endpoint: quinn::Endpoint,
+    name: String,
+    shared: Arc<Shared>,
+    flavor: connection::Flavor,
+) {
+    let open = shared.metrics.endpoint_connections(name);
+    let mut tasks = JoinSet::new();
+    let mut stop = shared.stopping.clone();
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => incoming,
+            () = stopping(&mut stop) => break,
+        };
+        let Some(incoming) = incoming else { break };
+        while tasks.try_join_next().is_some() {}
+        let Some(incoming) = shared.validate(incoming) else { continue };
+        let remote = incoming.remote_address();
+        let slot = match shared.admission.admit(remote.ip()) {
+            Ok(slot) => slot,
+            Err(full) => {
+                // Debug, not warn: a flood of refusals must not flood the log too (the
+                // metrics count them).
+                debug!(%remote, reason = full.as_str(), "refused a connection: at the connection limit");
+                shared.metrics.refused(full.as_str());
+                incoming.refuse();
+                continue;
+            }
+        };
+        let (served, open) = (Arc::clone(&shared), open.clone());
+        open.inc();
+        tasks.spawn(async move {
+            connection::serve(served, Box::new(incoming), slot, flavor).await;
+            open.dec();
+        });
     }
+    if tokio::time::timeout(DRAIN_TIMEOUT, async { while tasks.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
+        warn!("some clients did not drain in time; closing them");
+    }
+    endpoint.close(codes::close::GOING_AWAY.into(), b"the node is shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
 }
 
 /// `chat-node set-password`: registers `name` with `password`, or sets a new password for
@@ -634,25 +660,26 @@ fn seams(
     })
 }
 
-/// The QUIC endpoint on the configured address. Its connection ids and stateless resets
-/// come from the data dir's secret, so that a restarted node recognises its previous run's.
-fn endpoint(
+/// The QUIC endpoints on the configured address, a lane each. Their connection ids and
+/// stateless resets come from the data dir's secret, so that a restarted node recognises its
+/// previous run's.
+fn lanes(
     config: &NodeConfig,
     tls: rustls::ServerConfig,
     secret: &[u8],
-) -> anyhow::Result<quinn::Endpoint> {
+) -> anyhow::Result<lanes::Lanes> {
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server_config.transport_config(Arc::new(transport(config)?));
     no_address_tokens(&mut server_config);
-    let socket = std::net::UdpSocket::bind(config.listen)
-        .with_context(|| format!("binding UDP {}", config.listen))?;
-    Ok(quinn::Endpoint::new(
-        endpoint_config(secret),
-        Some(server_config),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )?)
+    lanes::Lanes::bind(config.listen, config.quic_threads, |lane, socket| {
+        quinn::Endpoint::new(
+            endpoint_config(secret, lane),
+            Some(server_config.clone()),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+    })
 }
 
 /// No NEW_TOKEN frames: the node proves addresses with a Retry when it is busy (see
@@ -730,12 +757,13 @@ fn congestion() -> quinn::congestion::CubicConfig {
     cubic
 }
 
-/// Connection ids and stateless resets from the data dir's secret (see `node_secret`).
-fn endpoint_config(secret: &[u8]) -> quinn::EndpointConfig {
+/// Connection ids (naming `lane`) and stateless resets from the data dir's secret (see
+/// `node_secret`).
+fn endpoint_config(secret: &[u8], lane: u8) -> quinn::EndpointConfig {
     let mut endpoint_config =
         quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret)));
     let secret = secret.to_vec();
-    endpoint_config.cid_generator(move || Box::new(cids::SignedConnectionIds::new(&secret)));
+    endpoint_config.cid_generator(move || Box::new(cids::SignedConnectionIds::new(&secret, lane)));
     endpoint_config
 }
 

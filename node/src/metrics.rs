@@ -23,11 +23,18 @@ pub(crate) struct Kind {
     kind: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct Endpoint {
+    endpoint: String,
+}
+
 /// The node's metrics. Cheap to update from any thread.
 pub(crate) struct Metrics {
     registry: Registry,
     /// Client connections open now.
     pub connections: Gauge,
+    /// Client connections open now, by the endpoint that serves them.
+    endpoint_connections: Family<Endpoint, Gauge>,
     /// Connections refused before the handshake, by reason.
     pub refused: Family<Kind, Counter>,
     /// Rooms that exist.
@@ -49,10 +56,16 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
+    /// The gauge of the connections that `endpoint` serves.
+    pub(crate) fn endpoint_connections(&self, endpoint: String) -> Gauge {
+        self.endpoint_connections.get_or_create(&Endpoint { endpoint }).clone()
+    }
+
     pub(crate) fn new() -> Self {
         let mut metrics = Self {
             registry: Registry::with_prefix("chat"),
             connections: Gauge::default(),
+            endpoint_connections: Family::default(),
             refused: Family::default(),
             rooms: Gauge::default(),
             members: Gauge::default(),
@@ -66,6 +79,11 @@ impl Metrics {
         };
         let r = &mut metrics.registry;
         r.register("connections", "Client connections open", metrics.connections.clone());
+        r.register(
+            "endpoint_connections",
+            "Client connections open, by endpoint: a QUIC thread's number, or web for browsers",
+            metrics.endpoint_connections.clone(),
+        );
         r.register(
             "connections_refused",
             "Connections refused before the handshake, by reason",

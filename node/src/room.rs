@@ -139,8 +139,13 @@ async fn enter(
         Arc::clone(&drained),
     );
     let page_len = shared.core().rules().page_len(limit);
-    let writing =
-        tokio::spawn(writer.run(after, page_len, joined.history_until, queued, eviction.clone()));
+    let writing = crate::wakes::spawn(writer.run(
+        after,
+        page_len,
+        joined.history_until,
+        queued,
+        eviction.clone(),
+    ));
     Some(Entered { member, room: joined.room, outbox, eviction, drained, writing })
 }
 

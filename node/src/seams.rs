@@ -119,8 +119,9 @@ pub struct LocalFanOut(pub Arc<Mutex<Core<Outbox>>>);
 impl Subscriber for LocalFanOut {
     fn stored(&self, room: &str, seq: Seq, message: &Message) {
         let frame = crate::reply::message_frame(room, seq, message);
-        let evicted =
-            self.0.lock().unwrap_or_else(PoisonError::into_inner).committed(room, seq, frame);
+        let evicted = crate::wakes::holding(|| {
+            self.0.lock().unwrap_or_else(PoisonError::into_inner).committed(room, seq, frame)
+        });
         for gone in evicted {
             tracing::info!(member = gone.member.0, last_seq = gone.last_seq, %room, "dropped a member that fell behind");
         }

@@ -1,6 +1,6 @@
 //! What an operator sees and survives: the `/metrics` endpoint, a data directory that fills
-//! up and frees again, one that is read-only, and a restart that tells the last run's
-//! clients at once.
+//! up and frees again, one that is read-only, a restart that tells the last run's clients at
+//! once, and a port served by several threads.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -9,7 +9,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chat_client::{ClientError, ErrorCode};
-use chat_tests::{PATIENCE, TestNode, next_message, program};
+use chat_proto::{ClientFrame, NodeFrame};
+use chat_tests::{
+    PATIENCE, TestNode, encoded, hello, next_frame, next_message, program, take_messages,
+};
 
 /// One HTTP GET of the metrics listener: the status line and the body.
 fn get(addr: SocketAddr, path: &str) -> (String, String) {
@@ -237,4 +240,77 @@ async fn a_restarted_node_resets_the_connections_of_its_last_run_at_once() {
     let reason = closed.expect("the connection ended long before its idle timeout");
     assert!(matches!(reason, quinn::ConnectionError::Reset), "{reason:?}");
     println!("the client learned of the restart {:?} after it", started.elapsed());
+}
+
+/// A node whose port four threads serve, each with its own endpoint (`node/src/lanes.rs`):
+/// connections are spread over them, and a client whose address changes (as behind a NAT
+/// that rebinds) still reaches its own: the kernel would hash the new address to another
+/// thread's socket three times in four, whose endpoint knows nothing of the connection and
+/// resets it, were datagrams not steered by the connection id.
+#[tokio::test]
+async fn connections_spread_over_the_quic_threads_and_keep_theirs_when_their_address_changes() {
+    const THREADS: usize = 4;
+    let node = TestNode::start(|config| {
+        config.quic_threads = THREADS;
+        config.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    })
+    .await;
+    let addr = node.metrics_addr.expect("metrics are served");
+    let mut clients = Vec::new();
+    for i in 0..16 {
+        clients.push(hello(&node, &format!("user{i}")).await);
+    }
+    let (_, text) =
+        tokio::task::spawn_blocking(move || get(addr, "/metrics")).await.expect("scrape");
+    let open: Vec<f64> = (0..THREADS)
+        .map(|n| sample(&text, &format!(r#"chat_endpoint_connections{{endpoint="{n}"}}"#)))
+        .map(|open| open.unwrap_or(0.0))
+        .collect();
+    assert_eq!(open.iter().sum::<f64>(), 16.0, "{text}");
+    // All 16 on one thread: one chance in 4^15.
+    assert!(open.iter().filter(|&&n| n > 0.0).count() > 1, "all on one thread: {open:?}");
+
+    for round in 0..3 {
+        for (i, client) in clients.iter_mut().enumerate() {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("a new address");
+            client.endpoint.rebind(socket).expect("rebinds");
+            let (send, reader) = &mut client.control;
+            send.write_all(&encoded(&ClientFrame::ListRooms)).await.expect("asks");
+            let answer = next_frame(reader).await;
+            assert!(
+                matches!(answer, Some(NodeFrame::Rooms { .. })),
+                "user{i}, move {round}: {answer:?}, connection {:?}",
+                client.connection.close_reason()
+            );
+        }
+    }
+    node.stop().await;
+}
+
+/// A room whose members are spread over four QUIC threads: each message's fan-out wakes the
+/// writers of the members on other threads through one hand-over per thread
+/// (`node/src/wakes.rs`), and every member gets every message, once and in order.
+#[tokio::test]
+async fn a_room_spread_over_the_quic_threads_gets_every_message_in_order() {
+    let node = TestNode::start(|config| config.quic_threads = 4).await;
+    let mut clients = Vec::new();
+    let mut rooms = Vec::new();
+    for i in 0..12 {
+        let client = node.connect(&format!("member{i}")).await;
+        rooms.push(client.join("general", None).await.expect("joins"));
+        clients.push(client);
+    }
+    let sender = rooms[0].sender();
+    let mut acked = Vec::new();
+    for i in 0..30 {
+        // One at a time: each message finds every writer idle, to be woken.
+        let body = format!("message {i}");
+        acked.push((sender.send(body.clone()).await.expect("acked"), body));
+    }
+    for (member, room) in rooms.iter_mut().enumerate() {
+        let seen: Vec<(u64, String)> =
+            take_messages(room, 30).await.into_iter().map(|(seq, _, body)| (seq, body)).collect();
+        assert_eq!(seen, acked, "member{member}");
+    }
+    node.stop().await;
 }

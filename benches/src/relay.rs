@@ -1,7 +1,8 @@
 //! The floor: the same fan-out done by a bare QUIC relay, with no history, no names and no
 //! rules. Whatever a publisher writes on its stream (length-prefixed frames) goes to every
-//! subscriber stream of the same room, through the same kind of bounded queue the node uses.
-//! What the node costs beyond this is the price of its history and its rules.
+//! subscriber stream of the same room, through the same kind of bounded queue the node uses,
+//! on the node's transport and threads (an endpoint per thread, `chat_node::lanes`). What
+//! the node costs beyond this is the price of its history and its rules.
 //!
 //! A client opens one bidirectional stream and writes a header: a role byte (0 subscribe,
 //! 1 publish) and the room as a big-endian `u32`.
@@ -38,18 +39,43 @@ pub async fn serve(listen: SocketAddr, dir: &Path) -> anyhow::Result<()> {
     // The node's ACK frequency and first congestion window.
     let transport = chat_node::fan_out_transport(quinn::TransportConfig::default());
     server.transport_config(Arc::new(transport));
-    let endpoint = quinn::Endpoint::server(server, listen).context("binding the relay")?;
+    // Served as the node serves its port: an endpoint per thread, each with its connections,
+    // and a fan-out's wakes of other threads' subscribers handed over once per thread.
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    // Its ids are random all the same; the key only signs them, and a relay has no restart
+    // to recognise its last run's connections after.
+    let secret = [0; 32];
+    let lanes = chat_node::lanes::Lanes::bind(listen, threads, |lane, socket| {
+        quinn::Endpoint::new(
+            chat_node::endpoint_config(&secret, lane),
+            Some(server.clone()),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+    })
+    .context("binding the relay")?;
     let rooms = Rooms::default();
+    let accepting: Vec<_> = lanes
+        .iter()
+        .map(|lane| lane.runtime.spawn(accept(lane.endpoint.clone(), Arc::clone(&rooms))))
+        .collect();
+    for accepted in accepting {
+        accepted.await?;
+    }
+    Ok(())
+}
+
+/// Takes `endpoint`'s connections and their streams, on the endpoint's thread.
+async fn accept(endpoint: quinn::Endpoint, rooms: Rooms) {
     while let Some(incoming) = endpoint.accept().await {
         let rooms = Arc::clone(&rooms);
         tokio::spawn(async move {
             let Ok(connection) = incoming.await else { return };
             while let Ok((send, recv)) = connection.accept_bi().await {
-                tokio::spawn(stream(Arc::clone(&rooms), send, recv));
+                chat_node::wakes::spawn(stream(Arc::clone(&rooms), send, recv));
             }
         });
     }
-    Ok(())
 }
 
 async fn stream(rooms: Rooms, send: SendStream, mut recv: RecvStream) -> anyhow::Result<()> {
@@ -67,11 +93,13 @@ async fn stream(rooms: Rooms, send: SendStream, mut recv: RecvStream) -> anyhow:
         frame[..4].copy_from_slice(&(len as u32).to_be_bytes());
         recv.read_exact(&mut frame[4..]).await?;
         let frame = Bytes::from(frame);
-        let mut rooms = rooms.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(subscribers) = rooms.get_mut(&room) {
-            // A full or closed queue drops that subscriber, as the node drops a slow member.
-            subscribers.retain(|queue| queue.try_send(frame.clone()).is_ok());
-        }
+        chat_node::wakes::holding(|| {
+            let mut rooms = rooms.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(subscribers) = rooms.get_mut(&room) {
+                // A full or closed queue drops that subscriber, as the node drops a slow member.
+                subscribers.retain(|queue| queue.try_send(frame.clone()).is_ok());
+            }
+        });
     }
 }
 

@@ -21,25 +21,30 @@ use tokio::sync::oneshot;
 use crate::wakes::Doorbell;
 
 /// The most lanes: the connection id's first byte names one.
-pub(crate) const MAX_LANES: usize = 64;
+pub const MAX_LANES: usize = 64;
 
 /// One endpoint on the node's port, and the thread whose runtime drives it.
-pub(crate) struct Lane {
-    pub(crate) endpoint: quinn::Endpoint,
+pub struct Lane {
+    pub endpoint: quinn::Endpoint,
     /// Where the endpoint's connections are served.
-    pub(crate) runtime: Handle,
+    pub runtime: Handle,
     /// Dropped to end the thread: its runtime then stops, with what still runs on it.
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 /// Every lane of the node's port.
-pub(crate) struct Lanes(pub(crate) Vec<Lane>);
+pub struct Lanes(Vec<Lane>);
 
 impl Lanes {
-    /// Binds `count` sockets to `addr` (one plain socket for a count of 1) and makes an
-    /// endpoint on each with `endpoint`, given the lane's number, inside the lane's runtime.
-    pub(crate) fn bind(
+    /// Binds `count` sockets to `addr` (one plain socket for a count of 1; at most
+    /// [`MAX_LANES`]) and makes an endpoint on each with `endpoint`, given the lane's number,
+    /// inside the lane's runtime. The endpoint's connection ids must begin with that number
+    /// (see [`endpoint_config`](crate::endpoint_config)).
+    ///
+    /// # Errors
+    /// The address cannot be bound, a thread cannot be started, or `endpoint` fails.
+    pub fn bind(
         addr: SocketAddr,
         count: usize,
         endpoint: impl Fn(u8, std::net::UdpSocket) -> std::io::Result<quinn::Endpoint>,
@@ -59,12 +64,18 @@ impl Lanes {
     }
 
     /// The first lane's endpoint: every lane has the same address.
-    pub(crate) fn first(&self) -> &quinn::Endpoint {
+    #[must_use]
+    pub fn first(&self) -> &quinn::Endpoint {
         &self.0[0].endpoint
     }
 
+    /// The lanes, by number.
+    pub fn iter(&self) -> impl Iterator<Item = &Lane> {
+        self.0.iter()
+    }
+
     /// Stops every lane's runtime and waits for its thread: blocks, for `spawn_blocking`.
-    pub(crate) fn join(mut self) {
+    pub fn join(mut self) {
         for lane in &mut self.0 {
             lane.stop.take();
         }

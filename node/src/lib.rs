@@ -22,8 +22,8 @@
 //! - `reply`: the frames the node answers with (below `connection` and `room`).
 //! - `web`: browsers: the WebTransport endpoint, its certificates, and the page.
 //! - `http`: the tiny HTTP listener of `/metrics` and of the page.
-//! - `lanes`: the port's endpoints, one per thread, each with its connections.
-//! - `wakes`: a fan-out's wakes of other lanes' tasks, handed over once per lane.
+//! - [`lanes`]: the port's endpoints, one per thread, each with its connections.
+//! - [`wakes`]: a fan-out's wakes of other lanes' tasks, handed over once per lane.
 //! - [`Node`]: the lanes, the accept loops and the orderly shutdown.
 //!
 //! All room rules (names, membership, order, limits) live in `chat_core`, which knows nothing
@@ -35,7 +35,7 @@ mod cluster;
 pub mod config;
 mod connection;
 mod http;
-mod lanes;
+pub mod lanes;
 mod login;
 mod mailbox;
 mod member;
@@ -45,7 +45,7 @@ mod pages;
 mod reply;
 mod room;
 pub mod seams;
-mod wakes;
+pub mod wakes;
 mod web;
 
 use std::collections::HashMap;
@@ -381,7 +381,6 @@ impl Node {
         // Each lane serves its endpoint's connections on its own thread; browsers' on this
         // runtime.
         let mut serving: Vec<_> = lanes
-            .0
             .iter()
             .enumerate()
             .map(|(number, lane)| {
@@ -411,7 +410,7 @@ impl Node {
         shutdown.await;
 
         info!("shutting down: no new connections; finishing the acks in flight");
-        for endpoint in lanes.0.iter().map(|lane| &lane.endpoint).chain(&web_endpoint) {
+        for endpoint in lanes.iter().map(|lane| &lane.endpoint).chain(&web_endpoint) {
             endpoint.set_server_config(None);
         }
         shared.core().stop_announcing();
@@ -757,9 +756,10 @@ fn congestion() -> quinn::congestion::CubicConfig {
     cubic
 }
 
-/// Connection ids (naming `lane`) and stateless resets from the data dir's secret (see
-/// `node_secret`).
-fn endpoint_config(secret: &[u8], lane: u8) -> quinn::EndpointConfig {
+/// Connection ids (naming `lane`, for [`lanes`]' steering) and stateless resets from
+/// `secret`: the node's is its data dir's (see `node_secret`).
+#[must_use]
+pub fn endpoint_config(secret: &[u8], lane: u8) -> quinn::EndpointConfig {
     let mut endpoint_config =
         quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret)));
     let secret = secret.to_vec();

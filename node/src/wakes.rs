@@ -51,7 +51,7 @@ pub(crate) async fn relay(bell: Arc<Doorbell>) {
 }
 
 /// Runs `f`, holding the wakes it makes of other lanes' tasks until it returns.
-pub(crate) fn holding<R>(f: impl FnOnce() -> R) -> R {
+pub fn holding<R>(f: impl FnOnce() -> R) -> R {
     DEPTH.set(DEPTH.get() + 1);
     let _hand_over = HandOver;
     f()
@@ -118,7 +118,7 @@ impl Wake for LaneWaker {
 
 /// Spawns `future` on this thread's runtime; on a lane, with its wakes from other threads'
 /// fan-outs held and handed over with the rest of its lane's.
-pub(crate) fn spawn<F>(future: F) -> tokio::task::JoinHandle<F::Output>
+pub fn spawn<F>(future: F) -> tokio::task::JoinHandle<F::Output>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,

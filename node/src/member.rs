@@ -3,6 +3,7 @@
 //! errors) several frames per write, until the member leaves or is dropped as too slow.
 
 use std::sync::Arc;
+use std::task::Poll;
 
 use chat_core::{Refusal, RoomName, Seq};
 use chat_history::{Anchor, PageLimit};
@@ -134,10 +135,13 @@ impl Writer {
         // Grown on first use: an idle member costs no buffers.
         let mut batch = Vec::new();
         let mut chunks = Vec::new();
+        // Made once, not once a batch: it registers with the watch when polled.
+        let evicted = evicted(&mut eviction);
+        tokio::pin!(evicted);
         loop {
             tokio::select! {
                 biased;
-                ending = evicted(&mut eviction) => {
+                ending = &mut evicted => {
                     if let Ending::Removed(frame) = ending {
                         self.write(frame).await?;
                         self.send.finish()?;
@@ -201,7 +205,16 @@ impl Writer {
     /// for that long at most.
     async fn write(&mut self, bytes: bytes::Bytes) -> anyhow::Result<()> {
         let timeout = self.shared.config.write_timeout;
-        match tokio::time::timeout(timeout, self.send.write_chunk(bytes)).await {
+        let stalled = {
+            let mut write = std::pin::pin!(self.send.write_chunk(bytes));
+            // Most writes find room at once: only one that waits arms the timer.
+            let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+            match first {
+                Poll::Ready(written) => return Ok(written?),
+                Poll::Pending => tokio::time::timeout(timeout, write).await,
+            }
+        };
+        match stalled {
             Ok(written) => Ok(written?),
             Err(_) => {
                 self.shared.metrics.error("write_timeout");

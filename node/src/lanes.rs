@@ -28,7 +28,8 @@ pub struct Lane {
     pub endpoint: quinn::Endpoint,
     /// Where the endpoint's connections are served.
     pub runtime: Handle,
-    /// Dropped to end the thread: its runtime then stops, with what still runs on it.
+    /// Dropped to end the thread (with the lane, or by `join`): its runtime then stops,
+    /// with what still runs on it.
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -83,15 +84,6 @@ impl Lanes {
             if let Some(thread) = lane.thread.take() {
                 let _ = thread.join();
             }
-        }
-    }
-}
-
-impl Drop for Lanes {
-    fn drop(&mut self) {
-        // Without a join the threads end on their own once told.
-        for lane in &mut self.0 {
-            lane.stop.take();
         }
     }
 }

@@ -314,3 +314,27 @@ async fn a_room_spread_over_the_quic_threads_gets_every_message_in_order() {
     }
     node.stop().await;
 }
+
+/// The threads share an IPv6 port as well, steering included.
+#[tokio::test]
+async fn the_quic_threads_share_an_ipv6_port() {
+    let node = TestNode::start(|config| {
+        config.listen = "[::1]:0".parse().expect("addr");
+        config.quic_threads = 4;
+    })
+    .await;
+    assert!(node.addr.is_ipv6(), "{}", node.addr);
+    let mut rooms = Vec::new();
+    let mut clients = Vec::new();
+    for i in 0..8 {
+        let client = node.connect(&format!("v6user{i}")).await;
+        rooms.push(client.join("general", None).await.expect("joins"));
+        clients.push(client);
+    }
+    let seq = rooms[0].sender().send("over IPv6").await.expect("acked");
+    for room in &mut rooms {
+        let (message, _) = next_message(room).await;
+        assert_eq!((message.seq, message.body.as_str()), (seq, "over IPv6"));
+    }
+    node.stop().await;
+}

@@ -69,21 +69,15 @@ impl Drop for HandOver {
         }
         let mut held = HELD.take();
         while let Some((bell, wake)) = held.pop() {
-            let others = held.iter().filter(|(other, _)| Arc::ptr_eq(other, &bell)).count();
-            if others == 0 {
+            if !held.iter().any(|(other, _)| Arc::ptr_eq(other, &bell)) {
                 // A lone wake costs the lane one system call either way.
                 wake.wake();
                 continue;
             }
+            let same_lane = held.extract_if(.., |(other, _)| Arc::ptr_eq(other, &bell));
             let mut queued = bell.held.lock().unwrap_or_else(PoisonError::into_inner);
             queued.push(wake);
-            held.retain(|(other, wake)| {
-                let same = Arc::ptr_eq(other, &bell);
-                if same {
-                    queued.push(wake.clone());
-                }
-                !same
-            });
+            queued.extend(same_lane.map(|(_, wake)| wake));
             drop(queued);
             bell.ring.notify_one();
         }

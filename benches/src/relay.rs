@@ -46,10 +46,10 @@ pub async fn serve(listen: SocketAddr, dir: &Path) -> anyhow::Result<()> {
     // to recognise its last run's connections after.
     let secret = [0; 32];
     let lanes = chat_node::lanes::Lanes::bind(listen, threads, |lane, socket| {
-        quinn::Endpoint::new(
+        quinn::Endpoint::new_with_abstract_socket(
             chat_node::endpoint_config(&secret, lane),
             Some(server.clone()),
-            socket,
+            chat_node::lanes::udp_socket(socket)?,
             Arc::new(quinn::TokioRuntime),
         )
     })

@@ -181,3 +181,112 @@ fn steering(lanes: u32) -> Vec<nix::libc::sock_filter> {
         op(BPF_RET | BPF_A, 0, 0, 0),
     ]
 }
+
+/// `socket` for a lane's endpoint: quinn's own tokio socket, except that a receive that
+/// drains the socket says so. quinn's endpoint driver reads until the socket reports
+/// `WouldBlock`, so every wake cost a second `recvmmsg` that found nothing (about one a
+/// message; benches/RESULTS.md, "One `recvmmsg` a wake").
+///
+/// # Errors
+/// The socket cannot be registered with this thread's runtime.
+pub fn udp_socket(socket: std::net::UdpSocket) -> std::io::Result<Arc<dyn quinn::AsyncUdpSocket>> {
+    #[cfg(target_os = "linux")]
+    {
+        Ok(Arc::new(drained::DrainedSocket::new(socket)?))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, socket)
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod drained {
+    use std::io;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll, ready};
+
+    use quinn::udp::{RecvMeta, Transmit, UdpSocketState};
+    use tokio::io::Interest;
+
+    /// A UDP socket whose readiness is cleared as soon as a receive takes fewer datagrams
+    /// than it had room for. Linux's `recvmmsg` on a non-blocking socket stops early only
+    /// when the queue is empty; a datagram that comes after still raises an edge in epoll,
+    /// which tokio's driver sees on its next turn, so none waits unread.
+    #[derive(Debug)]
+    pub(super) struct DrainedSocket {
+        io: tokio::net::UdpSocket,
+        state: UdpSocketState,
+    }
+
+    impl DrainedSocket {
+        pub(super) fn new(socket: std::net::UdpSocket) -> io::Result<Self> {
+            let state = UdpSocketState::new((&socket).into())?;
+            socket.set_nonblocking(true)?;
+            Ok(Self { io: tokio::net::UdpSocket::from_std(socket)?, state })
+        }
+    }
+
+    impl quinn::AsyncUdpSocket for DrainedSocket {
+        fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn quinn::UdpPoller>> {
+            Box::pin(Writable(self))
+        }
+
+        fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+            self.io.try_io(Interest::WRITABLE, || self.state.send((&self.io).into(), transmit))
+        }
+
+        fn poll_recv(
+            &self,
+            cx: &mut Context,
+            bufs: &mut [io::IoSliceMut<'_>],
+            meta: &mut [RecvMeta],
+        ) -> Poll<io::Result<usize>> {
+            loop {
+                ready!(self.io.poll_recv_ready(cx))?;
+                let mut drained = None;
+                let received = self.io.try_io(Interest::READABLE, || {
+                    let taken = self.state.recv((&self.io).into(), bufs, meta)?;
+                    if taken < bufs.len() {
+                        // Told as `WouldBlock`, which is what clears tokio's readiness.
+                        drained = Some(taken);
+                        return Err(io::ErrorKind::WouldBlock.into());
+                    }
+                    Ok(taken)
+                });
+                match (received, drained) {
+                    (_, Some(taken)) | (Ok(taken), None) => return Poll::Ready(Ok(taken)),
+                    (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    (Err(e), None) => return Poll::Ready(Err(e)),
+                }
+            }
+        }
+
+        fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+            self.io.local_addr()
+        }
+
+        fn may_fragment(&self) -> bool {
+            self.state.may_fragment()
+        }
+
+        fn max_transmit_segments(&self) -> usize {
+            self.state.max_gso_segments()
+        }
+
+        fn max_receive_segments(&self) -> usize {
+            self.state.gro_segments()
+        }
+    }
+
+    /// Waits for the socket to take sends again, after one found it full.
+    #[derive(Debug)]
+    struct Writable(Arc<DrainedSocket>);
+
+    impl quinn::UdpPoller for Writable {
+        fn poll_writable(self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
+            self.0.io.poll_send_ready(cx)
+        }
+    }
+}

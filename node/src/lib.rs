@@ -672,10 +672,10 @@ fn lanes(
     server_config.transport_config(Arc::new(transport(config)?));
     no_address_tokens(&mut server_config);
     lanes::Lanes::bind(config.listen, config.quic_threads, |lane, socket| {
-        quinn::Endpoint::new(
+        quinn::Endpoint::new_with_abstract_socket(
             endpoint_config(secret, lane),
             Some(server_config.clone()),
-            socket,
+            lanes::udp_socket(socket)?,
             Arc::new(quinn::TokioRuntime),
         )
     })

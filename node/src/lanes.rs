@@ -30,8 +30,8 @@ pub struct Lane {
     pub runtime: Handle,
     /// Dropped to end the thread (with the lane, or by `join`): its runtime then stops,
     /// with what still runs on it.
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    _stop: oneshot::Sender<()>,
+    thread: JoinHandle<()>,
 }
 
 /// Every lane of the node's port.
@@ -59,7 +59,7 @@ impl Lanes {
                 let _entered = runtime.enter();
                 endpoint(number as u8, socket).context("starting the QUIC endpoint")?
             };
-            lanes.push(Lane { endpoint, runtime, stop: Some(stop), thread: Some(thread) });
+            lanes.push(Lane { endpoint, runtime, _stop: stop, thread });
         }
         Ok(Self(lanes))
     }
@@ -76,14 +76,11 @@ impl Lanes {
     }
 
     /// Stops every lane's runtime and waits for its thread: blocks, for `spawn_blocking`.
-    pub fn join(mut self) {
-        for lane in &mut self.0 {
-            lane.stop.take();
-        }
-        for lane in &mut self.0 {
-            if let Some(thread) = lane.thread.take() {
-                let _ = thread.join();
-            }
+    pub fn join(self) {
+        // Every lane told first, so that they stop side by side.
+        let threads: Vec<_> = self.0.into_iter().map(|lane| lane.thread).collect();
+        for thread in threads {
+            let _ = thread.join();
         }
     }
 }
@@ -92,7 +89,7 @@ impl Lanes {
 fn spawn_runtime(number: usize) -> anyhow::Result<(Handle, oneshot::Sender<()>, JoinHandle<()>)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .thread_name(format!("chat-lane-{number}"))
+        .thread_name(format!("chat-lane-{number}-blocking"))
         .build()
         .context("making a lane's runtime")?;
     let handle = runtime.handle().clone();

@@ -287,19 +287,29 @@ async fn connections_spread_over_the_quic_threads_and_keep_theirs_when_their_add
     node.stop().await;
 }
 
+/// `count` clients named `prefix0`, `prefix1`, ..., each joined to general, each on its own
+/// connection (so on whichever QUIC thread its first Initial picks).
+async fn in_general(
+    node: &TestNode,
+    prefix: &str,
+    count: usize,
+) -> (Vec<chat_client::Client>, Vec<chat_client::Room>) {
+    let (mut clients, mut rooms) = (Vec::new(), Vec::new());
+    for i in 0..count {
+        let client = node.connect(&format!("{prefix}{i}")).await;
+        rooms.push(client.join("general", None).await.expect("joins"));
+        clients.push(client);
+    }
+    (clients, rooms)
+}
+
 /// A room whose members are spread over four QUIC threads: each message's fan-out wakes the
 /// writers of the members on other threads through one hand-over per thread
 /// (`node/src/wakes.rs`), and every member gets every message, once and in order.
 #[tokio::test]
 async fn a_room_spread_over_the_quic_threads_gets_every_message_in_order() {
     let node = TestNode::start(|config| config.quic_threads = 4).await;
-    let mut clients = Vec::new();
-    let mut rooms = Vec::new();
-    for i in 0..12 {
-        let client = node.connect(&format!("member{i}")).await;
-        rooms.push(client.join("general", None).await.expect("joins"));
-        clients.push(client);
-    }
+    let (_clients, mut rooms) = in_general(&node, "member", 12).await;
     let sender = rooms[0].sender();
     let mut acked = Vec::new();
     for i in 0..30 {
@@ -324,13 +334,7 @@ async fn the_quic_threads_share_an_ipv6_port() {
     })
     .await;
     assert!(node.addr.is_ipv6(), "{}", node.addr);
-    let mut rooms = Vec::new();
-    let mut clients = Vec::new();
-    for i in 0..8 {
-        let client = node.connect(&format!("v6user{i}")).await;
-        rooms.push(client.join("general", None).await.expect("joins"));
-        clients.push(client);
-    }
+    let (_clients, mut rooms) = in_general(&node, "v6user", 8).await;
     let seq = rooms[0].sender().send("over IPv6").await.expect("acked");
     for room in &mut rooms {
         let (message, _) = next_message(room).await;

@@ -29,7 +29,7 @@ pub async fn run(count: usize, node_args: &[String]) -> anyhow::Result<()> {
     let cpu_before = server.cpu_seconds()?;
 
     let trust = chat_certs::Trust::CaFile(dir.path().join("certs/ca.pem"));
-    let mut transport = quinn::TransportConfig::default();
+    let mut transport = chat_client::transport();
     transport.keep_alive_interval(Some(Duration::from_secs(10)));
     let endpoint =
         chat_client::quic_endpoint(&trust, codes::ALPN, "127.0.0.1:0".parse()?, transport)?;

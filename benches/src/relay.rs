@@ -115,8 +115,7 @@ async fn write(mut send: SendStream, mut queued: mpsc::Receiver<Bytes>) -> anyho
 /// A client endpoint that trusts the relay's CA in `dir`.
 pub fn client(dir: &Path) -> anyhow::Result<quinn::Endpoint> {
     let trust = chat_certs::Trust::CaFile(dir.join("ca.pem"));
-    let transport = quinn::TransportConfig::default();
-    Ok(chat_client::quic_endpoint(&trust, ALPN, "127.0.0.1:0".parse()?, transport)?)
+    Ok(chat_client::quic_endpoint(&trust, ALPN, "127.0.0.1:0".parse()?, chat_client::transport())?)
 }
 
 /// Opens a stream to the relay in `role` for `room`.

@@ -211,7 +211,7 @@ async fn flood_once(
         trust,
         codes::ALPN,
         "127.0.0.1:0".parse()?,
-        quinn::TransportConfig::default(),
+        chat_client::transport(),
     )?;
     let connection = endpoint.connect(addr.parse()?, "localhost")?.await?;
     let hello = ClientFrame::Hello { name: format!("flood{round}"), resume: None, login: None };

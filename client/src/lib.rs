@@ -54,8 +54,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often an otherwise quiet connection sends a keep-alive. It also lets a client learn
 /// soon that a restarted node has forgotten its connection (the node answers with a reset).
 const KEEP_ALIVE: Duration = Duration::from_secs(3);
-/// Silence after which the client gives a connection up (the node may set a shorter one).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Silence after which the client gives a connection up, in milliseconds (the node may set a
+/// shorter one).
+const IDLE_TIMEOUT_MS: u32 = 15_000;
 
 /// Where and as whom to connect.
 #[derive(Debug, Clone)]
@@ -202,13 +203,9 @@ impl Client {
     /// Connects to the one node that `options.server` names.
     async fn connect_to(options: &ConnectOptions) -> Result<Self, ClientError> {
         let (host, addr) = resolve(&options.server).await?;
-        let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(KEEP_ALIVE)).max_idle_timeout(Some(
-            IDLE_TIMEOUT.try_into().map_err(|_| ClientError::Protocol("idle timeout".into()))?,
-        ));
         let any = if addr.is_ipv6() { IpAddr::from([0u16; 8]) } else { IpAddr::from([0u8; 4]) };
         let bind = SocketAddr::new(options.local_ip.unwrap_or(any), 0);
-        let endpoint = quic_endpoint(&options.trust, codes::ALPN, bind, transport)?;
+        let endpoint = quic_endpoint(&options.trust, codes::ALPN, bind, transport())?;
 
         let server = options.server.clone();
         let unreachable =
@@ -467,6 +464,23 @@ impl Drop for Client {
         self.control_reader.abort();
         self.connection.close(codes::close::NORMAL.into(), b"bye");
     }
+}
+
+/// The transport settings of a client's connection to a node, for tools that speak the
+/// protocol by hand to connect as the client does.
+///
+/// The client does not search for a larger packet size than QUIC's 1,200 bytes (MTU
+/// discovery): what it sends is small (a message body is a few KiB at most), and every probe
+/// is a full-size packet of padding that the node must parse, which quinn does a byte at a
+/// time; the probes were a sixth of the node's CPU per handshake (benches/RESULTS.md). The
+/// node searches its own direction, where history pages go.
+pub fn transport() -> quinn::TransportConfig {
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .keep_alive_interval(Some(KEEP_ALIVE))
+        .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(IDLE_TIMEOUT_MS))))
+        .mtu_discovery_config(None);
+    transport
 }
 
 /// A QUIC client endpoint on `bind` that trusts `trust` and speaks `alpn`, with `transport`'s

@@ -80,7 +80,7 @@ impl Member {
             &options.trust,
             codes::ALPN,
             "127.0.0.1:0".parse()?,
-            quinn::TransportConfig::default(),
+            chat_client::transport(),
         )?;
         let addr: std::net::SocketAddr = options.server.parse()?;
         let connection = endpoint.connect(addr, "localhost")?.await?;
